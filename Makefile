@@ -1,0 +1,37 @@
+# make demo: run the product end to end on the built-in Bitbucket sandbox.
+# make test: lint (ruff, with the layering rules), types (mypy --strict), the whole pytest suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint types pytest bench clean install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lowerplane-bitbucket demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
+
+types: $(STAMP)
+	$(BIN)/mypy app
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test: lint types pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/full_read.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The Bitbucket Cloud adapter: endpoint templates, pure protocol code, the HTTP client, OAuth."""

@@ -1,0 +1,477 @@
+"""The Bitbucket Cloud REST client: one aiohttp session, read-only, allow-listed, budgeted.
+
+The only place that retries (architecture.md). Behaviour:
+
+- Every request is checked against :mod:`app.bitbucket.paths` first; anything else (source,
+  commits, diffs, another host) raises EndpointNotAllowed before a byte is sent.
+- 5xx, timeouts and connection errors are retried with exponential backoff and jitter (tenacity);
+  429 waits for ``Retry-After`` when sent, else backs off the same way.
+- 401 asks the token source for a fresh token once, then retries; a second 401 raises AuthError.
+- Concurrency is bounded by a semaphore; every request first takes a slot from a rolling-hour
+  :class:`Budget` per credential, so a full read is paced instead of running into 429.
+- ``counters`` counts calls per (endpoint, status); ``granted_scopes`` keeps ``X-OAuth-Scopes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from app import errors
+from app.bitbucket import paths, sansio
+from app.bitbucket.models import (
+    BranchingModel,
+    BranchRestriction,
+    Member,
+    Pipeline,
+    PipelinesConfig,
+    Repository,
+    User,
+    Webhook,
+    Workspace,
+)
+from app.logs import get_logger
+
+log = get_logger("bitbucket.client")
+
+# SPEC narrative "Pagination": pagelen is at most 100; pull requests refuse more than 50.
+MAX_PAGELEN = 100
+PR_PAGELEN = 50
+# bitbucket-facts.md: the members email filter takes at most 90 addresses.
+EMAIL_BATCH = 90
+
+
+class TokenSource(Protocol):
+    """Where the client gets its Bearer token (static token or OAuth with refresh)."""
+
+    @property
+    def credential_id(self) -> str:
+        """A stable, non-secret name for the credential (budget key, logs)."""
+        ...
+
+    async def token(self) -> str:
+        """The current access token."""
+        ...
+
+    async def refresh(self, rejected: str) -> str:
+        """A new token after ``rejected`` got a 401; raise TokenError when impossible."""
+        ...
+
+
+class StaticToken:
+    """A workspace/repository access token: nothing to refresh."""
+
+    def __init__(self, token: str, credential_id: str = "access-token") -> None:
+        self._token = token
+        self._id = credential_id
+
+    @property
+    def credential_id(self) -> str:
+        return self._id
+
+    async def token(self) -> str:
+        return self._token
+
+    async def refresh(self, rejected: str) -> str:
+        raise errors.TokenError("the access token was rejected and cannot be refreshed")
+
+
+class Budget:
+    """A rolling-hour request budget for one credential (Bitbucket limits per rolling hour).
+
+    ``acquire`` waits until a slot is free, so callers are paced rather than refused.
+    ``reserve`` is a share kept free for high-priority work (webhook-driven fetches): low-priority
+    callers wait once usage reaches ``limit - reserve``.
+    """
+
+    def __init__(
+        self,
+        limit: int = 1000,
+        *,
+        window: float = 3600.0,
+        reserve: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.reserve = int(limit * reserve)
+        self._clock = clock
+        self._sleep = sleep
+        self._stamps: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self.waited = 0.0
+
+    def _trim(self, now: float) -> None:
+        while self._stamps and self._stamps[0] <= now - self.window:
+            self._stamps.popleft()
+
+    @property
+    def used(self) -> int:
+        self._trim(self._clock())
+        return len(self._stamps)
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+    async def acquire(self, *, priority: bool = True) -> None:
+        cap = self.limit if priority else self.limit - self.reserve
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._trim(now)
+                if len(self._stamps) < cap:
+                    self._stamps.append(now)
+                    return
+                wait = self._stamps[len(self._stamps) - cap] + self.window - now
+                self.waited += max(wait, 0.0)
+                log.info("budget.wait", seconds=round(wait, 3), used=len(self._stamps))
+                await self._sleep(max(wait, 0.001))
+
+
+class BitbucketClient:
+    """Read-only Bitbucket Cloud client. Create one per credential; share the aiohttp session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        tokens: TokenSource,
+        *,
+        api_url: str = "https://api.bitbucket.org/2.0",
+        budget: Budget | None = None,
+        concurrency: int = 8,
+        max_attempts: int = 5,
+        timeout: float = 30.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._session = session
+        self._tokens = tokens
+        self.api_url = api_url.rstrip("/")
+        self._base = urlsplit(self.api_url)
+        self.budget = budget or Budget()
+        self._sem = asyncio.Semaphore(concurrency)
+        self._max_attempts = max_attempts
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._backoff = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
+        self._sleep = sleep
+        self.counters: Counter[tuple[str, str]] = Counter()
+        self.granted_scopes: frozenset[str] | None = None
+        self.rate_limit: sansio.RateLimit | None = None
+        self.priority = True
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _check(self, method: str, url: str) -> paths.Endpoint:
+        parts = urlsplit(url)
+        base_path = self._base.path.rstrip("/")
+        if (
+            parts.scheme != self._base.scheme
+            or parts.netloc != self._base.netloc
+            or not parts.path.startswith(base_path + "/")
+        ):
+            raise errors.EndpointNotAllowed(f"refused {method} outside the API base: {parts.path}")
+        endpoint = paths.match(method, parts.path[len(base_path) :])
+        if endpoint is None:
+            raise errors.EndpointNotAllowed(
+                f"refused {method} {parts.path[len(base_path) :]}: not a read-only metadata endpoint"
+            )
+        return endpoint
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, errors.RateLimitedError) and exc.retry_after is not None:
+            return exc.retry_after
+        return float(self._backoff(state))
+
+    async def _send_once(
+        self, method: str, url: str, endpoint: paths.Endpoint, body: Any, token: str
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        await self.budget.acquire(priority=self.priority)
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        async with self._sem:
+            try:
+                async with self._session.request(
+                    method, url, json=body, headers=headers, timeout=self._timeout, allow_redirects=False
+                ) as resp:
+                    data = await resp.read()
+                    status = resp.status
+                    resp_headers: Mapping[str, str] = CIMultiDict(resp.headers)
+            except TimeoutError:
+                self.counters[(endpoint.name, "timeout")] += 1
+                raise errors.TransportError(f"{endpoint.name}: timed out", endpoint=endpoint.name) from None
+            except aiohttp.ClientError as exc:
+                self.counters[(endpoint.name, "error")] += 1
+                raise errors.TransportError(f"{endpoint.name}: {type(exc).__name__}", endpoint=endpoint.name) from None
+        self.counters[(endpoint.name, str(status))] += 1
+        scopes = sansio.parse_scopes(resp_headers.get("X-OAuth-Scopes"))
+        if scopes is not None:
+            self.granted_scopes = scopes
+        limit = sansio.rate_limit(resp_headers)
+        if limit is not None:
+            self.rate_limit = limit
+        return status, resp_headers, data
+
+    async def _attempt(self, method: str, url: str, endpoint: paths.Endpoint, body: Any) -> Any:
+        token = await self._tokens.token()
+        status, headers, data = await self._send_once(method, url, endpoint, body, token)
+        if status == 401:
+            log.info("bitbucket.refresh_on_401", endpoint=endpoint.name)
+            try:
+                token = await self._tokens.refresh(token)
+            except errors.TokenError as exc:
+                raise errors.AuthError(
+                    f"{endpoint.name}: HTTP 401 and the token could not be refreshed: {exc}",
+                    status=401,
+                    endpoint=endpoint.name,
+                ) from None
+            status, headers, data = await self._send_once(method, url, endpoint, body, token)
+        sansio.raise_for_status(status, headers, data, endpoint.name)
+        if status == 204 or not data:
+            return None
+        return sansio.json_body(data)
+
+    async def request(self, method: str, url: str, body: Any = None) -> Any:
+        """Send one allow-listed request with retries; return the decoded JSON body (or None)."""
+        endpoint = self._check(method, url)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(errors.TransientError),
+            stop=stop_after_attempt(self._max_attempts),
+            wait=self._wait,
+            sleep=self._sleep,
+            reraise=True,
+            before_sleep=lambda s: log.info(
+                "bitbucket.retry",
+                endpoint=endpoint.name,
+                attempt=s.attempt_number,
+                error=type(s.outcome.exception()).__name__ if s.outcome else None,
+            ),
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(method, url, endpoint, body)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def url(self, endpoint: paths.Endpoint, params: dict[str, str | int] | None = None, **parts: str) -> str:
+        return sansio.build_url(self.api_url, endpoint.path(**parts), params)
+
+    async def get(self, endpoint: paths.Endpoint, params: dict[str, str | int] | None = None, **parts: str) -> Any:
+        return await self.request("GET", self.url(endpoint, params, **parts))
+
+    async def pages(
+        self, endpoint: paths.Endpoint, params: dict[str, str | int] | None = None, **parts: str
+    ) -> AsyncIterator[sansio.Page]:
+        """Every page of a collection, following ``next`` as an opaque URL."""
+        url: str | None = self.url(endpoint, params, **parts)
+        while url is not None:
+            page = sansio.parse_page(await self.request("GET", url))
+            yield page
+            url = page.next
+
+    async def collect(
+        self, endpoint: paths.Endpoint, params: dict[str, str | int] | None = None, **parts: str
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async for page in self.pages(endpoint, params, **parts):
+            out.extend(page.values)
+        return out
+
+    # -- reads -----------------------------------------------------------------------------
+    async def workspaces(self) -> list[Workspace]:
+        """Workspaces of the credential (``/user/workspaces``; ``/workspaces`` was removed)."""
+        rows = await self.collect(paths.USER_WORKSPACES, {"pagelen": MAX_PAGELEN})
+        return [Workspace.from_api(r) for r in rows]
+
+    async def current_user(self) -> User:
+        return User.from_api(await self.get(paths.USER))
+
+    async def repositories(self, workspace: str) -> list[Repository]:
+        rows = await self.collect(paths.REPOSITORIES, {"pagelen": MAX_PAGELEN}, workspace=workspace)
+        return [Repository.from_api(r) for r in rows]
+
+    async def repository(self, workspace: str, repo_slug: str) -> Repository:
+        return Repository.from_api(await self.get(paths.REPOSITORY, workspace=workspace, repo_slug=repo_slug))
+
+    async def branch_restrictions(self, workspace: str, repo_slug: str) -> list[BranchRestriction]:
+        """Needs ``repository:admin`` (SPEC security of this operation)."""
+        rows = await self.collect(
+            paths.BRANCH_RESTRICTIONS, {"pagelen": MAX_PAGELEN}, workspace=workspace, repo_slug=repo_slug
+        )
+        return [BranchRestriction.from_api(r) for r in rows]
+
+    async def branching_model(self, workspace: str, repo_slug: str) -> BranchingModel:
+        return BranchingModel.from_api(await self.get(paths.BRANCHING_MODEL, workspace=workspace, repo_slug=repo_slug))
+
+    async def pipelines_config(self, workspace: str, repo_slug: str) -> PipelinesConfig:
+        """``enabled``; a 404 means Pipelines was never configured (bitbucket-facts.md)."""
+        try:
+            body = await self.get(paths.PIPELINES_CONFIG, workspace=workspace, repo_slug=repo_slug)
+        except errors.NotFoundError:
+            return PipelinesConfig(enabled=False, configured=False)
+        return PipelinesConfig(enabled=bool(isinstance(body, dict) and body.get("enabled")))
+
+    async def latest_pipeline(self, workspace: str, repo_slug: str, branch: str) -> Pipeline | None:
+        body = await self.get(
+            paths.PIPELINES,
+            {"target.branch": branch, "sort": "-created_on", "pagelen": 1},
+            workspace=workspace,
+            repo_slug=repo_slug,
+        )
+        page = sansio.parse_page(body)
+        return Pipeline.from_api(page.values[0]) if page.values else None
+
+    async def open_pullrequest_count(self, workspace: str, repo_slug: str) -> int:
+        """The envelope's ``size`` when sent; otherwise count values page by page (pagelen 50)."""
+        count = 0
+        async for page in self.pages(
+            paths.PULLREQUESTS, {"state": "OPEN", "pagelen": PR_PAGELEN}, workspace=workspace, repo_slug=repo_slug
+        ):
+            if page.size is not None:
+                return page.size
+            count += len(page.values)
+        return count
+
+    async def members(self, workspace: str) -> list[Member]:
+        rows = await self.collect(paths.MEMBERS, {"pagelen": MAX_PAGELEN}, workspace=workspace)
+        return [Member.from_api(r) for r in rows]
+
+    async def permissions(self, workspace: str) -> dict[str, str]:
+        """Member key (account_id, else uuid) → ``owner`` / ``member`` / ``collaborator``."""
+        rows = await self.collect(paths.PERMISSIONS, {"pagelen": MAX_PAGELEN}, workspace=workspace)
+        out: dict[str, str] = {}
+        for row in rows:
+            user = User.from_api(row.get("user") or {})
+            if user.key and isinstance(row.get("permission"), str):
+                out[user.key] = row["permission"]
+        return out
+
+    async def members_by_email(self, workspace: str, emails: Iterable[str]) -> dict[str, User]:
+        """Email (lower-cased) → member, in batches of at most 90 addresses.
+
+        Only admins, integrations and workspace access tokens may filter on email; others get
+        403, which the caller reads as "email linking unavailable".
+        """
+        wanted = sorted({e.strip().lower() for e in emails if e.strip()})
+        found: dict[str, User] = {}
+        for start in range(0, len(wanted), EMAIL_BATCH):
+            batch = wanted[start : start + EMAIL_BATCH]
+            params: dict[str, str | int] = {
+                "q": sansio.bbql_email_filter(batch),
+                "fields": "+values.user.email",
+                "pagelen": MAX_PAGELEN,
+            }
+            for row in await self.collect(paths.MEMBERS, params, workspace=workspace):
+                user_raw = row.get("user") or {}
+                email = user_raw.get("email")
+                if isinstance(email, str):
+                    found[email.lower()] = User.from_api(user_raw)
+        return found
+
+    async def hook_events(self, subject_type: str) -> list[str]:
+        rows = await self.collect(paths.HOOK_EVENTS, {"pagelen": MAX_PAGELEN}, subject_type=subject_type)
+        return sorted(str(r["event"]) for r in rows if isinstance(r.get("event"), str))
+
+    # -- webhooks --------------------------------------------------------------------------
+    async def workspace_hooks(self, workspace: str) -> list[Webhook]:
+        rows = await self.collect(paths.WORKSPACE_HOOKS_LIST, {"pagelen": MAX_PAGELEN}, workspace=workspace)
+        return [Webhook.from_api(r) for r in rows]
+
+    async def repository_hooks(self, workspace: str, repo_slug: str) -> list[Webhook]:
+        rows = await self.collect(
+            paths.REPO_HOOKS_LIST, {"pagelen": MAX_PAGELEN}, workspace=workspace, repo_slug=repo_slug
+        )
+        return [Webhook.from_api(r) for r in rows]
+
+    @staticmethod
+    def _hook_body(
+        url: str, events: Iterable[str], secret: str | None, description: str, active: bool
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "description": description,
+            "url": url,
+            "active": active,
+            "events": sorted(set(events)),
+        }
+        if secret is not None:
+            body["secret"] = secret
+        return body
+
+    async def create_workspace_hook(
+        self, workspace: str, url: str, events: Iterable[str], secret: str | None, description: str = "lowerplane"
+    ) -> Webhook:
+        body = self._hook_body(url, events, secret, description, True)
+        raw = await self.request("POST", self.url(paths.WORKSPACE_HOOK_CREATE, workspace=workspace), body)
+        return Webhook.from_api(raw)
+
+    async def update_workspace_hook(
+        self,
+        workspace: str,
+        uid: str,
+        url: str,
+        events: Iterable[str],
+        secret: str | None,
+        description: str = "lowerplane",
+        active: bool = True,
+    ) -> Webhook:
+        body = self._hook_body(url, events, secret, description, active)
+        raw = await self.request("PUT", self.url(paths.WORKSPACE_HOOK_UPDATE, workspace=workspace, uid=uid), body)
+        return Webhook.from_api(raw)
+
+    async def delete_workspace_hook(self, workspace: str, uid: str) -> None:
+        await self.request("DELETE", self.url(paths.WORKSPACE_HOOK_DELETE, workspace=workspace, uid=uid))
+
+    async def create_repository_hook(
+        self,
+        workspace: str,
+        repo_slug: str,
+        url: str,
+        events: Iterable[str],
+        secret: str | None,
+        description: str = "lowerplane",
+    ) -> Webhook:
+        body = self._hook_body(url, events, secret, description, True)
+        raw = await self.request(
+            "POST", self.url(paths.REPO_HOOK_CREATE, workspace=workspace, repo_slug=repo_slug), body
+        )
+        return Webhook.from_api(raw)
+
+    async def update_repository_hook(
+        self,
+        workspace: str,
+        repo_slug: str,
+        uid: str,
+        url: str,
+        events: Iterable[str],
+        secret: str | None,
+        description: str = "lowerplane",
+        active: bool = True,
+    ) -> Webhook:
+        body = self._hook_body(url, events, secret, description, active)
+        raw = await self.request(
+            "PUT", self.url(paths.REPO_HOOK_UPDATE, workspace=workspace, repo_slug=repo_slug, uid=uid), body
+        )
+        return Webhook.from_api(raw)
+
+    async def delete_repository_hook(self, workspace: str, repo_slug: str, uid: str) -> None:
+        await self.request(
+            "DELETE", self.url(paths.REPO_HOOK_DELETE, workspace=workspace, repo_slug=repo_slug, uid=uid)
+        )
+
+    def calls(self) -> int:
+        """Requests sent so far (every status)."""
+        return sum(self.counters.values())

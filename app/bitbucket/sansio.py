@@ -1,0 +1,269 @@
+"""Pure Bitbucket Cloud protocol code: pagination, error mapping, headers, webhook signatures.
+
+No I/O here (gidgethub's sans-I/O style): the client feeds status, headers and bytes in and gets
+values or exceptions out, so every rule is testable from tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from app import errors
+from app.models import Delivery
+
+JsonObject = dict[str, Any]
+
+# SPEC narrative "Pagination": a collection is {"values", "next"?, "size"?, "page"?, "pagelen"}.
+# ``next`` is opaque and absent on the last page.
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a paginated collection."""
+
+    values: list[JsonObject]
+    next: str | None
+    size: int | None
+    pagelen: int | None
+
+
+def parse_page(body: Any) -> Page:
+    """Read a collection envelope; raise UnexpectedResponse when it is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("values"), list):
+        raise errors.UnexpectedResponse("expected a paginated collection with 'values'")
+    nxt = body.get("next")
+    size = body.get("size")
+    pagelen = body.get("pagelen")
+    return Page(
+        values=[v for v in body["values"] if isinstance(v, dict)],
+        next=nxt if isinstance(nxt, str) and nxt else None,
+        size=size if isinstance(size, int) else None,
+        pagelen=pagelen if isinstance(pagelen, int) else None,
+    )
+
+
+def build_url(base: str, path: str, params: Mapping[str, str | int] | None = None) -> str:
+    """``base + path`` with a query string (values encoded; BBQL quotes survive)."""
+    url = base.rstrip("/") + path
+    if params:
+        url += "?" + urlencode({k: str(v) for k, v in params.items()})
+    return url
+
+
+def json_body(data: bytes) -> Any:
+    """Decode a JSON body or raise UnexpectedResponse (no body text in the message)."""
+    try:
+        return json.loads(data) if data else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise errors.UnexpectedResponse("response body is not JSON") from None
+
+
+def _error_message(data: bytes) -> str:
+    """Bitbucket's ``error.message`` (SPEC narrative "Standardized error responses")."""
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        text = data[:200].decode("utf-8", "replace").strip()
+        return text or "no message"
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message") or "no message")[:300]
+    return "no message"
+
+
+def parse_scopes(value: str | None) -> frozenset[str] | None:
+    """``X-OAuth-Scopes: repository, account`` → {"repository", "account"}; None when absent."""
+    if value is None:
+        return None
+    return frozenset(s.strip() for s in value.replace(" ", ",").split(",") if s.strip())
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``Retry-After`` (delta-seconds form only), or None."""
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw.strip())
+    except ValueError:
+        return None
+    return max(0.0, min(seconds, 3600.0))
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Rate-limit headers; sent to access tokens only (blog: scaled rate limits)."""
+
+    limit: int | None
+    resource: str | None
+    near_limit: bool
+
+
+def rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
+    """``X-RateLimit-Limit``/``-Resource``/``-NearLimit`` when present."""
+    if "X-RateLimit-Limit" not in headers and "X-RateLimit-NearLimit" not in headers:
+        return None
+    raw = headers.get("X-RateLimit-Limit")
+    limit = int(raw) if raw and raw.strip().isdigit() else None
+    near = headers.get("X-RateLimit-NearLimit", "false").strip().lower() == "true"
+    return RateLimit(limit=limit, resource=headers.get("X-RateLimit-Resource"), near_limit=near)
+
+
+def raise_for_status(status: int, headers: Mapping[str, str], data: bytes, endpoint: str) -> None:
+    """Map an HTTP status to the error tree; return quietly for 2xx/3xx."""
+    if status < 400:
+        return
+    message = f"{endpoint}: HTTP {status}: {_error_message(data)}"
+    if status == 401:
+        raise errors.AuthError(message, status=status, endpoint=endpoint)
+    if status == 403:
+        # X-Accepted-OAuth-Scopes names what the endpoint accepts (recorded 403/429 dumps).
+        needed = parse_scopes(headers.get("X-Accepted-OAuth-Scopes"))
+        granted = parse_scopes(headers.get("X-OAuth-Scopes")) or frozenset()
+        scope = None
+        if needed:
+            missing = sorted(needed - granted) or sorted(needed)
+            scope = missing[0]
+        raise errors.ForbiddenError(message, endpoint=endpoint, required_scope=scope)
+    if status == 404:
+        raise errors.NotFoundError(message, status=status, endpoint=endpoint)
+    if status == 410:
+        raise errors.GoneError(message, status=status, endpoint=endpoint)
+    if status == 429:
+        raise errors.RateLimitedError(message, endpoint=endpoint, retry_after=retry_after(headers))
+    if status >= 500:
+        raise errors.ServerError(message, status=status, endpoint=endpoint)
+    if status == 400:
+        raise errors.BadRequestError(message, status=status, endpoint=endpoint)
+    raise errors.BitbucketError(message, status=status, endpoint=endpoint)
+
+
+def bbql_email_filter(emails: Iterable[str]) -> str:
+    """``user.email IN ("a@x","b@y")`` for the members endpoint (BBQL, SPEC narrative "Filtering").
+
+    Quotes and backslashes inside an address are escaped as BBQL string literals require.
+    """
+    quoted = ",".join('"' + e.replace("\\", "\\\\").replace('"', '\\"') + '"' for e in emails)
+    return f"user.email IN ({quoted})"
+
+
+# --- webhooks -------------------------------------------------------------------------------
+# Bitbucket signs the raw body: X-Hub-Signature: sha256=<hex HMAC-SHA256(secret, body)>
+# (support.atlassian.com "Manage webhooks", published vector in bitbucket-facts.md).
+
+SIGNATURE_PREFIX = "sha256="
+
+
+def sign(secret: str | bytes, body: bytes) -> str:
+    """The ``X-Hub-Signature`` value Bitbucket sends for ``body``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    return SIGNATURE_PREFIX + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secrets: Iterable[str | bytes], body: bytes, header: str | None) -> None:
+    """Raise SignatureError unless ``header`` is a valid signature of ``body`` under any secret.
+
+    Several secrets allow rotation; every comparison runs in constant time and all are tried.
+    """
+    if not header:
+        raise errors.SignatureError("missing X-Hub-Signature")
+    if not header.startswith(SIGNATURE_PREFIX):
+        raise errors.SignatureError("X-Hub-Signature must start with sha256=")
+    ok = False
+    for secret in secrets:
+        ok |= hmac.compare_digest(sign(secret, body).encode(), header.strip().encode())
+    if not ok:
+        raise errors.SignatureError("X-Hub-Signature does not match the body")
+
+
+def _obj(value: Any) -> JsonObject:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def parse_delivery(headers: Mapping[str, str], body: bytes) -> Delivery:
+    """Parse a verified delivery into a Delivery, keeping no commit message, author or diff.
+
+    Raises PayloadError for missing headers or a body that is not a JSON object.
+    """
+    event_key = headers.get("X-Event-Key", "").strip()
+    request_uuid = headers.get("X-Request-UUID", "").strip()
+    hook_uuid = headers.get("X-Hook-UUID", "").strip()
+    if not event_key or ":" not in event_key or len(event_key) > 100:
+        raise errors.PayloadError("missing or malformed X-Event-Key")
+    if len(request_uuid) > 100 or len(hook_uuid) > 100:
+        raise errors.PayloadError("X-Request-UUID or X-Hook-UUID too long")
+    attempt_raw = headers.get("X-Attempt-Number", "1").strip() or "1"
+    if not attempt_raw.isdigit():
+        raise errors.PayloadError("X-Attempt-Number must be a number")
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise errors.PayloadError("body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise errors.PayloadError("body is not a JSON object")
+
+    repo = _obj(payload.get("repository"))
+    full_name = _str(repo.get("full_name"))
+    workspace = None
+    if isinstance(repo.get("workspace"), dict):
+        workspace = _str(repo["workspace"].get("slug"))
+    if workspace is None and full_name and "/" in full_name:
+        workspace = full_name.split("/", 1)[0]
+    actor = _obj(payload.get("actor"))
+
+    branches: list[str] = []
+    created: list[str] = []
+    deleted: list[str] = []
+    push = payload.get("push")
+    if isinstance(push, dict) and isinstance(push.get("changes"), list):
+        for change in push["changes"]:
+            if not isinstance(change, dict):
+                continue
+            new, old = change.get("new"), change.get("old")
+            ref = new if isinstance(new, dict) else old if isinstance(old, dict) else None
+            if ref is None or ref.get("type") not in ("branch", "named_branch"):
+                continue  # tags do not affect any test
+            name = _str(ref.get("name"))
+            if not name:
+                continue
+            branches.append(name)
+            if change.get("created") or old is None:
+                created.append(name)
+            if change.get("closed") or new is None:
+                deleted.append(name)
+    pr = _obj(payload.get("pullrequest"))
+    pr_id = pr.get("id") if isinstance(pr.get("id"), int) else None
+    status = payload.get("commit_status")
+    if isinstance(status, dict) and isinstance(status.get("refname"), str):
+        branches.append(status["refname"])
+    changes = _obj(payload.get("changes"))
+    project = _obj(payload.get("project"))
+    if not project:
+        project = _obj(repo.get("project"))
+
+    return Delivery(
+        event_key=event_key,
+        request_uuid=request_uuid,
+        hook_uuid=hook_uuid,
+        attempt=int(attempt_raw),
+        repository_uuid=_str(repo.get("uuid")),
+        repository_full_name=full_name,
+        workspace=workspace,
+        actor_account_id=_str(actor.get("account_id")) or _str(actor.get("uuid")),
+        branches=tuple(dict.fromkeys(branches)),
+        branches_created=tuple(dict.fromkeys(created)),
+        branches_deleted=tuple(dict.fromkeys(deleted)),
+        pullrequest_id=pr_id,
+        pullrequest_state=_str(pr.get("state")),
+        changed_fields=tuple(sorted(str(k) for k in changes)),
+        project_key=_str(project.get("key")),
+    )
