@@ -11,11 +11,14 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from app import errors
 from app.logs import configure, get_logger
-from app.settings import Settings
+from app.models import STATUSES
+from app.settings import CHECK_IDS, Settings
+
+CLASSES = ("production", "non-production")
 
 log = get_logger("cli")
 
@@ -49,6 +52,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="sandbox + the product, end to end")
     p.add_argument("--once", action="store_true", help="exit 0 after the scripted demo")
     p.add_argument("--port", type=_port, default=8000)
+
+    p = sub.add_parser("reconcile", help="one full pass over every connected workspace (for cron)")
+    p.add_argument("--workspace")
+
+    p = sub.add_parser("findings", help="current results")
+    p.add_argument("--workspace")
+    p.add_argument("--check", choices=CHECK_IDS)
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    p = sub.add_parser("classify", help="set a repository's class")
+    p.add_argument("repository", metavar="WORKSPACE/REPO")
+    p.add_argument("cls", metavar="CLASS", choices=CLASSES)
+
+    p = sub.add_parser("classify-rules", help="ordered classification rules (an explicit class always wins)")
+    rules = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    r = rules.add_parser("add", help="add a rule at the end of the list")
+    r.add_argument("cls", metavar="CLASS", choices=CLASSES)
+    r.add_argument("--project", metavar="KEY", help="repositories of this project key")
+    r.add_argument("--name", metavar="GLOB", help="repositories whose slug or name matches (* spans anything)")
+    r.add_argument("--workspace", help="only in this workspace")
+    rules.add_parser("list", help="the rules in order")
+
+    p = sub.add_parser("personnel", help="the personnel directory")
+    people = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    r = people.add_parser("import", help="load people from CSV or JSON (all or nothing)")
+    r.add_argument("file", type=Path)
+
+    p = sub.add_parser(
+        "evidence",
+        help="manual evidence for the MFA tests",
+        description="Get it from admin.atlassian.com: the organization's two-step verification report of the "
+        "workspace's members (member-mfa-enabled) or the authentication policy that requires 2SV "
+        "(workspace-mfa-enforced). A screenshot or PDF export is enough.",
+    )
+    ev = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    r = ev.add_parser("add", help="record a PNG, JPEG or PDF file as evidence")
+    r.add_argument("--check", required=True, choices=("member-mfa-enabled", "workspace-mfa-enforced"))
+    r.add_argument("--workspace")
+    r.add_argument("--member", metavar="ACCOUNT_ID")
+    r.add_argument("--expires", metavar="DATE")
+    r.add_argument("file", type=Path)
+
+    p = sub.add_parser("exceptions", help="accepted risks")
+    ex = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    r = ex.add_parser("add", help="accept a failing result until a date (at most one year)")
+    r.add_argument("--check", required=True, choices=CHECK_IDS)
+    r.add_argument("--subject", required=True, help="workspace/repo, member account id, or workspace slug")
+    r.add_argument("--owner", required=True)
+    r.add_argument("--reason", required=True)
+    r.add_argument("--expires", required=True, metavar="DATE")
     return parser
 
 
@@ -80,4 +134,25 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from app.demo import run_demo
 
         return asyncio.run(run_demo(settings, port=args.port, once=args.once))
-    raise errors.ConfigError(f"unknown command {args.command!r}")  # pragma: no cover
+    from app import commands as c
+
+    command: Any
+    if args.command == "reconcile":
+        command = c.cmd_reconcile(settings, args.workspace)
+    elif args.command == "findings":
+        command = c.cmd_findings(settings, args.workspace, args.check, args.status, args.format)
+    elif args.command == "classify":
+        command = c.cmd_classify(settings, args.repository, args.cls)
+    elif args.command == "classify-rules" and args.action == "add":
+        command = c.cmd_rule_add(settings, args.cls, args.project, args.name, args.workspace)
+    elif args.command == "classify-rules":
+        command = c.cmd_rule_list(settings)
+    elif args.command == "personnel":
+        command = c.cmd_personnel_import(settings, args.file)
+    elif args.command == "evidence":
+        command = c.cmd_evidence_add(settings, args.check, args.workspace, args.member, args.expires, args.file)
+    elif args.command == "exceptions":
+        command = c.cmd_exception_add(settings, args.check, args.subject, args.owner, args.reason, args.expires)
+    else:  # pragma: no cover - argparse refuses unknown commands
+        raise errors.ConfigError(f"unknown command {args.command!r}")
+    return int(asyncio.run(command))

@@ -5,6 +5,8 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -31,3 +33,47 @@ class Delivery(BaseModel):
     pullrequest_state: str | None = None
     changed_fields: tuple[str, ...] = ()
     project_key: str | None = None
+
+
+# --- results of the eight tests ---------------------------------------------------------------
+
+STATUSES = ("pass", "fail", "unknown", "not_applicable", "excepted")
+FAILING = frozenset({"fail", "unknown"})
+PASSING = frozenset({"pass", "not_applicable", "excepted"})
+SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+class Result(BaseModel):
+    """One evaluation of one test for one subject (checks.md "Results").
+
+    ``subject_key`` identifies the subject across renames: a repository's uuid, a member's
+    account_id (uuid where there is none), the workspace slug. ``fetch_failed`` marks a result
+    computed without fresh data; the findings diff then keeps the earlier result, marked stale.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    check: str
+    severity: str
+    workspace: str
+    subject_type: str  # repository | member | workspace
+    subject_key: str
+    subject: str
+    subject_uuid: str | None = None
+    subject_name: str | None = None
+    status: str
+    message: str
+    details: dict[str, Any] = {}
+    fetch_failed: bool = False
+
+
+class StoredResult(BaseModel):
+    """A result as the store keeps it, with its history stamps."""
+
+    model_config = ConfigDict(frozen=True)
+
+    result: Result
+    fingerprint: str
+    first_seen: str
+    last_changed: str
+    stale_since: str | None = None

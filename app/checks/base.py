@@ -1,0 +1,221 @@
+"""Pure: the inputs every test reads (facts), its context, and the Check type.
+
+Facts are assembled from stored snapshots by the reconcile and the worker; a test never fetches.
+A fact that could not be read carries why: ``missing_scope`` (the credential lacks a scope) or
+``fetch_failed`` (5xx, timeout, 429 after retries), so a test can answer ``unknown`` or let the
+findings diff keep the last result as stale, never ``fail``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from app.bitbucket.models import BranchingModel, BranchRestriction, Pipeline, PipelinesConfig, Repository, User
+from app.models import Result
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Why a fact is missing: a scope the credential lacks, or a failed fetch."""
+
+    reason: str  # missing_scope | fetch_failed | not_fetched
+    scope: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RepoFacts:
+    repo: Repository
+    repo_class: str | None  # production | non-production | None (unclassified)
+    class_source: str | None = None  # explicit | rule:<n>
+    restrictions: tuple[BranchRestriction, ...] | Unreadable = Unreadable("not_fetched")
+    branching_model: BranchingModel | Unreadable | None = None
+    pipelines: PipelinesConfig | Unreadable = Unreadable("not_fetched")
+    last_build: Pipeline | None = None
+    open_pullrequests: int | None = None
+
+
+@dataclass(frozen=True)
+class Person:
+    """An entry of the personnel directory."""
+
+    email: str
+    name: str
+    kind: str  # employee | contractor | service-account | external
+    status: str  # active | offboarded
+    offboarded_on: str | None = None
+    bitbucket_account_id: str | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class MemberFacts:
+    user: User
+    permission: str | None = None
+    person: Person | None = None
+    linked_by: str | None = None  # account_id | email
+    email_lookup: str = "unavailable"  # available | unavailable | not_needed
+
+
+@dataclass(frozen=True)
+class Evidence:
+    id: int
+    check: str
+    workspace: str
+    member: str | None  # account_id, or None for workspace-wide evidence
+    uploaded_at: datetime
+    expires_at: datetime
+    covered_members: tuple[str, ...] | None = None  # a workspace 2SV report: who was a member then
+    filename: str = ""
+
+
+@dataclass(frozen=True)
+class ExceptionGrant:
+    id: int
+    check: str
+    subject: str
+    owner: str
+    reason: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Context:
+    """Settings and manual records a test may consult; ``now`` makes evaluation deterministic."""
+
+    workspace: str
+    now: datetime
+    min_approvals: int = 1
+    strict_merge_checks: bool = False
+    evidence: tuple[Evidence, ...] = ()
+    web_url: str = "https://bitbucket.org"
+
+
+@dataclass(frozen=True)
+class WorkspaceFacts:
+    workspace: str
+    repositories: tuple[RepoFacts, ...] = ()
+    members: tuple[MemberFacts, ...] | Unreadable = ()
+    exceptions: tuple[ExceptionGrant, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One security test. ``evaluate`` yields its results for a workspace, never raising."""
+
+    id: str
+    title: str
+    severity: str
+    subject_type: str
+    default_on: bool
+    evaluate: Callable[[WorkspaceFacts, Context], Sequence[Result]]
+    doc: str = ""
+
+
+def repo_result(check: Check, facts: RepoFacts, status: str, message: str, **details: Any) -> Result:
+    repo = facts.repo
+    return Result(
+        check=check.id,
+        severity=check.severity,
+        workspace=repo.workspace,
+        subject_type="repository",
+        subject_key=repo.uuid,
+        subject=repo.full_name,
+        subject_uuid=repo.uuid,
+        subject_name=repo.name,
+        status=status,
+        message=message,
+        details=details,
+        fetch_failed=bool(details.pop("_fetch_failed", False)),
+    )
+
+
+def member_result(check: Check, ws: str, m: MemberFacts, status: str, message: str, **details: Any) -> Result:
+    return Result(
+        check=check.id,
+        severity=check.severity,
+        workspace=ws,
+        subject_type="member",
+        subject_key=m.user.key,
+        subject=m.user.key,
+        subject_uuid=m.user.uuid,
+        subject_name=m.user.display_name or m.user.nickname,
+        status=status,
+        message=message,
+        details=details,
+        fetch_failed=bool(details.pop("_fetch_failed", False)),
+    )
+
+
+def out_of_scope(check: Check, facts: RepoFacts) -> Result | None:
+    """``not_applicable`` for a repository classified non-production (checks.md repo-classified)."""
+    if facts.repo_class == "non-production":
+        return repo_result(
+            check,
+            facts,
+            "not_applicable",
+            f"{facts.repo.full_name} is classified non-production.",
+            repo_class="non-production",
+        )
+    return None
+
+
+def settings_url(ctx: Context, facts: RepoFacts, page: str = "branch-restrictions") -> str:
+    return f"{ctx.web_url}/{facts.repo.full_name}/admin/{page}"
+
+
+def unreadable_result(check: Check, facts: RepoFacts, why: Unreadable, what: str) -> Result:
+    if why.reason == "missing_scope":
+        scope = why.scope or "repository:admin"
+        return repo_result(
+            check,
+            facts,
+            "unknown",
+            f"Cannot read the {what} of {facts.repo.full_name}: the connection lacks the "
+            f"`{scope}` scope. Reconnect with a consumer or token that has it.",
+            missing_scope=scope,
+        )
+    return repo_result(
+        check,
+        facts,
+        "unknown",
+        f"Could not read the {what} of {facts.repo.full_name} ({why.detail or why.reason}); "
+        "the last known result stands until the next successful read.",
+        _fetch_failed=True,
+        error=why.detail or why.reason,
+    )
+
+
+PROJECT_LEVEL_NOTE = (
+    "Project-level branch restrictions are not visible through Bitbucket's API (BCLOUD-22732): "
+    "if this repository is protected only at project level, add the rule on the repository."
+)
+
+
+def branch_preamble(
+    check: Check, facts: RepoFacts
+) -> Result | tuple[tuple[BranchRestriction, ...], BranchingModel | None, str]:
+    """What every branch test does first: scope, class, main branch, readable restrictions."""
+    if (na := out_of_scope(check, facts)) is not None:
+        return na
+    main = facts.repo.mainbranch
+    if main is None:
+        return repo_result(
+            check,
+            facts,
+            "not_applicable",
+            f"{facts.repo.full_name} is empty: it has no main branch to protect yet.",
+            reason="no_main_branch",
+        )
+    if isinstance(facts.restrictions, Unreadable):
+        return unreadable_result(check, facts, facts.restrictions, "branch restrictions")
+    model = facts.branching_model
+    if isinstance(model, Unreadable):
+        needs_model = any(r.branch_match_kind == "branching_model" for r in facts.restrictions)
+        if needs_model:
+            return unreadable_result(check, facts, model, "branching model")
+        model = None
+    return facts.restrictions, model, main

@@ -1,0 +1,401 @@
+"""The full pass: read a workspace through the client, store snapshots, evaluate, diff, record.
+
+``reconcile_workspace`` fetches only what an enabled test needs (the branching model only for
+repositories with a ``branching_model`` restriction; Pipelines only when ``pipelines-enabled`` is
+on), with bounded concurrency and within the client's budget. A fetch that fails marks its
+snapshot stale and never produces a ``fail`` (checks.md). ``evaluate_workspace`` decides every
+test from stored snapshots alone, so the reconcile, the worker and the benchmarks share one path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from app import checks, errors
+from app.bitbucket.client import BitbucketClient
+from app.bitbucket.models import (
+    BranchingModel,
+    BranchRestriction,
+    Member,
+    Pipeline,
+    PipelinesConfig,
+    Repository,
+)
+from app.checks.base import Context, MemberFacts, Person, RepoFacts, Unreadable, WorkspaceFacts
+from app.checks.coverage import glob_matches
+from app.findings import Delta, Key, diff
+from app.logs import get_logger
+from app.models import Result
+from app.settings import Settings
+from app.store import Store
+from app.store.snapshots import Snapshot
+
+log = get_logger("reconcile")
+
+BRANCH_CHECKS = {"merge-requires-passing-builds", "merge-requires-peer-review", "branch-protection-enforced"}
+MEMBER_CHECKS = {"member-mfa-enabled", "offboarded-access-removed"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# -- snapshot keys ---------------------------------------------------------------------------
+def k_repos(ws: str) -> str:
+    return f"repos:{ws}"
+
+
+def k_repo(uuid: str) -> str:
+    return f"repo:{uuid}"
+
+
+def k_restrictions(uuid: str) -> str:
+    return f"restrictions:{uuid}"
+
+
+def k_model(uuid: str) -> str:
+    return f"branching_model:{uuid}"
+
+
+def k_pipelines(uuid: str) -> str:
+    return f"pipelines:{uuid}"
+
+
+def k_build(uuid: str) -> str:
+    return f"last_build:{uuid}"
+
+
+def k_members(ws: str) -> str:
+    return f"members:{ws}"
+
+
+def k_emails(ws: str) -> str:
+    return f"email_links:{ws}"
+
+
+@dataclass
+class PassReport:
+    workspace: str
+    api_calls: int = 0
+    snapshots_changed: int = 0
+    rows_written: int = 0
+    fetch_failures: int = 0
+    seconds: float = 0.0
+    delta: Delta = field(default_factory=Delta)
+
+
+class Fetcher:
+    """Reads resources through the client and turns each outcome into a snapshot row."""
+
+    def __init__(self, client: BitbucketClient, store: Store, now: str) -> None:
+        self.client = client
+        self.store = store
+        self.now = now
+        self.rows: list[tuple[str, str, str, Any]] = []
+        self.failures = 0
+
+    async def get(self, key: str, ws: str, kind: str, read: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``read``; store its value, or a scope marker on 403; mark the snapshot stale on failure."""
+        try:
+            value = await read()
+        except errors.ForbiddenError as exc:
+            value = {"unreadable": {"reason": "missing_scope", "scope": exc.required_scope or "repository:admin"}}
+        except (errors.TransientError, errors.UnexpectedResponse, errors.NotFoundError, errors.BadRequestError) as exc:
+            self.failures += 1
+            log.warning("fetch.failed", key=key, error=type(exc).__name__)
+            await self.store.snapshots.mark_failed(key, ws, kind, f"{type(exc).__name__}: {exc}", self.now)
+            return None
+        self.rows.append((key, ws, kind, value))
+        return value
+
+
+def _dump(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_dump(v) for v in value]
+    return value
+
+
+async def fetch_repository(
+    fetcher: Fetcher, ws: str, repo: Repository, enabled: Sequence[str], *, open_prs: bool = True
+) -> None:
+    """Every per-repository resource the enabled tests need."""
+    client = fetcher.client
+    slug = repo.slug
+    meta = repo.model_dump(mode="json")
+    if open_prs:
+        count = await fetcher.get(
+            k_repo(repo.uuid) + ":prs", ws, "pr_count", lambda: client.open_pullrequest_count(ws, slug)
+        )
+        if count is not None:
+            fetcher.rows.pop()  # folded into the repository snapshot below
+            meta["open_pullrequests"] = count
+    fetcher.rows.append((k_repo(repo.uuid), ws, "repo", meta))
+    if repo.mainbranch and BRANCH_CHECKS & set(enabled):
+        restrictions = await fetcher.get(
+            k_restrictions(repo.uuid),
+            ws,
+            "restrictions",
+            lambda: _as_values(client.branch_restrictions(ws, slug)),
+        )
+        if isinstance(restrictions, dict) and any(
+            r.get("branch_match_kind") == "branching_model" for r in restrictions.get("values", [])
+        ):
+            await fetcher.get(
+                k_model(repo.uuid), ws, "branching_model", lambda: _dumped(client.branching_model(ws, slug))
+            )
+    if "pipelines-enabled" in enabled:
+        await fetcher.get(k_pipelines(repo.uuid), ws, "pipelines", lambda: _dumped(client.pipelines_config(ws, slug)))
+        if repo.mainbranch:
+            main = repo.mainbranch
+            await fetcher.get(
+                k_build(repo.uuid), ws, "last_build", lambda: _dumped(client.latest_pipeline(ws, slug, main))
+            )
+
+
+async def _as_values(aw: Awaitable[list[BranchRestriction]]) -> dict[str, Any]:
+    return {"values": _dump(await aw)}
+
+
+async def _dumped(aw: Awaitable[Any]) -> Any:
+    return _dump(await aw)
+
+
+async def fetch_members(fetcher: Fetcher, ws: str, people: Sequence[Person]) -> None:
+    client = fetcher.client
+
+    async def members() -> list[Any]:
+        found = await client.members(ws)
+        try:
+            roles = await client.permissions(ws)
+        except errors.ForbiddenError:
+            roles = {}  # access tokens cannot read permissions (bitbucket-facts.md)
+        return [_dump(m.model_copy(update={"permission": roles.get(m.user.key)})) for m in found]
+
+    listed = await fetcher.get(k_members(ws), ws, "members", members)
+    if listed is None:
+        return
+    member_keys = {Member.model_validate(m).user.key for m in listed}
+    wanted = [p.email for p in people if not p.bitbucket_account_id or p.bitbucket_account_id not in member_keys]
+    if not wanted:
+        fetcher.rows.append((k_emails(ws), ws, "email_links", {"available": None, "links": {}}))
+        return
+
+    async def emails() -> dict[str, Any]:
+        try:
+            found = await client.members_by_email(ws, wanted)
+        except errors.ForbiddenError:
+            return {"available": False, "links": {}}
+        return {"available": True, "links": {e: u.key for e, u in sorted(found.items())}}
+
+    await fetcher.get(k_emails(ws), ws, "email_links", emails)
+
+
+def _unreadable(snap: Snapshot | None) -> Unreadable | None:
+    if snap is None:
+        return Unreadable("not_fetched")
+    if snap.stale_since is not None:
+        return Unreadable("fetch_failed", detail=snap.error or "fetch failed")
+    if isinstance(snap.content, dict) and "unreadable" in snap.content:
+        u = snap.content["unreadable"]
+        return Unreadable(u.get("reason", "missing_scope"), scope=u.get("scope"))
+    return None
+
+
+def classify(
+    repo: Repository, explicit: dict[str, str], rules: Sequence[dict[str, Any]]
+) -> tuple[str | None, str | None]:
+    """The explicit class wins; otherwise the first matching rule (project key or name glob)."""
+    if repo.uuid in explicit:
+        return explicit[repo.uuid], "explicit"
+    for rule in rules:
+        if rule.get("workspace") and rule["workspace"] != repo.workspace:
+            continue
+        if rule.get("project_key") and rule["project_key"] == repo.project_key:
+            return rule["class"], f"rule:{rule['id']}"
+        if rule.get("name_glob") and (
+            glob_matches(rule["name_glob"], repo.slug) or glob_matches(rule["name_glob"], repo.name)
+        ):
+            return rule["class"], f"rule:{rule['id']}"
+    return None, None
+
+
+async def build_facts(store: Store, ws: str) -> tuple[WorkspaceFacts, bool]:
+    """Facts for one workspace from stored snapshots; the flag says whether members were read."""
+    snaps = await store.snapshots.load(ws)
+    explicit = await store.records.classes(ws)
+    rules = await store.records.rules()
+    people = await store.records.people()
+    exceptions = await store.records.exceptions()
+    repo_list = snaps.get(k_repos(ws))
+    repos: list[RepoFacts] = []
+    for uuid in repo_list.content if repo_list and repo_list.content else []:
+        snap = snaps.get(k_repo(uuid))
+        if snap is None or snap.content is None:
+            continue
+        repo = Repository.model_validate(snap.content)
+        cls, source = classify(repo, explicit, rules)
+        r_snap = snaps.get(k_restrictions(uuid))
+        restrictions: tuple[BranchRestriction, ...] | Unreadable = _unreadable(r_snap) or tuple(
+            BranchRestriction.model_validate(v)
+            for v in r_snap.content["values"]  # type: ignore[union-attr]
+        )
+        m_snap = snaps.get(k_model(uuid))
+        model: BranchingModel | Unreadable | None = None
+        if m_snap is not None:
+            model = _unreadable(m_snap) or BranchingModel.model_validate(m_snap.content)
+        p_snap = snaps.get(k_pipelines(uuid))
+        pipelines: PipelinesConfig | Unreadable = _unreadable(p_snap) or PipelinesConfig.model_validate(
+            p_snap.content  # type: ignore[union-attr]
+        )
+        b_snap = snaps.get(k_build(uuid))
+        build = Pipeline.model_validate(b_snap.content) if b_snap and b_snap.content else None
+        repos.append(
+            RepoFacts(
+                repo=repo,
+                repo_class=cls,
+                class_source=source,
+                restrictions=restrictions,
+                branching_model=model,
+                pipelines=pipelines,
+                last_build=build,
+                open_pullrequests=snap.content.get("open_pullrequests"),
+            )
+        )
+    members_snap = snaps.get(k_members(ws))
+    members: tuple[MemberFacts, ...] | Unreadable
+    unreadable = _unreadable(members_snap)
+    if unreadable is not None:
+        members = unreadable
+    else:
+        assert members_snap is not None
+        by_account = {p.bitbucket_account_id: p for p in people if p.bitbucket_account_id}
+        by_email = {p.email: p for p in people}
+        email_snap = snaps.get(k_emails(ws))
+        links = email_snap.content if email_snap and email_snap.content and not email_snap.stale_since else {}
+        account_to_email = {acct: email for email, acct in (links.get("links") or {}).items()}
+        lookup = {True: "available", False: "unavailable", None: "not_needed"}[links.get("available")]
+        out = []
+        for raw in members_snap.content:
+            m = Member.model_validate(raw)
+            person, how = by_account.get(m.user.key), "account_id"
+            if person is None and m.user.key in account_to_email:
+                person, how = by_email.get(account_to_email[m.user.key]), "email"
+            out.append(
+                MemberFacts(
+                    user=m.user,
+                    permission=m.permission,
+                    person=person,
+                    linked_by=how if person else None,
+                    email_lookup=lookup,
+                )
+            )
+        members = tuple(out)
+    facts = WorkspaceFacts(workspace=ws, repositories=tuple(repos), members=members, exceptions=tuple(exceptions))
+    return facts, not isinstance(members, Unreadable)
+
+
+async def evaluate_workspace(store: Store, settings: Settings, ws: str, now: datetime) -> tuple[list[Result], bool]:
+    """Every enabled test for one workspace, from stored snapshots alone."""
+    facts, members_read = await build_facts(store, ws)
+    ctx = Context(
+        workspace=ws,
+        now=now,
+        min_approvals=settings.min_approvals,
+        strict_merge_checks=settings.strict_merge_checks,
+        evidence=tuple(await store.records.evidence(ws)),
+        web_url=settings.bitbucket_url,
+    )
+    return checks.evaluate(facts, ctx, settings.enabled_checks), members_read
+
+
+async def record(
+    store: Store,
+    settings: Settings,
+    ws: str,
+    now: datetime,
+    cause: str = "reconcile",
+    subjects: set[str] | None = None,
+) -> tuple[Delta, int]:
+    """Evaluate from snapshots, diff against stored results, write the delta.
+
+    ``subjects`` narrows the diff (and what may be retired) to those subject keys.
+    """
+    results, members_read = await evaluate_workspace(store, settings, ws, now)
+    if subjects is not None:
+        results = [r for r in results if r.subject_key in subjects]
+    previous = await store.results.load(ws)
+
+    def in_scope(key: Key) -> bool:
+        check, subject = key
+        if subjects is not None and subject not in subjects:
+            return False
+        return not (check in MEMBER_CHECKS and not members_read)
+
+    delta = diff(previous, results, in_scope)
+    written = await store.results.apply(delta, iso(now), cause)
+    return delta, written
+
+
+async def reconcile_workspace(
+    client: BitbucketClient, store: Store, settings: Settings, ws: str, now: datetime | None = None
+) -> PassReport:
+    """One full pass over a workspace. Raises BitbucketError when the repository list is unreadable."""
+    started = time.perf_counter()
+    now = now or utcnow()
+    stamp = iso(now)
+    calls_before = client.calls()
+    enabled = settings.enabled_checks
+    fetcher = Fetcher(client, store, stamp)
+    repos = await client.repositories(ws)
+    fetcher.rows.append((k_repos(ws), ws, "repos", [r.uuid for r in repos]))
+    sem = asyncio.Semaphore(settings.concurrency)
+
+    async def one(repo: Repository) -> None:
+        async with sem:
+            await fetch_repository(fetcher, ws, repo, enabled)
+
+    people = await store.records.people()
+    async with asyncio.TaskGroup() as tg:
+        for repo in repos:
+            tg.create_task(one(repo))
+        if MEMBER_CHECKS & set(enabled):
+            tg.create_task(fetch_members(fetcher, ws, people))
+    report = PassReport(workspace=ws, fetch_failures=fetcher.failures)
+    report.snapshots_changed = await store.snapshots.put_many(fetcher.rows, stamp)
+    # Repositories that left the workspace: drop their snapshots (their results retire below).
+    known = {r.uuid for r in repos}
+    snaps = await store.snapshots.load(ws)
+    gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and _repo_of(k) not in (None, *known)]
+    await store.snapshots.delete(gone)
+    report.delta, report.rows_written = await record(store, settings, ws, now)
+    report.api_calls = client.calls() - calls_before
+    report.seconds = time.perf_counter() - started
+    log.info(
+        "reconcile.done",
+        workspace=ws,
+        calls=report.api_calls,
+        written=report.rows_written,
+        opened=len(report.delta.opened),
+        resolved=len(report.delta.resolved),
+        failures=report.fetch_failures,
+        seconds=round(report.seconds, 2),
+    )
+    return report
+
+
+def _repo_of(key: str) -> str | None:
+    kind, _, rest = key.partition(":")
+    if kind in ("repo", "restrictions", "branching_model", "pipelines", "last_build"):
+        return rest.split(":")[0] if rest.startswith("{") else rest
+    return None

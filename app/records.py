@@ -1,0 +1,165 @@
+"""Pure: validation of what people hand the product: personnel files, evidence files, exceptions.
+
+Errors are :class:`RecordError` with one line naming the place (file line and field) and the
+problem; nothing is stored when any row is bad.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from app.checks.base import Person
+from app.errors import LowerplaneError
+
+KINDS = ("employee", "contractor", "service-account", "external")
+STATUSES = ("active", "offboarded")
+COLUMNS = ("email", "name", "kind", "status", "offboarded_on", "bitbucket_account_id")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_EVIDENCE_BYTES = 10 * 1024 * 1024
+MAX_EXCEPTION_DAYS = 366
+
+
+class RecordError(LowerplaneError):
+    """Bad input from a person: one line that says where and what."""
+
+
+def _date(value: str, where: str) -> str:
+    try:
+        return date.fromisoformat(value.strip()).isoformat()
+    except ValueError:
+        raise RecordError(f"{where}: not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def person_from_row(row: dict[str, Any], where: str) -> Person:
+    def field(name: str, required: bool = True) -> str | None:
+        raw = row.get(name)
+        value = "" if raw is None else str(raw).strip()
+        if not value:
+            if required:
+                raise RecordError(f"{where}, field {name}: required")
+            return None
+        return value
+
+    email = field("email")
+    assert email is not None
+    if not EMAIL.match(email):
+        raise RecordError(f"{where}, field email: not an email address: {email!r}")
+    name = field("name")
+    kind = (field("kind", False) or "employee").lower()
+    if kind not in KINDS:
+        raise RecordError(f"{where}, field kind: must be one of {', '.join(KINDS)}, not {kind!r}")
+    status = (field("status", False) or "active").lower()
+    if status not in STATUSES:
+        raise RecordError(f"{where}, field status: must be active or offboarded, not {status!r}")
+    off = field("offboarded_on", False)
+    if off is not None:
+        off = _date(off, f"{where}, field offboarded_on")
+    account = field("bitbucket_account_id", False)
+    owner = field("owner", False)
+    return Person(
+        email=email.lower(),
+        name=name or email,
+        kind=kind,
+        status=status,
+        offboarded_on=off,
+        bitbucket_account_id=account,
+        owner=owner,
+    )
+
+
+def parse_personnel(data: bytes, filename: str) -> list[Person]:
+    """CSV (header row with the COLUMNS) or JSON (a list of objects, or {"people": [...]})."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RecordError(f"{filename}: not UTF-8 text") from None
+    people: list[Person] = []
+    stripped = text.lstrip()
+    if filename.lower().endswith(".json") or stripped.startswith(("[", "{")):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{filename}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        rows = doc.get("people") if isinstance(doc, dict) else doc
+        if not isinstance(rows, list):
+            raise RecordError(f"{filename}: expected a JSON list of people")
+        for i, row in enumerate(rows, 1):
+            if not isinstance(row, dict):
+                raise RecordError(f"{filename}: entry {i}: expected an object")
+            people.append(person_from_row(row, f"{filename}: entry {i}"))
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "email" not in [f.strip() for f in reader.fieldnames]:
+            raise RecordError(f"{filename}:1: the header must name the columns: {', '.join(COLUMNS)}")
+        for row in reader:
+            clean = {(k or "").strip(): v for k, v in row.items()}
+            people.append(person_from_row(clean, f"{filename}:{reader.line_num}"))
+    seen: dict[str, int] = {}
+    for i, p in enumerate(people, 1):
+        if p.email in seen:
+            raise RecordError(f"{filename}: {p.email} appears twice (entries {seen[p.email]} and {i})")
+        seen[p.email] = i
+    if not people:
+        raise RecordError(f"{filename}: no people in the file")
+    return people
+
+
+def media_type(data: bytes) -> str:
+    """PNG, JPEG or PDF, recognised from the content, never from the file name."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"%PDF-"):
+        return "application/pdf"
+    raise RecordError("evidence must be a PNG, JPEG or PDF file (recognised from its content)")
+
+
+def check_evidence(data: bytes) -> str:
+    if len(data) > MAX_EVIDENCE_BYTES:
+        raise RecordError(f"evidence is {len(data)} bytes; at most {MAX_EVIDENCE_BYTES} (10 MiB)")
+    if not data:
+        raise RecordError("evidence file is empty")
+    return media_type(data)
+
+
+def evidence_expiry(uploaded: datetime, explicit: str | None, max_age_days: int) -> datetime:
+    if explicit:
+        day = date.fromisoformat(_date(explicit, "--expires"))
+        expires = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        if expires <= uploaded:
+            raise RecordError(f"--expires: {explicit} is not in the future")
+        return expires
+    return uploaded + timedelta(days=max_age_days)
+
+
+@dataclass(frozen=True)
+class ExceptionRequest:
+    check: str
+    subject: str
+    owner: str
+    reason: str
+    expires_at: datetime
+
+
+def check_exception(
+    check: str, subject: str, owner: str, reason: str, expires: str, now: datetime, known_checks: tuple[str, ...]
+) -> ExceptionRequest:
+    if check not in known_checks:
+        raise RecordError(f"--check: unknown test id {check!r}")
+    for name, value in (("--subject", subject), ("--owner", owner), ("--reason", reason)):
+        if not value.strip():
+            raise RecordError(f"{name}: required")
+    day = date.fromisoformat(_date(expires, "--expires"))
+    expires_at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    if expires_at <= now:
+        raise RecordError(f"--expires: {expires} is not in the future")
+    if expires_at > now + timedelta(days=MAX_EXCEPTION_DAYS):
+        raise RecordError(f"--expires: {expires} is more than one year away; exceptions last at most a year")
+    return ExceptionRequest(check, subject.strip(), owner.strip(), reason.strip(), expires_at)

@@ -1,0 +1,232 @@
+"""Manual records: repository classes and rules, personnel, evidence (files by SHA-256), exceptions,
+and the audit trail that keeps their history for auditors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from app.checks.base import Evidence, ExceptionGrant, Person
+from app.store.db import Database
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+class Records:
+    def __init__(self, db: Database, data_dir: Path) -> None:
+        self.db = db
+        self.evidence_dir = data_dir / "evidence"
+
+    async def _audit(
+        self, conn: Any, at: str, actor: str, action: str, kind: str, oid: str, details: dict[str, Any]
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO audit (at, actor, action, object_type, object_id, details) VALUES (?,?,?,?,?,?)",
+            (at, actor, action, kind, oid, json.dumps(details, default=str)),
+        )
+
+    async def audit_log(self, object_type: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM audit" + (" WHERE object_type = ?" if object_type else "") + " ORDER BY id"
+        rows = await self.db.fetchall(sql, (object_type,) if object_type else ())
+        return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
+
+    # -- classification ----------------------------------------------------------------------
+    async def set_class(self, repo_uuid: str, workspace: str, full_name: str, cls: str, actor: str, now: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                """INSERT INTO repo_classes (repo_uuid, workspace, full_name, class, set_by, set_at)
+                   VALUES (?,?,?,?,?,?) ON CONFLICT (repo_uuid) DO UPDATE SET class=excluded.class,
+                   full_name=excluded.full_name, set_by=excluded.set_by, set_at=excluded.set_at""",
+                (repo_uuid, workspace, full_name, cls, actor, now),
+            )
+            await self._audit(
+                conn, now, actor, "classify", "repository", repo_uuid, {"full_name": full_name, "class": cls}
+            )
+
+    async def classes(self, workspace: str | None = None) -> dict[str, str]:
+        sql = "SELECT repo_uuid, class FROM repo_classes" + (" WHERE workspace = ?" if workspace else "")
+        return {r[0]: r[1] for r in await self.db.fetchall(sql, (workspace,) if workspace else ())}
+
+    async def add_rule(
+        self,
+        cls: str,
+        now: str,
+        *,
+        project_key: str | None = None,
+        name_glob: str | None = None,
+        workspace: str | None = None,
+    ) -> int:
+        row = await self.db.fetchone("SELECT coalesce(max(position), 0) + 1 FROM class_rules")
+        position = int(row[0]) if row else 1
+        return await self.db.execute(
+            "INSERT INTO class_rules (position, workspace, project_key, name_glob, class, created_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (position, workspace, project_key, name_glob, cls, now),
+        )
+
+    async def rules(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.db.fetchall("SELECT * FROM class_rules ORDER BY position")]
+
+    # -- personnel ---------------------------------------------------------------------------
+    async def import_people(self, people: list[Person], actor: str, now: str) -> int:
+        async with self.db.transaction() as conn:
+            for p in people:
+                await conn.execute(
+                    """INSERT INTO personnel (email, name, kind, status, offboarded_on, bitbucket_account_id, owner,
+                       updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (email) DO UPDATE SET name=excluded.name,
+                       kind=excluded.kind, status=excluded.status, offboarded_on=excluded.offboarded_on,
+                       bitbucket_account_id=coalesce(excluded.bitbucket_account_id, personnel.bitbucket_account_id),
+                       owner=coalesce(excluded.owner, personnel.owner), updated_at=excluded.updated_at""",
+                    (p.email, p.name, p.kind, p.status, p.offboarded_on, p.bitbucket_account_id, p.owner, now),
+                )
+            await self._audit(
+                conn, now, actor, "import", "personnel", str(len(people)), {"emails": [p.email for p in people]}
+            )
+        return len(people)
+
+    async def people(self) -> list[Person]:
+        rows = await self.db.fetchall("SELECT * FROM personnel ORDER BY email")
+        return [
+            Person(
+                email=r["email"],
+                name=r["name"],
+                kind=r["kind"],
+                status=r["status"],
+                offboarded_on=r["offboarded_on"],
+                bitbucket_account_id=r["bitbucket_account_id"],
+                owner=r["owner"],
+            )
+            for r in rows
+        ]
+
+    # -- evidence ----------------------------------------------------------------------------
+    async def add_evidence(
+        self,
+        data: bytes,
+        *,
+        media_type: str,
+        check: str,
+        workspace: str,
+        member: str | None,
+        filename: str,
+        uploaded_by: str,
+        uploaded_at: datetime,
+        expires_at: datetime,
+        covered_members: list[str] | None,
+    ) -> int:
+        digest = hashlib.sha256(data).hexdigest()
+        await asyncio.to_thread(self._write_file, digest, data)
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                """INSERT INTO evidence (sha256, check_id, workspace, member, filename, media_type, size, uploaded_by,
+                   uploaded_at, expires_at, covered_members) VALUES (?,?,?,?,?,?,?,?,?,?,?)""",
+                (
+                    digest,
+                    check,
+                    workspace,
+                    member,
+                    filename,
+                    media_type,
+                    len(data),
+                    uploaded_by,
+                    uploaded_at.isoformat(),
+                    expires_at.isoformat(),
+                    json.dumps(covered_members) if covered_members is not None else None,
+                ),
+            )
+            eid = cur.lastrowid or 0
+            await self._audit(
+                conn,
+                uploaded_at.isoformat(),
+                uploaded_by,
+                "upload",
+                "evidence",
+                str(eid),
+                {
+                    "check": check,
+                    "workspace": workspace,
+                    "member": member,
+                    "sha256": digest,
+                    "expires_at": expires_at.isoformat(),
+                },
+            )
+        return eid
+
+    async def evidence(self, workspace: str | None = None) -> list[Evidence]:
+        sql = "SELECT * FROM evidence WHERE revoked_at IS NULL" + (" AND workspace = ?" if workspace else "")
+        rows = await self.db.fetchall(sql + " ORDER BY id", (workspace,) if workspace else ())
+        return [
+            Evidence(
+                id=r["id"],
+                check=r["check_id"],
+                workspace=r["workspace"],
+                member=r["member"],
+                uploaded_at=_dt(r["uploaded_at"]),
+                expires_at=_dt(r["expires_at"]),
+                covered_members=tuple(json.loads(r["covered_members"])) if r["covered_members"] else None,
+                filename=r["filename"],
+            )
+            for r in rows
+        ]
+
+    def _write_file(self, digest: str, data: bytes) -> None:
+        self.evidence_dir.mkdir(parents=True, exist_ok=True)
+        path = self.evidence_dir / digest
+        if not path.exists():  # stored once, by content
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+
+    def evidence_path(self, sha256: str) -> Path:
+        return self.evidence_dir / sha256
+
+    async def evidence_rows(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.db.fetchall("SELECT * FROM evidence ORDER BY id")]
+
+    # -- exceptions --------------------------------------------------------------------------
+    async def add_exception(
+        self, check: str, subject: str, owner: str, reason: str, expires_at: datetime, actor: str, now: str
+    ) -> int:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                """INSERT INTO exceptions (check_id, subject, owner, reason, created_by, created_at, expires_at)
+                   VALUES (?,?,?,?,?,?,?)""",
+                (check, subject, owner, reason, actor, now, expires_at.isoformat()),
+            )
+            xid = cur.lastrowid or 0
+            await self._audit(
+                conn,
+                now,
+                actor,
+                "grant",
+                "exception",
+                str(xid),
+                {
+                    "check": check,
+                    "subject": subject,
+                    "owner": owner,
+                    "reason": reason,
+                    "expires_at": expires_at.isoformat(),
+                },
+            )
+        return xid
+
+    async def exceptions(self) -> list[ExceptionGrant]:
+        rows = await self.db.fetchall("SELECT * FROM exceptions WHERE revoked_at IS NULL ORDER BY id")
+        return [
+            ExceptionGrant(
+                id=r["id"],
+                check=r["check_id"],
+                subject=r["subject"],
+                owner=r["owner"],
+                reason=r["reason"],
+                expires_at=_dt(r["expires_at"]),
+            )
+            for r in rows
+        ]

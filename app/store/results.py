@@ -1,0 +1,172 @@
+"""Results per (test, subject) with ``first_seen``/``last_changed``, and every transition."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from app.findings import Delta, Key, fingerprint
+from app.models import Result, StoredResult
+from app.store.db import Database
+
+
+def _result(row: Any) -> StoredResult:
+    return StoredResult(
+        result=Result(
+            check=row["check_id"],
+            severity=row["severity"],
+            workspace=row["workspace"],
+            subject_type=row["subject_type"],
+            subject_key=row["subject_key"],
+            subject=row["subject"],
+            subject_uuid=row["subject_uuid"],
+            subject_name=row["subject_name"],
+            status=row["status"],
+            message=row["message"],
+            details=json.loads(row["details"]),
+        ),
+        fingerprint=row["fingerprint"],
+        first_seen=row["first_seen"],
+        last_changed=row["last_changed"],
+        stale_since=row["stale_since"],
+    )
+
+
+class Results:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def load(self, workspace: str | None = None) -> dict[Key, StoredResult]:
+        sql = "SELECT * FROM results" + (" WHERE workspace = ?" if workspace else "")
+        rows = await self.db.fetchall(sql, (workspace,) if workspace else ())
+        return {(r["check_id"], r["subject_key"]): _result(r) for r in rows}
+
+    async def query(
+        self,
+        *,
+        workspace: str | None = None,
+        check: str | None = None,
+        status: str | None = None,
+        subject: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[StoredResult]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("workspace", workspace), ("check_id", check), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if subject is not None:
+            where.append("(subject = ? OR subject_key = ?)")
+            params += [subject, subject]
+        sql = "SELECT * FROM results" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY workspace, check_id, subject"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [limit, offset]
+        return [_result(r) for r in await self.db.fetchall(sql, params)]
+
+    async def history(
+        self, check: str | None = None, subject: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if check:
+            where.append("check_id = ?")
+            params.append(check)
+        if subject:
+            where.append("(subject = ? OR subject_key = ?)")
+            params += [subject, subject]
+        sql = "SELECT * FROM result_history" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self.db.fetchall(sql + " ORDER BY id LIMIT ?", [*params, limit])
+        return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
+
+    async def count_history(self) -> int:
+        row = await self.db.fetchone("SELECT count(*) FROM result_history")
+        return int(row[0]) if row else 0
+
+    async def apply(self, delta: Delta, now: str, cause: str = "reconcile") -> int:
+        """Write a delta in one transaction; return the number of result rows written."""
+        if delta.is_empty():
+            return 0
+        written = 0
+        async with self.db.transaction() as conn:
+            for change in delta.writes:
+                r, prev = change.result, change.previous
+                first_seen = prev.first_seen if prev else now
+                last_changed = now if change.status_changed else (prev.last_changed if prev else now)
+                await conn.execute(
+                    """INSERT INTO results (check_id, subject_key, workspace, subject_type, subject, subject_uuid,
+                       subject_name, severity, status, message, details, fingerprint, first_seen, last_changed,
+                       stale_since) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL)
+                       ON CONFLICT (check_id, subject_key) DO UPDATE SET workspace=excluded.workspace,
+                       subject_type=excluded.subject_type, subject=excluded.subject,
+                       subject_uuid=excluded.subject_uuid, subject_name=excluded.subject_name,
+                       severity=excluded.severity, status=excluded.status, message=excluded.message,
+                       details=excluded.details, fingerprint=excluded.fingerprint,
+                       last_changed=excluded.last_changed, stale_since=NULL""",
+                    (
+                        r.check,
+                        r.subject_key,
+                        r.workspace,
+                        r.subject_type,
+                        r.subject,
+                        r.subject_uuid,
+                        r.subject_name,
+                        r.severity,
+                        r.status,
+                        r.message,
+                        json.dumps(r.details, default=str),
+                        fingerprint(r),
+                        first_seen,
+                        last_changed,
+                    ),
+                )
+                written += 1
+                if change.status_changed:
+                    await conn.execute(
+                        """INSERT INTO result_history (check_id, subject_key, workspace, subject, at, old_status,
+                           new_status, message, details, cause) VALUES (?,?,?,?,?,?,?,?,?,?)""",
+                        (
+                            r.check,
+                            r.subject_key,
+                            r.workspace,
+                            r.subject,
+                            now,
+                            prev.result.status if prev else None,
+                            r.status,
+                            r.message,
+                            json.dumps(r.details, default=str),
+                            cause,
+                        ),
+                    )
+            for stored in delta.stale:
+                await conn.execute(
+                    "UPDATE results SET stale_since = ? WHERE check_id = ? AND subject_key = ?",
+                    (now, stored.result.check, stored.result.subject_key),
+                )
+                written += 1
+            for stored in delta.retired:
+                r = stored.result
+                await conn.execute(
+                    "DELETE FROM results WHERE check_id = ? AND subject_key = ?", (r.check, r.subject_key)
+                )
+                await conn.execute(
+                    """INSERT INTO result_history (check_id, subject_key, workspace, subject, at, old_status,
+                       new_status, message, details, cause) VALUES (?,?,?,?,?,?,?,?,?,?)""",
+                    (
+                        r.check,
+                        r.subject_key,
+                        r.workspace,
+                        r.subject,
+                        now,
+                        r.status,
+                        "retired",
+                        f"{r.subject} is no longer in {r.workspace}; its result was retired.",
+                        "{}",
+                        cause,
+                    ),
+                )
+                written += 1
+        return written

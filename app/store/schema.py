@@ -1,0 +1,119 @@
+"""The database schema as numbered migrations. Never edit a released migration: append one."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: snapshots, results and their history, classification, personnel, evidence, exceptions, audit
+    """
+    CREATE TABLE snapshots (
+        key TEXT PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        content TEXT,
+        hash TEXT,
+        fetched_at TEXT,
+        stale_since TEXT,
+        error TEXT
+    );
+    CREATE INDEX snapshots_ws_kind ON snapshots(workspace, kind);
+    CREATE TABLE results (
+        check_id TEXT NOT NULL,
+        subject_key TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        subject_type TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        subject_uuid TEXT,
+        subject_name TEXT,
+        severity TEXT NOT NULL,
+        status TEXT NOT NULL,
+        message TEXT NOT NULL,
+        details TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        last_changed TEXT NOT NULL,
+        stale_since TEXT,
+        PRIMARY KEY (check_id, subject_key)
+    );
+    CREATE INDEX results_ws ON results(workspace, check_id, status);
+    CREATE TABLE result_history (
+        id INTEGER PRIMARY KEY,
+        check_id TEXT NOT NULL,
+        subject_key TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        at TEXT NOT NULL,
+        old_status TEXT,
+        new_status TEXT NOT NULL,
+        message TEXT NOT NULL,
+        details TEXT NOT NULL,
+        cause TEXT
+    );
+    CREATE INDEX result_history_subject ON result_history(check_id, subject_key, id);
+    CREATE INDEX result_history_ws ON result_history(workspace, id);
+    CREATE TABLE repo_classes (
+        repo_uuid TEXT PRIMARY KEY,
+        workspace TEXT NOT NULL,
+        full_name TEXT NOT NULL,
+        class TEXT NOT NULL CHECK (class IN ('production', 'non-production')),
+        set_by TEXT NOT NULL,
+        set_at TEXT NOT NULL
+    );
+    CREATE TABLE class_rules (
+        id INTEGER PRIMARY KEY,
+        position INTEGER NOT NULL,
+        workspace TEXT,
+        project_key TEXT,
+        name_glob TEXT,
+        class TEXT NOT NULL CHECK (class IN ('production', 'non-production')),
+        created_at TEXT NOT NULL,
+        CHECK ((project_key IS NULL) <> (name_glob IS NULL))
+    );
+    CREATE TABLE personnel (
+        id INTEGER PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('employee', 'contractor', 'service-account', 'external')),
+        status TEXT NOT NULL CHECK (status IN ('active', 'offboarded')),
+        offboarded_on TEXT,
+        bitbucket_account_id TEXT,
+        owner TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX personnel_account ON personnel(bitbucket_account_id);
+    CREATE TABLE evidence (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        check_id TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        member TEXT,
+        filename TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        uploaded_by TEXT NOT NULL,
+        uploaded_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        covered_members TEXT,
+        revoked_at TEXT
+    );
+    CREATE TABLE exceptions (
+        id INTEGER PRIMARY KEY,
+        check_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object_type TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        details TEXT NOT NULL
+    );
+    """,
+]

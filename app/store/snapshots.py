@@ -1,0 +1,109 @@
+"""Snapshots of fetched Bitbucket resources, keyed by resource, with a content hash, the time
+they were fetched, and ``stale_since``/``error`` when the latest fetch failed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from app.store.db import Database
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    key: str
+    workspace: str
+    kind: str
+    content: Any
+    fetched_at: str | None
+    stale_since: str | None
+    error: str | None
+
+
+def content_hash(content: Any) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Snapshots:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def put_many(self, rows: list[tuple[str, str, str, Any]], now: str) -> int:
+        """Store (key, workspace, kind, content); rows whose hash is unchanged only get fetched_at.
+
+        Returns how many snapshots changed content.
+        """
+        if not rows:
+            return 0
+        keys = [r[0] for r in rows]
+        existing: dict[str, str | None] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in await self.db.fetchall(f"SELECT key, hash FROM snapshots WHERE key IN ({marks})", chunk):
+                existing[r[0]] = r[1]
+        changed, touched = [], []
+        for key, ws, kind, content in rows:
+            digest = content_hash(content)
+            if existing.get(key) == digest:
+                touched.append((now, key))
+            else:
+                changed.append((key, ws, kind, json.dumps(content, default=str), digest, now))
+        async with self.db.transaction() as conn:
+            if changed:
+                await conn.executemany(
+                    """INSERT INTO snapshots (key, workspace, kind, content, hash, fetched_at, stale_since, error)
+                       VALUES (?,?,?,?,?,?,NULL,NULL) ON CONFLICT (key) DO UPDATE SET workspace=excluded.workspace,
+                       content=excluded.content, hash=excluded.hash, fetched_at=excluded.fetched_at,
+                       stale_since=NULL, error=NULL""",
+                    changed,
+                )
+            if touched:
+                await conn.executemany(
+                    "UPDATE snapshots SET fetched_at = ?, stale_since = NULL, error = NULL WHERE key = ?", touched
+                )
+        return len(changed)
+
+    async def mark_failed(self, key: str, workspace: str, kind: str, error: str, now: str) -> None:
+        """A failed fetch keeps the content and marks the snapshot stale (first failure time kept)."""
+        await self.db.execute(
+            """INSERT INTO snapshots (key, workspace, kind, content, hash, fetched_at, stale_since, error)
+               VALUES (?,?,?,NULL,NULL,NULL,?,?) ON CONFLICT (key) DO UPDATE SET
+               stale_since=coalesce(snapshots.stale_since, excluded.stale_since), error=excluded.error""",
+            (key, workspace, kind, now, error[:300]),
+        )
+
+    async def delete(self, keys: list[str]) -> None:
+        if keys:
+            await self.db.executemany("DELETE FROM snapshots WHERE key = ?", [(k,) for k in keys])
+
+    async def load(self, workspace: str) -> dict[str, Snapshot]:
+        rows = await self.db.fetchall("SELECT * FROM snapshots WHERE workspace = ?", (workspace,))
+        return {
+            r["key"]: Snapshot(
+                key=r["key"],
+                workspace=r["workspace"],
+                kind=r["kind"],
+                content=json.loads(r["content"]) if r["content"] is not None else None,
+                fetched_at=r["fetched_at"],
+                stale_since=r["stale_since"],
+                error=r["error"],
+            )
+            for r in rows
+        }
+
+    async def get(self, key: str) -> Snapshot | None:
+        r = await self.db.fetchone("SELECT * FROM snapshots WHERE key = ?", (key,))
+        if r is None:
+            return None
+        return Snapshot(
+            key=r["key"],
+            workspace=r["workspace"],
+            kind=r["kind"],
+            content=json.loads(r["content"]) if r["content"] is not None else None,
+            fetched_at=r["fetched_at"],
+            stale_since=r["stale_since"],
+            error=r["error"],
+        )

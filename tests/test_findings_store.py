@@ -1,0 +1,127 @@
+"""findings.diff (pure) and the store on a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.findings import diff, fingerprint, key
+from app.models import Result, StoredResult
+from app.store import Store
+
+
+def res(status: str, subject: str = "s1", message: str = "m", fetch_failed: bool = False) -> Result:
+    return Result(
+        check="c",
+        severity="high",
+        workspace="acme",
+        subject_type="repository",
+        subject_key=subject,
+        subject=subject,
+        status=status,
+        message=message,
+        fetch_failed=fetch_failed,
+    )
+
+
+def stored(r: Result, stale: str | None = None) -> StoredResult:
+    return StoredResult(result=r, fingerprint=fingerprint(r), first_seen="t0", last_changed="t0", stale_since=stale)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "bucket"),
+    [
+        (None, "fail", "opened"),
+        (None, "unknown", "opened"),
+        (None, "pass", "changed"),
+        ("pass", "fail", "opened"),
+        ("not_applicable", "unknown", "opened"),
+        ("excepted", "fail", "opened"),  # an exception expired: alerts like a new failure
+        ("fail", "pass", "resolved"),
+        ("unknown", "not_applicable", "resolved"),
+        ("fail", "excepted", "resolved"),
+        ("fail", "unknown", "changed"),
+        ("pass", "pass", "unchanged"),
+    ],
+)
+def test_diff_buckets(before: str | None, after: str, bucket: str) -> None:
+    previous = {key(res(before)): stored(res(before))} if before else {}
+    d = diff(previous, [res(after)])
+    counts = {
+        "opened": len(d.opened),
+        "resolved": len(d.resolved),
+        "changed": len(d.changed),
+        "unchanged": len(d.unchanged),
+    }
+    assert counts[bucket] == 1 and sum(counts.values()) == 1
+
+
+def test_message_change_is_a_change_without_status_change() -> None:
+    d = diff({key(res("fail")): stored(res("fail"))}, [res("fail", message="other")])
+    assert len(d.changed) == 1 and not d.changed[0].status_changed
+
+
+def test_fetch_failure_keeps_previous_as_stale() -> None:
+    prev = stored(res("pass"))
+    d = diff({key(prev.result): prev}, [res("unknown", fetch_failed=True)])
+    assert d.stale == [prev] and not d.writes
+    again = diff({key(prev.result): stored(res("pass"), stale="t1")}, [res("unknown", fetch_failed=True)])
+    assert again.is_empty()
+    first = diff({}, [res("unknown", fetch_failed=True)])
+    assert len(first.opened) == 1  # no earlier data: unknown, never fail
+
+
+def test_retired_only_in_scope() -> None:
+    prev = {
+        key(res("fail", "gone")): stored(res("fail", "gone")),
+        key(res("fail", "other")): stored(res("fail", "other")),
+    }
+    d = diff(prev, [], in_scope=lambda k: k[1] == "gone")
+    assert [s.result.subject for s in d.retired] == ["gone"]
+
+
+async def test_store_writes_history_only_on_transitions(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "db.sqlite3")
+    try:
+        d1 = diff({}, [res("fail")])
+        assert await store.results.apply(d1, "t1") == 1
+        loaded = await store.results.load("acme")
+        assert loaded[("c", "s1")].first_seen == "t1"
+        assert await store.results.apply(diff(loaded, [res("fail")]), "t2") == 0  # unchanged: nothing written
+        await store.results.apply(diff(loaded, [res("fail", message="new text")]), "t3")
+        loaded = await store.results.load("acme")
+        assert loaded[("c", "s1")].last_changed == "t1"  # message only: not a transition
+        await store.results.apply(diff(loaded, [res("pass")]), "t4")
+        loaded = await store.results.load("acme")
+        assert loaded[("c", "s1")].last_changed == "t4" and loaded[("c", "s1")].first_seen == "t1"
+        history = await store.results.history("c", "s1")
+        assert [(h["old_status"], h["new_status"]) for h in history] == [(None, "fail"), ("fail", "pass")]
+        await store.results.apply(diff(loaded, [], lambda k: True), "t5")
+        assert await store.results.load("acme") == {}
+        assert (await store.results.history("c", "s1"))[-1]["new_status"] == "retired"
+    finally:
+        await store.close()
+
+
+async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    store = await Store.open(path)
+    version = await store.db.migrate()
+    mode = await store.db.fetchone("PRAGMA journal_mode")
+    sync = await store.db.fetchone("PRAGMA synchronous")
+    await store.close()
+    store = await Store.open(path)
+    assert await store.db.migrate() == version >= 1
+    assert mode is not None and mode[0] == "wal" and sync is not None and sync[0] == 2  # FULL
+    await store.close()
+
+
+async def test_backup_is_a_consistent_copy(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "db.sqlite3")
+    await store.results.apply(diff({}, [res("fail")]), "t1")
+    await store.db.backup(tmp_path / "backup.sqlite3")
+    await store.close()
+    copy = await Store.open(tmp_path / "backup.sqlite3")
+    assert len(await copy.results.load()) == 1
+    await copy.close()
