@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from app import errors
-from app.logs import configure, get_logger
+from app.logs import configure, get_logger, register_secret
 from app.models import STATUSES
 from app.settings import CHECK_IDS, Settings
 
@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="sandbox + the product, end to end")
     p.add_argument("--once", action="store_true", help="exit 0 after the scripted demo")
     p.add_argument("--port", type=_port, default=8000)
+
+    p = sub.add_parser("serve", help="webhook receiver, worker, scheduler, API, dashboard, OAuth connect")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8000)
+
+    p = sub.add_parser("webhooks", help="register the workspace webhook, or show its health")
+    p.add_argument("action", choices=("register", "status"))
+
+    p = sub.add_parser("events", help="the event log (live with --follow)")
+    p.add_argument("--follow", action="store_true")
+    p.add_argument("--limit", type=int, default=20)
 
     p = sub.add_parser("reconcile", help="one full pass over every connected workspace (for cron)")
     p.add_argument("--workspace")
@@ -111,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         settings = Settings.from_env()
         configure(settings.log_level)
+        for secret in settings.secret_values():
+            register_secret(secret)
         return _run(args, settings)
     except errors.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -137,7 +150,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from app import commands as c
 
     command: Any
-    if args.command == "reconcile":
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port)
+    if args.command == "webhooks":
+        command = c.cmd_webhooks(settings, args.action)
+    elif args.command == "events":
+        command = c.cmd_events(settings, args.follow, args.limit)
+    elif args.command == "reconcile":
         command = c.cmd_reconcile(settings, args.workspace)
     elif args.command == "findings":
         command = c.cmd_findings(settings, args.workspace, args.check, args.status, args.format)
@@ -156,3 +175,28 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     else:  # pragma: no cover - argparse refuses unknown commands
         raise errors.ConfigError(f"unknown command {args.command!r}")
     return int(asyncio.run(command))
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    if settings.secret_key is None:
+        raise errors.ConfigError("LP_SECRET_KEY: required by serve (it encrypts tokens and webhook secrets)")
+    if settings.admin_token is None:
+        raise errors.ConfigError("LP_ADMIN_TOKEN: required by serve (it protects /api and the dashboard)")
+    from app.crypto import Crypto
+
+    Crypto(settings.secret_key.get_secret_value())  # a bad key is a configuration error, before binding
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+    )
+    return 0

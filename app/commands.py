@@ -17,11 +17,11 @@ from typing import Any, TextIO
 import aiohttp
 
 from app import errors, records
-from app.bitbucket.client import BitbucketClient, Budget, StaticToken
 from app.checks import REGISTRY
 from app.findings import to_json
+from app.main import Services, build_services
 from app.models import SEVERITY_ORDER
-from app.reconcile import iso, k_members, k_repo, k_repos, reconcile_workspace, record, utcnow
+from app.reconcile import iso, k_members, k_repo, k_repos, utcnow
 from app.settings import CHECK_IDS, Settings
 from app.store import Store
 
@@ -35,45 +35,77 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         await store.close()
 
 
-def token_client(settings: Settings, session: aiohttp.ClientSession) -> BitbucketClient:
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Services]:
+    """The product's parts without the HTTP server: store, session, clients, worker."""
+    async with aiohttp.ClientSession() as session:
+        services = await build_services(settings, session)
+        try:
+            yield services
+        finally:
+            await services.service.store.close()
+
+
+async def through_log(services: Services, key: str, payload: dict[str, Any]) -> list[str]:
+    """Append an internal event (one per connected workspace), drain the worker, return the changes."""
+    ids = await services.service.internal_event(key, payload)
+    await services.worker.drain()
+    lines: list[str] = []
+    for eid in ids:
+        row = await services.service.store.events.get(eid)
+        if row and row.caused:
+            lines += row.caused.get("changes", [])
+    return lines
+
+
+async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO = sys.stdout) -> int:
     if settings.bitbucket_token is None:
         raise errors.ConfigError(
             "no Bitbucket connection: set LP_BITBUCKET_TOKEN (and LP_WORKSPACES), or connect with OAuth via `serve`"
         )
-    return BitbucketClient(
-        session,
-        StaticToken(settings.bitbucket_token.get_secret_value(), "token"),
-        api_url=settings.bitbucket_api_url,
-        budget=Budget(settings.budget_per_hour),
-        concurrency=settings.concurrency,
-    )
-
-
-async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO = sys.stdout) -> int:
-    async with aiohttp.ClientSession() as session, open_store(settings) as store:
-        client = token_client(settings, session)
-        targets = list(settings.workspaces)
+    async with running(settings) as services:
+        service = services.service
         try:
-            if not targets:
-                targets = [w.slug for w in await client.workspaces()]
-            if workspace is not None:
-                if settings.workspaces and workspace not in settings.workspaces:
-                    raise errors.ConfigError(f"--workspace: {workspace!r} is not in LP_WORKSPACES")
-                targets = [workspace]
-            for ws in targets:
-                report = await reconcile_workspace(client, store, settings, ws)
-                d = report.delta
-                print(
-                    f"{ws}: {report.api_calls} API calls, {report.rows_written} result rows written "
-                    f"({len(d.opened)} opened, {len(d.resolved)} resolved, {len(d.changed)} changed, "
-                    f"{len(d.retired)} retired, {len(d.stale)} marked stale), "
-                    f"{report.fetch_failures} failed fetches, {report.seconds:.1f} s",
-                    file=out,
-                )
+            await service.ensure_token_connection()
         except errors.BitbucketError as exc:
             print(f"error: reconcile could not finish: {exc}", file=sys.stderr)
             return 1
-    return 0
+        conns = [c for c in await service.connections() if c.status == "active"]
+        if workspace is not None and not any(workspace in c.workspaces for c in conns):
+            raise errors.ConfigError(f"--workspace: {workspace!r} is not a connected workspace")
+        ids: list[int] = []
+        for conn in conns:
+            for ws in conn.workspaces:
+                if workspace in (None, ws):
+                    ids += await service.internal_event("lp:reconcile", {"workspace": ws, "tier": "full"}, conn.id)
+        await services.worker.drain()
+        status = 0
+        for eid in ids:
+            row = await service.store.events.get(eid)
+            assert row is not None
+            ws = row.workspace or "?"
+            if row.state != "done":
+                print(
+                    f"error: reconcile of {ws} could not finish: {row.error} (event {eid} will be retried)",
+                    file=sys.stderr,
+                )
+                status = 1
+                continue
+            caused = row.caused or {}
+            if "skipped" in caused:
+                print(f"{ws}: skipped, {caused['skipped']}", file=out)
+                continue
+            changes = caused.get("changes", [])
+            print(
+                f"{ws}: {caused.get('api_calls', 0)} API calls, {caused.get('rows_written', 0)} result rows "
+                f"written, {len(changes)} changes",
+                file=out,
+            )
+            for line in changes[:50]:
+                print(f"  {line}", file=out)
+            if len(changes) > 50:
+                print(f"  … and {len(changes) - 50} more (see `findings`)", file=out)
+    return status
 
 
 async def cmd_findings(
@@ -135,17 +167,6 @@ def _table(items: list[dict[str, Any]], out: TextIO) -> None:
     print(f"\n{len(items)} results: {summary}", file=out)
 
 
-async def _reevaluate(store: Store, settings: Settings, workspaces: list[str], cause: str) -> list[str]:
-    lines = []
-    for ws in workspaces:
-        delta, _ = await record(store, settings, ws, utcnow(), cause)
-        for c in delta.writes:
-            old = c.previous.result.status if c.previous else "new"
-            if c.status_changed:
-                lines.append(f"{c.result.check} {c.result.subject}: {old} → {c.result.status}")
-    return lines
-
-
 async def _known_workspaces(store: Store) -> list[str]:
     rows = await store.db.fetchall("SELECT DISTINCT workspace FROM snapshots WHERE kind = 'repos' ORDER BY 1")
     return [r[0] for r in rows]
@@ -166,9 +187,11 @@ async def cmd_classify(settings: Settings, target: str, cls: str, out: TextIO = 
         if match is None:
             raise errors.ConfigError(f"unknown repository {target!r} (run `reconcile` first so the product knows it)")
         await store.records.set_class(match["uuid"], ws, match["full_name"], cls, "cli", iso(utcnow()))
-        for line in await _reevaluate(store, settings, [ws], "classify"):
-            print(line, file=out)
+    async with running(settings) as services:
+        lines = await through_log(services, "lp:classification", {"workspace": ws, "repository_uuid": match["uuid"]})
     print(f"{match['full_name']} classified {cls}", file=out)
+    for line in lines:
+        print(line, file=out)
     return 0
 
 
@@ -179,8 +202,10 @@ async def cmd_rule_add(
         raise errors.ConfigError("give exactly one of --project KEY or --name GLOB")
     async with open_store(settings) as store:
         rid = await store.records.add_rule(cls, iso(utcnow()), project_key=project, name_glob=name, workspace=workspace)
-        for line in await _reevaluate(store, settings, await _known_workspaces(store), "classify"):
-            print(line, file=out)
+    async with running(settings) as services:
+        lines = await through_log(services, "lp:classification", {})
+    for line in lines:
+        print(line, file=out)
     print(f"rule {rid}: {'project ' + project if project else 'name ' + str(name)} → {cls}", file=out)
     return 0
 
@@ -206,9 +231,12 @@ async def cmd_personnel_import(settings: Settings, path: Path, out: TextIO = sys
         people = records.parse_personnel(data, path.name)
     except records.RecordError as exc:
         raise errors.ConfigError(str(exc)) from None
-    async with open_store(settings) as store:
+    async with running(settings) as services:
+        store = services.service.store
+        known = {p.email for p in await store.records.people()}
         n = await store.records.import_people(people, "cli", iso(utcnow()))
-        lines = await _reevaluate(store, settings, await _known_workspaces(store), "personnel")
+        new_emails = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
+        lines = await through_log(services, "lp:personnel", {"new_emails": new_emails})
     print(f"imported {n} people", file=out)
     for line in lines:
         print(line, file=out)
@@ -260,7 +288,8 @@ async def cmd_evidence_add(
             expires_at=expires_at,
             covered_members=covered,
         )
-        lines = await _reevaluate(store, settings, [ws], "evidence")
+    async with running(settings) as services:
+        lines = await through_log(services, "lp:evidence", {"workspace": ws, "check": check})
     scope = f"member {member}" if member else (f"{len(covered)} members" if covered is not None else f"workspace {ws}")
     print(f"evidence {eid} ({kind}) for {check}, {scope}, valid until {expires_at.date().isoformat()}", file=out)
     for line in lines:
@@ -280,8 +309,81 @@ async def cmd_exception_add(
         xid = await store.records.add_exception(
             req.check, req.subject, req.owner, req.reason, req.expires_at, "cli", iso(now)
         )
-        lines = await _reevaluate(store, settings, await _known_workspaces(store), "exception")
+    async with running(settings) as services:
+        lines = await through_log(services, "lp:exception", {"check": req.check, "subject": req.subject})
     print(f"exception {xid}: {check} for {subject} until {req.expires_at.date().isoformat()} (owner {owner})", file=out)
     for line in lines:
         print(line, file=out)
     return 0
+
+
+async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout) -> int:
+    from app.hooks import ensure_hooks, health
+
+    if settings.secret_key is None:
+        raise errors.ConfigError("LP_SECRET_KEY: required to store the webhook secret")
+    async with running(settings) as services:
+        service = services.service
+        try:
+            await service.ensure_token_connection()
+        except errors.BitbucketError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        conns = await service.connections()
+        if not conns:
+            raise errors.ConfigError("no connection: set LP_BITBUCKET_TOKEN and LP_WORKSPACES, or connect with OAuth")
+        status = 0
+        for conn in conns:
+            if action == "register":
+                try:
+                    state = await ensure_hooks(service, conn)
+                except errors.BitbucketError as exc:
+                    print(f"error: {conn.id}: {exc}", file=sys.stderr)
+                    status = 1
+                    continue
+                for entry in state:
+                    where = entry.get("repository") or entry["workspace"]
+                    print(
+                        f"{conn.id}: {entry['level']} hook on {where}: {entry['action']} "
+                        f"({len(entry['events'])} events) → {service.hook_url(conn.id)}",
+                        file=out,
+                    )
+            else:
+                fresh = await service.store.connections.get(conn.id)
+                assert fresh is not None
+                h = await health(service, fresh)
+                print(
+                    f"{conn.id}: {h['status']}, {len(fresh.hooks)} hooks, last delivery "
+                    f"{fresh.last_delivery_at or 'never'}" + (f" — {h['message']}" if h.get("message") else ""),
+                    file=out,
+                )
+                if h["status"] != "ok":
+                    status = 1
+    return status
+
+
+async def cmd_events(settings: Settings, follow: bool, limit: int = 20, out: TextIO = sys.stdout) -> int:
+    async with open_store(settings) as store:
+        rows = list(reversed(await store.events.list(limit=limit)))
+        for row in rows:
+            print(_event_line(row.as_json()), file=out, flush=True)
+        since = max((r.changed_at for r in rows), default=0.0)
+        while follow:
+            await store.events.wait_changed(1.0)
+            for row in await store.events.list(changed_after=since, limit=500):
+                print(_event_line(row.as_json()), file=out, flush=True)
+                since = max(since, row.changed_at)
+    return 0
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    ids = f"req={e['request_uuid']} hook={e['hook_uuid']} attempt={e['attempt']}" if e["source"] == "webhook" else ""
+    caused = e.get("caused") or {}
+    what = ""
+    if caused.get("fetches"):
+        what += f" fetched {len(caused['fetches'])}"
+    if caused.get("changes"):
+        what += " → " + "; ".join(caused["changes"][:3]) + (" …" if len(caused["changes"]) > 3 else "")
+    if e.get("error"):
+        what += f" error: {e['error']}"
+    return f"#{e['id']} {e['received_at']} {e['state']:<8} {e['event_key']:<28} {e['summary']} {ids}{what}".rstrip()

@@ -33,6 +33,7 @@ class Delivery(BaseModel):
     pullrequest_state: str | None = None
     changed_fields: tuple[str, ...] = ()
     project_key: str | None = None
+    fork_uuid: str | None = None
 
 
 # --- results of the eight tests ---------------------------------------------------------------

@@ -10,6 +10,7 @@ test from stored snapshots alone, so the reconcile, the worker and the benchmark
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,14 +32,12 @@ from app.checks.coverage import glob_matches
 from app.findings import Delta, Key, diff
 from app.logs import get_logger
 from app.models import Result
+from app.planner import BRANCH_CHECKS, MEMBER_CHECKS, REPO_CHECKS
 from app.settings import Settings
 from app.store import Store
 from app.store.snapshots import Snapshot
 
 log = get_logger("reconcile")
-
-BRANCH_CHECKS = {"merge-requires-passing-builds", "merge-requires-peer-review", "branch-protection-enforced"}
-MEMBER_CHECKS = {"member-mfa-enabled", "offboarded-access-removed"}
 
 
 def utcnow() -> datetime:
@@ -230,8 +229,13 @@ def classify(
     return None, None
 
 
-async def build_facts(store: Store, ws: str) -> tuple[WorkspaceFacts, bool]:
-    """Facts for one workspace from stored snapshots; the flag says whether members were read."""
+async def build_facts(
+    store: Store, ws: str, repo_uuids: set[str] | None = None, with_repos: bool = True, with_members: bool = True
+) -> tuple[WorkspaceFacts, bool]:
+    """Facts for one workspace from stored snapshots; the flag says whether members were read.
+
+    ``repo_uuids`` limits the repositories read; ``with_repos``/``with_members`` skip whole parts.
+    """
     snaps = await store.snapshots.load(ws)
     explicit = await store.records.classes(ws)
     rules = await store.records.rules()
@@ -239,7 +243,9 @@ async def build_facts(store: Store, ws: str) -> tuple[WorkspaceFacts, bool]:
     exceptions = await store.records.exceptions()
     repo_list = snaps.get(k_repos(ws))
     repos: list[RepoFacts] = []
-    for uuid in repo_list.content if repo_list and repo_list.content else []:
+    for uuid in repo_list.content if repo_list and repo_list.content and with_repos else []:
+        if repo_uuids is not None and uuid not in repo_uuids:
+            continue
         snap = snaps.get(k_repo(uuid))
         if snap is None or snap.content is None:
             continue
@@ -274,7 +280,7 @@ async def build_facts(store: Store, ws: str) -> tuple[WorkspaceFacts, bool]:
         )
     members_snap = snaps.get(k_members(ws))
     members: tuple[MemberFacts, ...] | Unreadable
-    unreadable = _unreadable(members_snap)
+    unreadable = _unreadable(members_snap) if with_members else Unreadable("not_fetched")
     if unreadable is not None:
         members = unreadable
     else:
@@ -305,9 +311,23 @@ async def build_facts(store: Store, ws: str) -> tuple[WorkspaceFacts, bool]:
     return facts, not isinstance(members, Unreadable)
 
 
-async def evaluate_workspace(store: Store, settings: Settings, ws: str, now: datetime) -> tuple[list[Result], bool]:
-    """Every enabled test for one workspace, from stored snapshots alone."""
-    facts, members_read = await build_facts(store, ws)
+async def evaluate_workspace(
+    store: Store,
+    settings: Settings,
+    ws: str,
+    now: datetime,
+    repo_uuids: set[str] | None = None,
+    only_checks: frozenset[str] | None = None,
+) -> tuple[list[Result], bool]:
+    """The enabled tests (or those of ``only_checks``) for one workspace, from stored snapshots alone."""
+    enabled = [c for c in settings.enabled_checks if not only_checks or c in only_checks]
+    facts, members_read = await build_facts(
+        store,
+        ws,
+        repo_uuids,
+        with_repos=bool(REPO_CHECKS & set(enabled)),
+        with_members=bool(MEMBER_CHECKS & set(enabled)),
+    )
     ctx = Context(
         workspace=ws,
         now=now,
@@ -316,7 +336,7 @@ async def evaluate_workspace(store: Store, settings: Settings, ws: str, now: dat
         evidence=tuple(await store.records.evidence(ws)),
         web_url=settings.bitbucket_url,
     )
-    return checks.evaluate(facts, ctx, settings.enabled_checks), members_read
+    return checks.evaluate(facts, ctx, enabled), members_read
 
 
 async def record(
@@ -326,12 +346,14 @@ async def record(
     now: datetime,
     cause: str = "reconcile",
     subjects: set[str] | None = None,
+    only_checks: frozenset[str] | None = None,
 ) -> tuple[Delta, int]:
     """Evaluate from snapshots, diff against stored results, write the delta.
 
-    ``subjects`` narrows the diff (and what may be retired) to those subject keys.
+    ``subjects`` and ``only_checks`` narrow the evaluation and the diff (and so what may be
+    retired) to those subject keys and tests.
     """
-    results, members_read = await evaluate_workspace(store, settings, ws, now)
+    results, members_read = await evaluate_workspace(store, settings, ws, now, subjects, only_checks)
     if subjects is not None:
         results = [r for r in results if r.subject_key in subjects]
     previous = await store.results.load(ws)
@@ -340,6 +362,10 @@ async def record(
         check, subject = key
         if subjects is not None and subject not in subjects:
             return False
+        if only_checks and check not in only_checks:
+            return False
+        if check not in settings.enabled_checks:
+            return True  # a disabled test yields no results: retire what it left
         return not (check in MEMBER_CHECKS and not members_read)
 
     delta = diff(previous, results, in_scope)
@@ -399,3 +425,96 @@ def _repo_of(key: str) -> str | None:
     if kind in ("repo", "restrictions", "branching_model", "pipelines", "last_build"):
         return rest.split(":")[0] if rest.startswith("{") else rest
     return None
+
+
+# -- the scheduler ------------------------------------------------------------------------------
+MEMBERS_EVERY = 15 * 60.0
+EXPIRY_EVERY = 60.0
+RETENTION_EVERY = 6 * 3600.0
+
+
+class Scheduler:
+    """Appends ``lp:reconcile`` events within the budget: members and permissions every 15 minutes
+    (a few calls), the full repository pass every ``LP_RECONCILE_INTERVAL`` with ±10 % jitter;
+    sweeps expiries of evidence and exceptions; purges old events. Passes run at low budget
+    priority, so a share of the hourly budget always stays free for webhook-driven fetches."""
+
+    def __init__(self, service: Any, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time):
+        self.service = service
+        self.store: Store = service.store
+        self.settings: Settings = service.settings
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.clock = clock
+
+    async def _due(self, name: str, period: float, jitter: float = 0.0) -> bool:
+        row = await self.store.db.fetchone("SELECT value FROM meta WHERE key = ?", (f"next:{name}",))
+        now = self.clock()
+        if row is not None and float(row[0]) > now:
+            return False
+        spread = period * jitter
+        nxt = now + period + (self.rng.uniform(-spread, spread) if spread else 0.0)
+        await self.store.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (f"next:{name}", repr(nxt)),
+        )
+        return True
+
+    async def tick(self) -> list[int]:
+        """One scheduling round; returns the ids of the events it appended."""
+        appended: list[int] = []
+        for conn in await self.service.connections():
+            if conn.status != "active":
+                continue
+            for ws in conn.workspaces:
+                tiers = [
+                    ("members", MEMBERS_EVERY, 0.0),
+                    ("full", self.settings.reconcile_interval, 0.1),
+                ]
+                for tier, period, jitter in reversed(tiers):  # a due full pass covers the members
+                    if await self._due(f"{tier}:{conn.id}:{ws}", period, jitter):
+                        if tier == "members" and appended and await self._full_pending(conn.id, ws):
+                            continue
+                        appended += await self.service.internal_event(
+                            "lp:reconcile", {"workspace": ws, "tier": tier}, conn.id
+                        )
+        if await self._due("expiry", EXPIRY_EVERY):
+            appended += await self._sweep_expiries()
+        if await self._due("retention", RETENTION_EVERY):
+            await self.store.events.purge(self.settings.event_retention_days)
+        return appended
+
+    async def _full_pending(self, conn_id: str, ws: str) -> bool:
+        rows = await self.store.events.list(event_key="lp:reconcile", workspace=ws, connection=conn_id, limit=5)
+        return any(r.payload.get("tier") == "full" and r.state in ("queued", "running") for r in rows)
+
+    async def _sweep_expiries(self) -> list[int]:
+        row = await self.store.db.fetchone("SELECT value FROM meta WHERE key = 'last_expiry_sweep'")
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        since = row[0] if row else iso(now)
+        await self.store.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_expiry_sweep', ?) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value",
+            (now.isoformat(),),
+        )
+        expired: set[tuple[str, str]] = set()
+        for e in await self.store.records.evidence():
+            if since < e.expires_at.isoformat() <= now.isoformat():
+                expired.add((e.workspace, e.check))
+        for x in await self.store.records.exceptions():
+            if since < x.expires_at.isoformat() <= now.isoformat():
+                expired.add(("", x.check))
+        ids: list[int] = []
+        for ws, check in sorted(expired):
+            payload: dict[str, Any] = {"check": check}
+            if ws:
+                payload["workspace"] = ws
+            ids += await self.service.internal_event("lp:expiry", payload)
+        return ids
+
+    async def run(self, every: float = 30.0) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception as exc:
+                log.error("scheduler.tick_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(every)

@@ -120,6 +120,15 @@ class Settings(BaseModel):
         on = {c for c in CHECK_IDS if c != "pipelines-enabled"} | set(self.checks_enabled)
         return tuple(c for c in CHECK_IDS if c in on and c not in self.checks_disabled)
 
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds (for log redaction)."""
+        out = []
+        for value in (self.oauth_client_secret, self.bitbucket_token, self.secret_key, self.admin_token,
+                      self.slack_webhook_url, self.smtp_url):
+            if value is not None:
+                out.append(value.get_secret_value())
+        return out
+
     @property
     def data_dir(self) -> Path:
         """Folder beside the database that holds evidence files."""

@@ -14,8 +14,7 @@ import aiohttp
 import pytest
 
 from app import commands
-from app.bitbucket.client import BitbucketClient, Budget, StaticToken
-from app.reconcile import reconcile_workspace
+from app.main import build_services
 from app.sandbox.serve import RunningSandbox
 from app.settings import Settings
 from app.store import Store
@@ -105,21 +104,18 @@ def settings_for(sb: RunningSandbox, tmp: Path, **extra: str) -> Settings:
     return Settings.from_env(env, env_file=None)
 
 
-async def reconcile(settings: Settings, session: aiohttp.ClientSession) -> Any:
-    store = await Store.open(settings.database)
+async def reconcile(settings: Settings, session: aiohttp.ClientSession) -> dict[str, Any]:
+    """A full pass through the event log, as `lowerplane-bitbucket reconcile` runs it."""
+    services = await build_services(settings, session, max_attempts=2, backoff_initial=0.01, backoff_max=0.02)
     try:
-        client = BitbucketClient(
-            session,
-            StaticToken(settings.bitbucket_token.get_secret_value()),  # type: ignore[union-attr]
-            api_url=settings.bitbucket_api_url,
-            budget=Budget(10_000),
-            max_attempts=2,
-            backoff_initial=0.01,
-            backoff_max=0.02,
-        )
-        return await reconcile_workspace(client, store, settings, "acme")
+        await services.service.ensure_token_connection()
+        [eid] = await services.service.internal_event("lp:reconcile", {"workspace": "acme", "tier": "full"})
+        await services.worker.drain()
+        row = await services.service.store.events.get(eid)
+        assert row is not None and row.state == "done" and row.caused is not None
+        return row.caused
     finally:
-        await store.close()
+        await services.service.store.close()
 
 
 async def findings(settings: Settings, **filters: Any) -> list[dict[str, Any]]:
@@ -189,7 +185,7 @@ async def test_sample_workspace_known_answers(
     before = await store.results.count_history()
     await store.close()
     again = await reconcile(settings, session)
-    assert again.rows_written == 0 and again.delta.is_empty()
+    assert again["rows_written"] == 0 and again["changes"] == []
     store = await Store.open(settings.database)
     assert await store.results.count_history() == before
     await store.close()
@@ -226,12 +222,10 @@ async def test_exception_and_drift_between_passes(
     # Drift no webhook reports: a restriction removed on api is caught by the next pass.
     await _act(session, sandbox, "repos/acme/api/remove-restriction", {"kind": "delete", "pattern": "main"})
     report = await reconcile(settings, session)
-    assert [(c.result.check, c.result.subject) for c in report.delta.opened] == [
-        ("branch-protection-enforced", "acme/api")
-    ]
+    assert report["changes"] == ["branch-protection-enforced acme/api: pass → fail"]
     await _act(session, sandbox, "repos/acme/playground/delete-repo", {})
     report = await reconcile(settings, session)
-    assert {s.result.subject for s in report.delta.retired} == {"acme/playground"}
+    assert report["changes"] and all(c.endswith("→ retired") and "acme/playground" in c for c in report["changes"])
 
 
 async def test_5xx_keeps_the_earlier_result_as_stale(
@@ -243,7 +237,10 @@ async def test_5xx_keeps_the_earlier_result_as_stale(
     sandbox.sandbox.faults.force_status = {r"/repositories/acme/web/branch-restrictions": 503}
     await _act(session, sandbox, "repos/acme/web/add-restriction", {"kind": "delete", "pattern": "main"})
     report = await reconcile(settings, session)
-    assert report.fetch_failures == 1 and not report.delta.opened and not report.delta.resolved
+    assert sorted(report["changes"]) == [
+        f"{check} acme/web: stale"
+        for check in ("branch-protection-enforced", "merge-requires-passing-builds", "merge-requires-peer-review")
+    ]
     after = {(i["check"], i["subject"]): i for i in await findings(settings)}
     web = after[("branch-protection-enforced", "acme/web")]
     assert web["status"] == before[("branch-protection-enforced", "acme/web")]["status"] == "fail"

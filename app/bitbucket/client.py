@@ -15,6 +15,7 @@ The only place that retries (architecture.md). Behaviour:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -53,6 +54,11 @@ MAX_PAGELEN = 100
 PR_PAGELEN = 50
 # bitbucket-facts.md: the members email filter takes at most 90 addresses.
 EMAIL_BATCH = 90
+
+
+# Work that may wait for budget (reconcile passes) runs with PRIORITY False, so a share of the
+# hourly budget always stays free for webhook-driven fetches.
+PRIORITY: contextvars.ContextVar[bool] = contextvars.ContextVar("bitbucket_priority", default=True)
 
 
 class TokenSource(Protocol):
@@ -174,7 +180,6 @@ class BitbucketClient:
         self.counters: Counter[tuple[str, str]] = Counter()
         self.granted_scopes: frozenset[str] | None = None
         self.rate_limit: sansio.RateLimit | None = None
-        self.priority = True
 
     # -- plumbing ------------------------------------------------------------------------
     def _check(self, method: str, url: str) -> paths.Endpoint:
@@ -202,7 +207,7 @@ class BitbucketClient:
     async def _send_once(
         self, method: str, url: str, endpoint: paths.Endpoint, body: Any, token: str
     ) -> tuple[int, Mapping[str, str], bytes]:
-        await self.budget.acquire(priority=self.priority)
+        await self.budget.acquire(priority=PRIORITY.get())
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         async with self._sem:
             try:
@@ -475,3 +480,42 @@ class BitbucketClient:
     def calls(self) -> int:
         """Requests sent so far (every status)."""
         return sum(self.counters.values())
+
+
+class ClientPool:
+    """One client (and one budget) per connection, all over the process's one aiohttp session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        api_url: str,
+        budget_per_hour: int,
+        concurrency: int,
+        reserve: float = 0.2,
+        **client_options: Any,
+    ) -> None:
+        self.session = session
+        self.api_url = api_url
+        self.budget_per_hour = budget_per_hour
+        self.concurrency = concurrency
+        self.reserve = reserve
+        self.options = client_options
+        self.clients: dict[str, BitbucketClient] = {}
+
+    def get(self, connection_id: str, tokens: TokenSource) -> BitbucketClient:
+        client = self.clients.get(connection_id)
+        if client is None:
+            client = BitbucketClient(
+                self.session,
+                tokens,
+                api_url=self.api_url,
+                budget=Budget(self.budget_per_hour, reserve=self.reserve),
+                concurrency=self.concurrency,
+                **self.options,
+            )
+            self.clients[connection_id] = client
+        return client
+
+    def drop(self, connection_id: str) -> None:
+        self.clients.pop(connection_id, None)

@@ -266,4 +266,5 @@ def parse_delivery(headers: Mapping[str, str], body: bytes) -> Delivery:
         pullrequest_state=_str(pr.get("state")),
         changed_fields=tuple(sorted(str(k) for k in changes)),
         project_key=_str(project.get("key")),
+        fork_uuid=_str(_obj(payload.get("fork")).get("uuid")),
     )

@@ -117,3 +117,62 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
+
+MIGRATIONS.append(
+    # 2: connections, the event log, locks
+    """
+    CREATE TABLE connections (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('token', 'oauth')),
+        workspaces TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        status_reason TEXT,
+        tokens BLOB,
+        token_expires_at TEXT,
+        scopes TEXT,
+        user TEXT,
+        webhook_secret BLOB,
+        webhook_secret_previous BLOB,
+        hooks TEXT NOT NULL DEFAULT '[]',
+        last_delivery_at TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        connection_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        event_key TEXT NOT NULL,
+        request_uuid TEXT,
+        hook_uuid TEXT,
+        attempt INTEGER,
+        body_hash TEXT,
+        workspace TEXT,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'dead', 'ignored')),
+        tries INTEGER NOT NULL DEFAULT 0,
+        lease_until REAL,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        received_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        error TEXT,
+        caused TEXT,
+        changed_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX events_request ON events(connection_id, request_uuid) WHERE request_uuid IS NOT NULL
+        AND request_uuid <> '';
+    CREATE UNIQUE INDEX events_body ON events(connection_id, hook_uuid, body_hash) WHERE body_hash IS NOT NULL;
+    CREATE INDEX events_state ON events(state, next_attempt_at, id);
+    CREATE INDEX events_changed ON events(changed_at);
+    CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """
+)

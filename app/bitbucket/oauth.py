@@ -1,0 +1,174 @@
+"""OAuth 2.0 with Bitbucket Cloud: authorization-code flow, refresh with rotation, token source.
+
+bitbucket-facts.md "Authentication": authorize at ``{LP_BITBUCKET_URL}/site/oauth2/authorize``
+(``client_id``, ``response_type=code``, ``state``); exchange and refresh at
+``/site/oauth2/access_token`` with HTTP Basic ``client_id:secret``. Scopes are set on the
+consumer; ``expires_in`` is read from each answer; every refresh rotates the refresh token, so the
+new pair is persisted (encrypted) before it is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from app import errors
+from app.logs import get_logger, register_secret
+
+if TYPE_CHECKING:
+    from app.service import Service
+
+log = get_logger("bitbucket.oauth")
+REFRESH_MARGIN = 300.0  # refresh this many seconds before expiry
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str
+    refresh_token: str | None
+    expires_at: datetime
+    scopes: tuple[str, ...]
+
+
+def authorize_url(bitbucket_url: str, client_id: str, state: str, redirect_uri: str | None = None) -> str:
+    params = {"client_id": client_id, "response_type": "code", "state": state}
+    if redirect_uri:
+        params["redirect_uri"] = redirect_uri
+    return f"{bitbucket_url.rstrip('/')}/site/oauth2/authorize?{urlencode(params)}"
+
+
+async def _token_request(
+    session: aiohttp.ClientSession, bitbucket_url: str, client_id: str, client_secret: str, form: dict[str, str]
+) -> TokenSet:
+    url = f"{bitbucket_url.rstrip('/')}/site/oauth2/access_token"
+    try:
+        async with session.post(
+            url,
+            data=form,
+            auth=aiohttp.BasicAuth(client_id, client_secret),
+            timeout=aiohttp.ClientTimeout(total=30),
+            allow_redirects=False,
+        ) as resp:
+            status = resp.status
+            try:
+                body: Any = await resp.json(content_type=None)
+            except ValueError:
+                body = {}
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise errors.TokenError(f"token endpoint unreachable: {type(exc).__name__}") from None
+    if status != 200 or not isinstance(body, dict) or "access_token" not in body:
+        reason = body.get("error") if isinstance(body, dict) else None
+        raise errors.TokenError(f"token endpoint answered {status} ({reason or 'no error code'})")
+    access, refresh = str(body["access_token"]), body.get("refresh_token")
+    register_secret(access)
+    if refresh:
+        register_secret(str(refresh))
+    expires_in = float(body.get("expires_in") or 3600)
+    return TokenSet(
+        access_token=access,
+        refresh_token=str(refresh) if refresh else None,
+        expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
+        scopes=tuple(sorted(str(body.get("scopes") or "").replace(",", " ").split())),
+    )
+
+
+async def exchange_code(
+    session: aiohttp.ClientSession,
+    bitbucket_url: str,
+    client_id: str,
+    client_secret: str,
+    code: str,
+    redirect_uri: str | None = None,
+) -> TokenSet:
+    form = {"grant_type": "authorization_code", "code": code}
+    if redirect_uri:
+        form["redirect_uri"] = redirect_uri
+    return await _token_request(session, bitbucket_url, client_id, client_secret, form)
+
+
+async def refresh(
+    session: aiohttp.ClientSession, bitbucket_url: str, client_id: str, client_secret: str, refresh_token: str
+) -> TokenSet:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return await _token_request(session, bitbucket_url, client_id, client_secret, form)
+
+
+class StoredOAuthTokens:
+    """Token source of an OAuth connection: tokens encrypted in the store, refreshed before expiry
+    and on 401; the rotated refresh token is persisted atomically before the new access token is
+    used. A failed refresh marks the connection broken."""
+
+    def __init__(self, service: Service, conn_id: str) -> None:
+        self.service = service
+        self.conn_id = conn_id
+        self._lock = asyncio.Lock()
+        self._cached: TokenSet | None = None
+
+    @property
+    def credential_id(self) -> str:
+        return f"oauth:{self.conn_id}"
+
+    async def _load(self) -> TokenSet:
+        if self._cached is not None:
+            return self._cached
+        conn = await self.service.store.connections.get(self.conn_id)
+        if conn is None or conn.tokens is None:
+            raise errors.TokenError("the connection has no tokens (disconnected?)")
+        data = json.loads(self.service.decrypt(conn.tokens))
+        expires = datetime.fromisoformat(conn.token_expires_at) if conn.token_expires_at else datetime.now(UTC)
+        self._cached = TokenSet(data["access_token"], data.get("refresh_token"), expires, conn.scopes or ())
+        return self._cached
+
+    async def token(self) -> str:
+        tokens = await self._load()
+        if tokens.expires_at - datetime.now(UTC) < timedelta(seconds=REFRESH_MARGIN):
+            return await self.refresh(tokens.access_token)
+        return tokens.access_token
+
+    async def refresh(self, rejected: str) -> str:
+        async with self._lock:
+            tokens = await self._load()
+            if tokens.access_token != rejected and tokens.expires_at - datetime.now(UTC) > timedelta(
+                seconds=REFRESH_MARGIN
+            ):
+                return tokens.access_token  # another task refreshed already
+            settings = self.service.settings
+            if not tokens.refresh_token or not settings.oauth_client_id or settings.oauth_client_secret is None:
+                await self._broken("no refresh token or OAuth consumer configured")
+                raise errors.TokenError("cannot refresh: no refresh token or OAuth consumer configured")
+            started = time.monotonic()
+            try:
+                new = await refresh(
+                    self.service.pool.session,
+                    settings.bitbucket_url,
+                    settings.oauth_client_id,
+                    settings.oauth_client_secret.get_secret_value(),
+                    tokens.refresh_token,
+                )
+            except errors.TokenError as exc:
+                await self._broken(str(exc))
+                raise
+            await store_tokens(self.service, self.conn_id, new)
+            self._cached = new
+            log.info("oauth.refreshed", connection=self.conn_id, seconds=round(time.monotonic() - started, 3))
+            return new.access_token
+
+    async def _broken(self, reason: str) -> None:
+        self._cached = None
+        await self.service.store.connections.set_status(self.conn_id, "broken", f"token refresh failed: {reason}")
+        log.error("oauth.connection_broken", connection=self.conn_id, reason=reason)
+        if self.service.on_broken is not None:
+            await self.service.on_broken(self.conn_id, reason)
+
+
+async def store_tokens(service: Service, conn_id: str, tokens: TokenSet) -> None:
+    """Persist a token pair, encrypted, in one statement (the rotated refresh token is never lost)."""
+    blob = service.encrypt(json.dumps({"access_token": tokens.access_token, "refresh_token": tokens.refresh_token}))
+    await service.store.connections.set_tokens(conn_id, blob, tokens.expires_at.isoformat(), tokens.scopes or None)

@@ -1,0 +1,156 @@
+"""Webhook registration and health.
+
+One workspace hook per workspace, with a secret, for the events the planner uses (intersected with
+``GET /hook_events/workspace``); when the credential is not a workspace owner (403) one hook per
+repository instead. Every reconcile checks the hooks still exist, are active and have the right
+events, and repairs them. A hook that has gone silent while repositories change is a health
+warning: Bitbucket retries a failed delivery only twice, then gives up silently.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app import errors
+from app.bitbucket.client import BitbucketClient
+from app.bitbucket.models import Webhook
+from app.logs import get_logger
+from app.planner import USED_EVENTS
+from app.reconcile import k_repo, k_repos
+from app.service import Service
+from app.store.connections import Connection
+
+log = get_logger("hooks")
+SILENCE_GRACE = timedelta(minutes=15)
+
+
+async def _desired(client: BitbucketClient, subject: str) -> list[str]:
+    try:
+        available = set(await client.hook_events(subject))
+    except errors.BitbucketError:
+        available = set(USED_EVENTS)
+    return sorted(USED_EVENTS & available)
+
+
+def _needs_repair(hook: Webhook, events: list[str]) -> bool:
+    return not hook.active or set(hook.events) != set(events) or hook.secret_set is False
+
+
+async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any]]:
+    """Create or repair the connection's hooks; return what was done, per hook."""
+    client = await service.client(conn.id)
+    url = service.hook_url(conn.id)
+    secret = service.decrypt(conn.webhook_secret) if conn.webhook_secret else None
+    new_secret = secret is None
+    if secret is None:
+        secret = service.new_secret()
+    state: list[dict[str, Any]] = []
+    ws_events = await _desired(client, "workspace")
+    repo_events: list[str] | None = None
+    for ws in conn.workspaces:
+        try:
+            hooks = [h for h in await client.workspace_hooks(ws) if h.url == url]
+            state.append(await _one(client, ws, None, hooks, url, ws_events, secret, new_secret))
+        except errors.ForbiddenError:
+            # Workspace hooks need a workspace owner (bitbucket-facts.md): fall back to repositories.
+            repo_events = repo_events or await _desired(client, "repository")
+            for repo in await client.repositories(ws):
+                hooks = [h for h in await client.repository_hooks(ws, repo.uuid) if h.url == url]
+                entry = await _one(client, ws, repo.uuid, hooks, url, repo_events, secret, new_secret)
+                entry["repository"] = repo.full_name
+                state.append(entry)
+    await service.store.connections.set_webhook(conn.id, service.encrypt(secret) if new_secret else None, state)
+    service.forget_secrets(conn.id)
+    for entry in state:
+        if entry["action"] != "ok":
+            log.info(
+                "webhook." + entry["action"],
+                connection=conn.id,
+                workspace=entry["workspace"],
+                level=entry["level"],
+                repository=entry.get("repository"),
+            )
+    return state
+
+
+async def _one(
+    client: BitbucketClient,
+    ws: str,
+    repo_uuid: str | None,
+    hooks: list[Webhook],
+    url: str,
+    events: list[str],
+    secret: str,
+    new_secret: bool,
+) -> dict[str, Any]:
+    level = "workspace" if repo_uuid is None else "repository"
+    if not hooks:
+        if repo_uuid is None:
+            hook = await client.create_workspace_hook(ws, url, events, secret)
+        else:
+            hook = await client.create_repository_hook(ws, repo_uuid, url, events, secret)
+        return {"workspace": ws, "level": level, "uuid": hook.uuid, "events": events, "action": "created"}
+    hook, extra = hooks[0], hooks[1:]
+    action = "ok"
+    if _needs_repair(hook, events) or new_secret:
+        if repo_uuid is None:
+            hook = await client.update_workspace_hook(ws, hook.uuid, url, events, secret)
+        else:
+            hook = await client.update_repository_hook(ws, repo_uuid, hook.uuid, url, events, secret)
+        action = "repaired"
+    for dup in extra:
+        if repo_uuid is None:
+            await client.delete_workspace_hook(ws, dup.uuid)
+        else:
+            await client.delete_repository_hook(ws, repo_uuid, dup.uuid)
+    return {"workspace": ws, "level": level, "uuid": hook.uuid, "events": events, "action": action}
+
+
+async def remove_hooks(service: Service, conn: Connection) -> int:
+    client = await service.client(conn.id)
+    removed = 0
+    for entry in conn.hooks:
+        try:
+            if entry["level"] == "workspace":
+                await client.delete_workspace_hook(entry["workspace"], entry["uuid"])
+            else:
+                await client.delete_repository_hook(
+                    entry["workspace"], entry.get("repository", "").split("/")[-1], entry["uuid"]
+                )
+            removed += 1
+        except errors.NotFoundError:
+            pass
+    return removed
+
+
+async def health(service: Service, conn: Connection, now: datetime | None = None) -> dict[str, Any]:
+    """Registration and liveness of a connection's hooks (no API call)."""
+    now = now or datetime.now(UTC)
+    if not conn.hooks:
+        return {"status": "missing", "message": "No webhook registered: run `lowerplane-bitbucket webhooks register`."}
+    newest: str | None = None
+    for ws in conn.workspaces:
+        listed = await service.store.snapshots.get(k_repos(ws))
+        for uuid in listed.content if listed and listed.content else []:
+            snap = await service.store.snapshots.get(k_repo(uuid))
+            updated = snap.content.get("updated_on") if snap and snap.content else None
+            if updated and (newest is None or updated > newest):
+                newest = updated
+    last = conn.last_delivery_at
+    out: dict[str, Any] = {
+        "status": "ok",
+        "hooks": len(conn.hooks),
+        "last_delivery_at": last,
+        "newest_repository_change": newest,
+    }
+    if newest:
+        changed = datetime.fromisoformat(newest.replace("Z", "+00:00"))
+        delivered = datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None
+        if now - changed > SILENCE_GRACE and (delivered is None or delivered < changed):
+            out["status"] = "silent"
+            out["message"] = (
+                f"No webhook delivery since {last or 'registration'} although repositories changed at {newest}: "
+                "check the hook's request log in Bitbucket (settings → Webhooks → View requests)."
+            )
+    return out

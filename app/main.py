@@ -1,0 +1,154 @@
+"""``create_app(settings, services=None)`` and its lifespan: the only place that wires things.
+
+The lifespan opens the store, the one aiohttp session, the encryption keys and the client pool;
+makes sure the token-mode connection exists; registers or repairs webhooks; and runs the event
+writer (group commit), the worker and the scheduler in one task group until shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from app import errors
+from app.bitbucket.client import ClientPool
+from app.crypto import Crypto
+from app.logs import get_logger
+from app.metrics import Metrics
+from app.reconcile import Scheduler
+from app.service import Service
+from app.settings import Settings
+from app.store import Store
+from app.store.events import EventWriter
+from app.web import api, webhooks
+from app.web.problems import Problem, handle_problem
+from app.worker import Worker
+
+log = get_logger("main")
+
+
+@dataclass
+class Services:
+    service: Service
+    writer: EventWriter
+    worker: Worker
+    scheduler: Scheduler
+    metrics: Metrics = field(default_factory=Metrics)
+    started_at: float = field(default_factory=time.time)
+
+
+async def build_services(settings: Settings, session: aiohttp.ClientSession, **client_options: Any) -> Services:
+    store = await Store.open(settings.database)
+    crypto = Crypto(settings.secret_key.get_secret_value()) if settings.secret_key else None
+    pool = ClientPool(
+        session,
+        api_url=settings.bitbucket_api_url,
+        budget_per_hour=settings.budget_per_hour,
+        concurrency=settings.concurrency,
+        **client_options,
+    )
+    service = Service(settings, store, pool, crypto)
+    worker = Worker(store, settings, service.client)
+    return Services(service, EventWriter(store.events), worker, Scheduler(service))
+
+
+async def start_up(services: Services) -> None:
+    """Token connection and webhooks; failures are logged, never fatal (the reconcile still runs)."""
+    from app.hooks import ensure_hooks
+
+    service = services.service
+    try:
+        await service.ensure_token_connection()
+    except errors.BitbucketError as exc:
+        log.error("startup.token_connection_failed", error=f"{type(exc).__name__}: {exc}")
+    for conn in await service.connections():
+        if conn.status != "active" or service.crypto is None:
+            continue
+        try:
+            await ensure_hooks(service, conn)
+        except errors.BitbucketError as exc:
+            log.error("startup.webhook_registration_failed", connection=conn.id, error=f"{type(exc).__name__}: {exc}")
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    try:
+        await services.service.store.db.fetchone("SELECT 1")
+    except Exception as exc:
+        return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
+    lag = time.time() - services.worker.alive_at
+    if lag > 30:
+        return JSONResponse({"status": "unavailable", "worker": f"silent for {lag:.0f} s"}, status_code=503)
+    return JSONResponse({"status": "ready", "database": "ok", "worker": "alive"})
+
+
+async def metrics(request: Request) -> Response:
+    services: Services = request.app.state.services
+    m = services.metrics
+    store = services.service.store
+    counts = await store.events.counts()
+    for state in api.EVENT_STATES:
+        m.events.labels(state).set(counts.get(state, 0))
+    m.queue_depth.set(counts.get("queued", 0) + counts.get("failed", 0))
+    m.oldest_queued.set(await store.events.oldest_queued_age())
+    for cid, client in services.service.pool.clients.items():
+        m.budget_left.labels(cid).set(client.budget.remaining)
+        for (endpoint, status), n in client.counters.items():
+            m.api_calls.labels(cid, endpoint, status).set(n)
+    for row in await store.db.fetchall("SELECT check_id, status, count(*) FROM results GROUP BY 1, 2"):
+        m.results.labels(row[0], row[1]).set(row[2])
+    return PlainTextResponse(m.render().decode(), media_type="text/plain; version=0.0.4")
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/hooks/bitbucket/{connection}", webhooks.receive, methods=["POST"]),
+        Route("/api/events", api.events, methods=["GET"]),
+        Route("/api/events/stream", api.event_stream, methods=["GET"]),
+        Route("/api/findings", api.findings, methods=["GET"]),
+        Route("/api/reconcile", api.reconcile_now, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings, services: Services | None = None, *, background: bool = True) -> Starlette:
+    """The ASGI app. With ``services`` given (tests), the caller owns them; ``background`` runs the
+    writer, worker and scheduler in the lifespan's task group."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            nonlocal services
+            if services is None:
+                session = await stack.enter_async_context(aiohttp.ClientSession())
+                services = await build_services(settings, session)
+                stack.push_async_callback(services.service.store.close)
+            app.state.services = services
+            await start_up(services)
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(services.writer.run())]
+                if background:
+                    tasks += [tg.create_task(services.worker.run()), tg.create_task(services.scheduler.run())]
+                yield
+                for task in tasks:
+                    task.cancel()
+
+    app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={Problem: handle_problem})
+    app.state.settings = settings
+    return app

@@ -1,0 +1,37 @@
+"""Prometheus metrics (prometheus-client), one registry per application instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ingest = Histogram(
+            "lp_webhook_time_to_202_seconds",
+            "Time from request to the 202 answer",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.events = Gauge("lp_events", "Events in the log by state", ["state"], registry=r)
+        self.queue_depth = Gauge("lp_queue_depth", "Events queued or failed awaiting a retry", registry=r)
+        self.oldest_queued = Gauge("lp_oldest_queued_seconds", "Age of the oldest queued event", registry=r)
+        self.api_calls = Gauge(
+            "lp_bitbucket_api_calls",
+            "Bitbucket API calls by endpoint and status",
+            ["connection", "endpoint", "status"],
+            registry=r,
+        )
+        self.budget_left = Gauge(
+            "lp_bitbucket_budget_remaining", "Requests left in the rolling hour", ["connection"], registry=r
+        )
+        self.alerts = Counter("lp_alerts", "Alerts by channel and outcome", ["channel", "outcome"], registry=r)
+        self.results = Gauge("lp_results", "Current results by test and status", ["check", "status"], registry=r)
+
+    def observe_ingest(self, seconds: float) -> None:
+        self.ingest.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

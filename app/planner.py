@@ -1,0 +1,205 @@
+"""Pure: event → resources to re-fetch → (test, subject) pairs to re-evaluate.
+
+An event is a hint, never the state itself (a captured body can be replayed): the planner only
+decides what to read again. Repositories are addressed by uuid, so renames are harmless.
+
+| event | re-fetch | re-evaluate |
+|---|---|---|
+| ``repo:push``, unknown repository | the repository in full | every repository test of it |
+| ``repo:push``, branch created/deleted on an empty repository | repository, restrictions | its repository tests |
+| ``repo:push`` touching the main branch | newest pipeline on it (Pipelines test on) | ``pipelines-enabled`` |
+| ``repo:push`` touching a branching-model branch | branching model | the three branch tests |
+| ``repo:push``, other branches | nothing | nothing |
+| ``repo:updated`` | repository metadata (the main branch or project may have moved) | its repository tests |
+| ``repo:created``, ``repo:imported``, ``repo:fork`` (the fork) | the new repository in full | its repository tests |
+| ``repo:transfer`` | the repository in full (it may have arrived) | its repository tests |
+| ``repo:deleted`` | nothing | its results are retired, with a transition |
+| ``pullrequest:created/fulfilled/rejected`` | open pull-request count | nothing (metadata only) |
+| other ``pullrequest:*`` | nothing | nothing |
+| ``repo:commit_status_*`` on the main branch | newest pipeline on it (Pipelines test on) | ``pipelines-enabled`` |
+| ``project:updated`` | the repository list (project keys) | every repository test of the workspace |
+| ``lp:reconcile`` (tier ``full``) | everything (the full pass) | everything |
+| ``lp:reconcile`` (tier ``members``) | members, permissions, email links | the member tests |
+| ``lp:classification`` | nothing (restrictions if never read) | the repository's tests |
+| ``lp:personnel`` | email links when new emails need matching | ``offboarded-access-removed`` |
+| ``lp:evidence`` | nothing | the MFA tests |
+| ``lp:exception``, ``lp:expiry`` | nothing | the named test and subject |
+| anything else | nothing (recorded as ignored) | nothing |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+REPO_CHECKS = frozenset(
+    {
+        "repo-classified",
+        "merge-requires-passing-builds",
+        "merge-requires-peer-review",
+        "branch-protection-enforced",
+        "pipelines-enabled",
+    }
+)
+BRANCH_CHECKS = frozenset({"merge-requires-passing-builds", "merge-requires-peer-review", "branch-protection-enforced"})
+MEMBER_CHECKS = frozenset({"member-mfa-enabled", "offboarded-access-removed"})
+
+# The webhook events the product subscribes to (intersected with GET /hook_events/{subject}).
+USED_EVENTS = frozenset(
+    {
+        "repo:push",
+        "repo:updated",
+        "repo:created",
+        "repo:imported",
+        "repo:transfer",
+        "repo:deleted",
+        "repo:fork",
+        "pullrequest:created",
+        "pullrequest:fulfilled",
+        "pullrequest:rejected",
+        "repo:commit_status_created",
+        "repo:commit_status_updated",
+        "project:updated",
+    }
+)
+INTERNAL_EVENTS = frozenset(
+    {"lp:reconcile", "lp:classification", "lp:personnel", "lp:evidence", "lp:exception", "lp:expiry"}
+)
+
+
+@dataclass(frozen=True, order=True)
+class Fetch:
+    """One resource to read again. ``key`` is what coalescing is by."""
+
+    kind: str  # repo_full | repo | restrictions | branching_model | last_build | pr_count | repos | members | emails
+    workspace: str
+    repo_uuid: str | None = None
+    branch: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.workspace}:{self.repo_uuid or ''}:{self.branch or ''}"
+
+
+@dataclass(frozen=True)
+class KnownRepo:
+    """What the planner may know of a repository from the snapshots."""
+
+    uuid: str
+    mainbranch: str | None
+    model_branches: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Plan:
+    fetches: tuple[Fetch, ...] = ()
+    repos: tuple[str, ...] = ()  # repository uuids whose tests to re-run
+    members: bool = False  # re-run the member tests of the workspace
+    workspace_checks: bool = False  # re-run every test of the workspace
+    retire: tuple[str, ...] = ()  # repository uuids that left the workspace
+    tier: str | None = None  # full | members: a reconcile pass
+    checks: frozenset[str] = field(default_factory=frozenset)  # limit re-evaluation to these tests (empty: all)
+    ignored: bool = False
+
+    @property
+    def api_free(self) -> bool:
+        return not self.fetches and self.tier is None
+
+
+def _full(ws: str, uuid: str, enabled: frozenset[str]) -> tuple[Fetch, ...]:
+    return (Fetch("repo_full", ws, uuid),)
+
+
+def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRepo], enabled: frozenset[str]) -> Plan:
+    ws = str(payload.get("workspace") or "")
+    uuid = payload.get("repository_uuid")
+    pipelines_on = "pipelines-enabled" in enabled
+
+    if event_key == "lp:reconcile":
+        return Plan(tier=str(payload.get("tier", "full")))
+    if event_key == "lp:classification":
+        repo = known.get(str(uuid)) if uuid else None
+        needed: tuple[Fetch, ...] = () if repo is not None or not uuid else (Fetch("repo_full", ws, str(uuid)),)
+        return Plan(fetches=needed, repos=(str(uuid),) if uuid else (), workspace_checks=uuid is None)
+    if event_key == "lp:personnel":
+        return Plan(
+            fetches=(Fetch("emails", ws),) if payload.get("new_emails") else (),
+            members=True,
+            checks=frozenset({"offboarded-access-removed"}),
+        )
+    if event_key == "lp:evidence":
+        return Plan(
+            members=True, workspace_checks=True, checks=frozenset({"member-mfa-enabled", "workspace-mfa-enforced"})
+        )
+    if event_key in ("lp:exception", "lp:expiry"):
+        check = payload.get("check")
+        return Plan(workspace_checks=True, checks=frozenset({str(check)}) if check else frozenset())
+    if not ws or event_key not in USED_EVENTS:
+        return Plan(ignored=True)
+
+    if event_key == "project:updated":
+        return Plan(fetches=(Fetch("repos", ws),), workspace_checks=True, checks=REPO_CHECKS & enabled)
+    if not uuid:
+        return Plan(ignored=True)
+    uuid = str(uuid)
+    repo = known.get(uuid)
+
+    if event_key == "repo:deleted":
+        return Plan(retire=(uuid,))
+    if event_key in ("repo:created", "repo:imported", "repo:transfer"):
+        return Plan(fetches=_full(ws, uuid, enabled), repos=(uuid,))
+    if event_key == "repo:fork":
+        fork = payload.get("fork_uuid")
+        return Plan(fetches=_full(ws, str(fork), enabled), repos=(str(fork),)) if fork else Plan()
+    if repo is None:
+        # A repository we have never read: read it in full (it may be new, or the pass missed it).
+        return Plan(fetches=_full(ws, uuid, enabled), repos=(uuid,))
+    if event_key == "repo:updated":
+        return Plan(fetches=(Fetch("repo", ws, uuid),), repos=(uuid,))
+    if event_key.startswith("pullrequest:"):
+        return Plan(fetches=(Fetch("pr_count", ws, uuid),))
+    if event_key.startswith("repo:commit_status_"):
+        branches = set(payload.get("branches") or ())
+        if pipelines_on and repo.mainbranch in branches:
+            return Plan(
+                fetches=(Fetch("last_build", ws, uuid, repo.mainbranch),),
+                repos=(uuid,),
+                checks=frozenset({"pipelines-enabled"}),
+            )
+        return Plan()
+    # repo:push
+    branches = set(payload.get("branches") or ())
+    created = set(payload.get("branches_created") or ())
+    deleted = set(payload.get("branches_deleted") or ())
+    fetches: list[Fetch] = []
+    checks: set[str] = set()
+    if repo.mainbranch is None and (created or branches):
+        # The first push to an empty repository gives it a main branch.
+        return Plan(fetches=(Fetch("repo", ws, uuid), Fetch("restrictions", ws, uuid)), repos=(uuid,))
+    if repo.mainbranch in deleted:
+        return Plan(fetches=(Fetch("repo", ws, uuid),), repos=(uuid,))
+    if pipelines_on and repo.mainbranch in branches:
+        fetches.append(Fetch("last_build", ws, uuid, repo.mainbranch))
+        checks.add("pipelines-enabled")
+    if (created | deleted) & repo.model_branches:
+        fetches.append(Fetch("branching_model", ws, uuid))
+        checks |= BRANCH_CHECKS
+    if not fetches:
+        return Plan()
+    return Plan(fetches=tuple(fetches), repos=(uuid,), checks=frozenset(checks & enabled))
+
+
+def coalesce(plans: list[Plan]) -> tuple[list[Fetch], list[Plan]]:
+    """Union the fetches of several plans: one fetch per resource however many events asked.
+
+    A full read of a repository subsumes its partial reads.
+    """
+    full = {(f.workspace, f.repo_uuid) for p in plans for f in p.fetches if f.kind == "repo_full"}
+    out: dict[str, Fetch] = {}
+    for p in plans:
+        for f in p.fetches:
+            if f.kind != "repo_full" and (f.workspace, f.repo_uuid) in full:
+                continue
+            out.setdefault(f.key, f)
+    return sorted(out.values()), plans

@@ -1,0 +1,136 @@
+"""The running product's shared parts, for ``serve``, the CLI and the tests.
+
+Holds the store, the settings, the encryption keys and one Bitbucket client per connection (over
+the process's one aiohttp session, passed in). Knows how to get a token for a connection (token
+mode from ``LP_BITBUCKET_TOKEN``; OAuth connections through ``bitbucket.oauth``) and keeps the
+decrypted webhook secrets in memory for the receiver.
+"""
+
+from __future__ import annotations
+
+import secrets as pysecrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from app import errors
+from app.bitbucket.client import BitbucketClient, ClientPool, StaticToken, TokenSource
+from app.crypto import Crypto
+from app.logs import get_logger, register_secret
+from app.settings import Settings
+from app.store import Store
+from app.store.connections import Connection
+from app.store.events import NewEvent
+
+log = get_logger("service")
+
+TOKEN_CONNECTION = "token"  # noqa: S105 - the id of the token-mode connection, not a secret
+
+
+class Service:
+    def __init__(self, settings: Settings, store: Store, pool: ClientPool, crypto: Crypto | None) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.crypto = crypto
+        self._secrets: dict[str, list[str]] = {}
+        self.token_sources: dict[str, TokenSource] = {}
+        # Called when an OAuth connection's refresh fails (ops alert); set by the wiring.
+        self.on_broken: Callable[[str, str], Awaitable[None]] | None = None
+
+    # -- connections --------------------------------------------------------------------------
+    async def ensure_token_connection(self) -> Connection | None:
+        """The connection described by LP_BITBUCKET_TOKEN + LP_WORKSPACES, if configured."""
+        if self.settings.bitbucket_token is None:
+            return None
+        workspaces = self.settings.workspaces
+        if not workspaces:
+            client = await self.client(TOKEN_CONNECTION)
+            workspaces = tuple(w.slug for w in await client.workspaces())
+        return await self.store.connections.upsert(TOKEN_CONNECTION, "token", workspaces)
+
+    def token_source(self, conn_id: str) -> TokenSource:
+        if conn_id in self.token_sources:
+            return self.token_sources[conn_id]
+        if conn_id == TOKEN_CONNECTION:
+            if self.settings.bitbucket_token is None:
+                raise errors.ConfigError("LP_BITBUCKET_TOKEN is not set")
+            source: TokenSource = StaticToken(self.settings.bitbucket_token.get_secret_value(), TOKEN_CONNECTION)
+        else:
+            source = self._oauth_source(conn_id)
+        self.token_sources[conn_id] = source
+        return source
+
+    def _oauth_source(self, conn_id: str) -> TokenSource:
+        from app.bitbucket.oauth import StoredOAuthTokens
+
+        if self.crypto is None:
+            raise errors.ConfigError("LP_SECRET_KEY: required to use OAuth connections")
+        return StoredOAuthTokens(self, conn_id)
+
+    async def client(self, conn_id: str) -> BitbucketClient:
+        return self.pool.get(conn_id, self.token_source(conn_id))
+
+    async def connections(self) -> list[Connection]:
+        return [c for c in await self.store.connections.all() if c.status != "disconnected"]
+
+    # -- webhook secrets ----------------------------------------------------------------------
+    def new_secret(self) -> str:
+        secret = pysecrets.token_urlsafe(32)
+        register_secret(secret)
+        return secret
+
+    def encrypt(self, value: str) -> bytes:
+        if self.crypto is None:
+            raise errors.ConfigError("LP_SECRET_KEY: required to store webhook secrets and tokens")
+        return self.crypto.encrypt(value)
+
+    def decrypt(self, value: bytes) -> str:
+        if self.crypto is None:
+            raise errors.ConfigError("LP_SECRET_KEY: required to read stored secrets")
+        plain = self.crypto.decrypt(value)
+        register_secret(plain)
+        return plain
+
+    async def webhook_secrets(self, conn_id: str) -> list[str] | None:
+        """Current and previous secret of a connection (rotation), or None for an unknown one."""
+        if conn_id in self._secrets:
+            return self._secrets[conn_id]
+        conn = await self.store.connections.get(conn_id)
+        if conn is None or conn.webhook_secret is None or conn.status == "disconnected":
+            return None
+        found = [self.decrypt(conn.webhook_secret)]
+        if conn.webhook_secret_previous is not None:
+            found.append(self.decrypt(conn.webhook_secret_previous))
+        self._secrets[conn_id] = found
+        return found
+
+    def forget_secrets(self, conn_id: str) -> None:
+        self._secrets.pop(conn_id, None)
+
+    def hook_url(self, conn_id: str) -> str:
+        return f"{self.settings.public_url}/hooks/bitbucket/{conn_id}"
+
+    # -- the event log ------------------------------------------------------------------------
+    async def internal_event(self, key: str, payload: dict[str, Any], conn_id: str | None = None) -> list[int]:
+        """Append an internal event for every workspace it concerns (all when none is named)."""
+        ids: list[int] = []
+        targets: list[tuple[str, str]] = []
+        for conn in await self.connections():
+            if conn_id and conn.id != conn_id:
+                continue
+            for ws in conn.workspaces:
+                if payload.get("workspace") in (None, ws):
+                    targets.append((conn.id, ws))
+        for cid, ws in targets:
+            eid = await self.store.events.append(
+                NewEvent(
+                    connection_id=cid,
+                    source="internal",
+                    event_key=key,
+                    payload={**payload, "workspace": ws},
+                    workspace=ws,
+                )
+            )
+            if eid is not None:
+                ids.append(eid)
+        return ids

@@ -1,0 +1,345 @@
+"""The event log: every trigger (webhook, reconcile, CLI/API change) is a row here.
+
+States: ``queued`` → ``running`` (leased) → ``done``; a failed attempt goes to ``failed`` with a
+backoff and is claimed again, until ``dead`` after a bounded number of tries. ``ignored`` records
+a delivery whose event key the planner does not use. A crashed worker's ``running`` events return
+to the queue at start-up (``requeue_running``).
+
+Webhook inserts go through :class:`EventWriter`, a group commit: concurrent deliveries are written
+in one transaction and each answer waits for that commit (``synchronous=FULL``), so every 202 is
+durable while one fsync serves many deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.store.db import Database
+
+MAX_TRIES = 5
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    connection_id: str
+    source: str  # webhook | internal | reconcile
+    event_key: str
+    payload: dict[str, Any]
+    state: str = "queued"
+    request_uuid: str | None = None
+    hook_uuid: str | None = None
+    attempt: int | None = None
+    body_hash: str | None = None
+    workspace: str | None = None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    connection_id: str
+    source: str
+    event_key: str
+    request_uuid: str | None
+    hook_uuid: str | None
+    attempt: int | None
+    workspace: str | None
+    payload: dict[str, Any]
+    state: str
+    tries: int
+    received_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    caused: dict[str, Any] | None
+    changed_at: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "connection": self.connection_id,
+            "source": self.source,
+            "event_key": self.event_key,
+            "request_uuid": self.request_uuid,
+            "hook_uuid": self.hook_uuid,
+            "attempt": self.attempt,
+            "workspace": self.workspace,
+            "state": self.state,
+            "tries": self.tries,
+            "received_at": self.received_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "caused": self.caused,
+            "summary": summary(self.payload),
+        }
+
+
+def summary(payload: dict[str, Any]) -> str:
+    parts = [str(payload[k]) for k in ("repository_full_name", "workspace", "tier", "subject") if payload.get(k)]
+    if payload.get("branches"):
+        parts.append("branches " + ",".join(payload["branches"]))
+    return " ".join(parts)
+
+
+def _row(r: Any) -> EventRow:
+    return EventRow(
+        id=r["id"],
+        connection_id=r["connection_id"],
+        source=r["source"],
+        event_key=r["event_key"],
+        request_uuid=r["request_uuid"],
+        hook_uuid=r["hook_uuid"],
+        attempt=r["attempt"],
+        workspace=r["workspace"],
+        payload=json.loads(r["payload"]),
+        state=r["state"],
+        tries=r["tries"],
+        received_at=r["received_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        error=r["error"],
+        caused=json.loads(r["caused"]) if r["caused"] else None,
+        changed_at=float(r["changed_at"]),
+    )
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+_INSERT = """INSERT OR IGNORE INTO events (connection_id, source, event_key, request_uuid, hook_uuid, attempt,
+    body_hash, workspace, payload, state, received_at, changed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"""
+
+
+class Events:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._changed = asyncio.Event()  # replaced on every write this process makes
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, seconds: float) -> None:
+        """Until this process writes to the log, or ``seconds`` pass (other processes: poll)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds)
+
+    async def append_many(self, events: Sequence[NewEvent]) -> list[int | None]:
+        """Insert events in one durable transaction; a duplicate delivery yields None."""
+        ids: list[int | None] = []
+        at, stamp = now_iso(), time.time()
+        async with self.db.transaction() as conn:
+            for e in events:
+                cur = await conn.execute(
+                    _INSERT,
+                    (
+                        e.connection_id,
+                        e.source,
+                        e.event_key,
+                        e.request_uuid or None,
+                        e.hook_uuid,
+                        e.attempt,
+                        e.body_hash,
+                        e.workspace,
+                        json.dumps(e.payload),
+                        e.state,
+                        at,
+                        stamp,
+                    ),
+                )
+                ids.append(cur.lastrowid if cur.rowcount == 1 else None)
+        self._notify()
+        return ids
+
+    async def append(self, event: NewEvent) -> int | None:
+        return (await self.append_many([event]))[0]
+
+    async def claim(self, limit: int, lease_seconds: float = 300.0) -> list[EventRow]:
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                """UPDATE events SET state = 'running', tries = tries + 1, lease_until = ?, started_at = ?,
+                   changed_at = ? WHERE id IN (SELECT id FROM events WHERE state IN ('queued', 'failed')
+                   AND next_attempt_at <= ? ORDER BY id LIMIT ?) RETURNING *""",
+                (now + lease_seconds, now_iso(), now, now, limit),
+            )
+            rows = [_row(r) for r in await cur.fetchall()]
+        rows.sort(key=lambda r: r.id)
+        if rows:
+            self._notify()
+        return rows
+
+    async def finish(self, done: dict[int, dict[str, Any]]) -> None:
+        if not done:
+            return
+        at, stamp = now_iso(), time.time()
+        await self.db.executemany(
+            "UPDATE events SET state = 'done', finished_at = ?, lease_until = NULL, error = NULL, caused = ?, "
+            "changed_at = ? WHERE id = ?",
+            [(at, json.dumps(caused, default=str), stamp, eid) for eid, caused in done.items()],
+        )
+        self._notify()
+
+    async def fail(self, rows: Sequence[EventRow], error: str, backoff_base: float = 5.0) -> list[int]:
+        """Record a failed attempt; back off exponentially, or mark dead after MAX_TRIES. Returns dead ids."""
+        now, dead = time.time(), []
+        params: list[tuple[str, float, str, str | None, float, int]] = []
+        for r in rows:
+            if r.tries >= MAX_TRIES:
+                dead.append(r.id)
+                params.append(("dead", now, error[:500], now_iso(), now, r.id))
+            else:
+                params.append(("failed", now + backoff_base * 2 ** (r.tries - 1), error[:500], None, now, r.id))
+        await self.db.executemany(
+            "UPDATE events SET state = ?, next_attempt_at = ?, error = ?, finished_at = ?, lease_until = NULL, "
+            "changed_at = ? WHERE id = ?",
+            params,
+        )
+        self._notify()
+        return dead
+
+    async def requeue_running(self) -> int:
+        """At start-up: events a crashed worker left running go back to the queue."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE events SET state = 'queued', lease_until = NULL, changed_at = ? WHERE state = 'running'",
+                (time.time(),),
+            )
+            return cur.rowcount
+
+    async def requeue_expired_leases(self) -> int:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE events SET state = 'queued', lease_until = NULL, changed_at = ? WHERE state = 'running' "
+                "AND lease_until < ?",
+                (time.time(), time.time()),
+            )
+            return cur.rowcount
+
+    async def get(self, eid: int) -> EventRow | None:
+        r = await self.db.fetchone("SELECT * FROM events WHERE id = ?", (eid,))
+        return _row(r) if r else None
+
+    async def list(
+        self,
+        *,
+        state: str | None = None,
+        event_key: str | None = None,
+        workspace: str | None = None,
+        connection: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+        changed_after: float | None = None,
+    ) -> list[EventRow]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("state", state),
+            ("event_key", event_key),
+            ("workspace", workspace),
+            ("connection_id", connection),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        if changed_after is not None:
+            where.append("changed_at > ?")
+            params.append(changed_after)
+        order = "changed_at, id" if changed_after is not None else "id DESC"
+        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order} LIMIT ?"
+        return [_row(r) for r in await self.db.fetchall(sql, [*params, limit])]
+
+    async def counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self.db.fetchall("SELECT state, count(*) FROM events GROUP BY state")}
+
+    async def oldest_queued_age(self) -> float:
+        r = await self.db.fetchone("SELECT min(changed_at) FROM events WHERE state = 'queued'")
+        return max(0.0, time.time() - r[0]) if r and r[0] else 0.0
+
+    async def pending(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        r = await self.db.fetchone(
+            f"SELECT count(*) FROM events WHERE id IN ({marks}) AND state IN ('queued', 'running', 'failed')", list(ids)
+        )
+        return int(r[0]) if r else 0
+
+    async def purge(self, older_than_days: int) -> int:
+        cutoff = time.time() - older_than_days * 86400
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM events WHERE state IN ('done', 'dead', 'ignored') AND changed_at < ?", (cutoff,)
+            )
+            return cur.rowcount
+
+
+class EventWriter:
+    """Group commit for webhook deliveries: many concurrent inserts, one durable transaction."""
+
+    def __init__(self, events: Events, max_batch: int = 256) -> None:
+        self.events = events
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[NewEvent, asyncio.Future[int | None]]] = asyncio.Queue()
+
+    async def submit(self, event: NewEvent) -> int | None:
+        """Returns the event id (None for a duplicate) once the insert is committed; raises on failure."""
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((event, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                ids = await self.events.append_many([e for e, _ in batch])
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), eid in zip(batch, ids, strict=True):
+                if not fut.done():
+                    fut.set_result(eid)
+
+
+class Locks:
+    """Named leases in SQLite, so two processes never run the same pass."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                """INSERT INTO locks (name, owner, expires_at) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE SET
+                   owner = excluded.owner, expires_at = excluded.expires_at
+                   WHERE locks.expires_at < ? OR locks.owner = excluded.owner""",
+                (name, owner, now + ttl, now),
+            )
+            return cur.rowcount == 1
+
+    async def release(self, name: str, owner: str) -> None:
+        await self.db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+
+    @contextlib.asynccontextmanager
+    async def held(self, name: str, owner: str, ttl: float) -> AsyncIterator[bool]:
+        got = await self.acquire(name, owner, ttl)
+        try:
+            yield got
+        finally:
+            if got:
+                await self.release(name, owner)

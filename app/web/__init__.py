@@ -1,0 +1,1 @@
+"""HTTP in: thin Starlette endpoints (webhooks, connect, API, dashboard)."""

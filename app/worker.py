@@ -1,0 +1,352 @@
+"""Drains the event log: claim (lease) → plan → coalesced fetches → snapshots → re-evaluate → done.
+
+One code path for every trigger. A batch claims every runnable event, plans each, fetches each
+resource once however many events asked for it (at most one batch runs at a time, and the events
+arriving meanwhile form the next batch: at most one queued and one running fetch per resource),
+stores the snapshots and re-evaluates only the affected (test, subject) pairs. Reconcile passes
+(``lp:reconcile``) run beside the batches, under a lock, with low budget priority. A failed batch
+goes back with a backoff and ends ``dead`` after a bounded number of tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from app import errors
+from app.bitbucket.client import PRIORITY, BitbucketClient
+from app.bitbucket.models import Repository
+from app.findings import Delta
+from app.logs import get_logger
+from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, Plan, coalesce, plan
+from app.reconcile import (
+    Fetcher,
+    fetch_members,
+    fetch_repository,
+    iso,
+    k_build,
+    k_model,
+    k_pipelines,
+    k_repo,
+    k_repos,
+    k_restrictions,
+    reconcile_workspace,
+    record,
+    utcnow,
+)
+from app.settings import Settings
+from app.store import Store
+from app.store.events import EventRow
+
+log = get_logger("worker")
+
+ClientFor = Callable[[str], Awaitable[BitbucketClient]]
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _changes(delta: Delta) -> list[str]:
+    out = []
+    for c in delta.writes:
+        if c.status_changed:
+            old = c.previous.result.status if c.previous else "new"
+            out.append(f"{c.result.check} {c.result.subject}: {old} → {c.result.status}")
+    out += [f"{s.result.check} {s.result.subject}: {s.result.status} → retired" for s in delta.retired]
+    out += [f"{s.result.check} {s.result.subject}: stale" for s in delta.stale]
+    return out
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clients: ClientFor,
+        *,
+        batch: int = 500,
+        on_delta: Callable[[str, Delta], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clients = clients
+        self.batch = batch
+        self.owner = owner_id()
+        self.on_delta = on_delta
+        self._passes: set[asyncio.Task[None]] = set()
+        self._tg: asyncio.TaskGroup | None = None
+        self.alive_at = time.time()
+        self.fetch_log: list[str] = []  # resource keys fetched, in order (tests and benchmarks read it)
+
+    async def run(self) -> None:
+        """Forever: process batches; sleep until the log changes (or a second passes)."""
+        await self.store.events.requeue_running()
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                while True:
+                    self.alive_at = time.time()
+                    if await self.step():
+                        continue
+                    await self.store.events.requeue_expired_leases()
+                    await self.store.events.wait_changed(1.0)
+            finally:
+                self._tg = None
+
+    async def drain(self) -> None:
+        """Process until nothing is runnable (used by the CLI and the tests); passes run inline."""
+        while await self.step():
+            pass
+
+    async def step(self) -> int:
+        rows = await self.store.events.claim(self.batch)
+        if not rows:
+            return 0
+        passes = [r for r in rows if r.event_key == "lp:reconcile"]
+        others = [r for r in rows if r.event_key != "lp:reconcile"]
+        for row in passes:
+            if self._tg is not None:
+                self._tg.create_task(self._pass(row))
+            else:
+                await self._pass(row)
+        by_conn: dict[str, list[EventRow]] = defaultdict(list)
+        for r in others:
+            by_conn[r.connection_id].append(r)
+        for cid, group in by_conn.items():
+            try:
+                await self._batch(cid, group)
+            except (errors.BitbucketError, errors.TokenError) as exc:
+                dead = await self.store.events.fail(group, f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "worker.batch_failed", connection=cid, events=len(group), dead=len(dead), error=type(exc).__name__
+                )
+        return len(rows)
+
+    # -- reconcile passes -----------------------------------------------------------------------
+    async def _pass(self, row: EventRow) -> None:
+        PRIORITY.set(False)  # this task's requests leave the reserved share of the budget to events
+        ws = str(row.payload.get("workspace"))
+        tier = str(row.payload.get("tier", "full"))
+        lock = f"pass:{row.connection_id}:{ws}:{tier}"
+        try:
+            async with self.store.locks.held(lock, self.owner, ttl=3600) as got:
+                if not got:
+                    await self.store.events.finish({row.id: {"skipped": "the same pass is running elsewhere"}})
+                    return
+                client = await self.clients(row.connection_id)
+                calls = client.calls()
+                if tier == "members":
+                    fetcher = Fetcher(client, self.store, iso(utcnow()))
+                    await fetch_members(fetcher, ws, await self.store.records.people())
+                    await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
+                    delta, written = await record(
+                        self.store, self.settings, ws, utcnow(), "reconcile:members", only_checks=MEMBER_CHECKS
+                    )
+                else:
+                    report = await reconcile_workspace(client, self.store, self.settings, ws)
+                    delta, written = report.delta, report.rows_written
+                caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
+                await self.store.events.finish({row.id: caused})
+                if self.on_delta:
+                    await self.on_delta(ws, delta)
+        except (errors.BitbucketError, errors.TokenError) as exc:
+            await self.store.events.fail([row], f"{type(exc).__name__}: {exc}", backoff_base=60.0)
+            log.warning("worker.pass_failed", workspace=ws, tier=tier, error=type(exc).__name__)
+
+    # -- event batches ---------------------------------------------------------------------------
+    async def _known(self, ws: str) -> dict[str, KnownRepo]:
+        snaps = await self.store.snapshots.load(ws)
+        listed = snaps.get(k_repos(ws))
+        out: dict[str, KnownRepo] = {}
+        for uuid in listed.content if listed and listed.content else []:
+            snap = snaps.get(k_repo(uuid))
+            if snap is None or snap.content is None:
+                continue
+            main = snap.content.get("mainbranch")
+            branches: set[str] = set()
+            model = snaps.get(k_model(uuid))
+            if model is not None and isinstance(model.content, dict):
+                for part in ("development_name", "production_name"):
+                    if model.content.get(part):
+                        branches.add(model.content[part])
+            out[uuid] = KnownRepo(uuid=uuid, mainbranch=main, model_branches=frozenset(branches))
+        return out
+
+    async def _batch(self, cid: str, rows: list[EventRow]) -> None:
+        enabled = frozenset(self.settings.enabled_checks)
+        workspaces = {str(r.payload.get("workspace") or r.workspace or "") for r in rows}
+        known = {ws: await self._known(ws) for ws in workspaces if ws}
+        plans: dict[int, Plan] = {}
+        for r in rows:
+            ws = str(r.payload.get("workspace") or r.workspace or "")
+            plans[r.id] = plan(r.event_key, r.payload, known.get(ws, {}), enabled)
+        fetches, _ = coalesce(list(plans.values()))
+        now = utcnow()
+        calls = 0
+        if fetches:
+            client = await self.clients(cid)
+            before = client.calls()
+            fetcher = Fetcher(client, self.store, iso(now))
+            sem = asyncio.Semaphore(self.settings.concurrency)
+
+            async def one(f: Fetch) -> None:
+                async with sem:
+                    await self._fetch(fetcher, f, enabled)
+
+            async with asyncio.TaskGroup() as tg:
+                for f in fetches:
+                    tg.create_task(one(f))
+            await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
+            calls = client.calls() - before
+            self.fetch_log += [f.key for f in fetches]
+        # Repositories that arrived or left.
+        for ws in workspaces:
+            adds = {u for r in rows for u in plans[r.id].repos if str(r.payload.get("workspace")) == ws}
+            gone = {u for r in rows for u in plans[r.id].retire if str(r.payload.get("workspace")) == ws}
+            await self._update_repo_list(ws, adds, gone, iso(now))
+        changes: dict[str, list[str]] = {}
+        for ws in workspaces:
+            if not ws:
+                continue
+            ws_plans = [plans[r.id] for r in rows if str(r.payload.get("workspace") or r.workspace or "") == ws]
+            deltas = await self._evaluate(ws, ws_plans, rows[0].source)
+            changes[ws] = [line for d in deltas for line in _changes(d)]
+        done: dict[int, dict[str, Any]] = {}
+        for r in rows:
+            p = plans[r.id]
+            ws = str(r.payload.get("workspace") or r.workspace or "")
+            mine = {f.key for f in p.fetches}
+            done[r.id] = {
+                "fetches": [f.key for f in fetches if f.key in mine],
+                "batch_api_calls": calls,
+                "batch_events": len(rows),
+                "changes": [c for c in changes.get(ws, []) if _concerns(c, p)],
+            }
+        ignored = [r.id for r in rows if plans[r.id].ignored]
+        await self.store.events.finish({k: v for k, v in done.items() if k not in ignored})
+        if ignored:
+            await self.store.events.finish({k: {"ignored": True} for k in ignored})
+        received = max((r.received_at for r in rows if r.source == "webhook"), default=None)
+        if received:
+            await self.store.connections.touch_delivery(cid, received)
+
+    async def _update_repo_list(self, ws: str, adds: set[str], gone: set[str], now: str) -> None:
+        if not adds and not gone:
+            return
+        snap = await self.store.snapshots.get(k_repos(ws))
+        current = list(snap.content) if snap and snap.content else []
+        have_meta = {u for u in adds if await self.store.snapshots.get(k_repo(u)) is not None}
+        new = [u for u in current if u not in gone] + [u for u in sorted(have_meta) if u not in current]
+        if new != current:
+            await self.store.snapshots.put_many([(k_repos(ws), ws, "repos", new)], now)
+        if gone:
+            keys = [k(u) for u in gone for k in (k_repo, k_restrictions, k_model, k_pipelines, k_build)]
+            await self.store.snapshots.delete(keys + [k_repo(u) + ":prs" for u in gone])
+
+    async def _evaluate(self, ws: str, plans: list[Plan], source: str) -> list[Delta]:
+        now = utcnow()
+        cause = f"event:{source}"
+        deltas: list[Delta] = []
+        if any(p.workspace_checks for p in plans):
+            checks = frozenset().union(*(p.checks for p in plans if p.workspace_checks))
+            all_checks = any(not p.checks for p in plans if p.workspace_checks)
+            delta, _ = await record(
+                self.store, self.settings, ws, now, cause, only_checks=None if all_checks else checks
+            )
+            deltas.append(delta)
+            if all_checks:
+                return await self._notify(ws, deltas)
+        repos = {u for p in plans for u in (*p.repos, *p.retire)}
+        if repos:
+            checks = frozenset().union(*(p.checks for p in plans if p.repos or p.retire))
+            all_repo = any(not p.checks for p in plans if p.repos or p.retire)
+            delta, _ = await record(
+                self.store,
+                self.settings,
+                ws,
+                now,
+                cause,
+                subjects=repos,
+                only_checks=REPO_CHECKS if all_repo else checks,
+            )
+            deltas.append(delta)
+        if any(p.members for p in plans):
+            checks = frozenset().union(*(p.checks for p in plans if p.members)) & MEMBER_CHECKS
+            delta, _ = await record(self.store, self.settings, ws, now, cause, only_checks=checks or MEMBER_CHECKS)
+            deltas.append(delta)
+        return await self._notify(ws, deltas)
+
+    async def _notify(self, ws: str, deltas: list[Delta]) -> list[Delta]:
+        if self.on_delta:
+            for d in deltas:
+                await self.on_delta(ws, d)
+        return deltas
+
+    async def _fetch(self, fetcher: Fetcher, f: Fetch, enabled: frozenset[str]) -> None:
+        client, ws, uuid = fetcher.client, f.workspace, f.repo_uuid or ""
+        if f.kind == "repo_full":
+            try:
+                repo = await client.repository(ws, uuid)
+            except errors.NotFoundError:
+                return  # gone again before we read it
+            await fetch_repository(fetcher, ws, repo, sorted(enabled))
+        elif f.kind == "repo":
+            old = await self.store.snapshots.get(k_repo(uuid))
+            try:
+                repo = await client.repository(ws, uuid)
+            except errors.NotFoundError:
+                return
+            meta = repo.model_dump(mode="json")
+            if old and old.content and "open_pullrequests" in old.content:
+                meta["open_pullrequests"] = old.content["open_pullrequests"]
+            fetcher.rows.append((k_repo(uuid), ws, "repo", meta))
+        elif f.kind == "restrictions":
+            await fetch_repository(fetcher, ws, await client.repository(ws, uuid), sorted(enabled), open_prs=False)
+            fetcher.rows = [r for r in fetcher.rows if r[0] != k_repo(uuid)]  # keep the metadata fetched above
+        elif f.kind == "branching_model":
+            await fetcher.get(k_model(uuid), ws, "branching_model", lambda: _dumped(client.branching_model(ws, uuid)))
+        elif f.kind == "last_build":
+            branch = f.branch or ""
+            await fetcher.get(
+                k_build(uuid), ws, "last_build", lambda: _dumped(client.latest_pipeline(ws, uuid, branch))
+            )
+        elif f.kind == "pr_count":
+            old = await self.store.snapshots.get(k_repo(uuid))
+            count = await fetcher.get(
+                k_repo(uuid) + ":prs", ws, "pr_count", lambda: client.open_pullrequest_count(ws, uuid)
+            )
+            if count is not None and old and old.content:
+                fetcher.rows.pop()
+                fetcher.rows.append((k_repo(uuid), ws, "repo", {**old.content, "open_pullrequests": count}))
+        elif f.kind == "repos":
+            repos = await client.repositories(ws)
+            for repo in repos:
+                old = await self.store.snapshots.get(k_repo(repo.uuid))
+                meta = repo.model_dump(mode="json")
+                if old and old.content and "open_pullrequests" in old.content:
+                    meta["open_pullrequests"] = old.content["open_pullrequests"]
+                fetcher.rows.append((k_repo(repo.uuid), ws, "repo", meta))
+        elif f.kind == "emails":
+            await fetch_members(fetcher, ws, await self.store.records.people())
+        else:  # pragma: no cover - the planner emits only the kinds above
+            raise ValueError(f"unknown fetch kind {f.kind}")
+
+
+async def _dumped(aw: Awaitable[Any]) -> Any:
+    value = await aw
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def _concerns(change: str, p: Plan) -> bool:
+    if p.workspace_checks or p.members:
+        return True
+    return any(True for _ in p.repos) or bool(p.retire)
+
+
+__all__ = ["Repository", "Worker"]
