@@ -123,8 +123,14 @@ class Settings(BaseModel):
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds (for log redaction)."""
         out = []
-        for value in (self.oauth_client_secret, self.bitbucket_token, self.secret_key, self.admin_token,
-                      self.slack_webhook_url, self.smtp_url):
+        for value in (
+            self.oauth_client_secret,
+            self.bitbucket_token,
+            self.secret_key,
+            self.admin_token,
+            self.slack_webhook_url,
+            self.smtp_url,
+        ):
             if value is not None:
                 out.append(value.get_secret_value())
         return out
