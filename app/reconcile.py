@@ -57,6 +57,10 @@ def k_repo(uuid: str) -> str:
     return f"repo:{uuid}"
 
 
+def k_prs(uuid: str) -> str:
+    return f"repo:{uuid}:prs"
+
+
 def k_restrictions(uuid: str) -> str:
     return f"restrictions:{uuid}"
 
@@ -102,8 +106,9 @@ class Fetcher:
         self.rows: list[tuple[str, str, str, Any]] = []
         self.failures = 0
 
-    async def get(self, key: str, ws: str, kind: str, read: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``read``; store its value, or a scope marker on 403; mark the snapshot stale on failure."""
+    async def get(self, key: str, ws: str, kind: str, read: Callable[[], Awaitable[Any]], keep: bool = True) -> Any:
+        """Run ``read``; store its value (unless ``keep`` is false: the caller folds it into another
+        snapshot), or a scope marker on 403; mark the snapshot stale on failure."""
         try:
             value = await read()
         except errors.ForbiddenError as exc:
@@ -113,7 +118,8 @@ class Fetcher:
             log.warning("fetch.failed", key=key, error=type(exc).__name__)
             await self.store.snapshots.mark_failed(key, ws, kind, f"{type(exc).__name__}: {exc}", self.now)
             return None
-        self.rows.append((key, ws, kind, value))
+        if keep:
+            self.rows.append((key, ws, kind, value))
         return value
 
 
@@ -131,35 +137,32 @@ async def fetch_repository(
     """Every per-repository resource the enabled tests need."""
     client = fetcher.client
     slug = repo.slug
-    meta = repo.model_dump(mode="json")
+    fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
     if open_prs:
-        count = await fetcher.get(
-            k_repo(repo.uuid) + ":prs", ws, "pr_count", lambda: client.open_pullrequest_count(ws, slug)
-        )
-        if count is not None:
-            fetcher.rows.pop()  # folded into the repository snapshot below
-            meta["open_pullrequests"] = count
-    fetcher.rows.append((k_repo(repo.uuid), ws, "repo", meta))
+        await fetcher.get(k_prs(repo.uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, slug))
     if repo.mainbranch and BRANCH_CHECKS & set(enabled):
-        restrictions = await fetcher.get(
-            k_restrictions(repo.uuid),
-            ws,
-            "restrictions",
-            lambda: _as_values(client.branch_restrictions(ws, slug)),
-        )
-        if isinstance(restrictions, dict) and any(
-            r.get("branch_match_kind") == "branching_model" for r in restrictions.get("values", [])
-        ):
-            await fetcher.get(
-                k_model(repo.uuid), ws, "branching_model", lambda: _dumped(client.branching_model(ws, slug))
-            )
+        await fetch_restrictions(fetcher, ws, repo.uuid, slug)
     if "pipelines-enabled" in enabled:
-        await fetcher.get(k_pipelines(repo.uuid), ws, "pipelines", lambda: _dumped(client.pipelines_config(ws, slug)))
-        if repo.mainbranch:
-            main = repo.mainbranch
-            await fetcher.get(
-                k_build(repo.uuid), ws, "last_build", lambda: _dumped(client.latest_pipeline(ws, slug, main))
-            )
+        await fetch_pipelines(fetcher, ws, repo.uuid, slug, repo.mainbranch)
+
+
+async def fetch_restrictions(fetcher: Fetcher, ws: str, uuid: str, ref: str) -> None:
+    """Branch restrictions, and the branching model when a restriction uses it."""
+    client = fetcher.client
+    restrictions = await fetcher.get(
+        k_restrictions(uuid), ws, "restrictions", lambda: _as_values(client.branch_restrictions(ws, ref))
+    )
+    if isinstance(restrictions, dict) and any(
+        r.get("branch_match_kind") == "branching_model" for r in restrictions.get("values", [])
+    ):
+        await fetcher.get(k_model(uuid), ws, "branching_model", lambda: _dumped(client.branching_model(ws, ref)))
+
+
+async def fetch_pipelines(fetcher: Fetcher, ws: str, uuid: str, ref: str, main: str | None) -> None:
+    client = fetcher.client
+    await fetcher.get(k_pipelines(uuid), ws, "pipelines", lambda: _dumped(client.pipelines_config(ws, ref)))
+    if main:
+        await fetcher.get(k_build(uuid), ws, "last_build", lambda: _dumped(client.latest_pipeline(ws, ref, main)))
 
 
 async def _as_values(aw: Awaitable[list[BranchRestriction]]) -> dict[str, Any]:
@@ -209,6 +212,10 @@ def _unreadable(snap: Snapshot | None) -> Unreadable | None:
         u = snap.content["unreadable"]
         return Unreadable(u.get("reason", "missing_scope"), scope=u.get("scope"))
     return None
+
+
+def _count(snap: Snapshot | None) -> int | None:
+    return snap.content if snap is not None and isinstance(snap.content, int) else None
 
 
 def classify(
@@ -275,7 +282,7 @@ async def build_facts(
                 branching_model=model,
                 pipelines=pipelines,
                 last_build=build,
-                open_pullrequests=snap.content.get("open_pullrequests"),
+                open_pullrequests=_count(snaps.get(k_prs(uuid))),
             )
         )
     members_snap = snaps.get(k_members(ws))

@@ -28,10 +28,12 @@ from app.reconcile import (
     Fetcher,
     fetch_members,
     fetch_repository,
+    fetch_restrictions,
     iso,
     k_build,
     k_model,
     k_pipelines,
+    k_prs,
     k_repo,
     k_repos,
     k_restrictions,
@@ -72,6 +74,7 @@ class Worker:
         *,
         batch: int = 500,
         on_delta: Callable[[str, Delta], Awaitable[None]] | None = None,
+        coalesce_window: float = 2.0,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -83,6 +86,10 @@ class Worker:
         self._tg: asyncio.TaskGroup | None = None
         self.alive_at = time.time()
         self.fetch_log: list[str] = []  # resource keys fetched, in order (tests and benchmarks read it)
+        # A resource fetched less than this long ago is not fetched again yet: the events asking
+        # for it wait and are served together by one fetch (a burst of pushes costs two fetches).
+        self.coalesce_window = coalesce_window
+        self._fetched_at: dict[str, float] = {}
 
     async def run(self) -> None:
         """Forever: process batches; sleep until the log changes (or a second passes)."""
@@ -186,7 +193,25 @@ class Worker:
         for r in rows:
             ws = str(r.payload.get("workspace") or r.workspace or "")
             plans[r.id] = plan(r.event_key, r.payload, known.get(ws, {}), enabled)
-        fetches, _ = coalesce(list(plans.values()))
+        # Coalescing window: events whose resources were fetched very recently wait for the window.
+        clock = time.monotonic()
+        wait_until: dict[int, float] = {}
+        for r in rows:
+            for f in plans[r.id].fetches:
+                last = self._fetched_at.get(f.key)
+                if last is not None and clock - last < self.coalesce_window:
+                    wait_until[r.id] = max(wait_until.get(r.id, 0.0), last + self.coalesce_window - clock)
+        if wait_until:
+            later = max(wait_until.values())
+            await self.store.events.defer(sorted(wait_until), time.time() + later)
+            rows = [r for r in rows if r.id not in wait_until]
+            if not rows:
+                return
+        fetches, _ = coalesce([plans[r.id] for r in rows])
+        if len(self._fetched_at) > 10_000:
+            self._fetched_at = {k: v for k, v in self._fetched_at.items() if clock - v < self.coalesce_window}
+        for f in fetches:
+            self._fetched_at[f.key] = clock
         now = utcnow()
         calls = 0
         if fetches:
@@ -247,7 +272,7 @@ class Worker:
             await self.store.snapshots.put_many([(k_repos(ws), ws, "repos", new)], now)
         if gone:
             keys = [k(u) for u in gone for k in (k_repo, k_restrictions, k_model, k_pipelines, k_build)]
-            await self.store.snapshots.delete(keys + [k_repo(u) + ":prs" for u in gone])
+            await self.store.snapshots.delete(keys + [k_prs(u) for u in gone])
 
     async def _evaluate(self, ws: str, plans: list[Plan], source: str) -> list[Delta]:
         now = utcnow()
@@ -297,18 +322,13 @@ class Worker:
                 return  # gone again before we read it
             await fetch_repository(fetcher, ws, repo, sorted(enabled))
         elif f.kind == "repo":
-            old = await self.store.snapshots.get(k_repo(uuid))
             try:
                 repo = await client.repository(ws, uuid)
             except errors.NotFoundError:
                 return
-            meta = repo.model_dump(mode="json")
-            if old and old.content and "open_pullrequests" in old.content:
-                meta["open_pullrequests"] = old.content["open_pullrequests"]
-            fetcher.rows.append((k_repo(uuid), ws, "repo", meta))
+            fetcher.rows.append((k_repo(uuid), ws, "repo", repo.model_dump(mode="json")))
         elif f.kind == "restrictions":
-            await fetch_repository(fetcher, ws, await client.repository(ws, uuid), sorted(enabled), open_prs=False)
-            fetcher.rows = [r for r in fetcher.rows if r[0] != k_repo(uuid)]  # keep the metadata fetched above
+            await fetch_restrictions(fetcher, ws, uuid, uuid)
         elif f.kind == "branching_model":
             await fetcher.get(k_model(uuid), ws, "branching_model", lambda: _dumped(client.branching_model(ws, uuid)))
         elif f.kind == "last_build":
@@ -317,21 +337,10 @@ class Worker:
                 k_build(uuid), ws, "last_build", lambda: _dumped(client.latest_pipeline(ws, uuid, branch))
             )
         elif f.kind == "pr_count":
-            old = await self.store.snapshots.get(k_repo(uuid))
-            count = await fetcher.get(
-                k_repo(uuid) + ":prs", ws, "pr_count", lambda: client.open_pullrequest_count(ws, uuid)
-            )
-            if count is not None and old and old.content:
-                fetcher.rows.pop()
-                fetcher.rows.append((k_repo(uuid), ws, "repo", {**old.content, "open_pullrequests": count}))
+            await fetcher.get(k_prs(uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, uuid))
         elif f.kind == "repos":
-            repos = await client.repositories(ws)
-            for repo in repos:
-                old = await self.store.snapshots.get(k_repo(repo.uuid))
-                meta = repo.model_dump(mode="json")
-                if old and old.content and "open_pullrequests" in old.content:
-                    meta["open_pullrequests"] = old.content["open_pullrequests"]
-                fetcher.rows.append((k_repo(repo.uuid), ws, "repo", meta))
+            for repo in await client.repositories(ws):
+                fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
         elif f.kind == "emails":
             await fetch_members(fetcher, ws, await self.store.records.people())
         else:  # pragma: no cover - the planner emits only the kinds above

@@ -72,3 +72,73 @@ def response_schema(path: str, method: str = "get", status: str = "200") -> dict
 def validate(instance: Any, schema: dict[str, Any]) -> None:
     """Validate against a SPEC schema (refs resolved inside the document)."""
     OAS30Validator({**schema, "components": spec()["components"]}).validate(instance)
+
+
+# -- the product as a real server on loopback ---------------------------------------------------
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import aiohttp  # noqa: E402
+import uvicorn  # noqa: E402
+
+from app.main import Services, build_services, create_app  # noqa: E402
+from app.settings import Settings  # noqa: E402
+
+SECRET_KEY = "test-secret-key-0123456789"
+ADMIN = "admin-token-for-tests"
+
+
+def product_settings(sandbox_api: str, tmp: Path, port: int, **extra: str) -> Settings:
+    env = {
+        "LP_DATABASE": str(tmp / "lp.sqlite3"),
+        "LP_BITBUCKET_API_URL": sandbox_api,
+        "LP_BITBUCKET_URL": sandbox_api.removesuffix("/2.0"),
+        "LP_BITBUCKET_TOKEN": "sandbox-acme-token",
+        "LP_WORKSPACES": "acme",
+        "LP_SECRET_KEY": SECRET_KEY,
+        "LP_ADMIN_TOKEN": ADMIN,
+        "LP_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        **extra,
+    }
+    return Settings.from_env(env, env_file=None)
+
+
+@dataclass
+class RunningApp:
+    url: str
+    services: Services
+    settings: Settings
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    settings: Settings, port: int, session: aiohttp.ClientSession, *, background: bool = True, **client_options: object
+) -> AsyncIterator[RunningApp]:
+    """The product on loopback with services the test can reach into (the store, the worker)."""
+    services = await build_services(settings, session, **client_options)
+    app = create_app(settings, services, background=background)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield RunningApp(f"http://127.0.0.1:{port}", services, settings)
+    finally:
+        server.should_exit = True
+        await task
+        await services.service.store.close()
+
+
+async def wait_for(predicate: object, within: float = 10.0, interval: float = 0.05) -> None:
+    """Poll an async predicate until it is true."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        if await predicate():  # type: ignore[operator]
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)

@@ -437,7 +437,8 @@ async def deliveries_log(request: Request) -> Response:
     if request.method == "DELETE":
         sb.deliverer.log.clear()
         return Response(status_code=204)
-    return JSONResponse({"deliveries": [d.as_dict() for d in sb.deliverer.log]})
+    bodies = request.query_params.get("bodies") == "1"
+    return JSONResponse({"deliveries": [d.as_dict(bodies) for d in sb.deliverer.log]})
 
 
 async def tokens(request: Request) -> Response:

@@ -70,9 +70,12 @@ class DeliveryRecord:
     url: str
     attempts: list[str] = field(default_factory=list)  # status code, TIMEOUT or NETWORK ERROR
     delivered_at: str = field(default_factory=now_iso)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, bodies: bool = False) -> dict[str, Any]:
+        extra = {"headers": self.headers, "body": self.body} if bodies else {}
+        return extra | {
             "hook_uuid": self.hook_uuid,
             "event_key": self.event_key,
             "request_uuid": self.request_uuid,
@@ -116,6 +119,7 @@ class Deliverer:
             }
             if hook.secret is not None:
                 headers["X-Hub-Signature"] = signature(hook.secret, body)
+            record.headers, record.body = headers, body.decode()
             try:
                 async with self._session.post(hook.url, data=body, headers=headers) as resp:
                     await resp.read()

@@ -205,6 +205,17 @@ class Events:
         self._notify()
         return dead
 
+    async def defer(self, ids: Sequence[int], until: float) -> None:
+        """Put claimed events back to wait for ``until`` (coalescing window); the claim does not count."""
+        if not ids:
+            return
+        await self.db.executemany(
+            "UPDATE events SET state = 'queued', tries = tries - 1, lease_until = NULL, next_attempt_at = ?, "
+            "changed_at = ? WHERE id = ?",
+            [(until, time.time(), i) for i in ids],
+        )
+        self._notify()
+
     async def requeue_running(self) -> int:
         """At start-up: events a crashed worker left running go back to the queue."""
         async with self.db.transaction() as conn:

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -54,7 +55,10 @@ async def events(request: Request) -> Response:
         before_id=_int(request, "before", 0, 0, 2**62) if before else None,
     )
     items = [r.as_json() for r in rows]
-    nxt = f"/api/events?before={rows[-1].id}&limit={limit}" if len(rows) == limit else None
+    nxt = None
+    if len(rows) == limit:
+        params = dict(request.query_params) | {"before": str(rows[-1].id), "limit": str(limit)}
+        nxt = "/api/events?" + urlencode(params)
     return JSONResponse({"items": items, "next": nxt})
 
 

@@ -19,12 +19,29 @@ from starlette.responses import JSONResponse, Response
 from app import errors
 from app.bitbucket import sansio
 from app.logs import get_logger
+from app.models import Delivery
 from app.planner import USED_EVENTS
 from app.store.events import NewEvent
 from app.web.problems import problem_response
 
 log = get_logger("web.webhooks")
 MAX_BODY = 512 * 1024
+
+
+def event_from_delivery(connection_id: str, delivery: Delivery, raw: bytes) -> NewEvent:
+    """The event-log row for a verified delivery: only what the planner needs."""
+    return NewEvent(
+        connection_id=connection_id,
+        source="webhook",
+        event_key=delivery.event_key,
+        payload=delivery.model_dump(mode="json"),
+        state="queued" if delivery.event_key in USED_EVENTS else "ignored",
+        request_uuid=delivery.request_uuid or None,
+        hook_uuid=delivery.hook_uuid,
+        attempt=delivery.attempt,
+        body_hash=hashlib.sha256(raw).hexdigest(),
+        workspace=delivery.workspace,
+    )
 
 
 async def receive(request: Request) -> Response:
@@ -51,20 +68,8 @@ async def receive(request: Request) -> Response:
         delivery = sansio.parse_delivery(request.headers, raw)
     except errors.PayloadError as exc:
         return problem_response(400, "Malformed delivery", str(exc))
-    event = NewEvent(
-        connection_id=cid,
-        source="webhook",
-        event_key=delivery.event_key,
-        payload=delivery.model_dump(mode="json"),
-        state="queued" if delivery.event_key in USED_EVENTS else "ignored",
-        request_uuid=delivery.request_uuid or None,
-        hook_uuid=delivery.hook_uuid,
-        attempt=delivery.attempt,
-        body_hash=hashlib.sha256(raw).hexdigest(),
-        workspace=delivery.workspace,
-    )
     try:
-        eid = await services.writer.submit(event)
+        eid = await services.writer.submit(event_from_delivery(cid, delivery, raw))
     except Exception as exc:
         log.error("webhook.store_failed", connection=cid, error=type(exc).__name__)
         return problem_response(503, "Could not store the event", "Retry later.")
