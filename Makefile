@@ -32,6 +32,10 @@ test: lint types pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/full_read.py
+	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/api_economy.py
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

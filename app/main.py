@@ -58,7 +58,7 @@ async def build_services(settings: Settings, session: aiohttp.ClientSession, **c
         **client_options,
     )
     service = Service(settings, store, pool, crypto)
-    worker = Worker(store, settings, service.client)
+    worker = Worker(store, settings, service.client, service=service)
     return Services(service, EventWriter(store.events), worker, Scheduler(service))
 
 
@@ -69,14 +69,14 @@ async def start_up(services: Services) -> None:
     service = services.service
     try:
         await service.ensure_token_connection()
-    except errors.BitbucketError as exc:
+    except (errors.BitbucketError, errors.TokenError) as exc:
         log.error("startup.token_connection_failed", error=f"{type(exc).__name__}: {exc}")
     for conn in await service.connections():
         if conn.status != "active" or service.crypto is None:
             continue
         try:
             await ensure_hooks(service, conn)
-        except errors.BitbucketError as exc:
+        except (errors.BitbucketError, errors.TokenError) as exc:
             log.error("startup.webhook_registration_failed", connection=conn.id, error=f"{type(exc).__name__}: {exc}")
 
 

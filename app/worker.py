@@ -75,7 +75,9 @@ class Worker:
         batch: int = 500,
         on_delta: Callable[[str, Delta], Awaitable[None]] | None = None,
         coalesce_window: float = 2.0,
+        service: Any = None,
     ) -> None:
+        self.service = service  # app.service.Service, for webhook checks during full passes
         self.store = store
         self.settings = settings
         self.clients = clients
@@ -158,13 +160,37 @@ class Worker:
                 else:
                     report = await reconcile_workspace(client, self.store, self.settings, ws)
                     delta, written = report.delta, report.rows_written
+                hooks = await self._check_hooks(row.connection_id) if tier == "full" else None
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
+                if hooks:
+                    caused["webhooks"] = hooks
                 await self.store.events.finish({row.id: caused})
                 if self.on_delta:
                     await self.on_delta(ws, delta)
         except (errors.BitbucketError, errors.TokenError) as exc:
             await self.store.events.fail([row], f"{type(exc).__name__}: {exc}", backoff_base=60.0)
             log.warning("worker.pass_failed", workspace=ws, tier=tier, error=type(exc).__name__)
+
+    async def _check_hooks(self, conn_id: str) -> dict[str, Any] | None:
+        """Every full pass checks the connection's webhooks (when it has registered any) and
+        repairs them; a silent hook is logged as a health warning."""
+        if self.service is None:
+            return None
+        from app.hooks import ensure_hooks, health  # local import: hooks imports this module's siblings
+
+        conn = await self.store.connections.get(conn_id)
+        if conn is None or not conn.hooks or self.service.crypto is None:
+            return None
+        try:
+            state = await ensure_hooks(self.service, conn)
+        except (errors.BitbucketError, errors.TokenError) as exc:
+            log.warning("webhook.check_failed", connection=conn_id, error=f"{type(exc).__name__}: {exc}")
+            return {"error": type(exc).__name__}
+        fresh = await self.store.connections.get(conn_id)
+        status = await health(self.service, fresh) if fresh else {"status": "missing"}
+        if status["status"] != "ok":
+            log.warning("webhook.unhealthy", connection=conn_id, status=status["status"], message=status.get("message"))
+        return {"actions": [e["action"] for e in state], "health": status["status"]}
 
     # -- event batches ---------------------------------------------------------------------------
     async def _known(self, ws: str) -> dict[str, KnownRepo]:

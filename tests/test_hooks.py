@@ -190,3 +190,39 @@ async def test_scheduler_tiers_with_jitter(services: Services) -> None:
             full_at.append(minute)
     interval_minutes = 6 * 60
     assert full_at and 0.9 * interval_minutes - 17 <= full_at[0] <= 1.1 * interval_minutes
+
+
+async def test_every_full_pass_checks_and_repairs_the_hook(services: Services, sandbox: RunningSandbox) -> None:
+    service = services.service
+    conn = await service.ensure_token_connection()
+    assert conn is not None
+    await ensure_hooks(service, conn)
+    sandbox.sandbox.state.workspaces["acme"].hooks.clear()  # someone deleted it in Bitbucket
+    [eid] = await service.internal_event("lp:reconcile", {"workspace": "acme", "tier": "full"})
+    await services.worker.drain()
+    row = await service.store.events.get(eid)
+    assert row is not None and row.caused is not None and row.caused["webhooks"]["actions"] == ["created"]
+    assert len(sandbox.sandbox.state.workspaces["acme"].hooks) == 1
+
+
+async def test_failing_events_back_off_then_die_and_old_ones_are_purged(
+    services: Services, sandbox: RunningSandbox
+) -> None:
+    from app.store.events import MAX_TRIES
+
+    service = services.service
+    await service.ensure_token_connection()
+    sandbox.sandbox.faults.error_rate = 1.0  # Bitbucket is down
+    [eid] = await service.internal_event("lp:reconcile", {"workspace": "acme", "tier": "full"})
+    client = await service.client("token")
+    client._max_attempts = 1  # keep the test quick: one try per attempt
+    for attempt in range(1, MAX_TRIES + 1):
+        await service.store.db.execute("UPDATE events SET next_attempt_at = 0 WHERE id = ?", (eid,))
+        await services.worker.drain()
+        row = await service.store.events.get(eid)
+        assert row is not None and row.tries == attempt
+        assert row.state == ("dead" if attempt == MAX_TRIES else "failed") and "ServerError" in (row.error or "")
+    assert await service.store.results.query() == []  # an outage never produces a result, least of all a fail
+    await service.store.db.execute("UPDATE events SET changed_at = changed_at - 40 * 86400")
+    assert await service.store.events.purge(30) == 1
+    assert await service.store.events.get(eid) is None

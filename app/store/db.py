@@ -73,6 +73,13 @@ class Database:
                 raise
             await self.conn.execute("COMMIT")
 
+    async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """One statement in autocommit mode (atomic and, with synchronous=FULL, durable when this
+        returns), serialized with the transactions: two thread hops instead of four."""
+        async with self._write:
+            async with self.conn.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())

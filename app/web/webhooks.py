@@ -14,7 +14,7 @@ import hashlib
 import time
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from app import errors
 from app.bitbucket import sansio
@@ -54,12 +54,17 @@ async def receive(request: Request) -> Response:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
         return problem_response(413, "Payload too large", f"At most {MAX_BODY} bytes.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
+    if length is not None:
+        raw = await request.body()  # bounded by the Content-Length checked above
+        if len(raw) > MAX_BODY:
             return problem_response(413, "Payload too large", f"At most {MAX_BODY} bytes.")
-    raw = bytes(body)
+    else:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return problem_response(413, "Payload too large", f"At most {MAX_BODY} bytes.")
+        raw = bytes(body)
     try:
         sansio.verify_signature(secrets, raw, request.headers.get("X-Hub-Signature"))
     except errors.SignatureError as exc:
@@ -74,4 +79,8 @@ async def receive(request: Request) -> Response:
         log.error("webhook.store_failed", connection=cid, error=type(exc).__name__)
         return problem_response(503, "Could not store the event", "Retry later.")
     services.metrics.observe_ingest(time.perf_counter() - started)
-    return JSONResponse({"accepted": True, "event_id": eid, "duplicate": eid is None}, status_code=202)
+    answer = b'{"accepted":true,"event_id":%d,"duplicate":false}' % eid if eid is not None else _DUPLICATE
+    return Response(answer, status_code=202, media_type="application/json")
+
+
+_DUPLICATE = b'{"accepted":true,"event_id":null,"duplicate":true}'
