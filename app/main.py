@@ -25,12 +25,15 @@ from app.bitbucket.client import ClientPool
 from app.crypto import Crypto
 from app.logs import get_logger
 from app.metrics import Metrics
+from app.notify.dispatcher import Dispatcher
+from app.notify.senders import EmailSender, Sender, SlackSender
 from app.reconcile import Scheduler
 from app.service import Service
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventWriter
-from app.web import api, webhooks
+from app.web import api, connect, webhooks
+from app.web.openapi import API_ROUTES, serve_document
 from app.web.problems import Problem, handle_problem
 from app.worker import Worker
 
@@ -43,8 +46,24 @@ class Services:
     writer: EventWriter
     worker: Worker
     scheduler: Scheduler
+    dispatcher: Dispatcher
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
+
+
+def senders(settings: Settings, session: aiohttp.ClientSession) -> list[Sender]:
+    out: list[Sender] = []
+    if settings.slack_webhook_url is not None:
+        out.append(
+            SlackSender(
+                session, settings.slack_webhook_url.get_secret_value(), validate=not settings.slack_allow_insecure_url
+            )
+        )
+    if settings.smtp_url is not None and settings.alert_email_from and settings.alert_email_to:
+        out.append(
+            EmailSender(settings.smtp_url.get_secret_value(), settings.alert_email_from, settings.alert_email_to)
+        )
+    return out
 
 
 async def build_services(settings: Settings, session: aiohttp.ClientSession, **client_options: Any) -> Services:
@@ -58,8 +77,23 @@ async def build_services(settings: Settings, session: aiohttp.ClientSession, **c
         **client_options,
     )
     service = Service(settings, store, pool, crypto)
-    worker = Worker(store, settings, service.client, service=service)
-    return Services(service, EventWriter(store.events), worker, Scheduler(service))
+    metrics = Metrics()
+    dispatcher = Dispatcher(
+        store,
+        senders(settings, session),
+        web_url=settings.bitbucket_url,
+        group_wait=settings.alert_group_wait,
+        group_interval=settings.alert_group_interval,
+        digest_every=settings.alert_digest_interval,
+        metrics=metrics,
+    )
+    worker = Worker(store, settings, service.client, service=service, on_delta=dispatcher.on_delta)
+
+    async def broken(conn_id: str, reason: str) -> None:
+        await dispatcher.ops(f"Connection {conn_id} is broken", f"Token refresh failed: {reason}. Reconnect it.")
+
+    service.on_broken = broken
+    return Services(service, EventWriter(store.events), worker, Scheduler(service), dispatcher, metrics)
 
 
 async def start_up(services: Services) -> None:
@@ -88,7 +122,7 @@ async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     try:
         await services.service.store.db.fetchone("SELECT 1")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any database failure means not ready
         return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
     lag = time.time() - services.worker.alive_at
     if lag > 30:
@@ -115,16 +149,30 @@ async def metrics(request: Request) -> Response:
 
 
 def routes() -> list[Route]:
+    by_path: dict[str, dict[str, Any]] = {}
+    for r in API_ROUTES:
+        by_path.setdefault(r.path, {})[r.method] = r.handler
+    api_routes = [Route(path, _dispatch(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
     return [
         Route("/hooks/bitbucket/{connection}", webhooks.receive, methods=["POST"]),
-        Route("/api/events", api.events, methods=["GET"]),
-        Route("/api/events/stream", api.event_stream, methods=["GET"]),
-        Route("/api/findings", api.findings, methods=["GET"]),
-        Route("/api/reconcile", api.reconcile_now, methods=["POST"]),
+        *api_routes,
+        Route("/api/openapi.json", serve_document, methods=["GET"]),
+        Route("/login", connect.login, methods=["POST"]),
+        Route("/logout", connect.logout, methods=["POST"]),
+        Route("/connect/bitbucket", connect.start, methods=["GET"]),
+        Route("/connect/bitbucket/callback", connect.callback, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+def _dispatch(handlers: dict[str, Any]) -> Any:
+    async def endpoint(request: Request) -> Response:
+        response: Response = await handlers[request.method](request)
+        return response
+
+    return endpoint
 
 
 def create_app(settings: Settings, services: Services | None = None, *, background: bool = True) -> Starlette:
@@ -144,7 +192,11 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(services.writer.run())]
                 if background:
-                    tasks += [tg.create_task(services.worker.run()), tg.create_task(services.scheduler.run())]
+                    tasks += [
+                        tg.create_task(services.worker.run()),
+                        tg.create_task(services.scheduler.run()),
+                        tg.create_task(services.dispatcher.run()),
+                    ]
                 yield
                 for task in tasks:
                     task.cancel()

@@ -298,12 +298,25 @@ async def build_facts(
         links = email_snap.content if email_snap and email_snap.content and not email_snap.stale_since else {}
         account_to_email = {acct: email for email, acct in (links.get("links") or {}).items()}
         lookup = {True: "available", False: "unavailable", None: "not_needed"}[links.get("available")]
+        marks = await store.records.marks(ws)
         out = []
         for raw in members_snap.content:
             m = Member.model_validate(raw)
             person, how = by_account.get(m.user.key), "account_id"
             if person is None and m.user.key in account_to_email:
                 person, how = by_email.get(account_to_email[m.user.key]), "email"
+            if person is None and m.user.key in marks:
+                kind, owner = marks[m.user.key]
+                person, how = (
+                    Person(
+                        email=f"{m.user.key} ({kind})",
+                        name=m.user.display_name or m.user.key,
+                        kind=kind,
+                        status="active",
+                        owner=owner,
+                    ),
+                    "mark",
+                )
             out.append(
                 MemberFacts(
                     user=m.user,
@@ -522,6 +535,6 @@ class Scheduler:
         while True:
             try:
                 await self.tick()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the scheduler must outlive one bad round
                 log.error("scheduler.tick_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(every)

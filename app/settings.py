@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from app.errors import ConfigError
 
@@ -78,6 +78,11 @@ class Settings(BaseModel):
     concurrency: int = Field(default=8, ge=1, le=64)
     event_retention_days: int = Field(default=30, ge=1, le=3650)
     log_level: str = "info"
+    alert_group_wait: float = 30.0
+    alert_group_interval: float = 300.0
+    alert_digest_interval: float = 86400.0
+    # For local receivers in tests and the demo only: accept a Slack URL other than hooks.slack.com.
+    slack_allow_insecure_url: bool = False
 
     @field_validator("workspaces", "alert_email_to", "checks_enabled", "checks_disabled", mode="before")
     @classmethod
@@ -99,6 +104,25 @@ class Settings(BaseModel):
         if seconds < 60:
             raise ValueError("must be at least 1m")
         return seconds
+
+    @field_validator("alert_group_wait", "alert_group_interval", "alert_digest_interval", mode="before")
+    @classmethod
+    def _short_duration(cls, value: Any) -> float:
+        seconds = parse_duration(value) if isinstance(value, str) else float(value)
+        if seconds < 0:
+            raise ValueError("must not be negative")
+        return seconds
+
+    @model_validator(mode="after")
+    def _slack_url(self) -> Settings:
+        if self.slack_webhook_url is not None and not self.slack_allow_insecure_url:
+            from app.notify.render import validate_slack_url
+
+            try:
+                validate_slack_url(self.slack_webhook_url.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(f"LP_SLACK_WEBHOOK_URL: {exc}") from None
+        return self
 
     @field_validator("bitbucket_api_url", "bitbucket_url", "public_url")
     @classmethod
@@ -161,9 +185,10 @@ class Settings(BaseModel):
             return cls(**data)
         except ValidationError as exc:
             first = exc.errors()[0]
-            name = str(first["loc"][0]) if first["loc"] else "?"
             msg = str(first["msg"]).removeprefix("Value error, ")
-            raise ConfigError(f"LP_{name.upper()}: {msg}") from None
+            if not first["loc"]:  # a rule across fields names its variable itself
+                raise ConfigError(msg) from None
+            raise ConfigError(f"LP_{str(first['loc'][0]).upper()}: {msg}") from None
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

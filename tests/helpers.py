@@ -28,12 +28,20 @@ class Receiver:
     statuses: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # sent with non-2xx answers
+    times: list[float] = field(default_factory=list)
     _runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
+        import time
+
+        self.times.append(time.monotonic())
         self.received.append(Received(request.path, dict(request.headers), await request.read()))
         status = self.statuses.pop(0) if self.statuses else 200
-        return web.Response(status=status, text="ok")
+        headers = self.headers if status >= 300 else {}
+        if 300 <= status < 400:
+            headers = {"Location": "https://evil.example/"}
+        return web.Response(status=status, text="ok", headers=headers)
 
     async def __aenter__(self) -> Receiver:
         app = web.Application()

@@ -125,3 +125,19 @@ async def test_backup_is_a_consistent_copy(tmp_path: Path) -> None:
     copy = await Store.open(tmp_path / "backup.sqlite3")
     assert len(await copy.results.load()) == 1
     await copy.close()
+
+
+async def test_a_member_of_two_workspaces_has_two_results(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "db.sqlite3")
+    try:
+        for ws, status in (("a", "fail"), ("b", "pass")):
+            r = res(status).model_copy(update={"workspace": ws, "subject_key": "557058:x"})
+            await store.results.apply(diff(await store.results.load(ws), [r]), "t1")
+        assert {(s.result.workspace, s.result.status) for s in await store.results.query()} == {
+            ("a", "fail"),
+            ("b", "pass"),
+        }
+        again = res("fail").model_copy(update={"workspace": "a", "subject_key": "557058:x"})
+        assert diff(await store.results.load("a"), [again]).is_empty()  # stable, no flip-flop between workspaces
+    finally:
+        await store.close()

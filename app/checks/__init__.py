@@ -66,3 +66,50 @@ def evaluate(facts: WorkspaceFacts, ctx: Context, enabled: Iterable[str]) -> lis
         for r in REGISTRY[check_id].evaluate(facts, ctx):
             out.append(apply_exceptions(r, facts.exceptions, ctx))
     return out
+
+
+# What each OAuth scope is needed for (bitbucket-facts.md, SPEC per-operation security).
+SCOPE_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "account": (("member-mfa-enabled", "offboarded-access-removed"), "list workspace members"),
+    "repository": (
+        (
+            "repo-classified",
+            "merge-requires-passing-builds",
+            "merge-requires-peer-review",
+            "branch-protection-enforced",
+            "pipelines-enabled",
+        ),
+        "list repositories and their metadata",
+    ),
+    "repository:admin": (
+        (
+            "merge-requires-passing-builds",
+            "merge-requires-peer-review",
+            "branch-protection-enforced",
+            "pipelines-enabled",
+        ),
+        "read branch restrictions and the Pipelines switch (no read-only alternative exists)",
+    ),
+    "pullrequest": ((), "count open pull requests (repository metadata, no test)"),
+    "pipeline": ((), "show the newest build of the main branch (details of pipelines-enabled)"),
+    "webhook": ((), "register the webhook: without it results are only as fresh as the last reconcile"),
+}
+
+
+def scope_report(granted: Iterable[str] | None, enabled: Iterable[str]) -> list[dict[str, object]]:
+    """For each scope the product uses: granted or not, and which enabled tests its absence leaves
+    ``unknown``. ``granted`` None means the credential does not say (access tokens)."""
+    on = set(enabled)
+    have = set(granted) if granted is not None else None
+    report: list[dict[str, object]] = []
+    for scope, (tests, purpose) in SCOPE_NEEDS.items():
+        missing = have is not None and scope not in have
+        report.append(
+            {
+                "scope": scope,
+                "granted": None if have is None else not missing,
+                "purpose": purpose,
+                "tests_left_unknown": sorted(t for t in tests if t in on) if missing else [],
+            }
+        )
+    return report

@@ -326,7 +326,7 @@ class EventWriter:
                 batch.append(self._queue.get_nowait())
             try:
                 ids = await self.events.append_many([e for e, _ in batch])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)

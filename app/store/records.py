@@ -105,6 +105,50 @@ class Records:
             for r in rows
         ]
 
+    async def upsert_person(self, p: Person, actor: str, now: str) -> None:
+        await self.import_people([p], actor, now)
+
+    async def person(self, email: str) -> Person | None:
+        for p in await self.people():
+            if p.email == email.lower():
+                return p
+        return None
+
+    async def offboard(self, email: str, on: str, actor: str, now: str) -> bool:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE personnel SET status = 'offboarded', offboarded_on = ?, updated_at = ? WHERE email = ?",
+                (on, now, email.lower()),
+            )
+            if cur.rowcount:
+                await self._audit(conn, now, actor, "offboard", "personnel", email.lower(), {"on": on})
+            return cur.rowcount == 1
+
+    async def link_member(self, email: str, account_id: str, actor: str, now: str) -> bool:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE personnel SET bitbucket_account_id = ?, updated_at = ? WHERE email = ?",
+                (account_id, now, email.lower()),
+            )
+            if cur.rowcount:
+                await self._audit(conn, now, actor, "link", "personnel", email.lower(), {"account_id": account_id})
+            return cur.rowcount == 1
+
+    async def mark_member(self, workspace: str, account_id: str, mark: str, owner: str, actor: str, now: str) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO member_marks (workspace, account_id, mark, owner, created_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT (workspace, account_id) DO UPDATE SET mark = excluded.mark, owner = excluded.owner",
+                (workspace, account_id, mark, owner, now),
+            )
+            await self._audit(conn, now, actor, "mark", "member", account_id, {"mark": mark, "owner": owner})
+
+    async def marks(self, workspace: str) -> dict[str, tuple[str, str]]:
+        rows = await self.db.fetchall(
+            "SELECT account_id, mark, owner FROM member_marks WHERE workspace = ?", (workspace,)
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     # -- evidence ----------------------------------------------------------------------------
     async def add_evidence(
         self,
@@ -216,6 +260,9 @@ class Records:
                 },
             )
         return xid
+
+    async def exception_rows(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.db.fetchall("SELECT * FROM exceptions ORDER BY id")]
 
     async def exceptions(self) -> list[ExceptionGrant]:
         rows = await self.db.fetchall("SELECT * FROM exceptions WHERE revoked_at IS NULL ORDER BY id")

@@ -100,7 +100,7 @@ class Results:
                     """INSERT INTO results (check_id, subject_key, workspace, subject_type, subject, subject_uuid,
                        subject_name, severity, status, message, details, fingerprint, first_seen, last_changed,
                        stale_since) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL)
-                       ON CONFLICT (check_id, subject_key) DO UPDATE SET workspace=excluded.workspace,
+                       ON CONFLICT (workspace, check_id, subject_key) DO UPDATE SET
                        subject_type=excluded.subject_type, subject=excluded.subject,
                        subject_uuid=excluded.subject_uuid, subject_name=excluded.subject_name,
                        severity=excluded.severity, status=excluded.status, message=excluded.message,
@@ -143,14 +143,15 @@ class Results:
                     )
             for stored in delta.stale:
                 await conn.execute(
-                    "UPDATE results SET stale_since = ? WHERE check_id = ? AND subject_key = ?",
-                    (now, stored.result.check, stored.result.subject_key),
+                    "UPDATE results SET stale_since = ? WHERE workspace = ? AND check_id = ? AND subject_key = ?",
+                    (now, stored.result.workspace, stored.result.check, stored.result.subject_key),
                 )
                 written += 1
             for stored in delta.retired:
                 r = stored.result
                 await conn.execute(
-                    "DELETE FROM results WHERE check_id = ? AND subject_key = ?", (r.check, r.subject_key)
+                    "DELETE FROM results WHERE workspace = ? AND check_id = ? AND subject_key = ?",
+                    (r.workspace, r.check, r.subject_key),
                 )
                 await conn.execute(
                     """INSERT INTO result_history (check_id, subject_key, workspace, subject, at, old_status,

@@ -176,3 +176,71 @@ MIGRATIONS.append(
     );
     """
 )
+
+MIGRATIONS.append(
+    # 3: alert outbox and groups, OAuth states, member marks
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'dead')),
+        tries INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        error TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox(state, group_key, created_at);
+    CREATE TABLE alert_groups (
+        group_key TEXT PRIMARY KEY,
+        last_sent_at REAL NOT NULL
+    );
+    CREATE TABLE oauth_states (
+        state_hash TEXT PRIMARY KEY,
+        session_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        used_at REAL
+    );
+    CREATE TABLE member_marks (
+        workspace TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        mark TEXT NOT NULL CHECK (mark IN ('service-account', 'external')),
+        owner TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (workspace, account_id)
+    );
+    """
+)
+
+MIGRATIONS.append(
+    # 4: a member can belong to several workspaces: results are keyed by workspace too
+    """
+    CREATE TABLE results_v4 (
+        check_id TEXT NOT NULL,
+        subject_key TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        subject_type TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        subject_uuid TEXT,
+        subject_name TEXT,
+        severity TEXT NOT NULL,
+        status TEXT NOT NULL,
+        message TEXT NOT NULL,
+        details TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        last_changed TEXT NOT NULL,
+        stale_since TEXT,
+        PRIMARY KEY (workspace, check_id, subject_key)
+    );
+    INSERT INTO results_v4 SELECT check_id, subject_key, workspace, subject_type, subject, subject_uuid, subject_name,
+        severity, status, message, details, fingerprint, first_seen, last_changed, stale_since FROM results;
+    DROP TABLE results;
+    ALTER TABLE results_v4 RENAME TO results;
+    CREATE INDEX results_ws ON results(workspace, check_id, status)
+    """
+)

@@ -115,11 +115,15 @@ async def reconcile_now(request: Request) -> Response:
     if await request.body():
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, UnicodeDecodeError):
             raise Problem(400, "Bad body", "expected JSON") from None
+        if not isinstance(body, dict):
+            raise Problem(400, "Bad body", "expected a JSON object")
     tier = body.get("tier", "full")
     if tier not in ("full", "members"):
         raise Problem(400, "Bad body", "tier must be full or members")
+    if body.get("workspace") is not None and not isinstance(body["workspace"], str):
+        raise Problem(400, "Bad body", "workspace must be a string")
     ids = await service.internal_event(
         "lp:reconcile", {"tier": tier, **({"workspace": body["workspace"]} if body.get("workspace") else {})}
     )

@@ -75,7 +75,7 @@ async def receive(request: Request) -> Response:
         return problem_response(400, "Malformed delivery", str(exc))
     try:
         eid = await services.writer.submit(event_from_delivery(cid, delivery, raw))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any storage failure must become 503 so Bitbucket retries
         log.error("webhook.store_failed", connection=cid, error=type(exc).__name__)
         return problem_response(503, "Could not store the event", "Retry later.")
     services.metrics.observe_ingest(time.perf_counter() - started)

@@ -1,0 +1,134 @@
+"""Pure: alert messages for Slack (Block Kit) and email (text and HTML), and the Slack URL rule.
+
+Slack limits (api.slack.com Block Kit reference): at most 50 blocks a message, 3,000 characters
+in a section's text; longer lists end with "and N more".
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from app.errors import ConfigError
+
+SEVERITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+MAX_BLOCKS = 50
+MAX_SECTION = 3000
+ICON = {
+    "fail": ":red_circle:",
+    "unknown": ":large_orange_circle:",
+    "pass": ":large_green_circle:",
+    "not_applicable": ":white_circle:",
+    "excepted": ":large_blue_circle:",
+}
+
+
+def validate_slack_url(url: str) -> str:
+    """Only ``https://hooks.slack.com/services/...``: no other host, port, credentials or scheme."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        raise ConfigError("Slack webhook URL must use https")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ConfigError("Slack webhook URL must not carry credentials")
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        raise ConfigError("Slack webhook URL must name hooks.slack.com, not an IP address")
+    except ValueError:
+        pass
+    if (
+        host != "hooks.slack.com"
+        or parts.port not in (None, 443)
+        or parts.netloc.lower() not in ("hooks.slack.com", "hooks.slack.com:443")
+    ):
+        raise ConfigError("Slack webhook URL must be on hooks.slack.com")
+    if not parts.path.startswith("/services/") or len(parts.path) <= len("/services/"):
+        raise ConfigError("Slack webhook URL must look like https://hooks.slack.com/services/...")
+    return url
+
+
+def _clip(text: str, limit: int = MAX_SECTION) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _line(a: dict[str, Any]) -> str:
+    if a["kind"] == "baseline":
+        return str(a["message"])
+    was = f" (was {a['old_status']})" if a.get("old_status") else " (new)"
+    verb = "resolved" if a["kind"] == "resolved" else str(a.get("new_status", "update")).upper()
+    extra = " — exception expired" if a.get("expired_exception") else ""
+    return f"{verb}{was}{extra}: {a['message']}"
+
+
+def summary(alerts: list[dict[str, Any]]) -> str:
+    failing = sum(1 for a in alerts if a["kind"] == "opened")
+    resolved = sum(1 for a in alerts if a["kind"] == "resolved")
+    first = alerts[0]
+    parts = []
+    if failing:
+        parts.append(f"{failing} now failing")
+    if resolved:
+        parts.append(f"{resolved} resolved")
+    what = ", ".join(parts) or first.get("title", "update")
+    if first["kind"] in ("ops", "digest", "baseline", "test"):
+        return f"[{first['workspace']}] {first['title']}"
+    titles = sorted({str(a.get("title")) for a in alerts})
+    topic = titles[0] if len(titles) == 1 else f"{len(titles)} tests"
+    return f"[{first['workspace']}] {topic}: {what}"
+
+
+def slack_message(alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    head = summary(alerts)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _clip(head, 150)}},
+    ]
+    first = alerts[0]
+    if first.get("severity"):
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": f"severity *{first['severity']}* · test `{first.get('check', '')}`"}
+                ],
+            }
+        )
+    room = MAX_BLOCKS - len(blocks) - 1  # keep one for "and N more"
+    shown = alerts[:room] if len(alerts) > room else alerts
+    for a in shown:
+        icon = ICON.get(a.get("new_status", ""), ":information_source:")
+        subject = (
+            f"<{a['url']}|{a['subject_name'] if a.get('subject_name') else a['subject']}>"
+            if a.get("url")
+            else a["subject"]
+        )
+        text = f"{icon} *{subject}* — {_line(a)}"
+        if a.get("fix"):
+            text += f"\n*How to fix:* {a['fix']}"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}})
+    if len(alerts) > len(shown):
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"…and {len(alerts) - len(shown)} more."}})
+    return {"text": _clip(head, 3000), "blocks": blocks}
+
+
+def email_message(alerts: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """Subject, text part, HTML part."""
+    subject = summary(alerts)
+    text_lines, html_items = [], []
+    for a in alerts:
+        text_lines.append(f"- {a['subject']}: {_line(a)}")
+        if a.get("fix"):
+            text_lines.append(f"  How to fix: {a['fix']}")
+        if a.get("url"):
+            text_lines.append(f"  {a['url']}")
+        link = (
+            f'<a href="{html.escape(a["url"])}">{html.escape(str(a["subject"]))}</a>'
+            if a.get("url")
+            else html.escape(str(a["subject"]))
+        )
+        fix = f"<br><b>How to fix:</b> {html.escape(a['fix'])}" if a.get("fix") else ""
+        html_items.append(f"<li>{link}: {html.escape(_line(a))}{fix}</li>")
+    text = subject + "\n\n" + "\n".join(text_lines) + "\n"
+    body = f"<h2>{html.escape(subject)}</h2><ul>{''.join(html_items)}</ul>"
+    return subject, text, f"<!doctype html><html><body>{body}</body></html>"

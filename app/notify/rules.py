@@ -1,0 +1,105 @@
+"""Pure: which result changes are worth an alert (checks.md "Changes worth an alert").
+
+An alert goes out when a result moves between pass/not_applicable/excepted and fail/unknown (an
+expired exception or evidence shows up as such a move), and when a new repository or member
+appears failing. A result that stays the same sends nothing. The first assessment of a workspace
+(everything new at once) becomes one baseline summary instead of a flood.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from app.checks import REGISTRY
+from app.checks.member_mfa_enabled import HOW_TO as MFA_HOW_TO
+from app.checks.workspace_mfa_enforced import HOW_TO as WS_MFA_HOW_TO
+from app.findings import Change, Delta
+from app.models import FAILING, Result
+
+BASELINE_MIN = 6
+
+
+def subject_url(r: Result, web_url: str) -> str:
+    """The Bitbucket (or Atlassian admin) page where the subject's setting is changed."""
+    if r.subject_type == "repository":
+        page = "pipelines/settings" if r.check == "pipelines-enabled" else "branch-restrictions"
+        if r.check == "repo-classified":
+            return f"{web_url}/{r.subject}"
+        return f"{web_url}/{r.subject}/admin/{page}"
+    if r.subject_type == "member":
+        return "https://admin.atlassian.com"
+    return f"{web_url}/{r.workspace}/workspace/settings"
+
+
+def how_to_fix(r: Result) -> str:
+    if r.check == "repo-classified":
+        return f"Classify it: `lowerplane-bitbucket classify {r.subject} production` or on the dashboard."
+    if r.check == "member-mfa-enabled":
+        return MFA_HOW_TO.format(ws=r.workspace)
+    if r.check == "workspace-mfa-enforced":
+        return WS_MFA_HOW_TO.format(ws=r.workspace)
+    if r.check == "offboarded-access-removed":
+        return "Remove the account at admin.atlassian.com, or link it to a person in the personnel directory."
+    if r.status == "unknown" and r.details.get("missing_scope"):
+        return f"Reconnect with the `{r.details['missing_scope']}` scope."
+    if r.check == "pipelines-enabled":
+        return "Enable Pipelines in Repository settings → Pipelines → Settings."
+    return "Add the missing rule in Repository settings → Branch restrictions."
+
+
+def _alert(c: Change, web_url: str, kind: str) -> dict[str, Any]:
+    r = c.result
+    check = REGISTRY.get(r.check)
+    old = c.previous.result.status if c.previous else None
+    return {
+        "kind": kind,
+        "workspace": r.workspace,
+        "check": r.check,
+        "title": check.title if check else r.check,
+        "severity": r.severity,
+        "subject_type": r.subject_type,
+        "subject": r.subject,
+        "subject_key": r.subject_key,
+        "subject_name": r.subject_name or r.subject,
+        "old_status": old,
+        "new_status": r.status,
+        "message": r.message,
+        "fix": how_to_fix(r) if r.status in FAILING else "",
+        "url": subject_url(r, web_url),
+        "reason": r.details.get("reason"),
+        "expired_exception": old == "excepted",
+        "since": c.previous.last_changed if c.previous else "new",
+    }
+
+
+def alerts_for(delta: Delta, web_url: str = "https://bitbucket.org") -> list[dict[str, Any]]:
+    """Alerts for one written delta (one workspace)."""
+    opened = [c for c in delta.opened]
+    if (
+        len(opened) >= BASELINE_MIN
+        and all(c.previous is None for c in delta.writes)
+        and not delta.unchanged
+        and not delta.stale
+    ):
+        counts = Counter(c.result.check for c in opened)
+        ws = opened[0].result.workspace
+        lines = [f"{REGISTRY[k].title if k in REGISTRY else k}: {n}" for k, n in sorted(counts.items())]
+        return [
+            {
+                "kind": "baseline",
+                "workspace": ws,
+                "check": "*",
+                "title": "First assessment",
+                "severity": "info",
+                "subject": ws,
+                "subject_key": ws,
+                "new_status": "fail",
+                "message": f"First assessment of {ws}: {len(opened)} results need attention.\n" + "\n".join(lines),
+                "fix": "Open the dashboard's Findings page for the details.",
+                "url": f"{web_url}/{ws}",
+            }
+        ]
+    out = [_alert(c, web_url, "opened") for c in opened]
+    out += [_alert(c, web_url, "resolved") for c in delta.resolved if c.previous is not None]
+    return out

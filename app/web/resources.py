@@ -1,0 +1,548 @@
+"""``/api`` resources beyond events and findings: repositories, members, personnel, evidence,
+exceptions, connections, alerts, settings, exports. Changes go through the event log as internal
+events, so the API and the CLI share one code path with webhooks and the reconcile."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+
+from app import errors, exports, records
+from app.checks import REGISTRY, scope_report
+from app.checks.base import Person
+from app.findings import to_json
+from app.reconcile import iso, k_members, k_repo, k_repos, utcnow
+from app.settings import CHECK_IDS
+from app.web.auth import require_admin
+from app.web.problems import Problem
+
+
+def _svc(request: Request) -> Any:
+    require_admin(request)
+    return request.app.state.services
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(400, "Bad body", "expected a JSON object") from None
+    if not isinstance(body, dict):
+        raise Problem(400, "Bad body", "expected a JSON object")
+    return body
+
+
+def _str(body: dict[str, Any], name: str, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise Problem(400, "Bad body", f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise Problem(400, "Bad body", f"{name} must be a string")
+    return value.strip()
+
+
+async def _internal(request: Request, key: str, payload: dict[str, Any]) -> list[int]:
+    return list(await request.app.state.services.service.internal_event(key, payload))
+
+
+# -- findings, history, exports --------------------------------------------------------------
+async def history(request: Request) -> Response:
+    services = _svc(request)
+    subject = request.query_params.get("subject")
+    check = request.query_params.get("check")
+    if check is not None and check not in CHECK_IDS:
+        raise Problem(400, "Bad parameter", "unknown check")
+    rows = await services.service.store.results.history(check, subject, limit=1000)
+    return JSONResponse(
+        [
+            {
+                k: r[k]
+                for k in (
+                    "check_id",
+                    "subject",
+                    "subject_key",
+                    "workspace",
+                    "at",
+                    "old_status",
+                    "new_status",
+                    "message",
+                    "details",
+                    "cause",
+                )
+            }
+            for r in rows
+        ]
+    )
+
+
+async def export_findings(request: Request) -> Response:
+    services = _svc(request)
+    items = [to_json(r) for r in await services.service.store.results.query()]
+    fmt = request.path_params["fmt"]
+    if fmt == "csv":
+        return PlainTextResponse(
+            exports.findings_csv(items),
+            media_type="text/csv",
+            headers={"Content-Disposition": "attachment; filename=findings.csv"},
+        )
+    if fmt == "json":
+        return JSONResponse(items)
+    raise Problem(404, "Unknown export", "use csv or json")
+
+
+async def export_ocsf(request: Request) -> Response:
+    services = _svc(request)
+    rows = await services.service.store.results.history(limit=1_000_000)
+    return PlainTextResponse(
+        exports.ocsf_lines(rows),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": "attachment; filename=transitions.ocsf.jsonl"},
+    )
+
+
+# -- repositories and classes ------------------------------------------------------------------
+async def repositories(request: Request) -> Response:
+    services = _svc(request)
+    store = services.service.store
+    out = []
+    for conn in await services.service.connections():
+        for ws in conn.workspaces:
+            from app.reconcile import classify
+
+            explicit = await store.records.classes(ws)
+            rules = await store.records.rules()
+            listed = await store.snapshots.get(k_repos(ws))
+            for uuid in listed.content if listed and listed.content else []:
+                snap = await store.snapshots.get(k_repo(uuid))
+                if snap is None or snap.content is None:
+                    continue
+                from app.bitbucket.models import Repository
+
+                repo = Repository.model_validate(snap.content)
+                cls, source = classify(repo, explicit, rules)
+                prs = await store.snapshots.get(k_repo(uuid) + ":prs")
+                out.append(
+                    {
+                        "uuid": repo.uuid,
+                        "full_name": repo.full_name,
+                        "workspace": ws,
+                        "name": repo.name,
+                        "project": repo.project_key,
+                        "mainbranch": repo.mainbranch,
+                        "is_private": repo.is_private,
+                        "language": repo.language,
+                        "class": cls,
+                        "class_source": source,
+                        "open_pullrequests": prs.content if prs else None,
+                    }
+                )
+    return JSONResponse(out)
+
+
+async def set_class(request: Request) -> Response:
+    services = _svc(request)
+    body = await _json(request)
+    cls = _str(body, "class")
+    if cls not in ("production", "non-production"):
+        raise Problem(400, "Bad body", "class must be production or non-production")
+    uuid = request.path_params["uuid"]
+    store = services.service.store
+    snap = await store.snapshots.get(k_repo(uuid))
+    if snap is None or snap.content is None:
+        raise Problem(404, "Unknown repository", "run a reconcile first")
+    await store.records.set_class(uuid, snap.content["workspace"], snap.content["full_name"], cls, "api", iso(utcnow()))
+    ids = await _internal(
+        request, "lp:classification", {"workspace": snap.content["workspace"], "repository_uuid": uuid}
+    )
+    return JSONResponse({"uuid": uuid, "class": cls, "events": ids})
+
+
+# -- members and personnel ----------------------------------------------------------------------
+def _person(p: Person) -> dict[str, Any]:
+    return {
+        "email": p.email,
+        "name": p.name,
+        "kind": p.kind,
+        "status": p.status,
+        "offboarded_on": p.offboarded_on,
+        "bitbucket_account_id": p.bitbucket_account_id,
+        "owner": p.owner,
+    }
+
+
+async def members(request: Request) -> Response:
+    services = _svc(request)
+    store = services.service.store
+    people = {p.bitbucket_account_id: p for p in await store.records.people() if p.bitbucket_account_id}
+    out = []
+    for conn in await services.service.connections():
+        for ws in conn.workspaces:
+            snap = await store.snapshots.get(k_members(ws))
+            marks = await store.records.marks(ws)
+            for raw in snap.content if snap and snap.content else []:
+                user = raw["user"]
+                key = user.get("account_id") or user.get("uuid")
+                person = people.get(key)
+                out.append(
+                    {
+                        "workspace": ws,
+                        "account_id": key,
+                        "display_name": user.get("display_name"),
+                        "permission": raw.get("permission"),
+                        "person": _person(person) if person else None,
+                        "mark": {"kind": marks[key][0], "owner": marks[key][1]} if key in marks else None,
+                    }
+                )
+    return JSONResponse(out)
+
+
+async def link_member(request: Request) -> Response:
+    services = _svc(request)
+    body = await _json(request)
+    email = _str(body, "email")
+    assert email is not None
+    account = request.path_params["account_id"]
+    if not await services.service.store.records.link_member(email, account, "api", iso(utcnow())):
+        raise Problem(404, "Unknown person", f"no one with email {email} in the personnel directory")
+    ids = await _internal(request, "lp:personnel", {"workspace": request.path_params["workspace"]})
+    return JSONResponse({"account_id": account, "email": email.lower(), "events": ids})
+
+
+async def mark_member(request: Request) -> Response:
+    services = _svc(request)
+    body = await _json(request)
+    mark = _str(body, "mark")
+    owner = _str(body, "owner")
+    if mark not in ("service-account", "external"):
+        raise Problem(400, "Bad body", "mark must be service-account or external")
+    assert owner is not None
+    ws, account = request.path_params["workspace"], request.path_params["account_id"]
+    await services.service.store.records.mark_member(ws, account, mark, owner, "api", iso(utcnow()))
+    ids = await _internal(request, "lp:personnel", {"workspace": ws})
+    return JSONResponse({"account_id": account, "mark": mark, "owner": owner, "events": ids})
+
+
+async def personnel(request: Request) -> Response:
+    services = _svc(request)
+    store = services.service.store
+    if request.method == "GET":
+        return JSONResponse([_person(p) for p in await store.records.people()])
+    body = await _json(request)
+    try:
+        person = records.person_from_row(body, "body")
+    except records.RecordError as exc:
+        raise Problem(400, "Bad body", str(exc)) from None
+    known = await store.records.person(person.email)
+    await store.records.upsert_person(person, "api", iso(utcnow()))
+    ids = await _internal(request, "lp:personnel", {"new_emails": [person.email] if known is None else []})
+    return JSONResponse(_person(person) | {"events": ids}, status_code=201 if known is None else 200)
+
+
+async def personnel_import(request: Request) -> Response:
+    services = _svc(request)
+    data = await request.body()
+    name = "upload.json" if request.headers.get("content-type", "").startswith("application/json") else "upload.csv"
+    try:
+        people = records.parse_personnel(data, name)
+    except records.RecordError as exc:
+        raise Problem(400, "Nothing imported", str(exc)) from None
+    store = services.service.store
+    known = {p.email for p in await store.records.people()}
+    n = await store.records.import_people(people, "api", iso(utcnow()))
+    new = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
+    ids = await _internal(request, "lp:personnel", {"new_emails": new})
+    return JSONResponse({"imported": n, "events": ids})
+
+
+async def offboard(request: Request) -> Response:
+    services = _svc(request)
+    body = await _json(request) if await request.body() else {}
+    on = _str(body, "offboarded_on", required=False) or datetime.now(UTC).date().isoformat()
+    try:
+        on = datetime.fromisoformat(on).date().isoformat()
+    except ValueError:
+        raise Problem(400, "Bad body", "offboarded_on must be a date (YYYY-MM-DD)") from None
+    email = request.path_params["email"]
+    if not await services.service.store.records.offboard(email, on, "api", iso(utcnow())):
+        raise Problem(404, "Unknown person", f"no one with email {email}")
+    ids = await _internal(request, "lp:personnel", {})
+    return JSONResponse({"email": email.lower(), "status": "offboarded", "offboarded_on": on, "events": ids})
+
+
+# -- evidence ----------------------------------------------------------------------------------
+def _evidence(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "check": r["check_id"],
+        "workspace": r["workspace"],
+        "member": r["member"],
+        "filename": r["filename"],
+        "media_type": r["media_type"],
+        "size": r["size"],
+        "sha256": r["sha256"],
+        "uploaded_by": r["uploaded_by"],
+        "uploaded_at": r["uploaded_at"],
+        "expires_at": r["expires_at"],
+        "expired": r["expires_at"] <= utcnow().isoformat(),
+        "covered_members": json.loads(r["covered_members"]) if r["covered_members"] else None,
+    }
+
+
+async def evidence(request: Request) -> Response:
+    services = _svc(request)
+    store = services.service.store
+    if request.method == "GET":
+        return JSONResponse([_evidence(r) for r in await store.records.evidence_rows()])
+    try:
+        form = await request.form(max_files=1, max_fields=10, max_part_size=11 * 1024 * 1024)
+    except Exception as exc:  # noqa: BLE001 - python-multipart reports malformed bodies in several ways
+        raise Problem(400, "Bad upload", f"expected multipart/form-data ({type(exc).__name__})") from None
+    upload = form.get("file")
+    check = str(form.get("check") or "")
+    if upload is None or isinstance(upload, str):
+        raise Problem(400, "Bad upload", "file is required")
+    if check not in ("member-mfa-enabled", "workspace-mfa-enforced"):
+        raise Problem(400, "Bad upload", "check must be member-mfa-enabled or workspace-mfa-enforced")
+    data = await upload.read()
+    member = str(form.get("member") or "") or None
+    ws = str(form.get("workspace") or "")
+    if not ws:
+        raise Problem(400, "Bad upload", "workspace is required")
+    try:
+        kind = records.check_evidence(data)
+        now = utcnow()
+        expires = records.evidence_expiry(
+            now, str(form.get("expires") or "") or None, request.app.state.settings.evidence_max_age_days
+        )
+    except records.RecordError as exc:
+        raise Problem(400, "Bad upload", str(exc)) from None
+    covered = None
+    if check == "member-mfa-enabled" and member is None:
+        snap = await store.snapshots.get(k_members(ws))
+        if snap is None or snap.content is None:
+            raise Problem(409, "No member list yet", "run a reconcile before uploading a 2SV report")
+        covered = sorted({m["user"].get("account_id") or m["user"].get("uuid") for m in snap.content})
+    eid = await store.records.add_evidence(
+        data,
+        media_type=kind,
+        check=check,
+        workspace=ws,
+        member=member,
+        filename=upload.filename or "evidence",
+        uploaded_by="api",
+        uploaded_at=now,
+        expires_at=expires,
+        covered_members=covered,
+    )
+    ids = await _internal(request, "lp:evidence", {"workspace": ws, "check": check})
+    row = next(r for r in await store.records.evidence_rows() if r["id"] == eid)
+    return JSONResponse(_evidence(row) | {"events": ids}, status_code=201)
+
+
+async def evidence_file(request: Request) -> Response:
+    services = _svc(request)
+    store = services.service.store
+    try:
+        eid = int(request.path_params["id"])
+    except ValueError:
+        raise Problem(404, "Unknown evidence") from None
+    row = next((r for r in await store.records.evidence_rows() if r["id"] == eid), None)
+    if row is None:
+        raise Problem(404, "Unknown evidence")
+    return FileResponse(
+        store.records.evidence_path(row["sha256"]), media_type=row["media_type"], filename=row["filename"]
+    )
+
+
+# -- exceptions ----------------------------------------------------------------------------------
+async def exceptions(request: Request) -> Response:
+    services = _svc(request)
+    store = services.service.store
+    if request.method == "GET":
+        rows = await store.records.exception_rows()
+        now = utcnow().isoformat()
+        return JSONResponse(
+            [
+                {
+                    "id": r["id"],
+                    "check": r["check_id"],
+                    "subject": r["subject"],
+                    "owner": r["owner"],
+                    "reason": r["reason"],
+                    "created_at": r["created_at"],
+                    "expires_at": r["expires_at"],
+                    "expired": r["expires_at"] <= now,
+                }
+                for r in rows
+            ]
+        )
+    body = await _json(request)
+    try:
+        req = records.check_exception(
+            str(body.get("check") or ""),
+            str(body.get("subject") or ""),
+            str(body.get("owner") or ""),
+            str(body.get("reason") or ""),
+            str(body.get("expires") or ""),
+            utcnow(),
+            CHECK_IDS,
+        )
+    except records.RecordError as exc:
+        raise Problem(400, "Bad body", str(exc).replace("--", "")) from None
+    xid = await store.records.add_exception(
+        req.check, req.subject, req.owner, req.reason, req.expires_at, "api", iso(utcnow())
+    )
+    ids = await _internal(request, "lp:exception", {"check": req.check, "subject": req.subject})
+    return JSONResponse(
+        {
+            "id": xid,
+            "check": req.check,
+            "subject": req.subject,
+            "owner": req.owner,
+            "reason": req.reason,
+            "expires_at": req.expires_at.isoformat(),
+            "events": ids,
+        },
+        status_code=201,
+    )
+
+
+# -- connections ---------------------------------------------------------------------------------
+async def connections(request: Request) -> Response:
+    services = _svc(request)
+    from app.hooks import health
+
+    out = []
+    for conn in await services.service.store.connections.all():
+        client = services.service.pool.clients.get(conn.id)
+        granted = conn.scopes or (tuple(sorted(client.granted_scopes)) if client and client.granted_scopes else None)
+        out.append(
+            {
+                "id": conn.id,
+                "kind": conn.kind,
+                "workspaces": list(conn.workspaces),
+                "status": conn.status,
+                "status_reason": conn.status_reason,
+                "user": conn.user,
+                "scopes": list(granted) if granted else None,
+                "scope_report": scope_report(granted, request.app.state.settings.enabled_checks),
+                "webhook": await health(services.service, conn)
+                if conn.status != "disconnected"
+                else {"status": "none"},
+                "budget_remaining": client.budget.remaining if client else None,
+                "created_at": conn.created_at,
+            }
+        )
+    return JSONResponse(out)
+
+
+async def disconnect(request: Request) -> Response:
+    services = _svc(request)
+    service = services.service
+    cid = request.path_params["id"]
+    conn = await service.store.connections.get(cid)
+    if conn is None:
+        raise Problem(404, "Unknown connection")
+    from app.hooks import remove_hooks
+
+    removed = 0
+    try:
+        removed = await remove_hooks(service, conn)
+    except (errors.BitbucketError, errors.TokenError):
+        pass  # the hooks may be gone already; the tokens are forgotten either way
+    await service.store.connections.forget(cid)
+    service.forget_secrets(cid)
+    service.token_sources.pop(cid, None)
+    service.pool.drop(cid)
+    return JSONResponse({"id": cid, "status": "disconnected", "hooks_removed": removed})
+
+
+# -- alerts and settings -------------------------------------------------------------------------
+async def alerts(request: Request) -> Response:
+    services = _svc(request)
+    rows = await services.dispatcher.outbox.history(limit=200)
+    return JSONResponse(
+        [
+            {
+                "id": r.id,
+                "channel": r.channel,
+                "kind": r.kind,
+                "state": r.state,
+                "tries": r.tries,
+                "created_at": r.created_at,
+                "sent_at": r.sent_at,
+                "error": r.error,
+                "summary": f"{r.payload.get('subject')}: {r.payload.get('new_status')}",
+                "check": r.payload.get("check"),
+                "workspace": r.payload.get("workspace"),
+            }
+            for r in rows
+        ]
+    )
+
+
+async def alert_test(request: Request) -> Response:
+    services = _svc(request)
+    if not services.dispatcher.senders:
+        raise Problem(409, "No alert channel", "set LP_SLACK_WEBHOOK_URL or LP_SMTP_URL")
+    alert = {
+        "kind": "test",
+        "workspace": "test",
+        "check": "test",
+        "title": "Test message",
+        "severity": "info",
+        "subject": "lowerplane",
+        "subject_key": "test",
+        "new_status": "pass",
+        "message": "This is a test message from lowerplane-bitbucket.",
+        "fix": "",
+        "stamp": utcnow().isoformat(),
+    }
+    results = {}
+    for name, sender in services.dispatcher.senders.items():
+        try:
+            await sender.send([alert])
+            results[name] = "sent"
+        except errors.LowerplaneError as exc:
+            results[name] = f"failed: {exc}"
+    return JSONResponse(results)
+
+
+async def settings_view(request: Request) -> Response:
+    _svc(request)
+    s = request.app.state.settings
+    secret_fields = {
+        "oauth_client_secret",
+        "bitbucket_token",
+        "secret_key",
+        "admin_token",
+        "slack_webhook_url",
+        "smtp_url",
+    }
+    out: dict[str, Any] = {}
+    for name in type(s).model_fields:
+        value = getattr(s, name)
+        if name in secret_fields:
+            out[name] = "set" if value is not None else None
+        elif isinstance(value, tuple):
+            out[name] = list(value)
+        else:
+            out[name] = value if isinstance(value, (int, float, bool, str)) or value is None else str(value)
+    out["enabled_checks"] = list(s.enabled_checks)
+    out["checks"] = [
+        {
+            "id": c.id,
+            "title": c.title,
+            "severity": c.severity,
+            "subject_type": c.subject_type,
+            "enabled": c.id in s.enabled_checks,
+        }
+        for c in REGISTRY.values()
+    ]
+    return JSONResponse(out)
