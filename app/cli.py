@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true")
     p.add_argument("--limit", type=int, default=20)
 
+    p = sub.add_parser("backup", help="an online, consistent copy of the database (safe while serve runs)")
+    p.add_argument("target", type=Path)
+
     p = sub.add_parser("reconcile", help="one full pass over every connected workspace (for cron)")
     p.add_argument("--workspace")
 
@@ -154,6 +157,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return _serve(settings, args.host, args.port)
     if args.command == "webhooks":
         command = c.cmd_webhooks(settings, args.action)
+    elif args.command == "backup":
+        command = c.cmd_backup(settings, args.target)
     elif args.command == "events":
         command = c.cmd_events(settings, args.follow, args.limit)
     elif args.command == "reconcile":

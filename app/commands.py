@@ -387,3 +387,14 @@ def _event_line(e: dict[str, Any]) -> str:
     if e.get("error"):
         what += f" error: {e['error']}"
     return f"#{e['id']} {e['received_at']} {e['state']:<8} {e['event_key']:<28} {e['summary']} {ids}{what}".rstrip()
+
+
+async def cmd_backup(settings: Settings, target: Path, out: TextIO = sys.stdout) -> int:
+    if target.exists():
+        raise errors.ConfigError(f"{target}: exists already; choose a new file")
+    if not settings.database.exists():
+        raise errors.ConfigError(f"{settings.database}: no database to back up")
+    async with open_store(settings) as store:
+        await store.db.backup(target)
+    print(f"backed up {settings.database} to {target}", file=out)
+    return 0

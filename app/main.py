@@ -12,13 +12,16 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from app import errors
 from app.bitbucket.client import ClientPool
@@ -32,7 +35,7 @@ from app.service import Service
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventWriter
-from app.web import api, connect, webhooks
+from app.web import api, connect, dashboard, webhooks
 from app.web.openapi import API_ROUTES, serve_document
 from app.web.problems import Problem, handle_problem
 from app.worker import Worker
@@ -148,7 +151,7 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(m.render().decode(), media_type="text/plain; version=0.0.4")
 
 
-def routes() -> list[Route]:
+def routes() -> list[Route | Mount]:
     by_path: dict[str, dict[str, Any]] = {}
     for r in API_ROUTES:
         by_path.setdefault(r.path, {})[r.method] = r.handler
@@ -158,6 +161,24 @@ def routes() -> list[Route]:
         *api_routes,
         Route("/api/openapi.json", serve_document, methods=["GET"]),
         Route("/login", connect.login, methods=["POST"]),
+        Route("/login", dashboard.login_page, methods=["GET"]),
+        Route("/", dashboard.overview, methods=["GET"]),
+        Route("/findings", dashboard.findings, methods=["GET"]),
+        Route("/findings/subject", dashboard.subject, methods=["GET"]),
+        Route("/repositories", dashboard.repositories, methods=["GET"]),
+        Route("/repositories/classify", dashboard.classify, methods=["POST"]),
+        Route("/members", dashboard.members, methods=["GET"]),
+        Route("/members/link", dashboard.member_link, methods=["POST"]),
+        Route("/members/mark", dashboard.member_mark, methods=["POST"]),
+        Route("/evidence", dashboard.evidence, methods=["GET", "POST"]),
+        Route("/exceptions", dashboard.exceptions, methods=["GET", "POST"]),
+        Route("/events", dashboard.events, methods=["GET"]),
+        Route("/events/stream", dashboard.event_stream, methods=["GET"]),
+        Route("/connections", dashboard.connections, methods=["GET"]),
+        Route("/connections/{id}/disconnect", dashboard.disconnect, methods=["POST"]),
+        Route("/alerts", dashboard.alerts, methods=["GET"]),
+        Route("/alerts/test", dashboard.alert_test, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(Path(dashboard.__file__).with_name("static"))), name="static"),
         Route("/logout", connect.logout, methods=["POST"]),
         Route("/connect/bitbucket", connect.start, methods=["GET"]),
         Route("/connect/bitbucket/callback", connect.callback, methods=["GET"]),
@@ -165,6 +186,14 @@ def routes() -> list[Route]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+async def _to_login(request: Request, exc: Exception) -> Response:
+    return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
+
+
+async def _bad_form(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(str(exc), status_code=400)
 
 
 def _dispatch(handlers: dict[str, Any]) -> Any:
@@ -201,6 +230,14 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
                 for task in tasks:
                     task.cancel()
 
-    app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers={Problem: handle_problem})
+    app = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            Problem: handle_problem,
+            dashboard.LoginRequired: _to_login,
+            errors.ConfigError: _bad_form,
+        },
+    )
     app.state.settings = settings
     return app

@@ -148,6 +148,6 @@ async def main(workspaces: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workspaces", type=int, default=20)
+    parser.add_argument("--workspaces", type=int, default=6)
     args = parser.parse_args()
     asyncio.run(main(args.workspaces))

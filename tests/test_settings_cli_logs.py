@@ -116,3 +116,23 @@ def test_capture_logs_sees_events() -> None:
     with structlog.testing.capture_logs() as captured:
         logs.get_logger("t").info("hello", n=1)
     assert captured[0]["event"] == "hello" and captured[0]["n"] == 1
+
+
+def test_backup_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from app.store import Store
+
+    async def seed() -> None:
+        store = await Store.open(tmp_path / "lp.sqlite3")
+        await store.records.add_rule("non-production", "t", project_key="SAND")
+        await store.close()
+
+    asyncio.run(seed())
+    monkeypatch.setenv("LP_DATABASE", str(tmp_path / "lp.sqlite3"))
+    assert main(["backup", str(tmp_path / "copy.sqlite3")]) == 0
+    assert main(["backup", str(tmp_path / "copy.sqlite3")]) == 2  # never overwrites
+    import sqlite3
+
+    rows = sqlite3.connect(tmp_path / "copy.sqlite3").execute("SELECT project_key FROM class_rules").fetchall()
+    assert rows == [("SAND",)]

@@ -86,14 +86,10 @@ def slack_message(alerts: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     first = alerts[0]
     if first.get("severity"):
-        blocks.append(
-            {
-                "type": "context",
-                "elements": [
-                    {"type": "mrkdwn", "text": f"severity *{first['severity']}* · test `{first.get('check', '')}`"}
-                ],
-            }
-        )
+        checks = sorted({str(a.get("check", "")) for a in alerts})
+        worst = min((str(a.get("severity", "")) for a in alerts), key=lambda s: SEVERITY_RANK.get(s, 9))
+        text = f"severity *{worst}* · " + ", ".join(f"`{c}`" for c in checks)
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
     room = MAX_BLOCKS - len(blocks) - 1  # keep one for "and N more"
     shown = alerts[:room] if len(alerts) > room else alerts
     for a in shown:

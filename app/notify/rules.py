@@ -1,9 +1,10 @@
 """Pure: which result changes are worth an alert (checks.md "Changes worth an alert").
 
 An alert goes out when a result moves between pass/not_applicable/excepted and fail/unknown (an
-expired exception or evidence shows up as such a move), and when a new repository or member
-appears failing. A result that stays the same sends nothing. The first assessment of a workspace
-(everything new at once) becomes one baseline summary instead of a flood.
+expired exception or evidence shows up as such a move), when an ``unknown`` is confirmed as a
+``fail``, and when a new repository or member appears failing. A result that stays the same sends
+nothing. The first assessment of a workspace (everything new at once) becomes one baseline summary
+instead of a flood.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def alerts_for(delta: Delta, web_url: str = "https://bitbucket.org") -> list[dic
                 "url": f"{web_url}/{ws}",
             }
         ]
-    out = [_alert(c, web_url, "opened") for c in opened]
+    # "unknown" → "fail": something that could not be told is now known to fail (e.g. a member just
+    # linked to an offboarded person): worth an alert too.
+    confirmed = [
+        c for c in delta.changed if c.previous and c.previous.result.status == "unknown" and c.result.status == "fail"
+    ]
+    out = [_alert(c, web_url, "opened") for c in [*opened, *confirmed]]
     out += [_alert(c, web_url, "resolved") for c in delta.resolved if c.previous is not None]
     return out

@@ -57,6 +57,7 @@ def prev(status: str, subject: str = "acme/api") -> StoredResult:
         (Delta(resolved=[Change(res("pass"), prev("fail"))]), ["resolved"]),
         (Delta(opened=[Change(res("fail"), None)], unchanged=[res("pass", "acme/x")]), ["opened"]),  # new, failing
         (Delta(changed=[Change(res("unknown"), prev("fail"))]), []),  # still failing: nothing
+        (Delta(changed=[Change(res("fail"), prev("unknown"))]), ["opened"]),  # an unknown confirmed as a fail
         (Delta(changed=[Change(res("pass", message="x"), prev("pass"))]), []),
         (Delta(opened=[Change(res("fail", f"acme/r{i}"), None) for i in range(8)]), ["baseline"]),
     ],

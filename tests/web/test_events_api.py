@@ -107,3 +107,23 @@ async def test_events_follow_prints_new_events(
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_probes_and_metrics(product: RunningApp, session: aiohttp.ClientSession) -> None:
+    async with session.get(product.url + "/healthz") as r:
+        assert r.status == 200
+    async with session.get(product.url + "/readyz") as r:
+        assert r.status == 200 and (await r.json())["worker"] == "alive"
+    async with session.get(product.url + "/metrics") as r:
+        text = await r.text()
+    for name in (
+        "lp_webhook_time_to_202_seconds_bucket",
+        'lp_events{state="done"}',
+        "lp_queue_depth",
+        "lp_oldest_queued_seconds",
+        "lp_bitbucket_api_calls{",
+        "lp_bitbucket_budget_remaining",
+        "lp_results{",
+        "lp_alerts",
+    ):
+        assert name in text, name
