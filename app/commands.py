@@ -5,7 +5,6 @@ Each function returns an exit status (0, 1) or raises ConfigError (exit 2).
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections import Counter
@@ -16,12 +15,13 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from app import errors, records
+from app import errors, exports, records
 from app.checks import REGISTRY
+from app.evidence import record_evidence
 from app.findings import to_json
 from app.main import Services, build_services
 from app.models import SEVERITY_ORDER
-from app.reconcile import iso, k_members, k_repo, k_repos, utcnow
+from app.reconcile import iso, k_repo, k_repos, utcnow
 from app.settings import CHECK_IDS, Settings
 from app.store import Store
 
@@ -124,24 +124,7 @@ async def cmd_findings(
         json.dump(items, out, indent=2)
         out.write("\n")
     elif fmt == "csv":
-        writer = csv.writer(out)
-        cols = [
-            "workspace",
-            "check",
-            "severity",
-            "subject_type",
-            "subject",
-            "subject_uuid",
-            "subject_name",
-            "status",
-            "message",
-            "details",
-            "first_seen",
-            "last_changed",
-        ]
-        writer.writerow(cols)
-        for i in items:
-            writer.writerow([json.dumps(i[c]) if c == "details" else i[c] for c in cols])
+        out.write(exports.findings_csv(items))
     else:
         _table(items, out)
     return 0
@@ -252,46 +235,41 @@ async def cmd_evidence_add(
     path: Path,
     out: TextIO = sys.stdout,
 ) -> int:
-    if check not in ("member-mfa-enabled", "workspace-mfa-enforced"):
-        raise errors.ConfigError("--check: evidence is for member-mfa-enabled or workspace-mfa-enforced")
-    if check == "workspace-mfa-enforced" and member:
-        raise errors.ConfigError("--member: workspace-mfa-enforced evidence is for the whole workspace")
     try:
         data = path.read_bytes()
-        kind = records.check_evidence(data)
-        now = utcnow()
-        expires_at = records.evidence_expiry(now, expires, settings.evidence_max_age_days)
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
-    except records.RecordError as exc:
-        raise errors.ConfigError(str(exc)) from None
     async with open_store(settings) as store:
         known = await _known_workspaces(store)
         ws = workspace or (known[0] if len(known) == 1 else None)
         if ws is None:
             raise errors.ConfigError("--workspace: required (the product knows several or none yet)")
-        covered: list[str] | None = None
-        members = await store.snapshots.get(k_members(ws))
-        if check == "member-mfa-enabled" and member is None:
-            if members is None or members.content is None:
-                raise errors.ConfigError(f"no member list for {ws} yet: run `reconcile` before uploading a 2SV report")
-            covered = sorted({(m["user"].get("account_id") or m["user"].get("uuid")) for m in members.content})
-        eid = await store.records.add_evidence(
-            data,
-            media_type=kind,
-            check=check,
-            workspace=ws,
-            member=member,
-            filename=path.name,
-            uploaded_by="cli",
-            uploaded_at=now,
-            expires_at=expires_at,
-            covered_members=covered,
-        )
+        try:
+            done = await record_evidence(
+                store,
+                data,
+                check=check,
+                workspace=ws,
+                member=member,
+                filename=path.name,
+                uploaded_by="cli",
+                expires=expires,
+                max_age_days=settings.evidence_max_age_days,
+            )
+        except records.RecordError as exc:
+            raise errors.ConfigError(str(exc)) from None
     async with running(settings) as services:
         lines = await through_log(services, "lp:evidence", {"workspace": ws, "check": check})
-    scope = f"member {member}" if member else (f"{len(covered)} members" if covered is not None else f"workspace {ws}")
-    print(f"evidence {eid} ({kind}) for {check}, {scope}, valid until {expires_at.date().isoformat()}", file=out)
+    scope = (
+        f"member {member}"
+        if member
+        else (f"{len(done.covered)} members" if done.covered is not None else f"workspace {ws}")
+    )
+    print(
+        f"evidence {done.id} ({done.media_type}) for {check}, {scope}, valid until "
+        f"{done.expires_at.date().isoformat()}",
+        file=out,
+    )
     for line in lines:
         print(line, file=out)
     return 0

@@ -76,7 +76,9 @@ class Worker:
         on_delta: Callable[[str, Delta], Awaitable[None]] | None = None,
         coalesce_window: float = 2.0,
         service: Any = None,
+        on_ops: Callable[[str, str], Awaitable[Any]] | None = None,
     ) -> None:
+        self.on_ops = on_ops  # operational warnings (scope changes) to the alert channels
         self.service = service  # app.service.Service, for webhook checks during full passes
         self.store = store
         self.settings = settings
@@ -164,12 +166,46 @@ class Worker:
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
                 if hooks:
                     caused["webhooks"] = hooks
+                scopes = await self._check_scopes(row.connection_id, client.granted_scopes)
+                if scopes:
+                    caused["scopes"] = scopes
                 await self.store.events.finish({row.id: caused})
                 if self.on_delta:
                     await self.on_delta(ws, delta)
         except (errors.BitbucketError, errors.TokenError) as exc:
             await self.store.events.fail([row], f"{type(exc).__name__}: {exc}", backoff_base=60.0)
             log.warning("worker.pass_failed", workspace=ws, tier=tier, error=type(exc).__name__)
+
+    async def _check_scopes(self, conn_id: str, granted: frozenset[str] | None) -> dict[str, Any] | None:
+        """When Bitbucket reports other scopes than recorded (a consumer edited, a token replaced),
+        record them and raise an ops alert naming the tests each missing scope leaves unknown."""
+        if granted is None:
+            return None
+        conn = await self.store.connections.get(conn_id)
+        if conn is None or (conn.scopes is not None and set(conn.scopes) == set(granted)):
+            return None
+        await self.store.connections.set_scopes(conn_id, tuple(granted))
+        if conn.scopes is None:
+            return {"recorded": sorted(granted)}
+        from app.checks import scope_report
+
+        lost = sorted(set(conn.scopes) - granted)
+        gained = sorted(granted - set(conn.scopes))
+        unknown = sorted(
+            {
+                str(t)
+                for r in scope_report(granted, self.settings.enabled_checks)
+                for t in _strings(r["tests_left_unknown"])
+            }
+        )
+        message = (
+            f"Scopes of {conn_id} changed: lost {', '.join(lost) or 'none'}, gained {', '.join(gained) or 'none'}. "
+            f"Tests now unknown for want of a scope: {', '.join(unknown) or 'none'}."
+        )
+        log.warning("connection.scopes_changed", connection=conn_id, lost=lost, gained=gained)
+        if self.on_ops is not None:
+            await self.on_ops(f"Scopes of {conn_id} changed", message)
+        return {"lost": lost, "gained": gained, "tests_left_unknown": unknown}
 
     async def _check_hooks(self, conn_id: str) -> dict[str, Any] | None:
         """Every full pass checks the connection's webhooks (when it has registered any) and
@@ -376,6 +412,10 @@ class Worker:
 async def _dumped(aw: Awaitable[Any]) -> Any:
     value = await aw
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def _concerns(change: str, p: Plan) -> bool:

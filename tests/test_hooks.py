@@ -226,3 +226,23 @@ async def test_failing_events_back_off_then_die_and_old_ones_are_purged(
     await service.store.db.execute("UPDATE events SET changed_at = changed_at - 40 * 86400")
     assert await service.store.events.purge(30) == 1
     assert await service.store.events.get(eid) is None
+
+
+async def test_a_scope_change_is_recorded_and_alerted(services: Services) -> None:
+    service = services.service
+    await service.ensure_token_connection()
+    ops: list[tuple[str, str]] = []
+
+    async def on_ops(title: str, message: str) -> None:
+        ops.append((title, message))
+
+    services.worker.on_ops = on_ops
+    await service.internal_event("lp:reconcile", {"workspace": "acme", "tier": "full"})
+    await services.worker.drain()
+    conn = await service.store.connections.get("token")
+    assert conn is not None and conn.scopes is not None and "repository:admin" in conn.scopes
+    assert ops == []  # the first report is only recorded
+    await service.store.connections.set_scopes("token", (*conn.scopes, "project:admin"))
+    await service.internal_event("lp:reconcile", {"workspace": "acme", "tier": "full"})
+    await services.worker.drain()
+    assert len(ops) == 1 and "lost project:admin" in ops[0][1]

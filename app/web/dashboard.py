@@ -19,9 +19,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 
 from app import errors, records
 from app.checks import REGISTRY, scope_report
+from app.evidence import record_evidence
 from app.findings import to_json
 from app.models import FAILING, SEVERITY_ORDER, STATUSES
-from app.reconcile import iso, k_members, k_repo, utcnow
+from app.reconcile import iso, k_repo, utcnow
 from app.settings import CHECK_IDS
 from app.web import api, session
 
@@ -292,34 +293,21 @@ async def evidence(request: Request) -> Response:
             return _back("/evidence", "Choose a file.")
         check, ws = str(form.get("check", "")), str(form.get("workspace", ""))
         member = str(form.get("member") or "").strip() or None
-        store = services.service.store
         try:
-            data = await upload.read()
-            kind = records.check_evidence(data)
-            now = utcnow()
-            expires = records.evidence_expiry(
-                now, str(form.get("expires") or "") or None, request.app.state.settings.evidence_max_age_days
+            done = await record_evidence(
+                services.service.store,
+                await upload.read(),
+                check=check,
+                workspace=ws,
+                member=member,
+                filename=upload.filename or "evidence",
+                uploaded_by="dashboard",
+                expires=str(form.get("expires") or "") or None,
+                max_age_days=request.app.state.settings.evidence_max_age_days,
             )
         except records.RecordError as exc:
             return _back("/evidence", str(exc))
-        covered = None
-        if check == "member-mfa-enabled" and member is None:
-            snap = await store.snapshots.get(k_members(ws))
-            if snap is None or snap.content is None:
-                return _back("/evidence", "No member list yet: wait for the first reconcile.")
-            covered = sorted({m["user"].get("account_id") or m["user"].get("uuid") for m in snap.content})
-        await store.records.add_evidence(
-            data,
-            media_type=kind,
-            check=check,
-            workspace=ws,
-            member=member,
-            filename=upload.filename or "evidence",
-            uploaded_by="dashboard",
-            uploaded_at=now,
-            expires_at=expires,
-            covered_members=covered,
-        )
+        expires = done.expires_at
         await services.service.internal_event("lp:evidence", {"workspace": ws, "check": check})
         return _back("/evidence", f"Evidence recorded for {check}; valid until {expires.date().isoformat()}.")
     from app.web.resources import evidence as api_evidence

@@ -14,6 +14,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from app import errors, exports, records
 from app.checks import REGISTRY, scope_report
 from app.checks.base import Person
+from app.evidence import NoMemberList, record_evidence
 from app.findings import to_json
 from app.reconcile import iso, k_members, k_repo, k_repos, utcnow
 from app.settings import CHECK_IDS
@@ -315,31 +316,22 @@ async def evidence(request: Request) -> Response:
     if not ws:
         raise Problem(400, "Bad upload", "workspace is required")
     try:
-        kind = records.check_evidence(data)
-        now = utcnow()
-        expires = records.evidence_expiry(
-            now, str(form.get("expires") or "") or None, request.app.state.settings.evidence_max_age_days
+        done = await record_evidence(
+            store,
+            data,
+            check=check,
+            workspace=ws,
+            member=member,
+            filename=upload.filename or "evidence",
+            uploaded_by="api",
+            expires=str(form.get("expires") or "") or None,
+            max_age_days=request.app.state.settings.evidence_max_age_days,
         )
+    except NoMemberList as exc:
+        raise Problem(409, "No member list yet", str(exc)) from None
     except records.RecordError as exc:
         raise Problem(400, "Bad upload", str(exc)) from None
-    covered = None
-    if check == "member-mfa-enabled" and member is None:
-        snap = await store.snapshots.get(k_members(ws))
-        if snap is None or snap.content is None:
-            raise Problem(409, "No member list yet", "run a reconcile before uploading a 2SV report")
-        covered = sorted({m["user"].get("account_id") or m["user"].get("uuid") for m in snap.content})
-    eid = await store.records.add_evidence(
-        data,
-        media_type=kind,
-        check=check,
-        workspace=ws,
-        member=member,
-        filename=upload.filename or "evidence",
-        uploaded_by="api",
-        uploaded_at=now,
-        expires_at=expires,
-        covered_members=covered,
-    )
+    eid = done.id
     ids = await _internal(request, "lp:evidence", {"workspace": ws, "check": check})
     row = next(r for r in await store.records.evidence_rows() if r["id"] == eid)
     return JSONResponse(_evidence(row) | {"events": ids}, status_code=201)
