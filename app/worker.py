@@ -80,6 +80,7 @@ class Worker:
     ) -> None:
         self.on_ops = on_ops  # operational warnings (scope changes) to the alert channels
         self.service = service  # app.service.Service, for webhook checks during full passes
+        self._pass_slots = asyncio.Semaphore(2)
         self.store = store
         self.settings = settings
         self.clients = clients
@@ -141,6 +142,10 @@ class Worker:
 
     # -- reconcile passes -----------------------------------------------------------------------
     async def _pass(self, row: EventRow) -> None:
+        async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
+            await self._run_pass(row)
+
+    async def _run_pass(self, row: EventRow) -> None:
         PRIORITY.set(False)  # this task's requests leave the reserved share of the budget to events
         ws = str(row.payload.get("workspace"))
         tier = str(row.payload.get("tier", "full"))

@@ -80,6 +80,7 @@ async def main(workspaces: int) -> None:
             LP_LOG_LEVEL="warning",
             LP_SLACK_WEBHOOK_URL=f"http://127.0.0.1:{slack_port}/services/bench",
             LP_SLACK_ALLOW_INSECURE_URL="true",
+            LP_BUDGET_PER_HOUR="100000",  # the sandbox allows it; 20 first passes exceed the default 1,000/h
         )
         proc = subprocess.Popen(  # noqa: S603, ASYNC220 - started once, before the clock runs
             [sys.executable, "-m", "app", "serve", "--port", str(port)], env=env
@@ -148,6 +149,6 @@ async def main(workspaces: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workspaces", type=int, default=6)
+    parser.add_argument("--workspaces", type=int, default=20)
     args = parser.parse_args()
     asyncio.run(main(args.workspaces))
