@@ -100,7 +100,7 @@ def test_slack_urls_refused(url: str) -> None:
 
 
 def test_slack_url_accepted() -> None:
-    assert validate_slack_url("https://hooks.slack.com/services/T000/B000/XXXX")
+    assert validate_slack_url("https://hooks.slack.com/services/T000/B000/abcd1234")
 
 
 def test_slack_limits() -> None:
