@@ -151,8 +151,7 @@ def _table(items: list[dict[str, Any]], out: TextIO) -> None:
 
 
 async def _known_workspaces(store: Store) -> list[str]:
-    rows = await store.db.fetchall("SELECT DISTINCT workspace FROM snapshots WHERE kind = 'repos' ORDER BY 1")
-    return [r[0] for r in rows]
+    return await store.snapshots.workspaces()
 
 
 async def cmd_classify(settings: Settings, target: str, cls: str, out: TextIO = sys.stdout) -> int:

@@ -126,7 +126,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     try:
-        await services.service.store.db.fetchone("SELECT 1")
+        await services.service.store.db.ping()
     except Exception as exc:  # noqa: BLE001 - any database failure means not ready
         return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
     lag = time.time() - services.worker.alive_at
@@ -148,8 +148,8 @@ async def metrics(request: Request) -> Response:
         m.budget_left.labels(cid).set(client.budget.remaining)
         for (endpoint, status), n in client.counters.items():
             m.api_calls.labels(cid, endpoint, status).set(n)
-    for row in await store.db.fetchall("SELECT check_id, status, count(*) FROM results GROUP BY 1, 2"):
-        m.results.labels(row[0], row[1]).set(row[2])
+    for check, status, count in await store.results.counts():
+        m.results.labels(check, status).set(count)
     return PlainTextResponse(m.render().decode(), media_type="text/plain; version=0.0.4")
 
 

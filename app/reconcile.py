@@ -131,15 +131,12 @@ def _dump(value: Any) -> Any:
     return value
 
 
-async def fetch_repository(
-    fetcher: Fetcher, ws: str, repo: Repository, enabled: Sequence[str], *, open_prs: bool = True
-) -> None:
+async def fetch_repository(fetcher: Fetcher, ws: str, repo: Repository, enabled: Sequence[str]) -> None:
     """Every per-repository resource the enabled tests need."""
     client = fetcher.client
     slug = repo.slug
     fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
-    if open_prs:
-        await fetcher.get(k_prs(repo.uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, slug))
+    await fetcher.get(k_prs(repo.uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, slug))
     if repo.mainbranch and BRANCH_CHECKS & set(enabled):
         await fetch_restrictions(fetcher, ws, repo.uuid, slug)
     if "pipelines-enabled" in enabled:
@@ -467,16 +464,13 @@ class Scheduler:
         self.clock = clock
 
     async def _due(self, name: str, period: float, jitter: float = 0.0) -> bool:
-        row = await self.store.db.fetchone("SELECT value FROM meta WHERE key = ?", (f"next:{name}",))
+        due_at = await self.store.meta.get(f"next:{name}")
         now = self.clock()
-        if row is not None and float(row[0]) > now:
+        if due_at is not None and float(due_at) > now:
             return False
         spread = period * jitter
         nxt = now + period + (self.rng.uniform(-spread, spread) if spread else 0.0)
-        await self.store.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (f"next:{name}", repr(nxt)),
-        )
+        await self.store.meta.set(f"next:{name}", repr(nxt))
         return True
 
     async def tick(self) -> list[int]:
@@ -508,14 +502,9 @@ class Scheduler:
         return any(r.payload.get("tier") == "full" and r.state in ("queued", "running") for r in rows)
 
     async def _sweep_expiries(self) -> list[int]:
-        row = await self.store.db.fetchone("SELECT value FROM meta WHERE key = 'last_expiry_sweep'")
         now = datetime.fromtimestamp(self.clock(), UTC)
-        since = row[0] if row else iso(now)
-        await self.store.db.execute(
-            "INSERT INTO meta (key, value) VALUES ('last_expiry_sweep', ?) ON CONFLICT (key) DO UPDATE "
-            "SET value = excluded.value",
-            (now.isoformat(),),
-        )
+        since = await self.store.meta.get("last_expiry_sweep") or iso(now)
+        await self.store.meta.set("last_expiry_sweep", now.isoformat())
         expired: set[tuple[str, str]] = set()
         for e in await self.store.records.evidence():
             if since < e.expires_at.isoformat() <= now.isoformat():

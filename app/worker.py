@@ -20,7 +20,6 @@ from typing import Any
 
 from app import errors
 from app.bitbucket.client import PRIORITY, BitbucketClient
-from app.bitbucket.models import Repository
 from app.findings import Delta
 from app.logs import get_logger
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, Plan, coalesce, plan
@@ -90,7 +89,6 @@ class Worker:
         self._passes: set[asyncio.Task[None]] = set()
         self._tg: asyncio.TaskGroup | None = None
         self.alive_at = time.time()
-        self.fetch_log: list[str] = []  # resource keys fetched, in order (tests and benchmarks read it)
         # A resource fetched less than this long ago is not fetched again yet: the events asking
         # for it wait and are served together by one fetch (a burst of pushes costs two fetches).
         self.coalesce_window = coalesce_window
@@ -235,7 +233,7 @@ class Worker:
 
     # -- event batches ---------------------------------------------------------------------------
     async def _known(self, ws: str) -> dict[str, KnownRepo]:
-        snaps = await self.store.snapshots.load(ws)
+        snaps = await self.store.snapshots.load(ws, kinds=("repos", "repo", "branching_model"))
         listed = snaps.get(k_repos(ws))
         out: dict[str, KnownRepo] = {}
         for uuid in listed.content if listed and listed.content else []:
@@ -296,7 +294,6 @@ class Worker:
                     tg.create_task(one(f))
             await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
             calls = client.calls() - before
-            self.fetch_log += [f.key for f in fetches]
         # Repositories that arrived or left.
         for ws in workspaces:
             adds = {u for r in rows for u in plans[r.id].repos if str(r.payload.get("workspace")) == ws}
@@ -318,7 +315,7 @@ class Worker:
                 "fetches": [f.key for f in fetches if f.key in mine],
                 "batch_api_calls": calls,
                 "batch_events": len(rows),
-                "changes": [c for c in changes.get(ws, []) if _concerns(c, p)],
+                "changes": [c for c in changes.get(ws, []) if _concerns(p)],
             }
         ignored = [r.id for r in rows if plans[r.id].ignored]
         await self.store.events.finish({k: v for k, v in done.items() if k not in ignored})
@@ -423,10 +420,6 @@ def _strings(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def _concerns(change: str, p: Plan) -> bool:
-    if p.workspace_checks or p.members:
-        return True
-    return any(True for _ in p.repos) or bool(p.retire)
-
-
-__all__ = ["Repository", "Worker"]
+def _concerns(p: Plan) -> bool:
+    """Whether a batch's result changes concern this event (it asked for some re-evaluation)."""
+    return p.workspace_checks or p.members or bool(p.repos or p.retire)

@@ -8,6 +8,7 @@ from pathlib import Path
 from app.store.connections import Connections
 from app.store.db import Database
 from app.store.events import Events, Locks
+from app.store.meta import Meta
 from app.store.records import Records
 from app.store.results import Results
 from app.store.snapshots import Snapshots
@@ -22,6 +23,7 @@ class Store:
     events: Events
     connections: Connections
     locks: Locks
+    meta: Meta
 
     @classmethod
     async def open(cls, database: Path, data_dir: Path | None = None) -> Store:
@@ -34,6 +36,7 @@ class Store:
             Events(db),
             Connections(db),
             Locks(db),
+            Meta(db),
         )
 
     async def close(self) -> None:

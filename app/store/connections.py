@@ -121,6 +121,21 @@ class Connections:
     async def touch_delivery(self, cid: str, at: str) -> None:
         await self.db.execute("UPDATE connections SET last_delivery_at = ? WHERE id = ?", (at, cid))
 
+    async def add_oauth_state(self, state_hash: str, session_hash: str, created_at: float) -> None:
+        await self.db.execute(
+            "INSERT INTO oauth_states (state_hash, session_hash, created_at) VALUES (?, ?, ?)",
+            (state_hash, session_hash, created_at),
+        )
+
+    async def claim_oauth_state(self, state_hash: str, now: float) -> tuple[str, float] | None:
+        """Single use: only the first claim of a state gets (session hash, created at)."""
+        rows = await self.db.write_returning(
+            "UPDATE oauth_states SET used_at = ? WHERE state_hash = ? AND used_at IS NULL "
+            "RETURNING session_hash, created_at",
+            (now, state_hash),
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
     async def forget(self, cid: str) -> None:
         """Disconnect: drop tokens and secrets; the row stays for the record."""
         await self.db.execute(

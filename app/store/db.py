@@ -58,6 +58,10 @@ class Database:
                 version = number
             return version
 
+    async def ping(self) -> None:
+        """Raises when the database cannot answer (readiness probe)."""
+        await self.fetchone("SELECT 1")
+
     async def close(self) -> None:
         await self.conn.close()
 

@@ -287,15 +287,6 @@ class Events:
         r = await self.db.fetchone("SELECT min(changed_at) FROM events WHERE state = 'queued'")
         return max(0.0, time.time() - r[0]) if r and r[0] else 0.0
 
-    async def pending(self, ids: Sequence[int]) -> int:
-        if not ids:
-            return 0
-        marks = ",".join("?" * len(ids))
-        r = await self.db.fetchone(
-            f"SELECT count(*) FROM events WHERE id IN ({marks}) AND state IN ('queued', 'running', 'failed')", list(ids)
-        )
-        return int(r[0]) if r else 0
-
     async def purge(self, older_than_days: int) -> int:
         cutoff = time.time() - older_than_days * 86400
         async with self.db.transaction() as conn:

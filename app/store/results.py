@@ -82,6 +82,11 @@ class Results:
         rows = await self.db.fetchall(sql + " ORDER BY id LIMIT ?", [*params, limit])
         return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
 
+    async def counts(self) -> list[tuple[str, str, int]]:
+        """(test, status, how many) over every workspace."""
+        rows = await self.db.fetchall("SELECT check_id, status, count(*) FROM results GROUP BY 1, 2")
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
     async def count_history(self) -> int:
         row = await self.db.fetchone("SELECT count(*) FROM result_history")
         return int(row[0]) if row else 0

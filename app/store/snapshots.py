@@ -79,8 +79,17 @@ class Snapshots:
         if keys:
             await self.db.executemany("DELETE FROM snapshots WHERE key = ?", [(k,) for k in keys])
 
-    async def load(self, workspace: str) -> dict[str, Snapshot]:
-        rows = await self.db.fetchall("SELECT * FROM snapshots WHERE workspace = ?", (workspace,))
+    async def workspaces(self) -> list[str]:
+        """Workspaces whose repository list has been read."""
+        rows = await self.db.fetchall("SELECT DISTINCT workspace FROM snapshots WHERE kind = 'repos' ORDER BY 1")
+        return [str(r[0]) for r in rows]
+
+    async def load(self, workspace: str, kinds: tuple[str, ...] = ()) -> dict[str, Snapshot]:
+        """A workspace's snapshots, or only those of ``kinds``."""
+        sql = "SELECT * FROM snapshots WHERE workspace = ?"
+        if kinds:
+            sql += " AND kind IN (" + ",".join("?" * len(kinds)) + ")"
+        rows = await self.db.fetchall(sql, (workspace, *kinds))
         return {
             r["key"]: Snapshot(
                 key=r["key"],

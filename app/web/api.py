@@ -70,6 +70,11 @@ async def event_stream(request: Request) -> Response:
     """Server-sent events: every change of the event log, live (this process wakes at once,
     other processes' writes are seen within a second)."""
     require_admin(request)
+    return stream_response(request)
+
+
+def stream_response(request: Request) -> StreamingResponse:
+    """The event stream itself; the caller has checked who is asking."""
     store = request.app.state.services.service.store
 
     async def gen() -> AsyncIterator[bytes]:

@@ -72,10 +72,7 @@ async def start(request: Request) -> Response:
         return _page("OAuth is not configured", "Set LP_OAUTH_CLIENT_ID and LP_OAUTH_CLIENT_SECRET.", 503)
     state = secrets.token_urlsafe(24)
     store = request.app.state.services.service.store
-    await store.db.execute(
-        "INSERT INTO oauth_states (state_hash, session_hash, created_at) VALUES (?, ?, ?)",
-        (_h(state), _h(sid), time.time()),
-    )
+    await store.connections.add_oauth_state(_h(state), _h(sid), time.time())
     url = oauth.authorize_url(settings.bitbucket_url, settings.oauth_client_id, state, callback_url(settings))
     return RedirectResponse(url, status_code=302)
 
@@ -96,14 +93,10 @@ async def callback(request: Request) -> Response:
     if not state or not code:
         return _page("Connection refused", "The callback lacks a code or a state.", 400)
     # Single use: only the first callback for a state can claim it.
-    claimed = await service.store.db.write_returning(
-        "UPDATE oauth_states SET used_at = ? WHERE state_hash = ? AND used_at IS NULL RETURNING session_hash, "
-        "created_at",
-        (time.time(), _h(state)),
-    )
-    if not claimed:
+    claimed = await service.store.connections.claim_oauth_state(_h(state), time.time())
+    if claimed is None:
         return _page("Connection refused", "This sign-in link is unknown or was already used. Start again.", 400)
-    session_hash, created = claimed[0][0], float(claimed[0][1])
+    session_hash, created = claimed
     if sid is None or not secrets.compare_digest(session_hash, _h(sid)):
         return _page("Connection refused", "This sign-in began in another browser session. Start again.", 400)
     if time.time() - created > STATE_TTL:

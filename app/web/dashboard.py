@@ -6,7 +6,6 @@ through the same internal events as the API and the CLI.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,16 +14,16 @@ from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from app import errors, records
-from app.checks import REGISTRY, scope_report
+from app.checks import REGISTRY
 from app.evidence import record_evidence
 from app.findings import to_json
 from app.models import FAILING, SEVERITY_ORDER, STATUSES
 from app.reconcile import iso, k_repo, utcnow
 from app.settings import CHECK_IDS
-from app.web import api, session
+from app.web import api, resources, session
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=select_autoescape(["html"])
@@ -209,19 +208,8 @@ async def subject(request: Request) -> Response:
 
 async def repositories(request: Request) -> Response:
     _sid(request)
-    from app.web.resources import repositories as api_repos
-
-    rows = await _data(request, api_repos)
+    rows = await resources.repositories_data(request.app.state.services)
     return render(request, "repositories.html", "Repositories", "/repositories", repos=rows)
-
-
-async def _data(request: Request, handler: Any) -> Any:
-    """Reuse an API handler's data from the dashboard (the session stands in for the Bearer token)."""
-    scope = dict(request.scope)
-    token = request.app.state.settings.admin_token.get_secret_value()
-    scope["headers"] = [(b"authorization", f"Bearer {token}".encode())]
-    response = await handler(Request(scope, request.receive))
-    return json.loads(bytes(response.body))
 
 
 async def classify(request: Request) -> Response:
@@ -251,9 +239,7 @@ async def classify(request: Request) -> Response:
 
 async def members(request: Request) -> Response:
     _sid(request)
-    from app.web.resources import members as api_members
-
-    rows = await _data(request, api_members)
+    rows = await resources.members_data(request.app.state.services)
     rows.sort(key=lambda m: (not (m["person"] and m["person"]["status"] == "offboarded"), m["display_name"] or ""))
     return render(request, "members.html", "Members", "/members", members=rows)
 
@@ -310,9 +296,7 @@ async def evidence(request: Request) -> Response:
         expires = done.expires_at
         await services.service.internal_event("lp:evidence", {"workspace": ws, "check": check})
         return _back("/evidence", f"Evidence recorded for {check}; valid until {expires.date().isoformat()}.")
-    from app.web.resources import evidence as api_evidence
-
-    rows = await _data(request, api_evidence)
+    rows = await resources.evidence_data(services.service.store)
     workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
     return render(request, "evidence.html", "Evidence", "/evidence", rows=rows, workspaces=workspaces)
 
@@ -339,9 +323,7 @@ async def exceptions(request: Request) -> Response:
         )
         await services.service.internal_event("lp:exception", {"check": req.check, "subject": req.subject})
         return _back("/exceptions", "Exception recorded.")
-    from app.web.resources import exceptions as api_exceptions
-
-    rows = await _data(request, api_exceptions)
+    rows = await resources.exceptions_data(services.service.store)
     return render(request, "exceptions.html", "Exceptions", "/exceptions", rows=rows, check_ids=CHECK_IDS)
 
 
@@ -354,19 +336,12 @@ async def events(request: Request) -> Response:
 async def event_stream(request: Request) -> Response:
     """The live event log for the dashboard (session cookie instead of the Bearer token)."""
     _sid(request)
-    scope = dict(request.scope)
-    token = request.app.state.settings.admin_token.get_secret_value()
-    scope["headers"] = [(b"authorization", f"Bearer {token}".encode())]
-    response = await api.event_stream(Request(scope, request.receive))
-    assert isinstance(response, StreamingResponse)
-    return response
+    return api.stream_response(request)
 
 
 async def connections(request: Request) -> Response:
     _sid(request)
-    from app.web.resources import connections as api_connections
-
-    rows = await _data(request, api_connections)
+    rows = await resources.connections_data(request.app.state.services)
     notice = f"Connected {request.query_params['connected']}." if request.query_params.get("connected") else None
     if notice:
         request.scope["query_string"] = f"notice={quote(notice)}".encode()
@@ -375,12 +350,7 @@ async def connections(request: Request) -> Response:
 
 async def disconnect(request: Request) -> Response:
     await _form(request)
-    from app.web.resources import disconnect as api_disconnect
-
-    scope = dict(request.scope)
-    token = request.app.state.settings.admin_token.get_secret_value()
-    scope["headers"] = [(b"authorization", f"Bearer {token}".encode())]
-    await api_disconnect(Request(scope, request.receive))
+    await resources.disconnect_connection(request.app.state.services, request.path_params["id"])
     return _back("/connections", f"Disconnected {request.path_params['id']}.")
 
 
@@ -405,17 +375,8 @@ async def alerts(request: Request) -> Response:
 
 async def alert_test(request: Request) -> Response:
     await _form(request)
-    from app.web.resources import alert_test as api_alert_test
-
-    scope = dict(request.scope)
-    token = request.app.state.settings.admin_token.get_secret_value()
-    scope["headers"] = [(b"authorization", f"Bearer {token}".encode())]
-    try:
-        response = await api_alert_test(Request(scope, request.receive))
-        result = json.loads(bytes(response.body))
-    except Exception as exc:  # noqa: BLE001 - shown to the user, who asked for this test
-        return _back("/alerts", f"Test failed: {exc}")
+    services = request.app.state.services
+    if not services.dispatcher.senders:
+        return _back("/alerts", "No alert channel: set LP_SLACK_WEBHOOK_URL or LP_SMTP_URL.")
+    result = await resources.send_test_message(services)
     return _back("/alerts", "Test message: " + ", ".join(f"{k} {v}" for k, v in result.items()))
-
-
-__all__ = ["scope_report"]

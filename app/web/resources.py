@@ -12,11 +12,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from app import errors, exports, records
+from app.bitbucket.models import Repository
 from app.checks import REGISTRY, scope_report
 from app.checks.base import Person
 from app.evidence import NoMemberList, record_evidence
 from app.findings import to_json
-from app.reconcile import iso, k_members, k_repo, k_repos, utcnow
+from app.hooks import health, remove_hooks
+from app.reconcile import classify, iso, k_members, k_prs, k_repo, k_repos, utcnow
 from app.settings import CHECK_IDS
 from app.web.auth import require_admin
 from app.web.problems import Problem
@@ -108,26 +110,22 @@ async def export_ocsf(request: Request) -> Response:
 
 
 # -- repositories and classes ------------------------------------------------------------------
-async def repositories(request: Request) -> Response:
-    services = _svc(request)
+async def repositories_data(services: Any) -> list[dict[str, Any]]:
+    """Repositories of every connected workspace with their class (API and dashboard)."""
     store = services.service.store
+    rules = await store.records.rules()
     out = []
     for conn in await services.service.connections():
         for ws in conn.workspaces:
-            from app.reconcile import classify
-
             explicit = await store.records.classes(ws)
-            rules = await store.records.rules()
             listed = await store.snapshots.get(k_repos(ws))
             for uuid in listed.content if listed and listed.content else []:
                 snap = await store.snapshots.get(k_repo(uuid))
                 if snap is None or snap.content is None:
                     continue
-                from app.bitbucket.models import Repository
-
                 repo = Repository.model_validate(snap.content)
                 cls, source = classify(repo, explicit, rules)
-                prs = await store.snapshots.get(k_repo(uuid) + ":prs")
+                prs = await store.snapshots.get(k_prs(uuid))
                 out.append(
                     {
                         "uuid": repo.uuid,
@@ -143,7 +141,11 @@ async def repositories(request: Request) -> Response:
                         "open_pullrequests": prs.content if prs else None,
                     }
                 )
-    return JSONResponse(out)
+    return out
+
+
+async def repositories(request: Request) -> Response:
+    return JSONResponse(await repositories_data(_svc(request)))
 
 
 async def set_class(request: Request) -> Response:
@@ -177,8 +179,8 @@ def _person(p: Person) -> dict[str, Any]:
     }
 
 
-async def members(request: Request) -> Response:
-    services = _svc(request)
+async def members_data(services: Any) -> list[dict[str, Any]]:
+    """Members of every connected workspace with their link or mark (API and dashboard)."""
     store = services.service.store
     people = {p.bitbucket_account_id: p for p in await store.records.people() if p.bitbucket_account_id}
     out = []
@@ -200,7 +202,11 @@ async def members(request: Request) -> Response:
                         "mark": {"kind": marks[key][0], "owner": marks[key][1]} if key in marks else None,
                     }
                 )
-    return JSONResponse(out)
+    return out
+
+
+async def members(request: Request) -> Response:
+    return JSONResponse(await members_data(_svc(request)))
 
 
 async def link_member(request: Request) -> Response:
@@ -295,11 +301,15 @@ def _evidence(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def evidence_data(store: Any) -> list[dict[str, Any]]:
+    return [_evidence(r) for r in await store.records.evidence_rows()]
+
+
 async def evidence(request: Request) -> Response:
     services = _svc(request)
     store = services.service.store
     if request.method == "GET":
-        return JSONResponse([_evidence(r) for r in await store.records.evidence_rows()])
+        return JSONResponse(await evidence_data(store))
     try:
         form = await request.form(max_files=1, max_fields=10, max_part_size=11 * 1024 * 1024)
     except Exception as exc:  # noqa: BLE001 - python-multipart reports malformed bodies in several ways
@@ -353,27 +363,29 @@ async def evidence_file(request: Request) -> Response:
 
 
 # -- exceptions ----------------------------------------------------------------------------------
+async def exceptions_data(store: Any) -> list[dict[str, Any]]:
+    rows = await store.records.exception_rows()
+    now = utcnow().isoformat()
+    return [
+        {
+            "id": r["id"],
+            "check": r["check_id"],
+            "subject": r["subject"],
+            "owner": r["owner"],
+            "reason": r["reason"],
+            "created_at": r["created_at"],
+            "expires_at": r["expires_at"],
+            "expired": r["expires_at"] <= now,
+        }
+        for r in rows
+    ]
+
+
 async def exceptions(request: Request) -> Response:
     services = _svc(request)
     store = services.service.store
     if request.method == "GET":
-        rows = await store.records.exception_rows()
-        now = utcnow().isoformat()
-        return JSONResponse(
-            [
-                {
-                    "id": r["id"],
-                    "check": r["check_id"],
-                    "subject": r["subject"],
-                    "owner": r["owner"],
-                    "reason": r["reason"],
-                    "created_at": r["created_at"],
-                    "expires_at": r["expires_at"],
-                    "expired": r["expires_at"] <= now,
-                }
-                for r in rows
-            ]
-        )
+        return JSONResponse(await exceptions_data(store))
     body = await _json(request)
     try:
         req = records.check_exception(
@@ -406,10 +418,8 @@ async def exceptions(request: Request) -> Response:
 
 
 # -- connections ---------------------------------------------------------------------------------
-async def connections(request: Request) -> Response:
-    services = _svc(request)
-    from app.hooks import health
-
+async def connections_data(services: Any) -> list[dict[str, Any]]:
+    """Connections with scopes, the scope report and webhook health (API and dashboard)."""
     out = []
     for conn in await services.service.store.connections.all():
         client = services.service.pool.clients.get(conn.id)
@@ -423,7 +433,7 @@ async def connections(request: Request) -> Response:
                 "status_reason": conn.status_reason,
                 "user": conn.user,
                 "scopes": list(granted) if granted else None,
-                "scope_report": scope_report(granted, request.app.state.settings.enabled_checks),
+                "scope_report": scope_report(granted, services.service.settings.enabled_checks),
                 "webhook": await health(services.service, conn)
                 if conn.status != "disconnected"
                 else {"status": "none"},
@@ -431,18 +441,28 @@ async def connections(request: Request) -> Response:
                 "created_at": conn.created_at,
             }
         )
-    return JSONResponse(out)
+    return out
+
+
+async def connections(request: Request) -> Response:
+    return JSONResponse(await connections_data(_svc(request)))
 
 
 async def disconnect(request: Request) -> Response:
     services = _svc(request)
-    service = services.service
     cid = request.path_params["id"]
+    removed = await disconnect_connection(services, cid)
+    if removed is None:
+        raise Problem(404, "Unknown connection")
+    return JSONResponse({"id": cid, "status": "disconnected", "hooks_removed": removed})
+
+
+async def disconnect_connection(services: Any, cid: str) -> int | None:
+    """Remove the webhooks and forget the tokens; the number of hooks removed, None if unknown."""
+    service = services.service
     conn = await service.store.connections.get(cid)
     if conn is None:
-        raise Problem(404, "Unknown connection")
-    from app.hooks import remove_hooks
-
+        return None
     removed = 0
     try:
         removed = await remove_hooks(service, conn)
@@ -452,7 +472,7 @@ async def disconnect(request: Request) -> Response:
     service.forget_secrets(cid)
     service.token_sources.pop(cid, None)
     service.pool.drop(cid)
-    return JSONResponse({"id": cid, "status": "disconnected", "hooks_removed": removed})
+    return removed
 
 
 # -- alerts and settings -------------------------------------------------------------------------
@@ -483,6 +503,11 @@ async def alert_test(request: Request) -> Response:
     services = _svc(request)
     if not services.dispatcher.senders:
         raise Problem(409, "No alert channel", "set LP_SLACK_WEBHOOK_URL or LP_SMTP_URL")
+    return JSONResponse(await send_test_message(services))
+
+
+async def send_test_message(services: Any) -> dict[str, str]:
+    """A test message to every configured channel; per channel "sent" or why it failed."""
     alert = {
         "kind": "test",
         "workspace": "test",
@@ -503,7 +528,7 @@ async def alert_test(request: Request) -> Response:
             results[name] = "sent"
         except errors.LowerplaneError as exc:
             results[name] = f"failed: {exc}"
-    return JSONResponse(results)
+    return results
 
 
 async def settings_view(request: Request) -> Response:
