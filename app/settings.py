@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from dotenv.parser import parse_stream
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -130,6 +131,24 @@ class _MappingEnvSource(EnvSettingsSource):
         return {k.lower(): v for k, v in self._mapping.items() if v != "" or not self.env_ignore_empty}
 
 
+class _KnownNamesOnly(PydanticBaseSettingsSource):
+    """A ``.env`` file may hold other programs' variables: keep only this model's fields from it.
+
+    (With ``extra="forbid"``, pydantic-settings would otherwise pass them on as extra inputs.
+    Unknown ``LP_`` names in the file are refused by :meth:`Settings.from_env` before this.)
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._inner().items() if k in self.settings_cls.model_fields}
+
+
 class Settings(BaseSettings):
     """Every setting of the product. Construct with :meth:`from_env`."""
 
@@ -190,7 +209,7 @@ class Settings(BaseSettings):
         """Arguments, then the environment (or the mapping given to :meth:`from_env`), then ``.env``."""
         environ = _environ.get()
         env = env_settings if environ is None else _MappingEnvSource(settings_cls, environ)
-        return (init_settings, env, dotenv_settings)
+        return (init_settings, env, _KnownNamesOnly(settings_cls, dotenv_settings))
 
     @field_validator("workspaces", "checks_enabled", "checks_disabled", mode="before")
     @classmethod
