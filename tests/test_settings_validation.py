@@ -177,3 +177,10 @@ def test_environment_wins_over_env_file_and_os_environ_is_read(tmp_path: Path, m
     monkeypatch.setenv("LP_WORKSPACE", "typo")
     with pytest.raises(errors.ConfigError, match="did you mean LP_WORKSPACES"):
         Settings.from_env(env_file=env_file)
+
+
+def test_shipped_deploy_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "lowerplane.env.example"
+    s = Settings.from_env({}, env_file=example)
+    assert s.admin_token is not None and s.secret_key is not None
+    assert s.public_url == "https://lowerplane.example.com" and s.slack_webhook_url is None
