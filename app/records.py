@@ -54,7 +54,10 @@ def person_from_row(row: dict[str, Any], where: str) -> Person:
     kind = (field("kind", False) or "employee").lower()
     if kind not in KINDS:
         raise RecordError(f"{where}, field kind: must be one of {', '.join(KINDS)}, not {kind!r}")
-    status = (field("status", False) or "active").lower()
+    status = field("status", False)
+    if status is None:  # never assumed: a missing status must not make a leaver "active"
+        raise RecordError(f"{where}, field status: required (active or offboarded)")
+    status = status.lower()
     if status not in STATUSES:
         raise RecordError(f"{where}, field status: must be active or offboarded, not {status!r}")
     off = field("offboarded_on", False)
@@ -95,8 +98,11 @@ def parse_personnel(data: bytes, filename: str) -> list[Person]:
             people.append(person_from_row(row, f"{filename}: entry {i}"))
     else:
         reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "email" not in [f.strip() for f in reader.fieldnames]:
+        header = [f.strip() for f in reader.fieldnames or []]
+        if "email" not in header:
             raise RecordError(f"{filename}:1: the header must name the columns: {', '.join(COLUMNS)}")
+        if "status" not in header:
+            raise RecordError(f"{filename}:1: the header has no status column (active or offboarded for each person)")
         for row in reader:
             clean = {(k or "").strip(): v for k, v in row.items()}
             people.append(person_from_row(clean, f"{filename}:{reader.line_num}"))

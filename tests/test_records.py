@@ -23,8 +23,10 @@ def test_csv_and_json_import() -> None:
         ("a@x.example", "active", "557058:a"),
         ("b@x.example", "offboarded", None),
     ]
-    js = records.parse_personnel(b'[{"email": "c@x.example", "name": "Cy", "kind": "service-account"}]', "p.json")
-    assert js[0].kind == "service-account" and js[0].status == "active"
+    js = records.parse_personnel(
+        b'[{"email": "c@x.example", "name": "Cy", "kind": "service-account", "status": "Offboarded"}]', "p.json"
+    )
+    assert js[0].kind == "service-account" and js[0].status == "offboarded"
 
 
 @pytest.mark.parametrize(
@@ -41,7 +43,17 @@ def test_csv_and_json_import() -> None:
         (HEADER + "a@x.example,Ann,employee,offboarded,yesterday,\n", "p.csv", "p.csv:2, field offboarded_on"),
         (HEADER + "a@x.example,Ann,employee,active,,\nA@x.example,Ann,employee,active,,\n", "p.csv", "appears twice"),
         ("name,kind\nAnn,employee\n", "p.csv", "p.csv:1: the header"),
-        ('[{"email": "a@x.example", "name": "A"}, {"email": "b@x.example"}]', "p.json", "entry 2, field name"),
+        (
+            '[{"email": "a@x.example", "name": "A", "status": "active"}, {"email": "b@x.example", "status": "active"}]',
+            "p.json",
+            "entry 2, field name",
+        ),
+        # A missing status is never taken as "active" (that would fail open for a leaver).
+        ('[{"email": "a@x.example", "name": "A"}]', "p.json", "entry 1, field status: required"),
+        ('[{"email": "a@x.example", "name": "A", "status": null}]', "p.json", "entry 1, field status: required"),
+        ('{"people": [{"email": "a@x.example", "name": "A", "status": "gone"}]}', "p.json", "entry 1, field status"),
+        (HEADER + "a@x.example,Ann,employee,,,\n", "p.csv", "p.csv:2, field status: required"),
+        ("email,name\na@x.example,Ann\n", "p.csv", "p.csv:1: the header has no status column"),
         ("[1", "p.json", "not valid JSON"),
         (HEADER, "p.csv", "no people"),
     ],

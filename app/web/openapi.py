@@ -221,7 +221,7 @@ API_ROUTES: tuple[ApiRoute, ...] = (
         JSON_BODY(
             {
                 "type": "object",
-                "required": ["email", "name"],
+                "required": ["email", "name", "status"],
                 "properties": {
                     "email": {"type": "string"},
                     "name": {"type": "string"},

@@ -205,7 +205,12 @@ async def test_api_resources(product: RunningApp, sandbox: RunningSandbox) -> No
         base = product.url + "/api"
         async with api.post(
             base + "/personnel",
-            json={"email": "carol@acme.example", "name": "Carol", "bitbucket_account_id": "557058:carol"},
+            json={
+                "email": "carol@acme.example",
+                "name": "Carol",
+                "status": "active",
+                "bitbucket_account_id": "557058:carol",
+            },
         ) as r:
             assert r.status == 201
         await product.services.worker.drain()
