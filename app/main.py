@@ -64,7 +64,12 @@ def senders(settings: Settings, session: aiohttp.ClientSession) -> list[Sender]:
         )
     if settings.smtp_url is not None and settings.alert_email_from and settings.alert_email_to:
         out.append(
-            EmailSender(settings.smtp_url.get_secret_value(), settings.alert_email_from, settings.alert_email_to)
+            EmailSender(
+                settings.smtp_url.get_secret_value(),
+                settings.alert_email_from,
+                settings.alert_email_to,
+                allow_plaintext=settings.smtp_allow_plaintext,
+            )
         )
     return out
 

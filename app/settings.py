@@ -65,6 +65,7 @@ class Settings(BaseModel):
     admin_token: SecretStr | None = None
     slack_webhook_url: SecretStr | None = None
     smtp_url: SecretStr | None = None
+    smtp_allow_plaintext: bool = False  # SMTP credentials without TLS: a local relay only
     alert_email_from: str | None = None
     alert_email_to: tuple[str, ...] = ()
     reconcile_interval: float = 6 * 3600.0
