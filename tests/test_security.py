@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from app.commands import cmd_findings
 from app.findings import Change, Delta
 from app.models import Result
 from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store
-from tests.helpers import ADMIN, product_settings, running_app
+from tests.conftest import ROOT
+from tests.helpers import ADMIN, SECRET_KEY, product_settings, running_app
 
 FORMULA = '=HYPERLINK("http://x","y")'
 
@@ -77,3 +86,81 @@ async def test_findings_csv_from_the_api_neutralises_formulas(
         ) as resp:
             assert resp.status == 200, await resp.text()
             _assert_neutralised(_cells(await resp.text()))
+
+
+# -- the real `serve` command in a subprocess --------------------------------------------------
+@dataclass
+class Served:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    data: Path
+
+
+def _serve(tmp_path: Path, **extra: str) -> Iterator[Served]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LP_")}
+    env |= {
+        "LP_DATABASE": str(tmp_path / "lp.sqlite3"),
+        "LP_SECRET_KEY": SECRET_KEY,
+        "LP_ADMIN_TOKEN": ADMIN,
+        "LP_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "LP_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=tmp_path, env=env, stderr=err
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _raw(port, HEALTH).startswith(b"HTTP/1.1 200"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not start: {log.read_text()}")
+            time.sleep(0.05)
+        yield Served(f"http://127.0.0.1:{port}", port, proc, tmp_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    yield from _serve(tmp_path)
+
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """Send raw bytes, return everything the server answers before it closes (b"" on a reset)."""
+    got = b""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    except OSError:
+        return b""
+    with sock:
+        try:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                got += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+    return got
+
+
+def test_serve_refuses_a_huge_header(served: Served) -> None:
+    normal = _raw(served.port, HEALTH)
+    assert normal.startswith(b"HTTP/1.1 200")  # the same request with ordinary headers is served
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (100 * 1024) + b"\r\nConnection: close\r\n\r\n"
+    answer = _raw(served.port, big)
+    status = answer.split(b"\r\n", 1)[0]
+    assert not status.startswith(b"HTTP/1.1 2"), status  # never processed
+    assert answer == b"" or status.split(b" ")[1] in (b"400", b"431"), status
