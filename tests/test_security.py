@@ -11,14 +11,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from app.commands import cmd_findings
+from app.commands import cmd_evidence_add, cmd_findings
+from app.errors import ConfigError
 from app.findings import Change, Delta
 from app.models import Result
 from app.sandbox.serve import RunningSandbox, free_port
@@ -98,6 +99,7 @@ class Served:
 
 
 def _serve(tmp_path: Path, **extra: str) -> Iterator[Served]:
+    tmp_path.mkdir(exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LP_")}
     env |= {
@@ -164,3 +166,131 @@ def test_serve_refuses_a_huge_header(served: Served) -> None:
     status = answer.split(b"\r\n", 1)[0]
     assert not status.startswith(b"HTTP/1.1 2"), status  # never processed
     assert answer == b"" or status.split(b" ")[1] in (b"400", b"431"), status
+
+
+# -- evidence uploads: streamed, the limit enforced while reading ----------------------------
+LIMIT = 64 * 1024
+PDF = b"%PDF-1.4 2SV policy\n"
+
+
+def _pdf(size: int) -> bytes:
+    return PDF + b"x" * (size - len(PDF))
+
+
+def _evidence_form(data: bytes | Path, **fields: str) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    for k, v in {"check": "workspace-mfa-enforced", "workspace": "acme", **fields}.items():
+        form.add_field(k, v)
+    if isinstance(data, Path):
+        form.add_field("file", data.open("rb"), filename=data.name, content_type="application/pdf")
+    else:
+        form.add_field("file", data, filename="policy.pdf", content_type="application/pdf")
+    return form
+
+
+def _left_behind(data_dir: Path) -> list[str]:
+    folder = data_dir / "evidence"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+async def test_api_upload_over_the_limit_is_413_and_leaves_nothing(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port, LP_EVIDENCE_MAX_BYTES=str(LIMIT))
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    async with running_app(settings, port, session, background=False) as app:
+        store = app.services.service.store
+        # One byte over: the body is within the form's allowance, the file copy stops at the limit.
+        async with session.post(app.url + "/api/evidence", data=_evidence_form(_pdf(LIMIT + 1)), headers=auth) as r:
+            assert r.status == 413, await r.text()
+            problem = await r.json()
+            assert "larger than 64 KiB" in problem["detail"] and "LP_EVIDENCE_MAX_BYTES" in problem["detail"]
+        assert _left_behind(tmp_path) == [] and await store.records.evidence_rows() == []
+
+        # A chunked body (no Content-Length) far over the limit: refused while reading.
+        async def chunks() -> AsyncIterator[bytes]:
+            boundary = b"--b0undary"
+            yield boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="big.pdf"\r\n\r\n' + PDF
+            for _ in range(64):
+                yield b"x" * 16384
+
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                app.url + "/api/evidence",
+                data=chunks(),
+                headers=auth | {"Content-Type": "multipart/form-data; boundary=b0undary"},
+            ) as r,
+        ):
+            assert r.status == 413
+        assert _left_behind(tmp_path) == [] and await store.records.evidence_rows() == []
+
+        # Exactly at the limit: accepted, stored once by its hash.
+        data = _pdf(LIMIT)
+        async with session.post(app.url + "/api/evidence", data=_evidence_form(data), headers=auth) as r:
+            assert r.status == 201, await r.text()
+            body = await r.json()
+        assert body["size"] == LIMIT and _left_behind(tmp_path) == [body["sha256"]]
+        assert (tmp_path / "evidence" / body["sha256"]).read_bytes() == data
+
+
+async def test_dashboard_upload_over_the_limit_is_413(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port, LP_EVIDENCE_MAX_BYTES=str(LIMIT))
+    async with running_app(settings, port, session, background=False) as app:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.post(app.url + "/login", data={"token": ADMIN, "next": "/evidence"}) as r:
+                page = await r.text()
+            csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            form = _evidence_form(_pdf(LIMIT + 1), csrf=csrf)
+            async with browser.post(app.url + "/evidence", data=form, allow_redirects=False) as r:
+                assert r.status == 413
+                assert "evidence is larger than 64 KiB" in await r.text()
+            assert _left_behind(tmp_path) == []
+            form = _evidence_form(_pdf(LIMIT), csrf=csrf)
+            async with browser.post(app.url + "/evidence", data=form, allow_redirects=False) as r:
+                assert r.status == 303 and "Evidence%20recorded" in r.headers["Location"]
+        assert len(await app.services.service.store.records.evidence_rows()) == 1
+
+
+async def test_cli_evidence_add_over_the_limit(tmp_path: Path) -> None:
+    settings = product_settings("http://127.0.0.1:9/2.0", tmp_path, 8000, LP_EVIDENCE_MAX_BYTES=str(LIMIT))
+    big = tmp_path / "policy.pdf"
+    big.write_bytes(_pdf(LIMIT + 1))
+    with pytest.raises(ConfigError, match="larger than 64 KiB"):
+        await cmd_evidence_add(settings, "workspace-mfa-enforced", "acme", None, None, big)
+    assert _left_behind(tmp_path) == []
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+async def test_a_64_mib_upload_does_not_grow_the_server_by_its_size(tmp_path: Path) -> None:
+    size = 64 * 1024 * 1024
+    big = tmp_path / "upload" / "report.pdf"
+    big.parent.mkdir()
+    with big.open("wb") as f:
+        f.write(PDF)
+        for _ in range(size // (1024 * 1024)):
+            f.write(b"x" * (1024 * 1024))
+    small = tmp_path / "upload" / "small.pdf"
+    small.write_bytes(_pdf(4096))
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    for served in _serve(tmp_path / "srv", LP_EVIDENCE_MAX_BYTES=str(128 * 1024 * 1024)):
+        async with aiohttp.ClientSession() as s:
+            # Warm up every code path with a small upload, then measure the big one.
+            async with s.post(served.url + "/api/evidence", data=_evidence_form(small), headers=auth) as r:
+                assert r.status == 201, await r.text()
+            before = _peak_rss_kib(served.proc.pid)
+            async with s.post(served.url + "/api/evidence", data=_evidence_form(big), headers=auth) as r:
+                assert r.status == 201, await r.text()
+                assert (await r.json())["size"] == big.stat().st_size
+            growth = _peak_rss_kib(served.proc.pid) - before
+    assert growth < 16 * 1024, f"peak RSS grew {growth} KiB for a {size // 1024} KiB upload"

@@ -24,6 +24,7 @@ from app.models import FAILING, SEVERITY_ORDER, STATUSES
 from app.reconcile import iso, k_repo, utcnow
 from app.settings import CHECK_IDS
 from app.web import api, resources, session
+from app.web.uploads import upload_form
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=select_autoescape(["html"])
@@ -271,35 +272,55 @@ async def member_mark(request: Request) -> Response:
 
 
 async def evidence(request: Request) -> Response:
-    await _sid(request)
+    sid = await _sid(request)
     services = request.app.state.services
     if request.method == "POST":
-        form = await _form(request)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            return _back("/evidence", "Choose a file.")
-        check, ws = str(form.get("check", "")), str(form.get("workspace", ""))
-        member = str(form.get("member") or "").strip() or None
+        settings = request.app.state.settings
         try:
+            form = await upload_form(request, settings.evidence_max_bytes)
+        except records.TooLarge as exc:
+            return await _evidence_page(request, str(exc), 413)
+        except records.RecordError as exc:
+            return _back("/evidence", str(exc))
+        try:
+            if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
+                raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                return _back("/evidence", "Choose a file.")
+            check, ws = str(form.get("check", "")), str(form.get("workspace", ""))
+            member = str(form.get("member") or "").strip() or None
             done = await record_evidence(
                 services.service.store,
-                await upload.read(),
+                upload.file,
                 check=check,
                 workspace=ws,
                 member=member,
                 filename=upload.filename or "evidence",
                 uploaded_by="dashboard",
                 expires=str(form.get("expires") or "") or None,
-                max_age_days=request.app.state.settings.evidence_max_age_days,
+                max_age_days=settings.evidence_max_age_days,
+                max_bytes=settings.evidence_max_bytes,
             )
+        except records.TooLarge as exc:
+            return await _evidence_page(request, str(exc), 413)
         except records.RecordError as exc:
             return _back("/evidence", str(exc))
+        finally:
+            await form.close()
         expires = done.expires_at
         await services.service.internal_event("lp:evidence", {"workspace": ws, "check": check})
         return _back("/evidence", f"Evidence recorded for {check}; valid until {expires.date().isoformat()}.")
+    return await _evidence_page(request)
+
+
+async def _evidence_page(request: Request, notice: str | None = None, status: int = 200) -> Response:
+    services = request.app.state.services
+    if notice:
+        request.scope["query_string"] = f"notice={quote(notice)}".encode()
     rows = await resources.evidence_data(services.service.store)
     workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
-    return render(request, "evidence.html", "Evidence", "/evidence", rows=rows, workspaces=workspaces)
+    return render(request, "evidence.html", "Evidence", "/evidence", status, rows=rows, workspaces=workspaces)
 
 
 async def exceptions(request: Request) -> Response:
