@@ -50,7 +50,7 @@ def validate_slack_url(url: str) -> str:
     return url
 
 
-_MENTION = re.compile(r"(@)(?=[\w.-])")
+_MENTION = re.compile(r"(?<![\w.+-])(@)(?=[\w.-])")  # at a word start: emails stay as they are
 ZWSP = "\u200b"  # zero-width space: keeps ``@here`` readable but never a mention
 
 

@@ -46,7 +46,7 @@ def _alerts() -> list[dict[str, Any]]:
         subject=EVIL_MEMBER,
         subject_name=EVIL_MEMBER,
         status="fail",
-        message=f"{EVIL_MEMBER} has no 2SV; exception by owner @channel expired (reason: <!everyone>)",
+        message=f"{EVIL_MEMBER} (carol@acme.example) has no 2SV; owner @channel's exception expired (<!everyone>)",
     )
     return alerts_for(Delta(opened=[Change(repo, None), Change(member, None)]), WEB)
 
@@ -87,6 +87,7 @@ async def test_slack_message_has_no_mention_or_foreign_link(session: aiohttp.Cli
     assert "&lt;!channel&gt; &lt;https://evil.example|click&gt;" in body
     assert "&amp; &lt;!here&gt;" in body
     assert "@\u200bhere" in body and "@\u200beveryone" in body
+    assert "(carol@acme.example)" in body  # an email address is not a mention: left as it is
 
 
 async def test_email_html_part_escapes_names() -> None:
