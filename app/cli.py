@@ -185,7 +185,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
-    from app.main import create_app
+    from app.main import SERVER_OPTIONS, create_app
 
     if settings.secret_key is None:
         raise errors.ConfigError("LP_SECRET_KEY: required by serve (it encrypts tokens and webhook secrets)")
@@ -201,7 +201,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
         log_level="warning",
         access_log=False,
         loop="auto",
-        http="auto",
         lifespan="on",
+        **SERVER_OPTIONS,  # header size limit
     )
     return 0

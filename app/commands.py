@@ -235,28 +235,30 @@ async def cmd_evidence_add(
     out: TextIO = sys.stdout,
 ) -> int:
     try:
-        data = path.read_bytes()
+        source = path.open("rb")  # streamed into the evidence folder, never read whole
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
-    async with open_store(settings) as store:
-        known = await _known_workspaces(store)
-        ws = workspace or (known[0] if len(known) == 1 else None)
-        if ws is None:
-            raise errors.ConfigError("--workspace: required (the product knows several or none yet)")
-        try:
-            done = await record_evidence(
-                store,
-                data,
-                check=check,
-                workspace=ws,
-                member=member,
-                filename=path.name,
-                uploaded_by="cli",
-                expires=expires,
-                max_age_days=settings.evidence_max_age_days,
-            )
-        except records.RecordError as exc:
-            raise errors.ConfigError(str(exc)) from None
+    with source:
+        async with open_store(settings) as store:
+            known = await _known_workspaces(store)
+            ws = workspace or (known[0] if len(known) == 1 else None)
+            if ws is None:
+                raise errors.ConfigError("--workspace: required (the product knows several or none yet)")
+            try:
+                done = await record_evidence(
+                    store,
+                    source,
+                    check=check,
+                    workspace=ws,
+                    member=member,
+                    filename=path.name,
+                    uploaded_by="cli",
+                    expires=expires,
+                    max_age_days=settings.evidence_max_age_days,
+                    max_bytes=settings.evidence_max_bytes,
+                )
+            except records.RecordError as exc:
+                raise errors.ConfigError(str(exc)) from None
     async with running(settings) as services:
         lines = await through_log(services, "lp:evidence", {"workspace": ws, "check": check})
     scope = (

@@ -1,11 +1,15 @@
-"""Recording manual evidence, for the CLI, the API and the dashboard alike: validate the file
-(PNG, JPEG or PDF by content, at most 10 MiB), work out its expiry, and for a workspace-wide 2SV
-report record who was a member at upload time (people who join later are not covered)."""
+"""Recording manual evidence, for the CLI, the API and the dashboard alike: stream the file into
+the evidence folder with the size limit enforced while copying (``LP_EVIDENCE_MAX_BYTES``, 10 MiB by
+default; never whole in memory), validate it (PNG, JPEG or PDF by content), work out its expiry,
+and for a workspace-wide 2SV report record who was a member at upload time (people who join later
+are not covered). A refused file leaves nothing behind."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 from app import records
 from app.reconcile import k_members, utcnow
@@ -28,7 +32,7 @@ class Recorded:
 
 async def record_evidence(
     store: Store,
-    data: bytes,
+    source: BinaryIO,
     *,
     check: str,
     workspace: str,
@@ -37,12 +41,14 @@ async def record_evidence(
     uploaded_by: str,
     expires: str | None,
     max_age_days: int,
+    max_bytes: int = records.MAX_EVIDENCE_BYTES,
 ) -> Recorded:
+    """Record ``source`` (a binary file object, read in chunks) as evidence; raise RecordError
+    (:class:`app.records.TooLarge` over ``max_bytes``) with nothing stored."""
     if check not in CHECKS:
         raise records.RecordError("evidence is for member-mfa-enabled or workspace-mfa-enforced")
     if check == "workspace-mfa-enforced" and member:
         raise records.RecordError("workspace-mfa-enforced evidence is for the whole workspace, not a member")
-    kind = records.check_evidence(data)
     now = utcnow()
     expires_at = records.evidence_expiry(now, expires, max_age_days)
     covered: list[str] | None = None
@@ -51,8 +57,14 @@ async def record_evidence(
         if snap is None or snap.content is None:
             raise NoMemberList(f"no member list for {workspace} yet: run a reconcile before uploading a 2SV report")
         covered = sorted({m["user"].get("account_id") or m["user"].get("uuid") for m in snap.content})
+    staged = await asyncio.to_thread(store.records.stage_evidence, source, max_bytes)
+    try:
+        kind = records.check_evidence(staged.head, staged.size, max_bytes)
+    except records.RecordError:
+        store.records.discard(staged)
+        raise
     eid = await store.records.add_evidence(
-        data,
+        staged,
         media_type=kind,
         check=check,
         workspace=workspace,

@@ -38,12 +38,23 @@ STATUS = {
 }
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP: CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value safe to open in a spreadsheet: text that would start a formula gets a leading ``'``."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def findings_csv(items: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(CSV_COLUMNS)
     for i in items:
-        writer.writerow([json.dumps(i[c]) if c == "details" else i[c] for c in CSV_COLUMNS])
+        writer.writerow([csv_cell(json.dumps(i[c]) if c == "details" else i[c]) for c in CSV_COLUMNS])
     return buf.getvalue()
 
 

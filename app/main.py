@@ -18,10 +18,12 @@ from urllib.parse import quote
 
 import aiohttp
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import errors
 from app.bitbucket.client import ClientPool
@@ -41,6 +43,38 @@ from app.web.problems import Problem, handle_problem
 from app.worker import Worker
 
 log = get_logger("main")
+
+# Request head limits. The server (``serve``) runs h11 with a cap on an incomplete request head, so
+# a head arriving in pieces cannot grow past it (httptools, uvicorn's default when installed, has no
+# such limit); :class:`HeaderLimit` then answers 431 to any request whose head exceeds the limit,
+# however it arrived, before routing.
+MAX_HEADER_BYTES = 16 * 1024
+SERVER_OPTIONS: dict[str, Any] = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEADER_BYTES}
+
+
+class HeaderLimit:
+    """ASGI middleware: 431 for a request line and headers over ``max_bytes`` (never routed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size += sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if size > self.max_bytes:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1009})
+                    return
+                response = PlainTextResponse(
+                    f"Request header fields too large (over {self.max_bytes} bytes).",
+                    status_code=431,
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -64,7 +98,12 @@ def senders(settings: Settings, session: aiohttp.ClientSession) -> list[Sender]:
         )
     if settings.smtp_url is not None and settings.alert_email_from and settings.alert_email_to:
         out.append(
-            EmailSender(settings.smtp_url.get_secret_value(), settings.alert_email_from, settings.alert_email_to)
+            EmailSender(
+                settings.smtp_url.get_secret_value(),
+                settings.alert_email_from,
+                settings.alert_email_to,
+                allow_plaintext=settings.smtp_allow_plaintext,
+            )
         )
     return out
 
@@ -235,6 +274,7 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
     app = Starlette(
         routes=routes(),
         lifespan=lifespan,
+        middleware=[Middleware(HeaderLimit)],
         exception_handlers={
             Problem: handle_problem,
             dashboard.LoginRequired: _to_login,

@@ -29,6 +29,22 @@ class RecordError(LowerplaneError):
     """Bad input from a person: one line that says where and what."""
 
 
+class TooLarge(RecordError):
+    """An evidence file over the size limit (HTTP 413); raised while reading, before the rest."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"evidence is larger than {size_text(max_bytes)} (LP_EVIDENCE_MAX_BYTES)")
+        self.max_bytes = max_bytes
+
+
+def size_text(n: int) -> str:
+    """``10485760`` → ``10 MiB``; sizes that are not whole MiB or KiB in bytes."""
+    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor} {unit}"
+    return f"{n} bytes"
+
+
 def _date(value: str, where: str) -> str:
     try:
         return date.fromisoformat(value.strip()).isoformat()
@@ -127,10 +143,12 @@ def media_type(data: bytes) -> str:
     raise RecordError("evidence must be a PNG, JPEG or PDF file (recognised from its content)")
 
 
-def check_evidence(data: bytes) -> str:
-    if len(data) > MAX_EVIDENCE_BYTES:
-        raise RecordError(f"evidence is {len(data)} bytes; at most {MAX_EVIDENCE_BYTES} (10 MiB)")
-    if not data:
+def check_evidence(data: bytes, size: int | None = None, max_bytes: int = MAX_EVIDENCE_BYTES) -> str:
+    """The media type of an evidence file from its first bytes (``data``) and its ``size``."""
+    size = len(data) if size is None else size
+    if size > max_bytes:
+        raise RecordError(f"evidence is {size} bytes; at most {max_bytes} ({size_text(max_bytes)})")
+    if not size:
         raise RecordError("evidence file is empty")
     return media_type(data)
 

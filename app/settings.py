@@ -181,6 +181,7 @@ class Settings(BaseSettings):
     min_approvals: int = Field(default=1, ge=1, le=100)
     strict_merge_checks: bool = False
     evidence_max_age_days: int = Field(default=90, ge=1, le=3650)
+    evidence_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     budget_per_hour: int = Field(default=1000, ge=10, le=100_000)
     # Wave 2 names of interface.md (fractions: "10%" is 0.1).
     budget_headroom: float = 0.10

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import html
 import ipaddress
+import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from app.errors import ConfigError
 
@@ -49,6 +50,27 @@ def validate_slack_url(url: str) -> str:
     return url
 
 
+_MENTION = re.compile(r"(?<![\w.+-])(@)(?=[\w.-])")  # at a word start: emails stay as they are
+ZWSP = "\u200b"  # zero-width space: keeps ``@here`` readable but never a mention
+
+
+def slack_text(value: object) -> str:
+    """User-controlled text made inert for Slack mrkdwn: ``&``, ``<``, ``>`` escaped (so no
+    ``<!channel>``, ``<@U…>`` or ``<https://…|…>`` survives) and ``@here``-style words broken up."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MENTION.sub(lambda m: m.group(1) + ZWSP, text)
+
+
+def slack_plain(value: object) -> str:
+    """For ``plain_text`` objects (no markup parsed): only the mention words are broken up."""
+    return _MENTION.sub(lambda m: m.group(1) + ZWSP, str(value))
+
+
+def slack_url(url: str) -> str:
+    """A URL for ``<url|label>``: ``|``, ``<``, ``>``, ``@``, spaces and the like percent-encoded."""
+    return quote(url, safe=":/?#[]!$&'()*+,;=%~").replace("&", "&amp;")
+
+
 def _clip(text: str, limit: int = MAX_SECTION) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -80,32 +102,31 @@ def summary(alerts: list[dict[str, Any]]) -> str:
 
 
 def slack_message(alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Block Kit; every user-controlled value (names, messages, reasons, owners) goes through
+    :func:`slack_text` so nothing in it becomes a mention, a link or markup."""
     head = summary(alerts)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _clip(head, 150)}},
+        {"type": "header", "text": {"type": "plain_text", "text": _clip(slack_plain(head), 150)}},
     ]
     first = alerts[0]
     if first.get("severity"):
         checks = sorted({str(a.get("check", "")) for a in alerts})
         worst = min((str(a.get("severity", "")) for a in alerts), key=lambda s: SEVERITY_RANK.get(s, 9))
-        text = f"severity *{worst}* · " + ", ".join(f"`{c}`" for c in checks)
+        text = f"severity *{slack_text(worst)}* · " + ", ".join(f"`{slack_text(c)}`" for c in checks)
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": text}]})
     room = MAX_BLOCKS - len(blocks) - 1  # keep one for "and N more"
     shown = alerts[:room] if len(alerts) > room else alerts
     for a in shown:
         icon = ICON.get(a.get("new_status", ""), ":information_source:")
-        subject = (
-            f"<{a['url']}|{a['subject_name'] if a.get('subject_name') else a['subject']}>"
-            if a.get("url")
-            else a["subject"]
-        )
-        text = f"{icon} *{subject}* — {_line(a)}"
+        label = slack_text(a["subject_name"] if a.get("subject_name") else a["subject"])
+        subject = f"<{slack_url(str(a['url']))}|{label}>" if a.get("url") else slack_text(a["subject"])
+        text = f"{icon} *{subject}* — {slack_text(_line(a))}"
         if a.get("fix"):
-            text += f"\n*How to fix:* {a['fix']}"
+            text += f"\n*How to fix:* {slack_text(a['fix'])}"
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(text)}})
     if len(alerts) > len(shown):
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"…and {len(alerts) - len(shown)} more."}})
-    return {"text": _clip(head, 3000), "blocks": blocks}
+    return {"text": _clip(slack_text(head), 3000), "blocks": blocks}
 
 
 def email_message(alerts: list[dict[str, Any]]) -> tuple[str, str, str]:

@@ -2,12 +2,14 @@
 
 Slack: at most one message per second per URL, ``Retry-After`` honoured on 429, redirects refused,
 the URL restricted to ``https://hooks.slack.com/services/...``. Email: text and HTML parts, STARTTLS
-(``smtp://``, when offered) or TLS (``smtps://``), 15 s timeout.
+(``smtp://``, when offered) or TLS (``smtps://``), 15 s timeout. Credentials are only ever sent over
+TLS: with ``smtp://user:pass@…`` STARTTLS is required unless ``LP_SMTP_ALLOW_PLAINTEXT=true``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -84,7 +86,16 @@ class SlackSender:
 class EmailSender:
     name = "email"
 
-    def __init__(self, smtp_url: str, sender: str, recipients: tuple[str, ...], timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        smtp_url: str,
+        sender: str,
+        recipients: tuple[str, ...],
+        timeout: float = 15.0,
+        *,
+        allow_plaintext: bool = False,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(smtp_url)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise LowerplaneError("LP_SMTP_URL must be smtp://[user:pass@]host[:port] or smtps://…")
@@ -96,7 +107,10 @@ class EmailSender:
         self.sender = sender
         self.recipients = recipients
         self.timeout = timeout
-        self.start_tls: bool | None = None  # STARTTLS when the server offers it (smtp://)
+        self.allow_plaintext = allow_plaintext
+        self.tls_context = tls_context  # None: the system's trusted CAs
+        # smtp://: STARTTLS when offered; required when there are credentials to protect.
+        self.start_tls: bool | None = True if self.username is not None and not allow_plaintext else None
 
     async def send(self, alerts: list[dict[str, Any]]) -> None:
         subject, text, html = email_message(alerts)
@@ -115,7 +129,15 @@ class EmailSender:
                 password=self.password,
                 use_tls=self.tls,
                 start_tls=False if self.tls else self.start_tls,
+                tls_context=self.tls_context,
                 timeout=self.timeout,
             )
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        except aiosmtplib.SMTPException as exc:
+            if self.start_tls is True and "STARTTLS extension not supported" in str(exc):
+                raise DeliveryError(
+                    "email: the SMTP server offers no STARTTLS, so the credentials were not sent "
+                    "(use smtps://, or LP_SMTP_ALLOW_PLAINTEXT=true for a local relay)"
+                ) from None
+            raise DeliveryError(f"email: {type(exc).__name__}") from None
+        except (OSError, TimeoutError) as exc:
             raise DeliveryError(f"email: {type(exc).__name__}") from None

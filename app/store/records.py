@@ -4,14 +4,31 @@ and the audit trail that keeps their history for auditors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from app.checks.base import Evidence, ExceptionGrant, Person
+from app.records import TooLarge
 from app.store.db import Database
+
+CHUNK = 1024 * 1024
+HEAD = 16  # bytes kept to recognise the file type
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """An evidence file copied into the evidence folder under a temporary name, not yet recorded."""
+
+    path: Path
+    sha256: str
+    size: int
+    head: bytes
 
 
 def _dt(text: str) -> datetime:
@@ -150,9 +167,35 @@ class Records:
         return {r[0]: (r[1], r[2]) for r in rows}
 
     # -- evidence ----------------------------------------------------------------------------
+    def stage_evidence(self, source: BinaryIO, max_bytes: int) -> StagedFile:
+        """Copy ``source`` in 1 MiB chunks into the evidence folder, hashing as it goes; over
+        ``max_bytes`` stop at once, remove the partial copy and raise :class:`TooLarge`. Blocking:
+        run it in a thread."""
+        self.evidence_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.evidence_dir / f".upload-{secrets.token_hex(8)}.tmp"
+        digest, size, head = hashlib.sha256(), 0, b""
+        try:
+            with tmp.open("xb") as out:
+                while chunk := source.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge(max_bytes)
+                    if len(head) < HEAD:
+                        head += chunk[: HEAD - len(head)]
+                    digest.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return StagedFile(tmp, digest.hexdigest(), size, head)
+
+    def discard(self, staged: StagedFile) -> None:
+        with contextlib.suppress(OSError):
+            staged.path.unlink(missing_ok=True)
+
     async def add_evidence(
         self,
-        data: bytes,
+        staged: StagedFile,
         *,
         media_type: str,
         check: str,
@@ -164,8 +207,8 @@ class Records:
         expires_at: datetime,
         covered_members: list[str] | None,
     ) -> int:
-        digest = hashlib.sha256(data).hexdigest()
-        await asyncio.to_thread(self._write_file, digest, data)
+        digest = staged.sha256
+        await asyncio.to_thread(self._keep_file, staged)
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 """INSERT INTO evidence (sha256, check_id, workspace, member, filename, media_type, size, uploaded_by,
@@ -177,7 +220,7 @@ class Records:
                     member,
                     filename,
                     media_type,
-                    len(data),
+                    staged.size,
                     uploaded_by,
                     uploaded_at.isoformat(),
                     expires_at.isoformat(),
@@ -219,13 +262,12 @@ class Records:
             for r in rows
         ]
 
-    def _write_file(self, digest: str, data: bytes) -> None:
-        self.evidence_dir.mkdir(parents=True, exist_ok=True)
-        path = self.evidence_dir / digest
-        if not path.exists():  # stored once, by content
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+    def _keep_file(self, staged: StagedFile) -> None:
+        path = self.evidence_dir / staged.sha256
+        if path.exists():  # stored once, by content
+            staged.path.unlink(missing_ok=True)
+        else:
+            staged.path.replace(path)
 
     def evidence_path(self, sha256: str) -> Path:
         return self.evidence_dir / sha256

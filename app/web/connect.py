@@ -53,18 +53,26 @@ async def login(request: Request) -> Response:
     if not session.admin_token_ok(request, token):
         return RedirectResponse("/login?error=1&next=" + target, status_code=303)
     response = RedirectResponse(target, status_code=303)
-    session.start(request, response)
+    await session.start(request, response)
     return response
 
 
 async def logout(request: Request) -> Response:
+    """POST /logout (form: csrf): revokes the session server-side; the old cookie is refused after."""
     response = RedirectResponse("/login", status_code=303)
-    session.end(response)
+    sid = await session.session_id(request)
+    if sid is None:
+        response.delete_cookie(session.COOKIE, path="/")
+        return response
+    form = await request.form()
+    if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
+        raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+    await session.end(request, sid, response)
     return response
 
 
 async def start(request: Request) -> Response:
-    sid = session.session_id(request)
+    sid = await session.session_id(request)
     if sid is None:
         return RedirectResponse("/login?next=/connect/bitbucket", status_code=303)
     settings = request.app.state.settings
@@ -89,7 +97,7 @@ async def callback(request: Request) -> Response:
     if q.get("error"):
         return _page("Bitbucket did not grant access", f"Bitbucket answered: {q.get('error')}.", 400)
     state, code = q.get("state", ""), q.get("code", "")
-    sid = session.session_id(request)
+    sid = await session.session_id(request)
     if not state or not code:
         return _page("Connection refused", "The callback lacks a code or a state.", 400)
     # Single use: only the first callback for a state can claim it.

@@ -24,6 +24,7 @@ from app.models import FAILING, SEVERITY_ORDER, STATUSES
 from app.reconcile import iso, k_repo, utcnow
 from app.settings import CHECK_IDS
 from app.web import api, resources, session
+from app.web.uploads import upload_form
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=select_autoescape(["html"])
@@ -42,7 +43,7 @@ NAV = [
 
 
 def render(request: Request, name: str, title: str, active: str, status: int = 200, **ctx: Any) -> HTMLResponse:
-    sid = session.session_id(request)
+    sid = session.current(request)
     html = TEMPLATES.get_template(name).render(
         title=title,
         active=active,
@@ -59,8 +60,8 @@ class LoginRequired(Exception):
     pass
 
 
-def _sid(request: Request) -> str:
-    sid = session.session_id(request)
+async def _sid(request: Request) -> str:
+    sid = await session.session_id(request)
     if sid is None:
         raise LoginRequired
     return sid
@@ -68,7 +69,7 @@ def _sid(request: Request) -> str:
 
 async def _form(request: Request) -> dict[str, Any]:
     """A form after the session and CSRF checks."""
-    sid = _sid(request)
+    sid = await _sid(request)
     form = await request.form()
     if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
         raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
@@ -80,6 +81,7 @@ def _back(path: str, notice: str) -> RedirectResponse:
 
 
 async def login_page(request: Request) -> Response:
+    await session.session_id(request)
     target = request.query_params.get("next", "/")
     error = "That token is not right." if request.query_params.get("error") else None
     return render(request, "login.html", "Sign in", "", next=target, error=error)
@@ -115,7 +117,7 @@ def trend_svg(history: list[dict[str, Any]], current_failing: int, days: int = 3
 
 
 async def overview(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     store = request.app.state.services.service.store
     rows = await store.results.query()
     by_check: dict[str, Counter[str]] = {}
@@ -155,7 +157,7 @@ async def overview(request: Request) -> Response:
 
 
 async def findings(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     store = request.app.state.services.service.store
     q = request.query_params
     f = {
@@ -179,7 +181,7 @@ async def findings(request: Request) -> Response:
 
 
 async def subject(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     store = request.app.state.services.service.store
     check, subj = request.query_params.get("check"), request.query_params.get("subject", "")
     rows = await store.results.query(check=check, subject=subj)
@@ -207,7 +209,7 @@ async def subject(request: Request) -> Response:
 
 
 async def repositories(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     rows = await resources.repositories_data(request.app.state.services)
     return render(request, "repositories.html", "Repositories", "/repositories", repos=rows)
 
@@ -238,7 +240,7 @@ async def classify(request: Request) -> Response:
 
 
 async def members(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     rows = await resources.members_data(request.app.state.services)
     rows.sort(key=lambda m: (not (m["person"] and m["person"]["status"] == "offboarded"), m["display_name"] or ""))
     return render(request, "members.html", "Members", "/members", members=rows)
@@ -270,39 +272,59 @@ async def member_mark(request: Request) -> Response:
 
 
 async def evidence(request: Request) -> Response:
-    _sid(request)
+    sid = await _sid(request)
     services = request.app.state.services
     if request.method == "POST":
-        form = await _form(request)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            return _back("/evidence", "Choose a file.")
-        check, ws = str(form.get("check", "")), str(form.get("workspace", ""))
-        member = str(form.get("member") or "").strip() or None
+        settings = request.app.state.settings
         try:
+            form = await upload_form(request, settings.evidence_max_bytes)
+        except records.TooLarge as exc:
+            return await _evidence_page(request, str(exc), 413)
+        except records.RecordError as exc:
+            return _back("/evidence", str(exc))
+        try:
+            if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
+                raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                return _back("/evidence", "Choose a file.")
+            check, ws = str(form.get("check", "")), str(form.get("workspace", ""))
+            member = str(form.get("member") or "").strip() or None
             done = await record_evidence(
                 services.service.store,
-                await upload.read(),
+                upload.file,
                 check=check,
                 workspace=ws,
                 member=member,
                 filename=upload.filename or "evidence",
                 uploaded_by="dashboard",
                 expires=str(form.get("expires") or "") or None,
-                max_age_days=request.app.state.settings.evidence_max_age_days,
+                max_age_days=settings.evidence_max_age_days,
+                max_bytes=settings.evidence_max_bytes,
             )
+        except records.TooLarge as exc:
+            return await _evidence_page(request, str(exc), 413)
         except records.RecordError as exc:
             return _back("/evidence", str(exc))
+        finally:
+            await form.close()
         expires = done.expires_at
         await services.service.internal_event("lp:evidence", {"workspace": ws, "check": check})
         return _back("/evidence", f"Evidence recorded for {check}; valid until {expires.date().isoformat()}.")
+    return await _evidence_page(request)
+
+
+async def _evidence_page(request: Request, notice: str | None = None, status: int = 200) -> Response:
+    services = request.app.state.services
+    if notice:
+        request.scope["query_string"] = f"notice={quote(notice)}".encode()
     rows = await resources.evidence_data(services.service.store)
     workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
-    return render(request, "evidence.html", "Evidence", "/evidence", rows=rows, workspaces=workspaces)
+    return render(request, "evidence.html", "Evidence", "/evidence", status, rows=rows, workspaces=workspaces)
 
 
 async def exceptions(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     services = request.app.state.services
     if request.method == "POST":
         form = await _form(request)
@@ -328,19 +350,19 @@ async def exceptions(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     rows = await request.app.state.services.service.store.events.list(limit=50)
     return render(request, "events.html", "Events", "/events", rows=[r.as_json() for r in rows])
 
 
 async def event_stream(request: Request) -> Response:
     """The live event log for the dashboard (session cookie instead of the Bearer token)."""
-    _sid(request)
+    await _sid(request)
     return api.stream_response(request)
 
 
 async def connections(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     rows = await resources.connections_data(request.app.state.services)
     notice = f"Connected {request.query_params['connected']}." if request.query_params.get("connected") else None
     if notice:
@@ -355,7 +377,7 @@ async def disconnect(request: Request) -> Response:
 
 
 async def alerts(request: Request) -> Response:
-    _sid(request)
+    await _sid(request)
     services = request.app.state.services
     rows = await services.dispatcher.outbox.history(limit=100)
     view = [

@@ -267,7 +267,7 @@ API_ROUTES: tuple[ApiRoute, ...] = (
         "POST",
         "/api/evidence",
         resources.evidence,
-        "Upload evidence (PNG, JPEG or PDF, at most 10 MiB)",
+        "Upload evidence (PNG, JPEG or PDF, at most LP_EVIDENCE_MAX_BYTES, 10 MiB by default)",
         (),
         {
             "required": True,
@@ -288,7 +288,7 @@ API_ROUTES: tuple[ApiRoute, ...] = (
             },
         },
         ok="201",
-        errors=("400", "401", "409"),
+        errors=("400", "401", "409", "413"),
     ),
     ApiRoute(
         "GET",

@@ -22,6 +22,7 @@ from app.reconcile import classify, iso, k_members, k_prs, k_repo, k_repos, utcn
 from app.settings import CHECK_IDS
 from app.web.auth import require_admin
 from app.web.problems import Problem
+from app.web.uploads import BadUpload, upload_form
 
 
 def _svc(request: Request) -> Any:
@@ -310,25 +311,27 @@ async def evidence(request: Request) -> Response:
     store = services.service.store
     if request.method == "GET":
         return JSONResponse(await evidence_data(store))
+    max_bytes = request.app.state.settings.evidence_max_bytes
     try:
-        form = await request.form(max_files=1, max_fields=10, max_part_size=11 * 1024 * 1024)
-    except Exception as exc:  # noqa: BLE001 - python-multipart reports malformed bodies in several ways
-        raise Problem(400, "Bad upload", f"expected multipart/form-data ({type(exc).__name__})") from None
-    upload = form.get("file")
-    check = str(form.get("check") or "")
-    if upload is None or isinstance(upload, str):
-        raise Problem(400, "Bad upload", "file is required")
-    if check not in ("member-mfa-enabled", "workspace-mfa-enforced"):
-        raise Problem(400, "Bad upload", "check must be member-mfa-enabled or workspace-mfa-enforced")
-    data = await upload.read()
-    member = str(form.get("member") or "") or None
-    ws = str(form.get("workspace") or "")
-    if not ws:
-        raise Problem(400, "Bad upload", "workspace is required")
+        form = await upload_form(request, max_bytes)
+    except records.TooLarge as exc:
+        raise Problem(413, "Evidence too large", str(exc), headers={"Connection": "close"}) from None
+    except BadUpload as exc:
+        raise Problem(400, "Bad upload", str(exc)) from None
     try:
+        upload = form.get("file")
+        check = str(form.get("check") or "")
+        if upload is None or isinstance(upload, str):
+            raise Problem(400, "Bad upload", "file is required")
+        if check not in ("member-mfa-enabled", "workspace-mfa-enforced"):
+            raise Problem(400, "Bad upload", "check must be member-mfa-enabled or workspace-mfa-enforced")
+        member = str(form.get("member") or "") or None
+        ws = str(form.get("workspace") or "")
+        if not ws:
+            raise Problem(400, "Bad upload", "workspace is required")
         done = await record_evidence(
             store,
-            data,
+            upload.file,
             check=check,
             workspace=ws,
             member=member,
@@ -336,11 +339,16 @@ async def evidence(request: Request) -> Response:
             uploaded_by="api",
             expires=str(form.get("expires") or "") or None,
             max_age_days=request.app.state.settings.evidence_max_age_days,
+            max_bytes=max_bytes,
         )
+    except records.TooLarge as exc:
+        raise Problem(413, "Evidence too large", str(exc)) from None
     except NoMemberList as exc:
         raise Problem(409, "No member list yet", str(exc)) from None
     except records.RecordError as exc:
         raise Problem(400, "Bad upload", str(exc)) from None
+    finally:
+        await form.close()
     eid = done.id
     ids = await _internal(request, "lp:evidence", {"workspace": ws, "check": check})
     row = next(r for r in await store.records.evidence_rows() if r["id"] == eid)
