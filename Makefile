@@ -55,6 +55,10 @@ pytest: $(STAMP) browser
 
 test: lint types pytest
 
+# Retake the README's screenshots (docs/screenshots); a plain test run writes them to a tmp folder.
+screenshots: $(STAMP) browser
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/web/test_dashboard.py -k end_to_end
+
 bench: $(STAMP)
 	$(BIN)/python bench/full_read.py
 	$(BIN)/python bench/reconcile.py
