@@ -29,6 +29,13 @@ MAKE = shutil.which("make")
 needs_make = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
 
+def make_env() -> dict[str, str]:
+    """The environment for a make of our own: none of the outer make's flags (``make test`` runs
+    pytest), no LP_ settings."""
+    drop = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+    return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("LP_")}
+
+
 def pins(lock: Path) -> dict[str, Version]:
     """``name==version`` lines of a lock (markers and ``# via`` comments dropped)."""
     found: dict[str, Version] = {}
@@ -76,7 +83,8 @@ def test_install_stamp_is_out_of_date_when_a_lock_changes(tmp_path: Path) -> Non
 
     def up_to_date() -> bool:
         make = [str(MAKE), "-q", "-C", str(tmp_path), ".venv/.installed"]
-        return subprocess.run(make, capture_output=True, timeout=60, check=False).returncode == 0  # noqa: S603
+        done = subprocess.run(make, env=make_env(), capture_output=True, timeout=60, check=False)  # noqa: S603
+        return done.returncode == 0
 
     assert up_to_date()
     later = time.time() + 10
@@ -94,14 +102,17 @@ def test_install_stamp_is_out_of_date_when_a_lock_changes(tmp_path: Path) -> Non
 def test_make_demo_uses_port(tmp_path: Path) -> None:
     """``make demo PORT=…`` serves the demo's dashboard on that port (this interpreter's install)."""
     bin_ = str(Path(sys.executable).parent)
-    make = [str(MAKE), "-f", str(ROOT / "Makefile"), "-o", ".venv/.installed", f"BIN={bin_}", "demo"]
-    default = subprocess.run([*make, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)  # noqa: S603
-    assert shlex.split(default.stdout.strip()) == [f"{bin_}/lowerplane-bitbucket", "demo"]
+    make = [str(MAKE), "--no-print-directory", "-f", str(ROOT / "Makefile"), "-o", ".venv/.installed", f"BIN={bin_}"]
+    make.append("demo")
+    env = make_env()
+
+    def dry_run(*extra: str) -> list[str]:
+        done = subprocess.run([*make, "-n", *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)  # noqa: S603
+        return shlex.split(done.stdout.strip())
 
     port = free_port()
-    dry = subprocess.run([*make, "-n", f"PORT={port}"], cwd=tmp_path, capture_output=True, text=True, timeout=60)  # noqa: S603
-    assert shlex.split(dry.stdout.strip()) == [f"{bin_}/lowerplane-bitbucket", "demo", "--port", str(port)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LP_")}
+    assert dry_run() == [f"{bin_}/lowerplane-bitbucket", "demo"]
+    assert dry_run(f"PORT={port}") == [f"{bin_}/lowerplane-bitbucket", "demo", "--port", str(port)]
     proc = subprocess.Popen(  # noqa: S603
         [*make, f"PORT={port}"],
         cwd=tmp_path,
