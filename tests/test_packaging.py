@@ -173,3 +173,17 @@ def test_containerfile_copies_existing_files_and_installs_from_the_lock() -> Non
     assert project and all("--no-deps" in run for run in project), "the project install resolves dependencies"
     assert any("pip check" in run for run in runs)
     assert {"pyproject.toml", "app"} <= set(copied)
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_no_tool_cache_is_tracked() -> None:
+    """Tools the tests run write their caches into the checkout; tracked, ``make test`` rewrites them."""
+    caches = [".schemathesis", ".hypothesis", ".pytest_cache", ".mypy_cache", ".ruff_cache"]
+    listed = subprocess.run(  # noqa: S603
+        [str(shutil.which("git")), "-C", str(ROOT), "ls-files", "--", *caches],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert listed.stdout == ""
