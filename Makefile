@@ -4,19 +4,37 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UV := $(BIN)/uv
+# Installs come from the lock files in requirements/ (pinned versions, resolved for every platform
+# and Python >= 3.11). uv installs them; it is itself pinned in requirements/bootstrap.lock and
+# installed with the venv's pip, so the machine's pip configuration still applies to that step.
+export UV_LINK_MODE ?= copy
+export UV_NO_PROGRESS ?= 1
+LOCK_FLAGS := --universal --python-version 3.11 --custom-compile-command "make lock" --quiet $(if $(UPGRADE),--upgrade)
+PORT ?=
 
-.PHONY: demo test lint types pytest bench clean install browser
+.PHONY: demo test lint types pytest bench clean install browser lock screenshots
 
-$(STAMP): pyproject.toml
+$(UV): requirements/bootstrap.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements/bootstrap.lock
+	touch $(UV)
+
+# The project itself is installed editable; every dependency comes pinned from the lock.
+$(STAMP): pyproject.toml requirements/dev.lock $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python -r requirements/dev.lock -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# make lock: add what pyproject.toml gained, keep every other pin.
+# make lock UPGRADE=1: move every pin to the newest release pyproject.toml allows.
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements/dev.lock
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -o requirements/prod.lock
+
 demo: $(STAMP)
-	$(BIN)/lowerplane-bitbucket demo
+	$(BIN)/lowerplane-bitbucket demo $(if $(PORT),--port $(PORT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
@@ -36,6 +54,10 @@ pytest: $(STAMP) browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test: lint types pytest
+
+# Retake the README's screenshots (docs/screenshots); a plain test run writes them to a tmp folder.
+screenshots: $(STAMP) browser
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/web/test_dashboard.py -k end_to_end
 
 bench: $(STAMP)
 	$(BIN)/python bench/full_read.py

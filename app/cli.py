@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,8 +41,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    try:
+        return metadata.version("lowerplane-bitbucket")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lowerplane-bitbucket", description="Bitbucket Cloud compliance monitoring")
+    parser.add_argument("--version", action="version", version=f"lowerplane-bitbucket {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("sandbox", help="run the Bitbucket Cloud sandbox alone")

@@ -1,9 +1,11 @@
 """The dashboard in headless Chromium (Debian's package, driven by Playwright): log in, classify a
 repository, upload evidence and see the test turn green, watch an event appear live; no console
-errors on any page. Screenshots land in docs/screenshots for the README."""
+errors on any page. Screenshots land in the test's tmp_path; with UPDATE_SCREENSHOTS=1 (make
+screenshots) they replace the README's in docs/screenshots."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from tests.conftest import ROOT
 from tests.helpers import ADMIN, RunningApp, product_settings, running_app, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = ROOT / "docs" / "screenshots"
+DOCS_SHOTS = ROOT / "docs" / "screenshots"
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -74,10 +76,17 @@ async def login(page: Page, app: RunningApp) -> None:
     await page.wait_for_url(app.url + "/findings")
 
 
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.glob("*")) if p.is_file()}
+
+
 async def test_dashboard_end_to_end(
     product: RunningApp, browser: Browser, sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    updating = os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    shots = DOCS_SHOTS if updating else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    tracked_before = _files(DOCS_SHOTS) if DOCS_SHOTS.is_dir() else {}
     page, problems = await open_page(browser)
     await login(page, product)
     store = product.services.service.store
@@ -85,7 +94,7 @@ async def test_dashboard_end_to_end(
     await page.goto(product.url + "/")
     assert await page.locator("article.card").count() >= 7
     assert await page.locator("svg.trend").count() == 1
-    await page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+    await page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     # classify a repository in place
     await page.goto(product.url + "/repositories")
@@ -100,7 +109,7 @@ async def test_dashboard_end_to_end(
         return bool(rows) and rows[0].result.status == "pass"
 
     await wait_for(classified)
-    await page.screenshot(path=str(SHOTS / "repositories.png"), full_page=True)
+    await page.screenshot(path=str(shots / "repositories.png"), full_page=True)
 
     # upload evidence, then see the workspace MFA test turn green
     await page.goto(product.url + "/findings?check=workspace-mfa-enforced")
@@ -120,7 +129,7 @@ async def test_dashboard_end_to_end(
         return text.strip().upper() == "PASS"
 
     await wait_for(green, within=15, interval=0.3)
-    await page.screenshot(path=str(SHOTS / "findings.png"), full_page=True)
+    await page.screenshot(path=str(shots / "findings.png"), full_page=True)
 
     # the event log, live
     await page.goto(product.url + "/events")
@@ -129,21 +138,26 @@ async def test_dashboard_end_to_end(
         pass
     await page.wait_for_selector("li[data-key='repo:updated'][data-state='done']", timeout=10_000)
     assert "branch-protection-enforced acme/api: pass → fail" in await page.inner_text("#events")
-    await page.screenshot(path=str(SHOTS / "events.png"), full_page=True)
+    await page.screenshot(path=str(shots / "events.png"), full_page=True)
 
     for path in ("/members", "/exceptions", "/connections", "/alerts", "/findings"):
         await page.goto(product.url + path)
         assert await page.locator("h1").count() == 1
     await page.goto(product.url + "/connections")
-    await page.screenshot(path=str(SHOTS / "connections.png"), full_page=True)
+    await page.screenshot(path=str(shots / "connections.png"), full_page=True)
     assert problems == [], problems
 
     # a phone-sized window still shows the navigation and the findings
     phone, phone_problems = await open_page(browser, width=390)
     await login(phone, product)
     assert await phone.locator("header nav a").count() == 9
-    await phone.screenshot(path=str(SHOTS / "phone-findings.png"), full_page=False)
+    await phone.screenshot(path=str(shots / "phone-findings.png"), full_page=False)
     assert phone_problems == []
+
+    taken = ["overview", "repositories", "findings", "events", "connections", "phone-findings"]
+    assert all((shots / f"{name}.png").read_bytes().startswith(b"\x89PNG") for name in taken)
+    if not updating:  # a plain test run leaves the tracked screenshots alone
+        assert (_files(DOCS_SHOTS) if DOCS_SHOTS.is_dir() else {}) == tracked_before
 
 
 async def test_forms_need_the_csrf_token(product: RunningApp, browser: Browser) -> None:
