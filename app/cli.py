@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from app import errors
-from app.logs import configure, get_logger, register_secret
+from app.logs import configure, get_logger, register_secret, scrub
 from app.models import STATUSES
 from app.settings import CHECK_IDS, Settings
 
@@ -129,13 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             register_secret(secret)
         return _run(args, settings)
     except errors.ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(2, str(exc))
     except KeyboardInterrupt:
         return 130
     except errors.LowerplaneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(1, str(exc))
+    except Exception as exc:  # any other failure: one line and exit 1, never a traceback
+        log.debug("cli.failed", exc_info=True)
+        return _fail(1, f"{type(exc).__name__}: {exc}")
+
+
+def _fail(status: int, message: str) -> int:
+    """One line on stderr (secrets scrubbed), the documented exit status."""
+    first = scrub(message).strip().splitlines()
+    print(f"error: {first[0] if first else 'failed'}", file=sys.stderr)
+    return status
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -144,7 +152,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         if args.scenario is not None and not args.scenario.is_file():
             raise errors.ConfigError(f"--scenario: no such file: {args.scenario}")
-        asyncio.run(serve_sandbox(args.host, args.port, args.scenario))
+        from app.ports import listen
+
+        with listen(args.host, args.port) as sock:
+            asyncio.run(serve_sandbox(args.host, args.port, args.scenario, sock))
         return 0
     if args.command == "demo":
         from app.demo import run_demo
@@ -186,6 +197,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.ports import listen
 
     if settings.secret_key is None:
         raise errors.ConfigError("LP_SECRET_KEY: required by serve (it encrypts tokens and webhook secrets)")
@@ -194,14 +206,22 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     from app.crypto import Crypto
 
     Crypto(settings.secret_key.get_secret_value())  # a bad key is a configuration error, before binding
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        loop="auto",
-        http="auto",
-        lifespan="on",
-    )
+    sock = listen(host, port)  # a busy port is one line and exit 2, before anything is opened
+    with sock:
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                loop="auto",
+                http="auto",
+                lifespan="on",
+            )
+        )
+        try:
+            server.run(sockets=[sock])
+        except SystemExit as exc:  # uvicorn's "startup failed" (already logged)
+            raise errors.LowerplaneError("serve could not start (see the log above)") from exc
     return 0
