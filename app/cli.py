@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,7 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure(settings.log_level)
         for secret in settings.secret_values():
             register_secret(secret)
-        return _run(args, settings)
+        status = _run(args, settings)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        return _reader_left()
     except errors.ConfigError as exc:
         return _fail(2, str(exc))
     except KeyboardInterrupt:
@@ -137,6 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # any other failure: one line and exit 1, never a traceback
         log.debug("cli.failed", exc_info=True)
         return _fail(1, f"{type(exc).__name__}: {exc}")
+
+
+def _reader_left() -> int:
+    """``findings | head``: the reader has what it wanted; stop quietly with status 0.
+
+    stdout is pointed at /dev/null so the interpreter's final flush does not fail again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return 0
 
 
 def _fail(status: int, message: str) -> int:

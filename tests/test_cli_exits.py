@@ -152,3 +152,43 @@ def test_build_services_refuses_a_bad_key_before_opening_the_store(tmp_path: Pat
 
     asyncio.run(attempt())
     assert not (tmp_path / "lp.sqlite3").exists()
+
+
+def _seed_rules(database: Path, count: int) -> None:
+    async def seed() -> None:
+        store = await Store.open(database)
+        try:
+            for i in range(count):
+                await store.records.add_rule("non-production", "2026-01-01T00:00:00Z", project_key=f"P{i}")
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+@pytest.mark.parametrize("count", [1, 3000], ids=["small-output", "more-than-a-pipe-buffer"])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(count: int, tmp_path: Path) -> None:
+    """`… | head`: a closed pipe is exit 0 with nothing on stderr (README, "Exit status")."""
+    database = tmp_path / "lp.sqlite3"
+    _seed_rules(database, count)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LP_DATABASE": str(database)}
+    for argv in (["classify-rules", "list"], ["findings"], ["events", "--limit", "5"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first write
+        try:
+            proc = subprocess.run(  # noqa: S603 - the project's own console script
+                [str(SCRIPT), *argv], cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE, timeout=20
+            )
+        finally:
+            os.close(write)
+        assert proc.returncode == 0, (argv, proc.stderr)
+        assert proc.stderr == b"", (argv, proc.stderr)
+    # and with a real reader that stops after one line
+    with subprocess.Popen(  # noqa: S603
+        [str(SCRIPT), "classify-rules", "list"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"1. project P0")
+        proc.stdout.close()
+        assert proc.wait(timeout=20) == 0
+        assert proc.stderr.read() == b""
