@@ -81,18 +81,30 @@ async def through_log(services: Services, key: str, payload: dict[str, Any]) -> 
 
 
 async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO = sys.stdout) -> int:
-    if settings.bitbucket_token is None:
-        raise errors.ConfigError(
-            "no Bitbucket connection: set LP_BITBUCKET_TOKEN (and LP_WORKSPACES), or connect with OAuth via `serve`"
-        )
+    none = "no Bitbucket connection: set LP_BITBUCKET_TOKEN (and LP_WORKSPACES), or connect with OAuth via `serve`"
+    if settings.bitbucket_token is None and not settings.database.is_file():
+        raise errors.ConfigError(f"{none} (no database at {settings.database})")
     async with running(settings) as services:
         service = services.service
         try:
-            await service.ensure_token_connection()
+            await service.ensure_token_connection()  # nothing without LP_BITBUCKET_TOKEN
         except errors.BitbucketError as exc:
             print(f"error: reconcile could not finish: {exc}", file=sys.stderr)
             return 1
-        conns = [c for c in await service.connections() if c.status == "active"]
+        conns = []
+        for conn in await service.connections():
+            if conn.status != "active":
+                continue
+            if conn.kind == "token" and settings.bitbucket_token is None:
+                continue  # a token connection from an earlier run; its token is not configured now
+            if conn.kind == "oauth" and service.crypto is None:
+                raise errors.ConfigError("LP_SECRET_KEY: required to use the OAuth connections in the database")
+            conns.append(conn)
+        if not conns:
+            broken = [c.id for c in await service.connections() if c.status == "broken"]
+            if broken:
+                raise errors.ConfigError(f"every connection is broken ({', '.join(broken)}): reconnect with OAuth")
+            raise errors.ConfigError(none)
         if workspace is not None and not any(workspace in c.workspaces for c in conns):
             raise errors.ConfigError(f"--workspace: {workspace!r} is not a connected workspace")
         ids: list[int] = []
