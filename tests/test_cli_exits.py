@@ -76,6 +76,16 @@ def test_a_file_that_is_not_a_database_is_one_line_and_exit_2(tmp_path: Path) ->
     assert bogus.read_bytes() == before  # left untouched
 
 
+def test_a_database_path_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    for _ in range(3):  # the failure raced with the end of the event loop: repeat to catch it
+        for argv in (["reconcile"], ["classify-rules", "add", "production", "--project", "CORE"]):
+            status, err = run_cli(argv, tmp_path, {"LP_DATABASE": str(folder), "LP_BITBUCKET_TOKEN": "t"})
+            assert status == 2, argv
+            assert_one_line(err, f"LP_DATABASE: cannot use {folder}: unable to open database file")
+
+
 @pytest.mark.parametrize(
     ("argv", "env"),
     [

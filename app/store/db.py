@@ -29,7 +29,14 @@ class Database:
     @classmethod
     async def open(cls, path: Path) -> Database:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(str(path), isolation_level=None)
+        connecting = aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            conn = await connecting
+        except BaseException:
+            # aiosqlite stops its thread on a failed connect without waiting for it; wait here, so the
+            # thread never outlives the event loop (it would fail with "Event loop is closed").
+            await asyncio.to_thread(connecting._thread.join, 10)
+            raise
         try:
             conn.row_factory = aiosqlite.Row
             await conn.execute("PRAGMA journal_mode=WAL")
