@@ -5,7 +5,9 @@ Each function returns an exit status (0, 1) or raises ConfigError (exit 2).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,6 +19,7 @@ import aiohttp
 
 from app import errors, exports, records
 from app.checks import REGISTRY
+from app.crypto import Crypto
 from app.evidence import record_evidence
 from app.findings import to_json
 from app.main import Services, build_services
@@ -26,9 +29,25 @@ from app.settings import CHECK_IDS, Settings
 from app.store import Store
 
 
+def _unusable(path: Path, exc: sqlite3.Error | OSError) -> errors.ConfigError:
+    reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    return errors.ConfigError(f"LP_DATABASE: cannot use {path}: {reason}")
+
+
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    store = await Store.open(settings.database)
+async def open_store(settings: Settings, *, existing: bool = False) -> AsyncIterator[Store]:
+    """The one way commands open the database; it is always closed again, whatever happens.
+
+    ``existing``: a read-only command refuses a missing file instead of creating an empty database.
+    A file that is not an SQLite database (or cannot be opened) is a configuration error (exit 2).
+    """
+    path = settings.database
+    if existing and not path.is_file():
+        raise errors.ConfigError(f"no database at {path} (set LP_DATABASE to the product's database file)")
+    try:
+        store = await Store.open(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise _unusable(path, exc) from None
     try:
         yield store
     finally:
@@ -36,14 +55,17 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Services]:
-    """The product's parts without the HTTP server: store, session, clients, worker."""
-    async with aiohttp.ClientSession() as session:
-        services = await build_services(settings, session)
-        try:
-            yield services
-        finally:
-            await services.service.store.close()
+async def running(settings: Settings, *, existing: bool = False) -> AsyncIterator[Services]:
+    """The product's parts without the HTTP server: store, session, clients, worker.
+
+    Everything opened here is closed on the way out, on success, error or cancellation.
+    """
+    if settings.secret_key is not None:
+        Crypto(settings.secret_key.get_secret_value())  # a bad key is refused before anything is created
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        store = await stack.enter_async_context(open_store(settings, existing=existing))
+        yield await build_services(settings, session, store=store)
 
 
 async def through_log(services: Services, key: str, payload: dict[str, Any]) -> list[str]:
@@ -59,18 +81,30 @@ async def through_log(services: Services, key: str, payload: dict[str, Any]) -> 
 
 
 async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO = sys.stdout) -> int:
-    if settings.bitbucket_token is None:
-        raise errors.ConfigError(
-            "no Bitbucket connection: set LP_BITBUCKET_TOKEN (and LP_WORKSPACES), or connect with OAuth via `serve`"
-        )
+    none = "no Bitbucket connection: set LP_BITBUCKET_TOKEN (and LP_WORKSPACES), or connect with OAuth via `serve`"
+    if settings.bitbucket_token is None and not settings.database.is_file():
+        raise errors.ConfigError(f"{none} (no database at {settings.database})")
     async with running(settings) as services:
         service = services.service
         try:
-            await service.ensure_token_connection()
+            await service.ensure_token_connection()  # nothing without LP_BITBUCKET_TOKEN
         except errors.BitbucketError as exc:
             print(f"error: reconcile could not finish: {exc}", file=sys.stderr)
             return 1
-        conns = [c for c in await service.connections() if c.status == "active"]
+        conns = []
+        for conn in await service.connections():
+            if conn.status != "active":
+                continue
+            if conn.kind == "token" and settings.bitbucket_token is None:
+                continue  # a token connection from an earlier run; its token is not configured now
+            if conn.kind == "oauth" and service.crypto is None:
+                raise errors.ConfigError("LP_SECRET_KEY: required to use the OAuth connections in the database")
+            conns.append(conn)
+        if not conns:
+            broken = [c.id for c in await service.connections() if c.status == "broken"]
+            if broken:
+                raise errors.ConfigError(f"every connection is broken ({', '.join(broken)}): reconnect with OAuth")
+            raise errors.ConfigError(none)
         if workspace is not None and not any(workspace in c.workspaces for c in conns):
             raise errors.ConfigError(f"--workspace: {workspace!r} is not a connected workspace")
         ids: list[int] = []
@@ -116,7 +150,7 @@ async def cmd_findings(
     fmt: str,
     out: TextIO = sys.stdout,
 ) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, existing=True) as store:
         rows = await store.results.query(workspace=workspace, check=check, status=status)
     items = [to_json(r) for r in rows]
     items.sort(key=lambda i: (SEVERITY_ORDER.get(str(i["severity"]), 9), str(i["check"]), str(i["subject"])))
@@ -158,7 +192,8 @@ async def cmd_classify(settings: Settings, target: str, cls: str, out: TextIO = 
     ws, _, slug = target.partition("/")
     if not ws or not slug:
         raise errors.ConfigError(f"expected WORKSPACE/REPO, not {target!r}")
-    async with open_store(settings) as store:
+    async with running(settings, existing=True) as services:
+        store = services.service.store
         snaps = await store.snapshots.load(ws)
         repos = snaps.get(k_repos(ws))
         match = None
@@ -169,7 +204,6 @@ async def cmd_classify(settings: Settings, target: str, cls: str, out: TextIO = 
         if match is None:
             raise errors.ConfigError(f"unknown repository {target!r} (run `reconcile` first so the product knows it)")
         await store.records.set_class(match["uuid"], ws, match["full_name"], cls, "cli", iso(utcnow()))
-    async with running(settings) as services:
         lines = await through_log(services, "lp:classification", {"workspace": ws, "repository_uuid": match["uuid"]})
     print(f"{match['full_name']} classified {cls}", file=out)
     for line in lines:
@@ -182,9 +216,10 @@ async def cmd_rule_add(
 ) -> int:
     if (project is None) == (name is None):
         raise errors.ConfigError("give exactly one of --project KEY or --name GLOB")
-    async with open_store(settings) as store:
-        rid = await store.records.add_rule(cls, iso(utcnow()), project_key=project, name_glob=name, workspace=workspace)
     async with running(settings) as services:
+        rid = await services.service.store.records.add_rule(
+            cls, iso(utcnow()), project_key=project, name_glob=name, workspace=workspace
+        )
         lines = await through_log(services, "lp:classification", {})
     for line in lines:
         print(line, file=out)
@@ -193,7 +228,7 @@ async def cmd_rule_add(
 
 
 async def cmd_rule_list(settings: Settings, out: TextIO = sys.stdout) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, existing=True) as store:
         for r in await store.records.rules():
             what = f"project {r['project_key']}" if r["project_key"] else f"name {r['name_glob']}"
             print(
@@ -238,28 +273,27 @@ async def cmd_evidence_add(
         source = path.open("rb")  # streamed into the evidence folder, never read whole
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
-    with source:
-        async with open_store(settings) as store:
-            known = await _known_workspaces(store)
-            ws = workspace or (known[0] if len(known) == 1 else None)
-            if ws is None:
-                raise errors.ConfigError("--workspace: required (the product knows several or none yet)")
-            try:
-                done = await record_evidence(
-                    store,
-                    source,
-                    check=check,
-                    workspace=ws,
-                    member=member,
-                    filename=path.name,
-                    uploaded_by="cli",
-                    expires=expires,
-                    max_age_days=settings.evidence_max_age_days,
-                    max_bytes=settings.evidence_max_bytes,
-                )
-            except records.RecordError as exc:
-                raise errors.ConfigError(str(exc)) from None
     async with running(settings) as services:
+        store = services.service.store
+        known = await _known_workspaces(store)
+        ws = workspace or (known[0] if len(known) == 1 else None)
+        if ws is None:
+            raise errors.ConfigError("--workspace: required (the product knows several or none yet)")
+        try:
+            done = await record_evidence(
+                store,
+                source,
+                check=check,
+                workspace=ws,
+                member=member,
+                filename=path.name,
+                uploaded_by="cli",
+                expires=expires,
+                max_age_days=settings.evidence_max_age_days,
+                max_bytes=settings.evidence_max_bytes,
+            )
+        except records.RecordError as exc:
+            raise errors.ConfigError(str(exc)) from None
         lines = await through_log(services, "lp:evidence", {"workspace": ws, "check": check})
     scope = (
         f"member {member}"
@@ -284,11 +318,10 @@ async def cmd_exception_add(
         req = records.check_exception(check, subject, owner, reason, expires, now, CHECK_IDS)
     except records.RecordError as exc:
         raise errors.ConfigError(str(exc)) from None
-    async with open_store(settings) as store:
-        xid = await store.records.add_exception(
+    async with running(settings) as services:
+        xid = await services.service.store.records.add_exception(
             req.check, req.subject, req.owner, req.reason, req.expires_at, "cli", iso(now)
         )
-    async with running(settings) as services:
         lines = await through_log(services, "lp:exception", {"check": req.check, "subject": req.subject})
     print(f"exception {xid}: {check} for {subject} until {req.expires_at.date().isoformat()} (owner {owner})", file=out)
     for line in lines:
@@ -301,7 +334,7 @@ async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout
 
     if settings.secret_key is None:
         raise errors.ConfigError("LP_SECRET_KEY: required to store the webhook secret")
-    async with running(settings) as services:
+    async with running(settings, existing=action == "status") as services:
         service = services.service
         try:
             await service.ensure_token_connection()
@@ -342,7 +375,7 @@ async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout
 
 
 async def cmd_events(settings: Settings, follow: bool, limit: int = 20, out: TextIO = sys.stdout) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, existing=True) as store:
         rows = list(reversed(await store.events.list(limit=limit)))
         for row in rows:
             print(_event_line(row.as_json()), file=out, flush=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import socket
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,6 +26,7 @@ from aiohttp import web
 
 from app.logs import configure
 from app.main import build_services, create_app
+from app.ports import listen
 from app.sandbox.serve import free_port, running_sandbox
 from app.settings import Settings
 
@@ -87,6 +89,14 @@ class SlackPrinter:
 
 async def run_demo(base: Settings, *, port: int, once: bool, data_dir: Path = Path("data")) -> int:
     configure("warning")
+    sock = listen("127.0.0.1", port)  # a busy port: one line, exit 2, before anything starts
+    try:
+        return await _run_demo(sock, port=sock.getsockname()[1], once=once, data_dir=data_dir)
+    finally:
+        sock.close()
+
+
+async def _run_demo(sock: socket.socket, *, port: int, once: bool, data_dir: Path) -> int:
     slack = SlackPrinter()
     await slack.start()
     admin = secrets.token_urlsafe(12)
@@ -117,7 +127,7 @@ async def run_demo(base: Settings, *, port: int, once: bool, data_dir: Path = Pa
             server = uvicorn.Server(
                 uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
             )
-            task = asyncio.create_task(server.serve())
+            task = asyncio.create_task(server.serve(sockets=[sock]))
             try:
                 while not server.started:
                     if task.done():

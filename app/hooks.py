@@ -23,6 +23,10 @@ from app.store.connections import Connection
 
 log = get_logger("hooks")
 SILENCE_GRACE = timedelta(minutes=15)
+# Hooks are recognised by this description (with the connection id) or by their stored uuid, never by
+# their URL, which changes with LP_PUBLIC_URL.
+DESCRIPTION = "Lowerplane for Bitbucket: compliance monitoring"
+LEGACY_DESCRIPTION = "lowerplane"  # what earlier versions wrote; recognised together with the URL
 
 
 async def _desired(client: BitbucketClient, subject: str) -> list[str]:
@@ -33,14 +37,47 @@ async def _desired(client: BitbucketClient, subject: str) -> list[str]:
     return sorted(USED_EVENTS & available)
 
 
-def _needs_repair(hook: Webhook, events: list[str]) -> bool:
-    return not hook.active or set(hook.events) != set(events) or hook.secret_set is False
+def description(conn_id: str) -> str:
+    """The fixed description that marks a hook as this product's, for one connection."""
+    return f"{DESCRIPTION} ({conn_id})"
+
+
+def _needs_repair(hook: Webhook, url: str, events: list[str], described: str) -> bool:
+    return (
+        not hook.active
+        or hook.url != url
+        or hook.description != described
+        or set(hook.events) != set(events)
+        or hook.secret_set is False
+    )
+
+
+def _ours(listed: list[Webhook], stored: list[dict[str, Any]], described: str, url: str) -> list[Webhook]:
+    """The product's hooks among those listed: the stored uuid first, then by description.
+
+    Never by URL alone: the public URL can change (LP_PUBLIC_URL), and a second hook would then be
+    registered beside the old one. Hooks registered before descriptions identified them (description
+    ``lowerplane``) are still recognised by their URL, once, and take the new description.
+    """
+    uuids = [e["uuid"] for e in stored]
+    known = [h for h in listed if h.uuid in uuids]
+    others = [
+        h
+        for h in listed
+        if h not in known and (h.description == described or (h.description == LEGACY_DESCRIPTION and h.url == url))
+    ]
+    return known + others
+
+
+def _stored(conn: Connection, ws: str, repository: str | None) -> list[dict[str, Any]]:
+    return [e for e in conn.hooks if e.get("workspace") == ws and e.get("repository") == repository]
 
 
 async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any]]:
     """Create or repair the connection's hooks; return what was done, per hook."""
     client = await service.client(conn.id)
     url = service.hook_url(conn.id)
+    described = description(conn.id)
     secret = service.decrypt(conn.webhook_secret) if conn.webhook_secret else None
     new_secret = secret is None
     if secret is None:
@@ -48,18 +85,22 @@ async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any
     state: list[dict[str, Any]] = []
     ws_events = await _desired(client, "workspace")
     repo_events: list[str] | None = None
+    now = datetime.now(UTC).isoformat()
     for ws in conn.workspaces:
         try:
-            hooks = [h for h in await client.workspace_hooks(ws) if h.url == url]
-            state.append(await _one(client, ws, None, hooks, url, ws_events, secret, new_secret))
+            stored = _stored(conn, ws, None)
+            hooks = _ours(await client.workspace_hooks(ws), stored, described, url)
+            entry = await _one(client, ws, None, hooks, url, described, ws_events, secret, new_secret)
+            state.append(_registered(entry, stored, now))
         except errors.ForbiddenError:
             # Workspace hooks need a workspace owner (bitbucket-facts.md): fall back to repositories.
             repo_events = repo_events or await _desired(client, "repository")
             for repo in await client.repositories(ws):
-                hooks = [h for h in await client.repository_hooks(ws, repo.uuid) if h.url == url]
-                entry = await _one(client, ws, repo.uuid, hooks, url, repo_events, secret, new_secret)
+                stored = _stored(conn, ws, repo.full_name)
+                hooks = _ours(await client.repository_hooks(ws, repo.uuid), stored, described, url)
+                entry = await _one(client, ws, repo.uuid, hooks, url, described, repo_events, secret, new_secret)
                 entry["repository"] = repo.full_name
-                state.append(entry)
+                state.append(_registered(entry, stored, now))
     await service.store.connections.set_webhook(conn.id, service.encrypt(secret) if new_secret else None, state)
     service.forget_secrets(conn.id)
     for entry in state:
@@ -74,12 +115,20 @@ async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any
     return state
 
 
+def _registered(entry: dict[str, Any], stored: list[dict[str, Any]], now: str) -> dict[str, Any]:
+    """When the hook started to deliver to us: now when created or repaired, else as stored."""
+    before = next((e.get("registered_at") for e in stored if e.get("uuid") == entry["uuid"]), None)
+    entry["registered_at"] = before if entry["action"] == "ok" and before else now
+    return entry
+
+
 async def _one(
     client: BitbucketClient,
     ws: str,
     repo_uuid: str | None,
     hooks: list[Webhook],
     url: str,
+    described: str,
     events: list[str],
     secret: str,
     new_secret: bool,
@@ -87,17 +136,17 @@ async def _one(
     level = "workspace" if repo_uuid is None else "repository"
     if not hooks:
         if repo_uuid is None:
-            hook = await client.create_workspace_hook(ws, url, events, secret)
+            hook = await client.create_workspace_hook(ws, url, events, secret, described)
         else:
-            hook = await client.create_repository_hook(ws, repo_uuid, url, events, secret)
+            hook = await client.create_repository_hook(ws, repo_uuid, url, events, secret, described)
         return {"workspace": ws, "level": level, "uuid": hook.uuid, "events": events, "action": "created"}
     hook, extra = hooks[0], hooks[1:]
     action = "ok"
-    if _needs_repair(hook, events) or new_secret:
+    if _needs_repair(hook, url, events, described) or new_secret:
         if repo_uuid is None:
-            hook = await client.update_workspace_hook(ws, hook.uuid, url, events, secret)
+            hook = await client.update_workspace_hook(ws, hook.uuid, url, events, secret, described)
         else:
-            hook = await client.update_repository_hook(ws, repo_uuid, hook.uuid, url, events, secret)
+            hook = await client.update_repository_hook(ws, repo_uuid, hook.uuid, url, events, secret, described)
         action = "repaired"
     for dup in extra:
         if repo_uuid is None:
@@ -124,33 +173,50 @@ async def remove_hooks(service: Service, conn: Connection) -> int:
     return removed
 
 
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 async def health(service: Service, conn: Connection, now: datetime | None = None) -> dict[str, Any]:
-    """Registration and liveness of a connection's hooks (no API call)."""
+    """Registration and liveness of a connection's hooks (no API call).
+
+    Silence is judged only from registration on: a repository change older than the hook (or than
+    its last repair) says nothing about whether the hook delivers.
+    """
     now = now or datetime.now(UTC)
     if not conn.hooks:
         return {"status": "missing", "message": "No webhook registered: run `lowerplane-bitbucket webhooks register`."}
+    last = conn.last_delivery_at
+    delivered = _when(last) if last else None
     newest: str | None = None
+    unanswered: str | None = None  # the newest change after registration with no delivery since
     for ws in conn.workspaces:
+        marks = [e["registered_at"] for e in conn.hooks if e.get("workspace") == ws and e.get("registered_at")]
+        registered = max((_when(m) for m in marks), default=None)
         listed = await service.store.snapshots.get(k_repos(ws))
         for uuid in listed.content if listed and listed.content else []:
             snap = await service.store.snapshots.get(k_repo(uuid))
             updated = snap.content.get("updated_on") if snap and snap.content else None
-            if updated and (newest is None or updated > newest):
+            if not updated:
+                continue
+            if newest is None or updated > newest:
                 newest = updated
-    last = conn.last_delivery_at
+            changed = _when(updated)
+            if registered is not None and changed <= registered:
+                continue  # before the hook existed (or was repaired): nothing to deliver then
+            if now - changed > SILENCE_GRACE and (delivered is None or delivered < changed):
+                if unanswered is None or updated > unanswered:
+                    unanswered = updated
     out: dict[str, Any] = {
         "status": "ok",
         "hooks": len(conn.hooks),
         "last_delivery_at": last,
         "newest_repository_change": newest,
     }
-    if newest:
-        changed = datetime.fromisoformat(newest.replace("Z", "+00:00"))
-        delivered = datetime.fromisoformat(last.replace("Z", "+00:00")) if last else None
-        if now - changed > SILENCE_GRACE and (delivered is None or delivered < changed):
-            out["status"] = "silent"
-            out["message"] = (
-                f"No webhook delivery since {last or 'registration'} although repositories changed at {newest}: "
-                "check the hook's request log in Bitbucket (settings → Webhooks → View requests)."
-            )
+    if unanswered:
+        out["status"] = "silent"
+        out["message"] = (
+            f"No webhook delivery since {last or 'registration'} although repositories changed at {unanswered}: "
+            "check the hook's request log in Bitbucket (settings → Webhooks → View requests)."
+        )
     return out

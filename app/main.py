@@ -108,9 +108,14 @@ def senders(settings: Settings, session: aiohttp.ClientSession) -> list[Sender]:
     return out
 
 
-async def build_services(settings: Settings, session: aiohttp.ClientSession, **client_options: Any) -> Services:
-    store = await Store.open(settings.database)
+async def build_services(
+    settings: Settings, session: aiohttp.ClientSession, *, store: Store | None = None, **client_options: Any
+) -> Services:
+    """The product's parts. With ``store`` given the caller owns (and closes) it; otherwise it is opened
+    here, after everything that can refuse the settings, so a refusal leaves nothing open."""
     crypto = Crypto(settings.secret_key.get_secret_value()) if settings.secret_key else None
+    outputs = senders(settings, session)
+    store = store or await Store.open(settings.database)
     pool = ClientPool(
         session,
         api_url=settings.bitbucket_api_url,
@@ -122,7 +127,7 @@ async def build_services(settings: Settings, session: aiohttp.ClientSession, **c
     metrics = Metrics()
     dispatcher = Dispatcher(
         store,
-        senders(settings, session),
+        outputs,
         web_url=settings.bitbucket_url,
         group_wait=settings.alert_group_wait,
         group_interval=settings.alert_group_interval,

@@ -118,7 +118,7 @@ async def test_oauth_refresh_rotates_and_a_revoked_token_breaks_the_connection(
     assert final is not None and final.status == "broken" and broken == [cid]
 
 
-async def test_health_reports_a_silent_hook(services: Services) -> None:
+async def test_health_reports_a_silent_hook(services: Services, sandbox: RunningSandbox) -> None:
     service = services.service
     conn = await service.ensure_token_connection()
     assert conn is not None
@@ -129,7 +129,12 @@ async def test_health_reports_a_silent_hook(services: Services) -> None:
     conn = await service.store.connections.get("token")
     assert conn is not None
     later = datetime.now(UTC) + timedelta(hours=1)
-    # the repositories' updated_on are "now"; an hour later with no delivery since → silent
+    # every repository changed before the hook was registered: no delivery was due
+    assert (await health(service, conn, now=later))["status"] == "ok"
+    # a repository changes after registration; an hour later with no delivery since → silent
+    sandbox.sandbox.state.workspaces["acme"].repos["docs"].updated_on = datetime.now(UTC).isoformat()
+    await service.internal_event("lp:reconcile", {"workspace": "acme", "tier": "full"})
+    await services.worker.drain()
     h = await health(service, conn, now=later)
     assert h["status"] == "silent" and "View requests" in h["message"]
     await service.store.connections.touch_delivery("token", later.isoformat())

@@ -25,7 +25,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-async def serve_sandbox(host: str, port: int, scenario: Path | None) -> None:
+async def serve_sandbox(host: str, port: int, scenario: Path | None, sock: socket.socket | None = None) -> None:
+    """Serve until stopped; ``sock``: an already bound socket (the CLI binds first, see app.ports)."""
     try:
         state = load_file(scenario or SAMPLE)
     except (OSError, ValueError, KeyError) as exc:
@@ -37,7 +38,7 @@ async def serve_sandbox(host: str, port: int, scenario: Path | None) -> None:
         f"Bitbucket sandbox on http://{host}:{port}/2.0 (OAuth at /site/oauth2, control at /_sandbox)", file=sys.stderr
     )
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
-    await server.serve()
+    await server.serve(sockets=[sock] if sock is not None else None)
 
 
 class RunningSandbox:

@@ -29,14 +29,26 @@ class Database:
     @classmethod
     async def open(cls, path: Path) -> Database:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(str(path), isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=FULL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=10000")
-        db = cls(conn, path)
-        await db.migrate()
+        connecting = aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            conn = await connecting
+        except BaseException:
+            # aiosqlite stops its thread on a failed connect without waiting for it; wait here, so the
+            # thread never outlives the event loop (it would fail with "Event loop is closed").
+            await asyncio.to_thread(connecting._thread.join, 10)
+            raise
+        try:
+            conn.row_factory = aiosqlite.Row
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute("PRAGMA busy_timeout=10000")
+            db = cls(conn, path)
+            await db.migrate()
+        except BaseException:
+            # aiosqlite's thread is not a daemon: a connection left open keeps the process alive.
+            await conn.close()
+            raise
         return db
 
     async def migrate(self) -> int:

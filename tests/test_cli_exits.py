@@ -1,0 +1,204 @@
+"""Every command ends, with one line on stderr and the documented exit status, on its error paths.
+
+These run the installed console script as a real process with a timeout: a command that leaves the
+database's thread, a task or the HTTP session open never exits, and the timeout catches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app import errors
+from app.store import Store
+
+SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
+GOOD_KEY = "a-good-secret-key-for-tests-0123"
+ADMIN = "an-admin-token-for-tests-0123456"
+
+
+def run_cli(argv: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 20) -> tuple[int, str]:
+    """Run the console script; returns (exit status, stderr). Fails the test if it does not exit in time."""
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), **(env or {})}
+    try:
+        proc = subprocess.run(  # noqa: S603 - the project's own console script
+            [str(SCRIPT), *argv], cwd=cwd, env=clean, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`lowerplane-bitbucket {' '.join(argv)}` did not exit within {timeout} s")
+    return proc.returncode, proc.stderr
+
+
+def assert_one_line(stderr: str, needle: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], stderr
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["reconcile"], ["classify", "acme/api", "production"], ["webhooks", "register"]],
+    ids=["reconcile", "classify", "webhooks-register"],
+)
+def test_a_bad_secret_key_is_one_line_and_exit_2(argv: list[str], tmp_path: Path) -> None:
+    env = {"LP_SECRET_KEY": "short", "LP_BITBUCKET_TOKEN": "some-token", "LP_WORKSPACES": "acme"}
+    status, err = run_cli(argv, tmp_path, env)
+    assert status == 2
+    assert_one_line(err, "LP_SECRET_KEY")
+    assert not (tmp_path / "data").exists()  # refused before the database was created
+
+
+def test_a_file_that_is_not_a_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bogus = tmp_path / "passwd"
+    bogus.write_text("root:x:0:0:root:/root:/bin/bash\n" * 50)
+    before = bogus.read_bytes()
+    for argv in (["findings"], ["reconcile"], ["classify-rules", "add", "production", "--project", "CORE"]):
+        status, err = run_cli(argv, tmp_path, {"LP_DATABASE": str(bogus), "LP_BITBUCKET_TOKEN": "t"})
+        assert status == 2, argv
+        assert_one_line(err, f"LP_DATABASE: cannot use {bogus}")
+    assert bogus.read_bytes() == before  # left untouched
+
+
+def test_a_database_path_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    for _ in range(3):  # the failure raced with the end of the event loop: repeat to catch it
+        for argv in (["reconcile"], ["classify-rules", "add", "production", "--project", "CORE"]):
+            status, err = run_cli(argv, tmp_path, {"LP_DATABASE": str(folder), "LP_BITBUCKET_TOKEN": "t"})
+            assert status == 2, argv
+            assert_one_line(err, f"LP_DATABASE: cannot use {folder}: unable to open database file")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["serve", "--port"], {"LP_SECRET_KEY": GOOD_KEY, "LP_ADMIN_TOKEN": ADMIN}),
+        (["demo", "--once", "--port"], {}),
+        (["sandbox", "--port"], {}),
+    ],
+    ids=["serve", "demo", "sandbox"],
+)
+def test_a_busy_port_is_one_line_and_exit_2(
+    argv: list[str], env: dict[str, str], busy_port: int, tmp_path: Path
+) -> None:
+    status, err = run_cli([*argv, str(busy_port)], tmp_path, {"LP_DATABASE": str(tmp_path / "lp.sqlite3"), **env})
+    assert status == 2
+    assert_one_line(err, f"port {busy_port} on 127.0.0.1 is in use")
+    assert not (tmp_path / "lp.sqlite3").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["events"], ["findings"], ["webhooks", "status"], ["classify-rules", "list"]],
+    ids=["events", "findings", "webhooks-status", "rules-list"],
+)
+def test_read_only_commands_refuse_a_missing_database(argv: list[str], tmp_path: Path) -> None:
+    env = {"LP_SECRET_KEY": GOOD_KEY, "LP_BITBUCKET_TOKEN": "t", "LP_WORKSPACES": "acme"}
+    status, err = run_cli(argv, tmp_path, env)
+    assert status == 2
+    assert_one_line(err, "no database at data/lowerplane.sqlite3 (set LP_DATABASE")
+    assert not (tmp_path / "data").exists()  # nothing created
+
+
+def test_bitbucket_unreachable_is_exit_1_and_the_process_ends(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    env = {
+        "LP_BITBUCKET_API_URL": f"http://127.0.0.1:{dead}/2.0",
+        "LP_BITBUCKET_TOKEN": "some-token",
+        "LP_LOG_LEVEL": "error",
+    }
+    status, err = run_cli(["reconcile"], tmp_path, env, timeout=60)
+    assert status == 1
+    assert_one_line(err, "could not finish")
+
+
+def test_opening_a_bad_database_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """The root cause of the hangs: aiosqlite's worker thread is not a daemon."""
+    bogus = tmp_path / "not-a-db"
+    bogus.write_bytes(b"x" * 4096)
+    before = set(threading.enumerate())
+
+    async def attempt() -> None:
+        with pytest.raises(Exception, match="not a database"):
+            await Store.open(bogus)
+
+    asyncio.run(attempt())
+    left = [t for t in set(threading.enumerate()) - before if t.is_alive() and not t.daemon]
+    for t in left:
+        t.join(timeout=2)
+    assert not [t for t in left if t.is_alive()]
+
+
+def test_build_services_refuses_a_bad_key_before_opening_the_store(tmp_path: Path) -> None:
+    import aiohttp
+
+    from app.main import build_services
+    from app.settings import Settings
+
+    async def attempt() -> None:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(errors.ConfigError):  # from the settings or from build_services
+                env = {"LP_DATABASE": str(tmp_path / "lp.sqlite3"), "LP_SECRET_KEY": "short"}
+                await build_services(Settings.from_env(env, env_file=None), session)
+
+    asyncio.run(attempt())
+    assert not (tmp_path / "lp.sqlite3").exists()
+
+
+def _seed_rules(database: Path, count: int) -> None:
+    async def seed() -> None:
+        store = await Store.open(database)
+        try:
+            for i in range(count):
+                await store.records.add_rule("non-production", "2026-01-01T00:00:00Z", project_key=f"P{i}")
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+
+
+@pytest.mark.parametrize("count", [1, 3000], ids=["small-output", "more-than-a-pipe-buffer"])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(count: int, tmp_path: Path) -> None:
+    """`… | head`: a closed pipe is exit 0 with nothing on stderr (README, "Exit status")."""
+    database = tmp_path / "lp.sqlite3"
+    _seed_rules(database, count)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LP_DATABASE": str(database)}
+    for argv in (["classify-rules", "list"], ["findings"], ["events", "--limit", "5"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first write
+        try:
+            proc = subprocess.run(  # noqa: S603 - the project's own console script
+                [str(SCRIPT), *argv], cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE, timeout=20
+            )
+        finally:
+            os.close(write)
+        assert proc.returncode == 0, (argv, proc.stderr)
+        assert proc.stderr == b"", (argv, proc.stderr)
+    # and with a real reader that stops after one line
+    with subprocess.Popen(  # noqa: S603
+        [str(SCRIPT), "classify-rules", "list"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"1. project P0")
+        proc.stdout.close()
+        assert proc.wait(timeout=20) == 0
+        assert proc.stderr.read() == b""
