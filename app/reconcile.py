@@ -105,6 +105,7 @@ class Fetcher:
         self.now = now
         self.rows: list[tuple[str, str, str, Any]] = []
         self.failures = 0
+        self.errors: dict[str, str] = {}  # snapshot key -> the error that left it stale
 
     async def get(self, key: str, ws: str, kind: str, read: Callable[[], Awaitable[Any]], keep: bool = True) -> Any:
         """Run ``read``; store its value (unless ``keep`` is false: the caller folds it into another
@@ -113,14 +114,20 @@ class Fetcher:
             value = await read()
         except errors.ForbiddenError as exc:
             value = {"unreadable": {"reason": "missing_scope", "scope": exc.required_scope or "repository:admin"}}
-        except (errors.TransientError, errors.UnexpectedResponse, errors.NotFoundError, errors.BadRequestError) as exc:
-            self.failures += 1
-            log.warning("fetch.failed", key=key, error=type(exc).__name__)
-            await self.store.snapshots.mark_failed(key, ws, kind, f"{type(exc).__name__}: {exc}", self.now)
+        except Exception as exc:  # noqa: BLE001 - any failure (status, timeout, body, foreign link) stays here
+            await self.failed(key, ws, kind, exc)
             return None
         if keep:
             self.rows.append((key, ws, kind, value))
         return value
+
+    async def failed(self, key: str, ws: str, kind: str, exc: BaseException) -> None:
+        """Record that one resource could not be read: its snapshot turns stale, nothing else."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.failures += 1
+        self.errors[key] = error
+        log.warning("fetch.failed", key=key, error=type(exc).__name__)
+        await self.store.snapshots.mark_failed(key, ws, kind, error, self.now)
 
 
 def _dump(value: Any) -> Any:

@@ -11,11 +11,13 @@ goes back with a backoff and ends ``dead`` after a bounded number of tries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from app import errors
@@ -93,21 +95,36 @@ class Worker:
         # for it wait and are served together by one fetch (a burst of pushes costs two fetches).
         self.coalesce_window = coalesce_window
         self._fetched_at: dict[str, float] = {}
+        self.retry_base = 5.0  # seconds before an event's first retry (doubling each try)
+        self.pass_retry_base = 60.0
+        self._claimed: dict[int, EventRow] = {}  # events this worker holds a lease on
 
     async def run(self) -> None:
         """Forever: process batches; sleep until the log changes (or a second passes)."""
         await self.store.events.requeue_running()
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            try:
-                while True:
-                    self.alive_at = time.time()
-                    if await self.step():
-                        continue
-                    await self.store.events.requeue_expired_leases()
-                    await self.store.events.wait_changed(1.0)
-            finally:
-                self._tg = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                try:
+                    while True:
+                        self.alive_at = time.time()
+                        if await self.step():
+                            continue
+                        await self.store.events.requeue_expired_leases()
+                        await self.store.events.wait_changed(1.0)
+                finally:
+                    self._tg = None
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        """Give back the leases this worker holds (shutdown, crash): the events are queued again
+        at once, without counting the interrupted try."""
+        held, self._claimed = sorted(self._claimed), {}
+        if held:
+            with contextlib.suppress(Exception):  # the database may be what failed
+                await asyncio.shield(self.store.events.release(held))
+            log.info("worker.leases_released", events=len(held))
 
     async def drain(self) -> None:
         """Process until nothing is runnable (used by the CLI and the tests); passes run inline."""
@@ -118,6 +135,15 @@ class Worker:
         rows = await self.store.events.claim(self.batch)
         if not rows:
             return 0
+        self._claimed.update((r.id, r) for r in rows)
+        try:
+            return await self._step(rows)
+        finally:
+            for r in rows:
+                if r.event_key != "lp:reconcile":
+                    self._claimed.pop(r.id, None)
+
+    async def _step(self, rows: list[EventRow]) -> int:
         passes = [r for r in rows if r.event_key == "lp:reconcile"]
         others = [r for r in rows if r.event_key != "lp:reconcile"]
         for row in passes:
@@ -129,19 +155,48 @@ class Worker:
         for r in others:
             by_conn[r.connection_id].append(r)
         for cid, group in by_conn.items():
-            try:
-                await self._batch(cid, group)
-            except (errors.BitbucketError, errors.TokenError) as exc:
-                dead = await self.store.events.fail(group, f"{type(exc).__name__}: {exc}")
-                log.warning(
-                    "worker.batch_failed", connection=cid, events=len(group), dead=len(dead), error=type(exc).__name__
-                )
+            await self._isolated(cid, group)
         return len(rows)
+
+    async def _isolated(self, cid: str, group: list[EventRow]) -> None:
+        """A batch that raises is split: each event is tried alone, so only the event whose
+        processing raises is retried (and ends ``dead``); the others go on."""
+        try:
+            await self._batch(cid, group)
+            return
+        except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
+            if len(group) == 1:
+                await self._failed(cid, group, exc)
+                return
+            log.warning("worker.batch_split", connection=cid, events=len(group), error=_error(exc))
+        for row in group:
+            try:
+                await self._batch(cid, [row])
+            except Exception as exc:  # noqa: BLE001 - see above
+                await self._failed(cid, [row], exc)
+
+    async def _failed(self, cid: str, rows: list[EventRow], exc: BaseException) -> None:
+        dead = await self.store.events.fail(rows, _error(exc), backoff_base=self.retry_base)
+        log.warning(
+            "worker.event_failed",
+            connection=cid,
+            events=[r.id for r in rows],
+            dead=dead,
+            error=_error(exc),
+        )
 
     # -- reconcile passes -----------------------------------------------------------------------
     async def _pass(self, row: EventRow) -> None:
-        async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
-            await self._run_pass(row)
+        try:
+            async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
+                await self._run_pass(row)
+        except Exception as exc:  # noqa: BLE001 - a failing pass never stops the worker or other passes
+            await self.store.events.fail([row], _error(exc), backoff_base=self.pass_retry_base)
+            log.warning(
+                "worker.pass_failed", event_id=row.id, workspace=row.payload.get("workspace"), error=_error(exc)
+            )
+        finally:
+            self._claimed.pop(row.id, None)
 
     async def _run_pass(self, row: EventRow) -> None:
         PRIORITY.set(False)  # this task's requests leave the reserved share of the budget to events
@@ -176,7 +231,7 @@ class Worker:
                 if self.on_delta:
                     await self.on_delta(ws, delta)
         except (errors.BitbucketError, errors.TokenError) as exc:
-            await self.store.events.fail([row], f"{type(exc).__name__}: {exc}", backoff_base=60.0)
+            await self.store.events.fail([row], _error(exc), backoff_base=self.pass_retry_base)
             log.warning("worker.pass_failed", workspace=ws, tier=tier, error=type(exc).__name__)
 
     async def _check_scopes(self, conn_id: str, granted: frozenset[str] | None) -> dict[str, Any] | None:
@@ -279,20 +334,34 @@ class Worker:
             self._fetched_at[f.key] = clock
         now = utcnow()
         calls = 0
+        failed: dict[str, str] = {}  # fetch key -> why it could not be read
+        tainted: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories whose metadata failed
         if fetches:
             client = await self.clients(cid)
             before = client.calls()
-            fetcher = Fetcher(client, self.store, iso(now))
+            rows_read: list[tuple[str, str, str, Any]] = []
             sem = asyncio.Semaphore(self.settings.concurrency)
 
             async def one(f: Fetch) -> None:
+                # Each fetch has its own Fetcher: a failure is attributed to this fetch alone.
+                fetcher = Fetcher(client, self.store, iso(now))
                 async with sem:
-                    await self._fetch(fetcher, f, enabled)
+                    try:
+                        await self._fetch(fetcher, f, enabled)
+                    except Exception as exc:  # noqa: BLE001 - one resource never fails the others
+                        key = k_repo(f.repo_uuid) if f.repo_uuid else k_repos(f.workspace)
+                        await fetcher.failed(key, f.workspace, "repo" if f.repo_uuid else "repos", exc)
+                        if f.repo_uuid and f.kind in ("repo", "repo_full"):
+                            tainted[f.workspace].add(f.repo_uuid)
+                rows_read.extend(fetcher.rows)
+                if fetcher.errors:
+                    failed[f.key] = next(iter(fetcher.errors.values()))
+                    self._fetched_at.pop(f.key, None)  # the retry reads it again at once
 
             async with asyncio.TaskGroup() as tg:
                 for f in fetches:
                     tg.create_task(one(f))
-            await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
+            await self.store.snapshots.put_many(rows_read, iso(now))
             calls = client.calls() - before
         # Repositories that arrived or left.
         for ws in workspaces:
@@ -304,13 +373,17 @@ class Worker:
             if not ws:
                 continue
             ws_plans = [plans[r.id] for r in rows if str(r.payload.get("workspace") or r.workspace or "") == ws]
-            deltas = await self._evaluate(ws, ws_plans, rows[0].source)
+            deltas = await self._evaluate(ws, ws_plans, rows[0].source, tainted.get(ws, set()))
             changes[ws] = [line for d in deltas for line in _changes(d)]
         done: dict[int, dict[str, Any]] = {}
+        retry: list[EventRow] = []
         for r in rows:
             p = plans[r.id]
             ws = str(r.payload.get("workspace") or r.workspace or "")
             mine = {f.key for f in p.fetches}
+            if mine & set(failed):
+                retry.append(r)  # its other results are written; it comes back for what failed
+                continue
             done[r.id] = {
                 "fetches": [f.key for f in fetches if f.key in mine],
                 "batch_api_calls": calls,
@@ -321,6 +394,9 @@ class Worker:
         await self.store.events.finish({k: v for k, v in done.items() if k not in ignored})
         if ignored:
             await self.store.events.finish({k: {"ignored": True} for k in ignored})
+        for r in retry:
+            why = "; ".join(f"{k}: {failed[k]}" for f in plans[r.id].fetches if (k := f.key) in failed)
+            await self._failed(cid, [r], _FetchFailed(why))
         received = max((r.received_at for r in rows if r.source == "webhook"), default=None)
         if received:
             await self.store.connections.touch_delivery(cid, received)
@@ -338,10 +414,14 @@ class Worker:
             keys = [k(u) for u in gone for k in (k_repo, k_restrictions, k_model, k_pipelines, k_build)]
             await self.store.snapshots.delete(keys + [k_prs(u) for u in gone])
 
-    async def _evaluate(self, ws: str, plans: list[Plan], source: str) -> list[Delta]:
+    async def _evaluate(self, ws: str, plans: list[Plan], source: str, tainted: set[str] | None = None) -> list[Delta]:
+        """Re-run the affected tests. Repositories in ``tainted`` could not be read: their
+        results are not re-evaluated but kept and marked stale (checks.md "A fetch that fails")."""
         now = utcnow()
         cause = f"event:{source}"
         deltas: list[Delta] = []
+        if tainted:
+            await self._mark_stale(ws, tainted, now)
         if any(p.workspace_checks for p in plans):
             checks = frozenset().union(*(p.checks for p in plans if p.workspace_checks))
             all_checks = any(not p.checks for p in plans if p.workspace_checks)
@@ -351,7 +431,7 @@ class Worker:
             deltas.append(delta)
             if all_checks:
                 return await self._notify(ws, deltas)
-        repos = {u for p in plans for u in (*p.repos, *p.retire)}
+        repos = {u for p in plans for u in (*p.repos, *p.retire)} - (tainted or set())
         if repos:
             checks = frozenset().union(*(p.checks for p in plans if p.repos or p.retire))
             all_repo = any(not p.checks for p in plans if p.repos or p.retire)
@@ -370,6 +450,12 @@ class Worker:
             delta, _ = await record(self.store, self.settings, ws, now, cause, only_checks=checks or MEMBER_CHECKS)
             deltas.append(delta)
         return await self._notify(ws, deltas)
+
+    async def _mark_stale(self, ws: str, subjects: set[str], now: datetime) -> None:
+        stored = await self.store.results.load(ws)
+        stale = [s for (_, subject), s in stored.items() if subject in subjects and s.stale_since is None]
+        if stale:
+            await self.store.results.apply(Delta(stale=stale), iso(now), "fetch_failed")
 
     async def _notify(self, ws: str, deltas: list[Delta]) -> list[Delta]:
         if self.on_delta:
@@ -414,6 +500,17 @@ class Worker:
 async def _dumped(aw: Awaitable[Any]) -> Any:
     value = await aw
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+class _FetchFailed(Exception):
+    """Some resources an event needs could not be read (the rest of its batch was written)."""
+
+
+def _error(exc: BaseException) -> str:
+    """One line naming an exception (an exception group names its first leaf)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _strings(value: object) -> list[str]:

@@ -226,6 +226,19 @@ class Events:
         )
         self._notify()
 
+    async def release(self, ids: Sequence[int]) -> None:
+        """Give back leases (shutdown): the events are runnable again at once and the interrupted
+        try does not count."""
+        if not ids:
+            return
+        now = time.time()
+        await self.db.executemany(
+            "UPDATE events SET state = 'queued', tries = max(tries - 1, 0), lease_until = NULL, next_attempt_at = ?, "
+            "changed_at = ? WHERE id = ? AND state = 'running'",
+            [(now, now, i) for i in ids],
+        )
+        self._notify()
+
     async def requeue_running(self) -> int:
         """At start-up: events a crashed worker left running go back to the queue."""
         async with self.db.transaction() as conn:
