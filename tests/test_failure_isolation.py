@@ -4,16 +4,24 @@ scheduler (issue "One pipeline that cannot die")."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from app.bitbucket.client import BitbucketClient, StaticToken
 from app.reconcile import reconcile_workspace
 from app.sandbox.serve import RunningSandbox, free_port
+from app.store import Store
+from app.store.events import MAX_TRIES, NewEvent
+from tests.conftest import TOKEN
 from tests.helpers import RunningApp, product_settings, running_app, wait_for
 
 
@@ -120,3 +128,163 @@ async def test_503_on_one_repository_leaves_the_service_healthy_and_results_righ
     report = await reconcile_workspace(client, product.services.service.store, product.settings, "acme")
     assert [(c.result.check, c.result.subject) for c in report.delta.writes] == []
     assert report.delta.stale == [] and report.delta.retired == []
+
+
+# -- each kind of unreadable resource, beside resources that read fine ------------------------
+@dataclass
+class FaultyProxy:
+    """A loopback HTTP proxy in front of the sandbox that spoils the answers for one path regex:
+    ``status`` (503), ``timeout`` (answers too late), ``malformed`` (200 with a body that is not
+    JSON) or ``foreign_next`` (a ``next`` link to another host)."""
+
+    upstream: str
+    session: aiohttp.ClientSession
+    pattern: str | None = None
+    kind: str = "status"
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        spoil = self.pattern is not None and re.search(self.pattern, request.path) is not None
+        if spoil and self.kind == "status":
+            return web.json_response({"type": "error", "error": {"message": "Injected"}}, status=503)
+        if spoil and self.kind == "timeout":
+            await asyncio.sleep(2.0)
+        if spoil and self.kind == "malformed":
+            return web.Response(status=200, body=b'{"values": [', content_type="application/json")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept", "content-type")}
+        async with self.session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=await request.read()
+        ) as resp:
+            body = await resp.read()
+            status = resp.status
+            out_headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
+        if spoil and self.kind == "foreign_next":
+            data = json.loads(body)
+            data["next"] = "https://evil.example" + request.path + "?page=2"
+            body = json.dumps(data).encode()
+        return web.Response(status=status, body=body, headers=out_headers, content_type="application/json")
+
+    async def __aenter__(self) -> FaultyProxy:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+KINDS = ("status", "timeout", "malformed", "foreign_next")
+CLIENT = {"max_attempts": 2, "sleep": _no_sleep, "timeout": 0.5}
+
+
+async def _clear_restrictions(session: aiohttp.ClientSession, sb: RunningSandbox, slug: str) -> None:
+    repo = sb.sandbox.state.workspaces["acme"].repos[slug]
+    for r in list(repo.restrictions):
+        await act(session, sb, f"repos/acme/{slug}/remove-restriction", {"id": r["id"]})
+    assert repo.restrictions == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_pass_writes_every_result_but_those_of_the_unreadable_resource(
+    kind: str, sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    async with FaultyProxy(sandbox.url, session) as proxy:
+        settings = product_settings(proxy.url + "/2.0", tmp_path, free_port())
+        store = await Store.open(settings.database)
+        try:
+            client = BitbucketClient(session, StaticToken(TOKEN), api_url=settings.bitbucket_api_url, **CLIENT)  # type: ignore[arg-type]
+            await reconcile_workspace(client, store, settings, "acme")
+
+            async def status(subject: str) -> tuple[str, str | None]:
+                [row] = await store.results.query(check="branch-protection-enforced", subject=subject)
+                return row.result.status, row.stale_since
+
+            assert await status("acme/api") == ("pass", None)
+            assert await status("acme/docs") == ("pass", None)
+            # Both lose their restrictions; only the api's can no longer be read.
+            await _clear_restrictions(session, sandbox, "api")
+            await _clear_restrictions(session, sandbox, "docs")
+            proxy.pattern, proxy.kind = "^/2.0/repositories/acme/api/branch-restrictions", kind
+            report = await reconcile_workspace(client, store, settings, "acme")
+            assert report.fetch_failures == 1
+            api_status, api_stale = await status("acme/api")
+            assert api_status == "pass" and api_stale is not None  # last known result, marked stale
+            assert await status("acme/docs") == ("fail", None)  # the rest of the pass is written
+            snap = await store.snapshots.get(
+                "restrictions:" + sandbox.sandbox.state.workspaces["acme"].repos["api"].uuid
+            )
+            assert snap is not None and snap.stale_since is not None
+        finally:
+            await store.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_batch_writes_every_result_but_those_of_the_unreadable_resource(
+    kind: str, sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    async with FaultyProxy(sandbox.url, session) as proxy:
+        port = free_port()
+        settings = product_settings(proxy.url + "/2.0", tmp_path, port)
+        async with running_app(settings, port, session, background=False, **CLIENT) as app:
+            worker = app.services.worker
+            worker.coalesce_window = 0.0
+            proxy.pattern, proxy.kind = "^/2.0/repositories/acme/svc-a/branch-restrictions", kind
+            await act(session, sandbox, "workspaces/acme/create-repo", {"slug": "svc-a", "project": "CORE"})
+            await act(session, sandbox, "workspaces/acme/create-repo", {"slug": "svc-b", "project": "CORE"})
+            assert await worker.step() == 2  # both events in one batch
+            [b] = [e for e in await events(app, "repo:created") if "svc-b" in str(e.payload)]
+            [a] = [e for e in await events(app, "repo:created") if "svc-a" in str(e.payload)]
+            assert b.state == "done"
+            assert a.state == "failed" and a.error is not None
+            assert (await result(app, "branch-protection-enforced", "acme/svc-b")).result.status == "fail"
+            # svc-a: what did not need the restrictions is written; what did is not a fail.
+            assert (await result(app, "repo-classified", "acme/svc-a")).result.status == "fail"
+            protection = await result(app, "branch-protection-enforced", "acme/svc-a")
+            assert protection is None or protection.result.status == "unknown"
+            # Once the resource reads again, the retry completes the event.
+            proxy.pattern = None
+            await app.services.service.store.db.execute("UPDATE events SET next_attempt_at = 0 WHERE id = ?", (a.id,))
+            await worker.drain()
+            assert (await app.services.service.store.events.get(a.id)).state == "done"  # type: ignore[union-attr]
+            assert (await result(app, "branch-protection-enforced", "acme/svc-a")).result.status == "fail"
+
+
+async def test_an_event_that_raises_is_retried_then_dead_and_others_go_on(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port)
+    async with running_app(settings, port, session, background=False, **CLIENT) as app:
+        service, worker = app.services.service, app.services.worker
+        store = service.store
+        worker.coalesce_window = 0.0
+        await service.internal_event("lp:reconcile", {"tier": "full"})
+        await worker.drain()
+        api = sandbox.sandbox.state.workspaces["acme"].repos["api"].uuid
+        # A stored event the planner cannot digest (``branches`` is not a list).
+        bad = await store.events.append(
+            NewEvent("token", "webhook", "repo:push", {"workspace": "acme", "repository_uuid": api, "branches": 5})
+        )
+        assert bad is not None
+        await act(session, sandbox, "repos/acme/api/update", {"mainbranch": "develop"})
+        assert await worker.step() == 2
+        [good] = await events(app, "repo:updated")
+        assert good.state == "done"
+        assert (await result(app, "branch-protection-enforced", "acme/api")).result.status == "fail"
+        for _ in range(MAX_TRIES):
+            row = await store.events.get(bad)
+            assert row is not None and row.error is not None and "TypeError" in row.error
+            if row.state == "dead":
+                break
+            assert row.state == "failed"
+            await store.db.execute("UPDATE events SET next_attempt_at = 0 WHERE id = ?", (bad,))
+            await worker.step()
+        row = await store.events.get(bad)
+        assert row is not None and row.state == "dead" and row.tries == MAX_TRIES
