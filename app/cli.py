@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -185,7 +186,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
-    from app.main import create_app
+    from app.main import SHUTDOWN_SECONDS, create_app
 
     if settings.secret_key is None:
         raise errors.ConfigError("LP_SECRET_KEY: required by serve (it encrypts tokens and webhook secrets)")
@@ -194,14 +195,27 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     from app.crypto import Crypto
 
     Crypto(settings.secret_key.get_secret_value())  # a bad key is a configuration error, before binding
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        loop="auto",
-        http="auto",
-        lifespan="on",
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            loop="auto",
+            http="auto",
+            lifespan="on",
+            timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        )
     )
-    return 0
+    # A background task that cannot be kept alive stops the server; the exit status says so.
+    app.state.stop = lambda: setattr(server, "should_exit", True)
+    # uvicorn drains on SIGTERM, then re-raises the signal under the handler that was there before
+    # it: make that handler a no-op, so a drained SIGTERM is a clean stop with exit status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    server.run()
+    if app.state.fatal is not None:
+        print(f"lowerplane-bitbucket: {app.state.fatal}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1

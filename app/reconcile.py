@@ -469,6 +469,7 @@ class Scheduler:
         self.settings: Settings = service.settings
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.clock = clock
+        self.alive_at = time.time()  # the start of the last round (a liveness heartbeat)
 
     async def _due(self, name: str, period: float, jitter: float = 0.0) -> bool:
         due_at = await self.store.meta.get(f"next:{name}")
@@ -529,6 +530,7 @@ class Scheduler:
 
     async def run(self, every: float = 30.0) -> None:
         while True:
+            self.alive_at = time.time()
             try:
                 await self.tick()
             except Exception as exc:  # noqa: BLE001 - the scheduler must outlive one bad round

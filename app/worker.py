@@ -136,12 +136,11 @@ class Worker:
         if not rows:
             return 0
         self._claimed.update((r.id, r) for r in rows)
-        try:
-            return await self._step(rows)
-        finally:
-            for r in rows:
-                if r.event_key != "lp:reconcile":
-                    self._claimed.pop(r.id, None)
+        count = await self._step(rows)  # when cancelled or crashed, ``run`` gives the leases back
+        for r in rows:
+            if r.event_key != "lp:reconcile":
+                self._claimed.pop(r.id, None)
+        return count
 
     async def _step(self, rows: list[EventRow]) -> int:
         passes = [r for r in rows if r.event_key == "lp:reconcile"]
@@ -195,8 +194,7 @@ class Worker:
             log.warning(
                 "worker.pass_failed", event_id=row.id, workspace=row.payload.get("workspace"), error=_error(exc)
             )
-        finally:
-            self._claimed.pop(row.id, None)
+        self._claimed.pop(row.id, None)  # not when cancelled: ``run`` gives that lease back
 
     async def _run_pass(self, row: EventRow) -> None:
         PRIORITY.set(False)  # this task's requests leave the reserved share of the budget to events

@@ -296,6 +296,13 @@ class Events:
     async def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self.db.fetchall("SELECT state, count(*) FROM events GROUP BY state")}
 
+    async def runnable(self) -> int:
+        """Events a worker could claim now (queued, or failed and due for a retry)."""
+        r = await self.db.fetchone(
+            "SELECT count(*) FROM events WHERE state IN ('queued', 'failed') AND next_attempt_at <= ?", (time.time(),)
+        )
+        return int(r[0]) if r else 0
+
     async def oldest_queued_age(self) -> float:
         r = await self.db.fetchone("SELECT min(changed_at) FROM events WHERE state = 'queued'")
         return max(0.0, time.time() - r[0]) if r and r[0] else 0.0
@@ -316,6 +323,11 @@ class EventWriter:
         self.events = events
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[NewEvent, asyncio.Future[int | None]]] = asyncio.Queue()
+        self.alive_at = time.time()  # the last batch written (a liveness heartbeat)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
 
     async def submit(self, event: NewEvent) -> int | None:
         """Returns the event id (None for a duplicate) once the insert is committed; raises on failure."""
@@ -326,6 +338,7 @@ class EventWriter:
     async def run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            self.alive_at = time.time()
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -338,6 +351,7 @@ class EventWriter:
             for (_, fut), eid in zip(batch, ids, strict=True):
                 if not fut.done():
                     fut.set_result(eid)
+            self.alive_at = time.time()
 
 
 class Locks:
