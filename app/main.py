@@ -105,9 +105,7 @@ async def build_services(settings: Settings, session: aiohttp.ClientSession, **c
         digest_every=settings.alert_digest_interval,
         metrics=metrics,
     )
-    worker = Worker(
-        store, settings, service.client, service=service, on_delta=dispatcher.on_delta, on_ops=dispatcher.ops
-    )
+    worker = Worker(store, settings, service.client, service=service, alerts=dispatcher.rows_for, on_ops=dispatcher.ops)
 
     async def broken(conn_id: str, reason: str) -> None:
         await dispatcher.ops(f"Connection {conn_id} is broken", f"Token refresh failed: {reason}. Reconnect it.")

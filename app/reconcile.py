@@ -35,9 +35,12 @@ from app.models import Result
 from app.planner import BRANCH_CHECKS, MEMBER_CHECKS, REPO_CHECKS
 from app.settings import Settings
 from app.store import Store
+from app.store.outbox import Entry
 from app.store.snapshots import Snapshot
 
 log = get_logger("reconcile")
+
+Alerts = Callable[[Delta], list[Entry]]  # a delta -> the outbox rows it causes (notify.Dispatcher)
 
 
 def utcnow() -> datetime:
@@ -371,11 +374,13 @@ async def record(
     cause: str = "reconcile",
     subjects: set[str] | None = None,
     only_checks: frozenset[str] | None = None,
+    alerts: Alerts | None = None,
 ) -> tuple[Delta, int]:
     """Evaluate from snapshots, diff against stored results, write the delta.
 
     ``subjects`` and ``only_checks`` narrow the evaluation and the diff (and so what may be
-    retired) to those subject keys and tests.
+    retired) to those subject keys and tests. ``alerts`` turns the delta into outbox rows,
+    written in the same transaction as the results.
     """
     results, members_read = await evaluate_workspace(store, settings, ws, now, subjects, only_checks)
     if subjects is not None:
@@ -393,12 +398,17 @@ async def record(
         return not (check in MEMBER_CHECKS and not members_read)
 
     delta = diff(previous, results, in_scope)
-    written = await store.results.apply(delta, iso(now), cause)
+    written = await store.results.apply(delta, iso(now), cause, outbox=alerts(delta) if alerts else ())
     return delta, written
 
 
 async def reconcile_workspace(
-    client: BitbucketClient, store: Store, settings: Settings, ws: str, now: datetime | None = None
+    client: BitbucketClient,
+    store: Store,
+    settings: Settings,
+    ws: str,
+    now: datetime | None = None,
+    alerts: Alerts | None = None,
 ) -> PassReport:
     """One full pass over a workspace. Raises BitbucketError when the repository list is unreadable."""
     started = time.perf_counter()
@@ -428,7 +438,7 @@ async def reconcile_workspace(
     snaps = await store.snapshots.load(ws)
     gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and _repo_of(k) not in (None, *known)]
     await store.snapshots.delete(gone)
-    report.delta, report.rows_written = await record(store, settings, ws, now)
+    report.delta, report.rows_written = await record(store, settings, ws, now, alerts=alerts)
     report.api_calls = client.calls() - calls_before
     report.seconds = time.perf_counter() - started
     log.info(

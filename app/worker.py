@@ -26,6 +26,7 @@ from app.findings import Delta
 from app.logs import get_logger
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, Plan, coalesce, plan
 from app.reconcile import (
+    Alerts,
     Fetcher,
     fetch_members,
     fetch_repository,
@@ -78,7 +79,9 @@ class Worker:
         coalesce_window: float = 2.0,
         service: Any = None,
         on_ops: Callable[[str, str], Awaitable[Any]] | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
+        self.alerts = alerts  # delta -> outbox rows, written with the results in one transaction
         self.on_ops = on_ops  # operational warnings (scope changes) to the alert channels
         self.service = service  # app.service.Service, for webhook checks during full passes
         self._pass_slots = asyncio.Semaphore(2)
@@ -213,10 +216,16 @@ class Worker:
                     await fetch_members(fetcher, ws, await self.store.records.people())
                     await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
                     delta, written = await record(
-                        self.store, self.settings, ws, utcnow(), "reconcile:members", only_checks=MEMBER_CHECKS
+                        self.store,
+                        self.settings,
+                        ws,
+                        utcnow(),
+                        "reconcile:members",
+                        only_checks=MEMBER_CHECKS,
+                        alerts=self.alerts,
                     )
                 else:
-                    report = await reconcile_workspace(client, self.store, self.settings, ws)
+                    report = await reconcile_workspace(client, self.store, self.settings, ws, alerts=self.alerts)
                     delta, written = report.delta, report.rows_written
                 hooks = await self._check_hooks(row.connection_id) if tier == "full" else None
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
@@ -424,7 +433,13 @@ class Worker:
             checks = frozenset().union(*(p.checks for p in plans if p.workspace_checks))
             all_checks = any(not p.checks for p in plans if p.workspace_checks)
             delta, _ = await record(
-                self.store, self.settings, ws, now, cause, only_checks=None if all_checks else checks
+                self.store,
+                self.settings,
+                ws,
+                now,
+                cause,
+                only_checks=None if all_checks else checks,
+                alerts=self.alerts,
             )
             deltas.append(delta)
             if all_checks:
@@ -441,11 +456,14 @@ class Worker:
                 cause,
                 subjects=repos,
                 only_checks=REPO_CHECKS if all_repo else checks,
+                alerts=self.alerts,
             )
             deltas.append(delta)
         if any(p.members for p in plans):
             checks = frozenset().union(*(p.checks for p in plans if p.members)) & MEMBER_CHECKS
-            delta, _ = await record(self.store, self.settings, ws, now, cause, only_checks=checks or MEMBER_CHECKS)
+            delta, _ = await record(
+                self.store, self.settings, ws, now, cause, only_checks=checks or MEMBER_CHECKS, alerts=self.alerts
+            )
             deltas.append(delta)
         return await self._notify(ws, deltas)
 
