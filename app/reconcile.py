@@ -117,6 +117,8 @@ class Fetcher:
             value = await read()
         except errors.ForbiddenError as exc:
             value = {"unreadable": {"reason": "missing_scope", "scope": exc.required_scope or "repository:admin"}}
+        except errors.Deferred:
+            raise  # not a failure: the caller re-queues the work for when Bitbucket lets us read again
         except Exception as exc:  # noqa: BLE001 - any failure (status, timeout, body, foreign link) stays here
             await self.failed(key, ws, kind, exc)
             return None

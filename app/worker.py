@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from app import errors
-from app.bitbucket.client import PRIORITY, BitbucketClient
+from app.bitbucket.client import DEFER_AFTER, PRIORITY, BitbucketClient
 from app.findings import Delta
 from app.logs import get_logger
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, Plan, coalesce, plan
@@ -99,6 +99,7 @@ class Worker:
         self.coalesce_window = coalesce_window
         self._fetched_at: dict[str, float] = {}
         self.retry_base = 5.0  # seconds before an event's first retry (doubling each try)
+        self.defer_after = 5.0  # a longer wait for Bitbucket (Retry-After, budget) re-queues the event
         self.pass_retry_base = 60.0
         self._claimed: dict[int, EventRow] = {}  # events this worker holds a lease on
 
@@ -343,6 +344,8 @@ class Worker:
         calls = 0
         failed: dict[str, str] = {}  # fetch key -> why it could not be read
         tainted: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories whose metadata failed
+        deferred: dict[str, float] = {}  # fetch key -> seconds Bitbucket (or the budget) asks us to wait
+        waiting: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories with a deferred fetch
         if fetches:
             client = await self.clients(cid)
             before = client.calls()
@@ -351,10 +354,18 @@ class Worker:
 
             async def one(f: Fetch) -> None:
                 # Each fetch has its own Fetcher: a failure is attributed to this fetch alone.
+                DEFER_AFTER.set(self.defer_after)  # this task only: a long wait re-queues, never blocks
                 fetcher = Fetcher(client, self.store, iso(now))
                 async with sem:
                     try:
                         await self._fetch(fetcher, f, enabled)
+                    except errors.Deferred as exc:
+                        deferred[f.key] = exc.retry_after or self.defer_after
+                        if f.repo_uuid:
+                            waiting[f.workspace].add(f.repo_uuid)
+                        self._fetched_at.pop(f.key, None)
+                        log.info("fetch.deferred", key=f.key, seconds=round(deferred[f.key], 1))
+                        return  # what it read so far is read again with the rest
                     except Exception as exc:  # noqa: BLE001 - one resource never fails the others
                         key = k_repo(f.repo_uuid) if f.repo_uuid else k_repos(f.workspace)
                         await fetcher.failed(key, f.workspace, "repo" if f.repo_uuid else "repos", exc)
@@ -380,16 +391,22 @@ class Worker:
             if not ws:
                 continue
             ws_plans = [plans[r.id] for r in rows if str(r.payload.get("workspace") or r.workspace or "") == ws]
-            deltas = await self._evaluate(ws, ws_plans, rows[0].source, tainted.get(ws, set()))
+            deltas = await self._evaluate(
+                ws, ws_plans, rows[0].source, tainted.get(ws, set()), skip=waiting.get(ws, set())
+            )
             changes[ws] = [line for d in deltas for line in _changes(d)]
         done: dict[int, dict[str, Any]] = {}
         retry: list[EventRow] = []
+        deferred_rows: dict[int, float] = {}
         for r in rows:
             p = plans[r.id]
             ws = str(r.payload.get("workspace") or r.workspace or "")
             mine = {f.key for f in p.fetches}
             if mine & set(failed):
                 retry.append(r)  # its other results are written; it comes back for what failed
+                continue
+            if mine & set(deferred):
+                deferred_rows[r.id] = max(deferred[k] for k in mine & set(deferred))
                 continue
             done[r.id] = {
                 "fetches": [f.key for f in fetches if f.key in mine],
@@ -401,6 +418,8 @@ class Worker:
         await self.store.events.finish({k: v for k, v in done.items() if k not in ignored})
         if ignored:
             await self.store.events.finish({k: {"ignored": True} for k in ignored})
+        for eid, seconds in deferred_rows.items():  # a wait is not a failed try
+            await self.store.events.defer([eid], time.time() + seconds)
         for r in retry:
             why = "; ".join(f"{k}: {failed[k]}" for f in plans[r.id].fetches if (k := f.key) in failed)
             await self._failed(cid, [r], _FetchFailed(why))
@@ -421,9 +440,17 @@ class Worker:
             keys = [k(u) for u in gone for k in (k_repo, k_restrictions, k_model, k_pipelines, k_build)]
             await self.store.snapshots.delete(keys + [k_prs(u) for u in gone])
 
-    async def _evaluate(self, ws: str, plans: list[Plan], source: str, tainted: set[str] | None = None) -> list[Delta]:
+    async def _evaluate(
+        self,
+        ws: str,
+        plans: list[Plan],
+        source: str,
+        tainted: set[str] | None = None,
+        skip: set[str] | None = None,
+    ) -> list[Delta]:
         """Re-run the affected tests. Repositories in ``tainted`` could not be read: their
-        results are not re-evaluated but kept and marked stale (checks.md "A fetch that fails")."""
+        results are not re-evaluated but kept and marked stale (checks.md "A fetch that fails").
+        Repositories in ``skip`` wait for a deferred read: they are evaluated when it is done."""
         now = utcnow()
         cause = f"event:{source}"
         deltas: list[Delta] = []
@@ -444,7 +471,7 @@ class Worker:
             deltas.append(delta)
             if all_checks:
                 return await self._notify(ws, deltas)
-        repos = {u for p in plans for u in (*p.repos, *p.retire)} - (tainted or set())
+        repos = {u for p in plans for u in (*p.repos, *p.retire)} - (tainted or set()) - (skip or set())
         if repos:
             checks = frozenset().union(*(p.checks for p in plans if p.repos or p.retire))
             all_repo = any(not p.checks for p in plans if p.repos or p.retire)
