@@ -412,14 +412,23 @@ async def reconcile_workspace(
     now: datetime | None = None,
     alerts: Alerts | None = None,
 ) -> PassReport:
-    """One full pass over a workspace. Raises BitbucketError when the repository list is unreadable."""
+    """One full pass over a workspace.
+
+    When the repository list is unreadable, the repository results stand and are marked stale,
+    the member tests are still read and written, and then the error is raised (the pass is
+    retried)."""
     started = time.perf_counter()
     now = now or utcnow()
     stamp = iso(now)
     calls_before = client.calls()
     enabled = settings.enabled_checks
     fetcher = Fetcher(client, store, stamp)
-    repos = await client.repositories(ws)
+    try:
+        repos = await client.repositories(ws)
+    except errors.BitbucketError as exc:
+        await fetcher.failed(k_repos(ws), ws, "repos", exc)
+        await _members_only(fetcher, store, settings, ws, now, alerts)
+        raise
     fetcher.rows.append((k_repos(ws), ws, "repos", [r.uuid for r in repos]))
     sem = asyncio.Semaphore(settings.concurrency)
 
@@ -454,6 +463,21 @@ async def reconcile_workspace(
         seconds=round(report.seconds, 2),
     )
     return report
+
+
+async def _members_only(
+    fetcher: Fetcher, store: Store, settings: Settings, ws: str, now: datetime, alerts: Alerts | None
+) -> None:
+    """The pass without the repository list: repository results stale, member tests as usual."""
+    stale = [
+        r for (check, _), r in (await store.results.load(ws)).items() if check in REPO_CHECKS and r.stale_since is None
+    ]
+    if stale:
+        await store.results.apply(Delta(stale=stale), iso(now), "reconcile")
+    if MEMBER_CHECKS & set(settings.enabled_checks):
+        await fetch_members(fetcher, ws, await store.records.people())
+        await store.snapshots.put_many(fetcher.rows, fetcher.now)
+        await record(store, settings, ws, now, "reconcile", only_checks=MEMBER_CHECKS, alerts=alerts)
 
 
 def _repo_of(key: str) -> str | None:

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from app import errors
 from app.bitbucket.client import BitbucketClient, StaticToken
 from app.reconcile import reconcile_workspace
 from app.sandbox.serve import RunningSandbox, free_port
@@ -288,3 +289,31 @@ async def test_an_event_that_raises_is_retried_then_dead_and_others_go_on(
             await worker.step()
         row = await store.events.get(bad)
         assert row is not None and row.state == "dead" and row.tries == MAX_TRIES
+
+
+async def test_an_unreadable_repository_list_keeps_repository_results_and_writes_member_results(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    settings = product_settings(sandbox.api, tmp_path, free_port())
+    store = await Store.open(settings.database)
+    try:
+        client = BitbucketClient(session, StaticToken(TOKEN), api_url=settings.bitbucket_api_url, **CLIENT)  # type: ignore[arg-type]
+        await reconcile_workspace(client, store, settings, "acme")
+        before = {(r.result.check, r.result.subject): r.result.status for r in await store.results.query()}
+        # Bitbucket cannot list the repositories; a member meanwhile left.
+        await faults(session, sandbox, force_status={"^/repositories/acme$": 503})
+        await act(session, sandbox, "workspaces/acme/remove-member", {"account_id": "557058:frank"})
+        with pytest.raises(errors.ServerError):
+            await reconcile_workspace(client, store, settings, "acme")
+        after = await store.results.query()
+        repo_rows = [r for r in after if r.result.subject_type == "repository"]
+        assert repo_rows and all(r.stale_since is not None for r in repo_rows)
+        assert all(before[(r.result.check, r.result.subject)] == r.result.status for r in repo_rows)
+        member_rows = [r for r in after if r.result.subject_type == "member"]
+        assert member_rows and all(r.stale_since is None for r in member_rows)
+        members = await store.snapshots.get("members:acme")
+        assert members is not None and members.stale_since is None
+        assert "557058:frank" not in str(members.content)  # the member list was read in the same pass
+        assert not [r for r in member_rows if r.result.subject_key == "557058:frank"]  # and evaluated
+    finally:
+        await store.close()
