@@ -17,7 +17,7 @@ from app import errors
 from app.bitbucket.client import DEFER_AFTER, BitbucketClient, Budget, StaticToken
 from app.sandbox.serve import RunningSandbox, free_port
 from tests.conftest import TOKEN
-from tests.helpers import RunningApp, product_settings, running_app
+from tests.helpers import ADMIN, RunningApp, product_settings, running_app
 
 
 async def act(session: aiohttp.ClientSession, sb: RunningSandbox, path: str, body: dict[str, Any]) -> None:
@@ -79,3 +79,24 @@ async def test_an_exhausted_budget_defers_without_sending(
         await asyncio.wait_for(asyncio.create_task(deferring(), context=contextvars.copy_context()), timeout=5)
     assert caught.value.retry_after is not None and caught.value.retry_after > 3000
     assert len(sandbox.sandbox.requests) == sent
+
+
+async def test_requested_and_scheduled_passes_coalesce_into_one_pending_pass(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port)
+    async with running_app(settings, port, session, background=False) as app:
+        store = app.services.service.store
+        scheduled = await app.services.scheduler.tick()  # a full pass is due at start
+        async with session.post(
+            f"{app.url}/api/reconcile", json={"tier": "full"}, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            requested = (await resp.json())["queued"]
+        passes = await store.events.list(event_key="lp:reconcile")
+        full = [e for e in passes if e.payload.get("tier") == "full"]
+        assert len(full) == 1 and requested == [full[0].id] and full[0].id in scheduled
+        await app.services.worker.drain()  # once it has run, a new request is a new pass
+        again = await app.services.service.internal_event("lp:reconcile", {"tier": "full"})
+        assert again and again[0] != full[0].id

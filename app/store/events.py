@@ -296,6 +296,15 @@ class Events:
     async def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self.db.fetchall("SELECT state, count(*) FROM events GROUP BY state")}
 
+    async def pending_pass(self, connection_id: str, workspace: str, tier: str) -> int | None:
+        """A queued (not yet started) pass of this workspace and tier, which a new request joins."""
+        r = await self.db.fetchone(
+            "SELECT id FROM events WHERE event_key = 'lp:reconcile' AND state = 'queued' AND connection_id = ? "
+            "AND workspace = ? AND json_extract(payload, '$.tier') = ? ORDER BY id LIMIT 1",
+            (connection_id, workspace, tier),
+        )
+        return int(r[0]) if r else None
+
     async def runnable(self) -> int:
         """Events a worker could claim now (queued, or failed and due for a retry)."""
         r = await self.db.fetchone(
