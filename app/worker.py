@@ -4,8 +4,20 @@ One code path for every trigger. A batch claims every runnable event, plans each
 resource once however many events asked for it (at most one batch runs at a time, and the events
 arriving meanwhile form the next batch: at most one queued and one running fetch per resource),
 stores the snapshots and re-evaluates only the affected (test, subject) pairs. Reconcile passes
-(``lp:reconcile``) run beside the batches, under a lock, with low budget priority. A failed batch
-goes back with a backoff and ends ``dead`` after a bounded number of tries.
+(``lp:reconcile``) run beside the batches, under a lock, with low budget priority.
+
+Failure stays where it happened (checks.md "A fetch that fails"):
+
+- a resource that cannot be read (any status, timeout, unreadable body, a ``next`` link to
+  another host, a token failure) only turns its own snapshot stale; the rest of the batch is
+  fetched, evaluated and written, and the events that needed it are retried with backoff
+  (``retry_base`` doubling) until ``dead``;
+- a wait longer than ``defer_after`` (a 429's Retry-After, a spent budget) re-queues only the
+  events that need that resource, for when it may be read (the try does not count);
+- a batch that raises is split and each event tried alone, so only the event whose processing
+  raises is retried and ends ``dead`` with its error; a pass that raises is retried the same way;
+- on shutdown or a crash the worker gives its leases back; its supervisor
+  (:mod:`app.supervise`) restarts it.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from app.reconcile import (
     fetch_restrictions,
     iso,
     k_build,
+    k_emails,
     k_model,
     k_pipelines,
     k_prs,
@@ -46,6 +59,7 @@ from app.reconcile import (
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
+from app.supervise import describe
 
 log = get_logger("worker")
 
@@ -171,7 +185,7 @@ class Worker:
             if len(group) == 1:
                 await self._failed(cid, group, exc)
                 return
-            log.warning("worker.batch_split", connection=cid, events=len(group), error=_error(exc))
+            log.warning("worker.batch_split", connection=cid, events=len(group), error=describe(exc))
         for row in group:
             try:
                 await self._batch(cid, [row])
@@ -179,13 +193,13 @@ class Worker:
                 await self._failed(cid, [row], exc)
 
     async def _failed(self, cid: str, rows: list[EventRow], exc: BaseException) -> None:
-        dead = await self.store.events.fail(rows, _error(exc), backoff_base=self.retry_base)
+        dead = await self.store.events.fail(rows, describe(exc), backoff_base=self.retry_base)
         log.warning(
             "worker.event_failed",
             connection=cid,
             events=[r.id for r in rows],
             dead=dead,
-            error=_error(exc),
+            error=describe(exc),
         )
 
     # -- reconcile passes -----------------------------------------------------------------------
@@ -194,9 +208,9 @@ class Worker:
             async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
                 await self._run_pass(row)
         except Exception as exc:  # noqa: BLE001 - a failing pass never stops the worker or other passes
-            await self.store.events.fail([row], _error(exc), backoff_base=self.pass_retry_base)
+            await self.store.events.fail([row], describe(exc), backoff_base=self.pass_retry_base)
             log.warning(
-                "worker.pass_failed", event_id=row.id, workspace=row.payload.get("workspace"), error=_error(exc)
+                "worker.pass_failed", event_id=row.id, workspace=row.payload.get("workspace"), error=describe(exc)
             )
         self._claimed.pop(row.id, None)  # not when cancelled: ``run`` gives that lease back
 
@@ -239,7 +253,7 @@ class Worker:
                 if self.on_delta:
                     await self.on_delta(ws, delta)
         except (errors.BitbucketError, errors.TokenError) as exc:
-            await self.store.events.fail([row], _error(exc), backoff_base=self.pass_retry_base)
+            await self.store.events.fail([row], describe(exc), backoff_base=self.pass_retry_base)
             log.warning("worker.pass_failed", workspace=ws, tier=tier, error=type(exc).__name__)
 
     async def _check_scopes(self, conn_id: str, granted: frozenset[str] | None) -> dict[str, Any] | None:
@@ -367,8 +381,8 @@ class Worker:
                         log.info("fetch.deferred", key=f.key, seconds=round(deferred[f.key], 1))
                         return  # what it read so far is read again with the rest
                     except Exception as exc:  # noqa: BLE001 - one resource never fails the others
-                        key = k_repo(f.repo_uuid) if f.repo_uuid else k_repos(f.workspace)
-                        await fetcher.failed(key, f.workspace, "repo" if f.repo_uuid else "repos", exc)
+                        key, kind = _snapshot_of(f)
+                        await fetcher.failed(key, f.workspace, kind, exc)
                         if f.repo_uuid and f.kind in ("repo", "repo_full"):
                             tainted[f.workspace].add(f.repo_uuid)
                 rows_read.extend(fetcher.rows)
@@ -422,7 +436,7 @@ class Worker:
             await self.store.events.defer([eid], time.time() + seconds)
         for r in retry:
             why = "; ".join(f"{k}: {failed[k]}" for f in plans[r.id].fetches if (k := f.key) in failed)
-            await self._failed(cid, [r], _FetchFailed(why))
+            await self._failed(cid, [r], ResourcesUnreadable(why))
         received = max((r.received_at for r in rows if r.source == "webhook"), default=None)
         if received:
             await self.store.connections.touch_delivery(cid, received)
@@ -545,15 +559,23 @@ async def _dumped(aw: Awaitable[Any]) -> Any:
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
-class _FetchFailed(Exception):
+def _snapshot_of(f: Fetch) -> tuple[str, str]:
+    """The snapshot (key, kind) a fetch writes, which turns stale when the fetch fails."""
+    uuid = f.repo_uuid or ""
+    by_kind = {
+        "repo": (k_repo(uuid), "repo"),
+        "repo_full": (k_repo(uuid), "repo"),
+        "restrictions": (k_restrictions(uuid), "restrictions"),
+        "branching_model": (k_model(uuid), "branching_model"),
+        "last_build": (k_build(uuid), "last_build"),
+        "pr_count": (k_prs(uuid), "pr_count"),
+        "emails": (k_emails(f.workspace), "email_links"),
+    }
+    return by_kind.get(f.kind, (k_repos(f.workspace), "repos"))
+
+
+class ResourcesUnreadable(Exception):
     """Some resources an event needs could not be read (the rest of its batch was written)."""
-
-
-def _error(exc: BaseException) -> str:
-    """One line naming an exception (an exception group names its first leaf)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _strings(value: object) -> list[str]:
