@@ -166,7 +166,7 @@ async def test_sigterm_drains_within_ten_seconds_and_loses_nothing(
     secret = Crypto(SECRET_KEY).decrypt(conn.execute("SELECT webhook_secret FROM connections").fetchone()[0])
     conn.close()
     api = sandbox.sandbox.state.workspaces["acme"].repos["api"]
-    sandbox.sandbox.faults.latency_ms = 300  # Bitbucket is slow: work is in flight at SIGTERM
+    sandbox.sandbox.faults.latency_ms = 1000  # Bitbucket is slow: work is in flight at SIGTERM
 
     proc = await start(env, port, session)
     accepted: list[str] = []
