@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -302,7 +303,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
-    from app.main import SERVER_OPTIONS, create_app
+    from app.main import SERVER_OPTIONS, SHUTDOWN_SECONDS, create_app
     from app.ports import listen
 
     if settings.secret_key is None:
@@ -314,9 +315,10 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     Crypto(settings.secret_key.get_secret_value())  # a bad key is a configuration error, before binding
     sock = listen(host, port)  # a busy port is one line and exit 2, before anything is opened
     with sock:
+        app = create_app(settings)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings),
+                app,
                 host=host,
                 port=port,
                 log_level="warning",
@@ -324,10 +326,19 @@ def _serve(settings: Settings, host: str, port: int) -> int:
                 loop="auto",
                 **SERVER_OPTIONS,  # h11 with a header size limit
                 lifespan="on",
+                timeout_graceful_shutdown=SHUTDOWN_SECONDS,
             )
         )
+        # A background task that cannot be kept alive stops the server; the exit status says so.
+        app.state.stop = lambda: setattr(server, "should_exit", True)
+        # uvicorn drains on SIGTERM, then re-raises the signal under the handler that was there before
+        # it: make that handler a no-op, so a drained SIGTERM is a clean stop with exit status 0.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
         try:
             server.run(sockets=[sock])
         except SystemExit as exc:  # uvicorn's "startup failed" (already logged)
             raise errors.LowerplaneError("serve could not start (see the log above)") from exc
-    return 0
+    if app.state.fatal is not None:
+        print(f"lowerplane-bitbucket: {app.state.fatal}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1

@@ -13,6 +13,7 @@
     │   ├── BadRequestError      400: we sent something Bitbucket refused
     │   ├── TransientError       worth retrying
     │   │   ├── RateLimitedError 429, ``retry_after`` seconds when Bitbucket sent it
+    │   │   │   └── Deferred     a wait (Retry-After, budget) longer than the caller's DEFER_AFTER
     │   │   ├── ServerError      5xx
     │   │   └── TransportError   timeout, connection refused or reset
     │   └── UnexpectedResponse   a body we cannot read (not JSON, wrong shape)
@@ -96,6 +97,11 @@ class RateLimitedError(TransientError):
     ) -> None:
         super().__init__(message, status=status, endpoint=endpoint)
         self.retry_after = retry_after
+
+
+class Deferred(RateLimitedError):
+    """Not sent, or not retried: the wait it needs (``retry_after``) is longer than the caller
+    accepts (``bitbucket.client.DEFER_AFTER``); the caller re-queues its work for later."""
 
 
 class ServerError(TransientError):

@@ -2,7 +2,12 @@
 
 The lifespan opens the store, the one aiohttp session, the encryption keys and the client pool;
 makes sure the token-mode connection exists; registers or repairs webhooks; and runs the event
-writer (group commit), the worker and the scheduler in one task group until shutdown.
+writer (group commit), the worker, the scheduler and the alert dispatcher in one task group, each
+under the :class:`~app.supervise.Supervisor` (restarted with backoff; the process gives up and
+exits 1 when one cannot be kept alive). ``/healthz`` fails when a task is not running or makes no
+progress while it has work. On shutdown (SIGTERM) the server stops accepting, finishes the
+requests in flight (every acknowledged delivery is already committed), the worker gives back its
+leases, and the process exits 0 within ``SHUTDOWN_SECONDS``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from app.service import Service
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventWriter
+from app.supervise import Supervisor
 from app.web import api, connect, dashboard, webhooks
 from app.web.openapi import API_ROUTES, serve_document
 from app.web.problems import Problem, handle_problem
@@ -86,6 +92,15 @@ class Services:
     dispatcher: Dispatcher
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
+    supervisor: Supervisor | None = None  # made from ``metrics`` when not given
+    stall_after: float = 300.0  # seconds without progress, while there is work, that fail /healthz
+
+    def __post_init__(self) -> None:
+        if self.supervisor is None:
+            self.supervisor = Supervisor(self.metrics)
+
+
+SHUTDOWN_SECONDS = 10  # SIGTERM: in-flight requests get this long, then the process exits
 
 
 def senders(settings: Settings, session: aiohttp.ClientSession) -> list[Sender]:
@@ -134,9 +149,7 @@ async def build_services(
         digest_every=settings.alert_digest_interval,
         metrics=metrics,
     )
-    worker = Worker(
-        store, settings, service.client, service=service, on_delta=dispatcher.on_delta, on_ops=dispatcher.ops
-    )
+    worker = Worker(store, settings, service.client, service=service, alerts=dispatcher.rows_for, on_ops=dispatcher.ops)
 
     async def broken(conn_id: str, reason: str) -> None:
         await dispatcher.ops(f"Connection {conn_id} is broken", f"Token refresh failed: {reason}. Reconnect it.")
@@ -163,7 +176,42 @@ async def start_up(services: Services) -> None:
             log.error("startup.webhook_registration_failed", connection=conn.id, error=f"{type(exc).__name__}: {exc}")
 
 
+def _watch(services: Services, supervisor: Supervisor) -> None:
+    """Progress probes: a task with work that has not moved for ``stall_after`` seconds is stuck."""
+    store = services.service.store
+
+    async def worker() -> str | None:
+        silent = time.time() - services.worker.alive_at
+        if silent > services.stall_after:
+            waiting = await store.events.runnable()
+            if waiting:
+                return f"no progress for {silent:.0f} s with {waiting} events runnable"
+        return None
+
+    async def writer() -> str | None:
+        silent = time.time() - services.writer.alive_at
+        if services.writer.backlog and silent > services.stall_after:
+            return f"no commit for {silent:.0f} s with {services.writer.backlog} deliveries waiting"
+        return None
+
+    async def scheduler() -> str | None:
+        silent = time.time() - services.scheduler.alive_at
+        if silent > services.stall_after + 30:
+            return f"no scheduling round for {silent:.0f} s"
+        return None
+
+    supervisor.watch("worker", worker)
+    supervisor.watch("writer", writer)
+    supervisor.watch("scheduler", scheduler)
+
+
 async def healthz(request: Request) -> Response:
+    """Liveness: every background task runs and progresses (else 503 naming the tasks)."""
+    services: Services = request.app.state.services
+    assert services.supervisor is not None
+    problems = await services.supervisor.problems()
+    if problems:
+        return JSONResponse({"status": "failing", "tasks": problems}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
@@ -263,18 +311,24 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
                 services = await build_services(settings, session)
                 stack.push_async_callback(services.service.store.close)
             app.state.services = services
+            supervisor = services.supervisor
+            assert supervisor is not None
+            if supervisor.on_fatal is None:
+                supervisor.on_fatal = app.state.on_fatal
+            _watch(services, supervisor)
             await start_up(services)
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(services.writer.run())]
+                tasks = [tg.create_task(supervisor.run("writer", services.writer.run))]
                 if background:
                     tasks += [
-                        tg.create_task(services.worker.run()),
-                        tg.create_task(services.scheduler.run()),
-                        tg.create_task(services.dispatcher.run()),
+                        tg.create_task(supervisor.run("worker", services.worker.run)),
+                        tg.create_task(supervisor.run("scheduler", services.scheduler.run)),
+                        tg.create_task(supervisor.run("dispatcher", services.dispatcher.run)),
                     ]
                 yield
                 for task in tasks:
                     task.cancel()
+            log.info("shutdown.done")
 
     app = Starlette(
         routes=routes(),
@@ -287,4 +341,14 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
         },
     )
     app.state.settings = settings
+    app.state.fatal = None
+
+    def on_fatal(reason: str) -> None:
+        """A background task cannot be kept alive: stop serving (``serve`` then exits 1)."""
+        app.state.fatal = reason
+        stop = getattr(app.state, "stop", None)
+        if stop is not None:
+            stop()
+
+    app.state.on_fatal = on_fatal
     return app

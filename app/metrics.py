@@ -28,6 +28,9 @@ class Metrics:
             "lp_bitbucket_budget_remaining", "Requests left in the rolling hour", ["connection"], registry=r
         )
         self.alerts = Counter("lp_alerts", "Alerts by channel and outcome", ["channel", "outcome"], registry=r)
+        self.task_restarts = Counter(
+            "lp_task_restarts", "Restarts of a background task by its supervisor", ["task"], registry=r
+        )
         self.results = Gauge("lp_results", "Current results by test and status", ["check", "status"], registry=r)
 
     def observe_ingest(self, seconds: float) -> None:

@@ -35,9 +35,12 @@ from app.models import Result
 from app.planner import BRANCH_CHECKS, MEMBER_CHECKS, REPO_CHECKS
 from app.settings import Settings
 from app.store import Store
+from app.store.outbox import Entry
 from app.store.snapshots import Snapshot
 
 log = get_logger("reconcile")
+
+Alerts = Callable[[Delta], list[Entry]]  # a delta -> the outbox rows it causes (notify.Dispatcher)
 
 
 def utcnow() -> datetime:
@@ -105,6 +108,7 @@ class Fetcher:
         self.now = now
         self.rows: list[tuple[str, str, str, Any]] = []
         self.failures = 0
+        self.errors: dict[str, str] = {}  # snapshot key -> the error that left it stale
 
     async def get(self, key: str, ws: str, kind: str, read: Callable[[], Awaitable[Any]], keep: bool = True) -> Any:
         """Run ``read``; store its value (unless ``keep`` is false: the caller folds it into another
@@ -113,14 +117,22 @@ class Fetcher:
             value = await read()
         except errors.ForbiddenError as exc:
             value = {"unreadable": {"reason": "missing_scope", "scope": exc.required_scope or "repository:admin"}}
-        except (errors.TransientError, errors.UnexpectedResponse, errors.NotFoundError, errors.BadRequestError) as exc:
-            self.failures += 1
-            log.warning("fetch.failed", key=key, error=type(exc).__name__)
-            await self.store.snapshots.mark_failed(key, ws, kind, f"{type(exc).__name__}: {exc}", self.now)
+        except errors.Deferred:
+            raise  # not a failure: the caller re-queues the work for when Bitbucket lets us read again
+        except Exception as exc:  # noqa: BLE001 - any failure (status, timeout, body, foreign link) stays here
+            await self.failed(key, ws, kind, exc)
             return None
         if keep:
             self.rows.append((key, ws, kind, value))
         return value
+
+    async def failed(self, key: str, ws: str, kind: str, exc: BaseException) -> None:
+        """Record that one resource could not be read: its snapshot turns stale, nothing else."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.failures += 1
+        self.errors[key] = error
+        log.warning("fetch.failed", key=key, error=type(exc).__name__)
+        await self.store.snapshots.mark_failed(key, ws, kind, error, self.now)
 
 
 def _dump(value: Any) -> Any:
@@ -364,11 +376,13 @@ async def record(
     cause: str = "reconcile",
     subjects: set[str] | None = None,
     only_checks: frozenset[str] | None = None,
+    alerts: Alerts | None = None,
 ) -> tuple[Delta, int]:
     """Evaluate from snapshots, diff against stored results, write the delta.
 
     ``subjects`` and ``only_checks`` narrow the evaluation and the diff (and so what may be
-    retired) to those subject keys and tests.
+    retired) to those subject keys and tests. ``alerts`` turns the delta into outbox rows,
+    written in the same transaction as the results.
     """
     results, members_read = await evaluate_workspace(store, settings, ws, now, subjects, only_checks)
     if subjects is not None:
@@ -386,21 +400,35 @@ async def record(
         return not (check in MEMBER_CHECKS and not members_read)
 
     delta = diff(previous, results, in_scope)
-    written = await store.results.apply(delta, iso(now), cause)
+    written = await store.results.apply(delta, iso(now), cause, outbox=alerts(delta) if alerts else ())
     return delta, written
 
 
 async def reconcile_workspace(
-    client: BitbucketClient, store: Store, settings: Settings, ws: str, now: datetime | None = None
+    client: BitbucketClient,
+    store: Store,
+    settings: Settings,
+    ws: str,
+    now: datetime | None = None,
+    alerts: Alerts | None = None,
 ) -> PassReport:
-    """One full pass over a workspace. Raises BitbucketError when the repository list is unreadable."""
+    """One full pass over a workspace.
+
+    When the repository list is unreadable, the repository results stand and are marked stale,
+    the member tests are still read and written, and then the error is raised (the pass is
+    retried)."""
     started = time.perf_counter()
     now = now or utcnow()
     stamp = iso(now)
     calls_before = client.calls()
     enabled = settings.enabled_checks
     fetcher = Fetcher(client, store, stamp)
-    repos = await client.repositories(ws)
+    try:
+        repos = await client.repositories(ws)
+    except errors.BitbucketError as exc:
+        await fetcher.failed(k_repos(ws), ws, "repos", exc)
+        await _members_only(fetcher, store, settings, ws, now, alerts)
+        raise
     fetcher.rows.append((k_repos(ws), ws, "repos", [r.uuid for r in repos]))
     sem = asyncio.Semaphore(settings.concurrency)
 
@@ -421,7 +449,7 @@ async def reconcile_workspace(
     snaps = await store.snapshots.load(ws)
     gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and _repo_of(k) not in (None, *known)]
     await store.snapshots.delete(gone)
-    report.delta, report.rows_written = await record(store, settings, ws, now)
+    report.delta, report.rows_written = await record(store, settings, ws, now, alerts=alerts)
     report.api_calls = client.calls() - calls_before
     report.seconds = time.perf_counter() - started
     log.info(
@@ -435,6 +463,21 @@ async def reconcile_workspace(
         seconds=round(report.seconds, 2),
     )
     return report
+
+
+async def _members_only(
+    fetcher: Fetcher, store: Store, settings: Settings, ws: str, now: datetime, alerts: Alerts | None
+) -> None:
+    """The pass without the repository list: repository results stale, member tests as usual."""
+    stale = [
+        r for (check, _), r in (await store.results.load(ws)).items() if check in REPO_CHECKS and r.stale_since is None
+    ]
+    if stale:
+        await store.results.apply(Delta(stale=stale), iso(now), "reconcile")
+    if MEMBER_CHECKS & set(settings.enabled_checks):
+        await fetch_members(fetcher, ws, await store.records.people())
+        await store.snapshots.put_many(fetcher.rows, fetcher.now)
+        await record(store, settings, ws, now, "reconcile", only_checks=MEMBER_CHECKS, alerts=alerts)
 
 
 def _repo_of(key: str) -> str | None:
@@ -462,6 +505,7 @@ class Scheduler:
         self.settings: Settings = service.settings
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.clock = clock
+        self.alive_at = time.time()  # the start of the last round (a liveness heartbeat)
 
     async def _due(self, name: str, period: float, jitter: float = 0.0) -> bool:
         due_at = await self.store.meta.get(f"next:{name}")
@@ -522,6 +566,7 @@ class Scheduler:
 
     async def run(self, every: float = 30.0) -> None:
         while True:
+            self.alive_at = time.time()
             try:
                 await self.tick()
             except Exception as exc:  # noqa: BLE001 - the scheduler must outlive one bad round

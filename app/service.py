@@ -112,7 +112,8 @@ class Service:
 
     # -- the event log ------------------------------------------------------------------------
     async def internal_event(self, key: str, payload: dict[str, Any], conn_id: str | None = None) -> list[int]:
-        """Append an internal event for every workspace it concerns (all when none is named)."""
+        """Append an internal event for every workspace it concerns (all when none is named); a
+        pass joins the same workspace's pass of that tier when one is still queued."""
         ids: list[int] = []
         targets: list[tuple[str, str]] = []
         for conn in await self.connections():
@@ -122,6 +123,12 @@ class Service:
                 if payload.get("workspace") in (None, ws):
                     targets.append((conn.id, ws))
         for cid, ws in targets:
+            if key == "lp:reconcile":
+                # A user-requested and a scheduled pass of one workspace and tier are one pass.
+                pending = await self.store.events.pending_pass(cid, ws, str(payload.get("tier", "full")))
+                if pending is not None:
+                    ids.append(pending)
+                    continue
             eid = await self.store.events.append(
                 NewEvent(
                     connection_id=cid,

@@ -4,32 +4,48 @@ One code path for every trigger. A batch claims every runnable event, plans each
 resource once however many events asked for it (at most one batch runs at a time, and the events
 arriving meanwhile form the next batch: at most one queued and one running fetch per resource),
 stores the snapshots and re-evaluates only the affected (test, subject) pairs. Reconcile passes
-(``lp:reconcile``) run beside the batches, under a lock, with low budget priority. A failed batch
-goes back with a backoff and ends ``dead`` after a bounded number of tries.
+(``lp:reconcile``) run beside the batches, under a lock, with low budget priority.
+
+Failure stays where it happened (checks.md "A fetch that fails"):
+
+- a resource that cannot be read (any status, timeout, unreadable body, a ``next`` link to
+  another host, a token failure) only turns its own snapshot stale; the rest of the batch is
+  fetched, evaluated and written, and the events that needed it are retried with backoff
+  (``retry_base`` doubling) until ``dead``;
+- a wait longer than ``defer_after`` (a 429's Retry-After, a spent budget) re-queues only the
+  events that need that resource, for when it may be read (the try does not count);
+- a batch that raises is split and each event tried alone, so only the event whose processing
+  raises is retried and ends ``dead`` with its error; a pass that raises is retried the same way;
+- on shutdown or a crash the worker gives its leases back; its supervisor
+  (:mod:`app.supervise`) restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from app import errors
-from app.bitbucket.client import PRIORITY, BitbucketClient
+from app.bitbucket.client import DEFER_AFTER, PRIORITY, BitbucketClient
 from app.findings import Delta
 from app.logs import get_logger
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, Plan, coalesce, plan
 from app.reconcile import (
+    Alerts,
     Fetcher,
     fetch_members,
     fetch_repository,
     fetch_restrictions,
     iso,
     k_build,
+    k_emails,
     k_model,
     k_pipelines,
     k_prs,
@@ -43,6 +59,7 @@ from app.reconcile import (
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
+from app.supervise import describe
 
 log = get_logger("worker")
 
@@ -76,7 +93,9 @@ class Worker:
         coalesce_window: float = 2.0,
         service: Any = None,
         on_ops: Callable[[str, str], Awaitable[Any]] | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
+        self.alerts = alerts  # delta -> outbox rows, written with the results in one transaction
         self.on_ops = on_ops  # operational warnings (scope changes) to the alert channels
         self.service = service  # app.service.Service, for webhook checks during full passes
         self._pass_slots = asyncio.Semaphore(2)
@@ -93,21 +112,37 @@ class Worker:
         # for it wait and are served together by one fetch (a burst of pushes costs two fetches).
         self.coalesce_window = coalesce_window
         self._fetched_at: dict[str, float] = {}
+        self.retry_base = 5.0  # seconds before an event's first retry (doubling each try)
+        self.defer_after = 5.0  # a longer wait for Bitbucket (Retry-After, budget) re-queues the event
+        self.pass_retry_base = 60.0
+        self._claimed: dict[int, EventRow] = {}  # events this worker holds a lease on
 
     async def run(self) -> None:
         """Forever: process batches; sleep until the log changes (or a second passes)."""
         await self.store.events.requeue_running()
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            try:
-                while True:
-                    self.alive_at = time.time()
-                    if await self.step():
-                        continue
-                    await self.store.events.requeue_expired_leases()
-                    await self.store.events.wait_changed(1.0)
-            finally:
-                self._tg = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                try:
+                    while True:
+                        self.alive_at = time.time()
+                        if await self.step():
+                            continue
+                        await self.store.events.requeue_expired_leases()
+                        await self.store.events.wait_changed(1.0)
+                finally:
+                    self._tg = None
+        finally:
+            await self.release()
+
+    async def release(self) -> None:
+        """Give back the leases this worker holds (shutdown, crash): the events are queued again
+        at once, without counting the interrupted try."""
+        held, self._claimed = sorted(self._claimed), {}
+        if held:
+            with contextlib.suppress(Exception):  # the database may be what failed
+                await asyncio.shield(self.store.events.release(held))
+            log.info("worker.leases_released", events=len(held))
 
     async def drain(self) -> None:
         """Process until nothing is runnable (used by the CLI and the tests); passes run inline."""
@@ -118,6 +153,14 @@ class Worker:
         rows = await self.store.events.claim(self.batch)
         if not rows:
             return 0
+        self._claimed.update((r.id, r) for r in rows)
+        count = await self._step(rows)  # when cancelled or crashed, ``run`` gives the leases back
+        for r in rows:
+            if r.event_key != "lp:reconcile":
+                self._claimed.pop(r.id, None)
+        return count
+
+    async def _step(self, rows: list[EventRow]) -> int:
         passes = [r for r in rows if r.event_key == "lp:reconcile"]
         others = [r for r in rows if r.event_key != "lp:reconcile"]
         for row in passes:
@@ -129,19 +172,47 @@ class Worker:
         for r in others:
             by_conn[r.connection_id].append(r)
         for cid, group in by_conn.items():
-            try:
-                await self._batch(cid, group)
-            except (errors.BitbucketError, errors.TokenError) as exc:
-                dead = await self.store.events.fail(group, f"{type(exc).__name__}: {exc}")
-                log.warning(
-                    "worker.batch_failed", connection=cid, events=len(group), dead=len(dead), error=type(exc).__name__
-                )
+            await self._isolated(cid, group)
         return len(rows)
+
+    async def _isolated(self, cid: str, group: list[EventRow]) -> None:
+        """A batch that raises is split: each event is tried alone, so only the event whose
+        processing raises is retried (and ends ``dead``); the others go on."""
+        try:
+            await self._batch(cid, group)
+            return
+        except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
+            if len(group) == 1:
+                await self._failed(cid, group, exc)
+                return
+            log.warning("worker.batch_split", connection=cid, events=len(group), error=describe(exc))
+        for row in group:
+            try:
+                await self._batch(cid, [row])
+            except Exception as exc:  # noqa: BLE001 - see above
+                await self._failed(cid, [row], exc)
+
+    async def _failed(self, cid: str, rows: list[EventRow], exc: BaseException) -> None:
+        dead = await self.store.events.fail(rows, describe(exc), backoff_base=self.retry_base)
+        log.warning(
+            "worker.event_failed",
+            connection=cid,
+            events=[r.id for r in rows],
+            dead=dead,
+            error=describe(exc),
+        )
 
     # -- reconcile passes -----------------------------------------------------------------------
     async def _pass(self, row: EventRow) -> None:
-        async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
-            await self._run_pass(row)
+        try:
+            async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
+                await self._run_pass(row)
+        except Exception as exc:  # noqa: BLE001 - a failing pass never stops the worker or other passes
+            await self.store.events.fail([row], describe(exc), backoff_base=self.pass_retry_base)
+            log.warning(
+                "worker.pass_failed", event_id=row.id, workspace=row.payload.get("workspace"), error=describe(exc)
+            )
+        self._claimed.pop(row.id, None)  # not when cancelled: ``run`` gives that lease back
 
     async def _run_pass(self, row: EventRow) -> None:
         PRIORITY.set(False)  # this task's requests leave the reserved share of the budget to events
@@ -160,10 +231,16 @@ class Worker:
                     await fetch_members(fetcher, ws, await self.store.records.people())
                     await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
                     delta, written = await record(
-                        self.store, self.settings, ws, utcnow(), "reconcile:members", only_checks=MEMBER_CHECKS
+                        self.store,
+                        self.settings,
+                        ws,
+                        utcnow(),
+                        "reconcile:members",
+                        only_checks=MEMBER_CHECKS,
+                        alerts=self.alerts,
                     )
                 else:
-                    report = await reconcile_workspace(client, self.store, self.settings, ws)
+                    report = await reconcile_workspace(client, self.store, self.settings, ws, alerts=self.alerts)
                     delta, written = report.delta, report.rows_written
                 hooks = await self._check_hooks(row.connection_id) if tier == "full" else None
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
@@ -176,7 +253,7 @@ class Worker:
                 if self.on_delta:
                     await self.on_delta(ws, delta)
         except (errors.BitbucketError, errors.TokenError) as exc:
-            await self.store.events.fail([row], f"{type(exc).__name__}: {exc}", backoff_base=60.0)
+            await self.store.events.fail([row], describe(exc), backoff_base=self.pass_retry_base)
             log.warning("worker.pass_failed", workspace=ws, tier=tier, error=type(exc).__name__)
 
     async def _check_scopes(self, conn_id: str, granted: frozenset[str] | None) -> dict[str, Any] | None:
@@ -279,20 +356,44 @@ class Worker:
             self._fetched_at[f.key] = clock
         now = utcnow()
         calls = 0
+        failed: dict[str, str] = {}  # fetch key -> why it could not be read
+        tainted: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories whose metadata failed
+        deferred: dict[str, float] = {}  # fetch key -> seconds Bitbucket (or the budget) asks us to wait
+        waiting: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories with a deferred fetch
         if fetches:
             client = await self.clients(cid)
             before = client.calls()
-            fetcher = Fetcher(client, self.store, iso(now))
+            rows_read: list[tuple[str, str, str, Any]] = []
             sem = asyncio.Semaphore(self.settings.concurrency)
 
             async def one(f: Fetch) -> None:
+                # Each fetch has its own Fetcher: a failure is attributed to this fetch alone.
+                DEFER_AFTER.set(self.defer_after)  # this task only: a long wait re-queues, never blocks
+                fetcher = Fetcher(client, self.store, iso(now))
                 async with sem:
-                    await self._fetch(fetcher, f, enabled)
+                    try:
+                        await self._fetch(fetcher, f, enabled)
+                    except errors.Deferred as exc:
+                        deferred[f.key] = exc.retry_after or self.defer_after
+                        if f.repo_uuid:
+                            waiting[f.workspace].add(f.repo_uuid)
+                        self._fetched_at.pop(f.key, None)
+                        log.info("fetch.deferred", key=f.key, seconds=round(deferred[f.key], 1))
+                        return  # what it read so far is read again with the rest
+                    except Exception as exc:  # noqa: BLE001 - one resource never fails the others
+                        key, kind = _snapshot_of(f)
+                        await fetcher.failed(key, f.workspace, kind, exc)
+                        if f.repo_uuid and f.kind in ("repo", "repo_full"):
+                            tainted[f.workspace].add(f.repo_uuid)
+                rows_read.extend(fetcher.rows)
+                if fetcher.errors:
+                    failed[f.key] = next(iter(fetcher.errors.values()))
+                    self._fetched_at.pop(f.key, None)  # the retry reads it again at once
 
             async with asyncio.TaskGroup() as tg:
                 for f in fetches:
                     tg.create_task(one(f))
-            await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
+            await self.store.snapshots.put_many(rows_read, iso(now))
             calls = client.calls() - before
         # Repositories that arrived or left.
         for ws in workspaces:
@@ -304,13 +405,23 @@ class Worker:
             if not ws:
                 continue
             ws_plans = [plans[r.id] for r in rows if str(r.payload.get("workspace") or r.workspace or "") == ws]
-            deltas = await self._evaluate(ws, ws_plans, rows[0].source)
+            deltas = await self._evaluate(
+                ws, ws_plans, rows[0].source, tainted.get(ws, set()), skip=waiting.get(ws, set())
+            )
             changes[ws] = [line for d in deltas for line in _changes(d)]
         done: dict[int, dict[str, Any]] = {}
+        retry: list[EventRow] = []
+        deferred_rows: dict[int, float] = {}
         for r in rows:
             p = plans[r.id]
             ws = str(r.payload.get("workspace") or r.workspace or "")
             mine = {f.key for f in p.fetches}
+            if mine & set(failed):
+                retry.append(r)  # its other results are written; it comes back for what failed
+                continue
+            if mine & set(deferred):
+                deferred_rows[r.id] = max(deferred[k] for k in mine & set(deferred))
+                continue
             done[r.id] = {
                 "fetches": [f.key for f in fetches if f.key in mine],
                 "batch_api_calls": calls,
@@ -321,6 +432,11 @@ class Worker:
         await self.store.events.finish({k: v for k, v in done.items() if k not in ignored})
         if ignored:
             await self.store.events.finish({k: {"ignored": True} for k in ignored})
+        for eid, seconds in deferred_rows.items():  # a wait is not a failed try
+            await self.store.events.defer([eid], time.time() + seconds)
+        for r in retry:
+            why = "; ".join(f"{k}: {failed[k]}" for f in plans[r.id].fetches if (k := f.key) in failed)
+            await self._failed(cid, [r], ResourcesUnreadable(why))
         received = max((r.received_at for r in rows if r.source == "webhook"), default=None)
         if received:
             await self.store.connections.touch_delivery(cid, received)
@@ -338,20 +454,38 @@ class Worker:
             keys = [k(u) for u in gone for k in (k_repo, k_restrictions, k_model, k_pipelines, k_build)]
             await self.store.snapshots.delete(keys + [k_prs(u) for u in gone])
 
-    async def _evaluate(self, ws: str, plans: list[Plan], source: str) -> list[Delta]:
+    async def _evaluate(
+        self,
+        ws: str,
+        plans: list[Plan],
+        source: str,
+        tainted: set[str] | None = None,
+        skip: set[str] | None = None,
+    ) -> list[Delta]:
+        """Re-run the affected tests. Repositories in ``tainted`` could not be read: their
+        results are not re-evaluated but kept and marked stale (checks.md "A fetch that fails").
+        Repositories in ``skip`` wait for a deferred read: they are evaluated when it is done."""
         now = utcnow()
         cause = f"event:{source}"
         deltas: list[Delta] = []
+        if tainted:
+            await self._mark_stale(ws, tainted, now)
         if any(p.workspace_checks for p in plans):
             checks = frozenset().union(*(p.checks for p in plans if p.workspace_checks))
             all_checks = any(not p.checks for p in plans if p.workspace_checks)
             delta, _ = await record(
-                self.store, self.settings, ws, now, cause, only_checks=None if all_checks else checks
+                self.store,
+                self.settings,
+                ws,
+                now,
+                cause,
+                only_checks=None if all_checks else checks,
+                alerts=self.alerts,
             )
             deltas.append(delta)
             if all_checks:
                 return await self._notify(ws, deltas)
-        repos = {u for p in plans for u in (*p.repos, *p.retire)}
+        repos = {u for p in plans for u in (*p.repos, *p.retire)} - (tainted or set()) - (skip or set())
         if repos:
             checks = frozenset().union(*(p.checks for p in plans if p.repos or p.retire))
             all_repo = any(not p.checks for p in plans if p.repos or p.retire)
@@ -363,13 +497,22 @@ class Worker:
                 cause,
                 subjects=repos,
                 only_checks=REPO_CHECKS if all_repo else checks,
+                alerts=self.alerts,
             )
             deltas.append(delta)
         if any(p.members for p in plans):
             checks = frozenset().union(*(p.checks for p in plans if p.members)) & MEMBER_CHECKS
-            delta, _ = await record(self.store, self.settings, ws, now, cause, only_checks=checks or MEMBER_CHECKS)
+            delta, _ = await record(
+                self.store, self.settings, ws, now, cause, only_checks=checks or MEMBER_CHECKS, alerts=self.alerts
+            )
             deltas.append(delta)
         return await self._notify(ws, deltas)
+
+    async def _mark_stale(self, ws: str, subjects: set[str], now: datetime) -> None:
+        stored = await self.store.results.load(ws)
+        stale = [s for (_, subject), s in stored.items() if subject in subjects and s.stale_since is None]
+        if stale:
+            await self.store.results.apply(Delta(stale=stale), iso(now), "fetch_failed")
 
     async def _notify(self, ws: str, deltas: list[Delta]) -> list[Delta]:
         if self.on_delta:
@@ -414,6 +557,25 @@ class Worker:
 async def _dumped(aw: Awaitable[Any]) -> Any:
     value = await aw
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def _snapshot_of(f: Fetch) -> tuple[str, str]:
+    """The snapshot (key, kind) a fetch writes, which turns stale when the fetch fails."""
+    uuid = f.repo_uuid or ""
+    by_kind = {
+        "repo": (k_repo(uuid), "repo"),
+        "repo_full": (k_repo(uuid), "repo"),
+        "restrictions": (k_restrictions(uuid), "restrictions"),
+        "branching_model": (k_model(uuid), "branching_model"),
+        "last_build": (k_build(uuid), "last_build"),
+        "pr_count": (k_prs(uuid), "pr_count"),
+        "emails": (k_emails(f.workspace), "email_links"),
+    }
+    return by_kind.get(f.kind, (k_repos(f.workspace), "repos"))
+
+
+class ResourcesUnreadable(Exception):
+    """Some resources an event needs could not be read (the rest of its batch was written)."""
 
 
 def _strings(value: object) -> list[str]:

@@ -28,6 +28,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential_jitter,
 )
@@ -59,6 +60,10 @@ EMAIL_BATCH = 90
 # Work that may wait for budget (reconcile passes) runs with PRIORITY False, so a share of the
 # hourly budget always stays free for webhook-driven fetches.
 PRIORITY: contextvars.ContextVar[bool] = contextvars.ContextVar("bitbucket_priority", default=True)
+# The longest a caller accepts to wait inside a request (a Retry-After, an exhausted budget);
+# longer raises errors.Deferred at once, so the worker re-queues that event instead of blocking.
+# None (passes, the CLI): wait as long as needed.
+DEFER_AFTER: contextvars.ContextVar[float | None] = contextvars.ContextVar("bitbucket_defer_after", default=None)
 
 
 class TokenSource(Protocol):
@@ -135,6 +140,15 @@ class Budget:
     def remaining(self) -> int:
         return max(0, self.limit - self.used)
 
+    def delay(self, *, priority: bool = True) -> float:
+        """Seconds until :meth:`acquire` would get a slot (0 when one is free now)."""
+        cap = self.limit if priority else self.limit - self.reserve
+        now = self._clock()
+        self._trim(now)
+        if len(self._stamps) < cap:
+            return 0.0
+        return max(0.0, self._stamps[len(self._stamps) - cap] + self.window - now)
+
     async def acquire(self, *, priority: bool = True) -> None:
         cap = self.limit if priority else self.limit - self.reserve
         async with self._lock:
@@ -207,6 +221,9 @@ class BitbucketClient:
     async def _send_once(
         self, method: str, url: str, endpoint: paths.Endpoint, body: Any, token: str
     ) -> tuple[int, Mapping[str, str], bytes]:
+        defer_after = DEFER_AFTER.get()
+        if defer_after is not None and (wait := self.budget.delay(priority=PRIORITY.get())) > defer_after:
+            raise errors.Deferred(f"{endpoint.name}: budget exhausted", endpoint=endpoint.name, retry_after=wait)
         await self.budget.acquire(priority=PRIORITY.get())
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         async with self._sem:
@@ -246,7 +263,15 @@ class BitbucketClient:
                     endpoint=endpoint.name,
                 ) from None
             status, headers, data = await self._send_once(method, url, endpoint, body, token)
-        sansio.raise_for_status(status, headers, data, endpoint.name)
+        try:
+            sansio.raise_for_status(status, headers, data, endpoint.name)
+        except errors.RateLimitedError as exc:
+            defer_after = DEFER_AFTER.get()
+            if defer_after is not None and exc.retry_after is not None and exc.retry_after > defer_after:
+                raise errors.Deferred(
+                    str(exc), status=429, endpoint=endpoint.name, retry_after=exc.retry_after
+                ) from None
+            raise
         if status == 204 or not data:
             return None
         return sansio.json_body(data)
@@ -255,7 +280,7 @@ class BitbucketClient:
         """Send one allow-listed request with retries; return the decoded JSON body (or None)."""
         endpoint = self._check(method, url)
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(errors.TransientError),
+            retry=retry_if_exception_type(errors.TransientError) & retry_if_not_exception_type(errors.Deferred),
             stop=stop_after_attempt(self._max_attempts),
             wait=self._wait,
             sleep=self._sleep,

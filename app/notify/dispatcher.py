@@ -23,7 +23,7 @@ from app.models import FAILING
 from app.notify.rules import alerts_for
 from app.notify.senders import DeliveryError, Sender
 from app.store import Store
-from app.store.outbox import Outbox
+from app.store.outbox import Entry, Outbox
 
 log = get_logger("notify.dispatcher")
 
@@ -55,8 +55,15 @@ class Dispatcher:
     async def on_delta(self, workspace: str, delta: Delta) -> None:
         await self.enqueue(alerts_for(delta, self.web_url))
 
+    def rows_for(self, delta: Delta) -> list[Entry]:
+        """The outbox rows a delta causes, for the caller to write with the results themselves."""
+        return self.rows(alerts_for(delta, self.web_url))
+
     async def enqueue(self, alerts: list[dict[str, Any]], channels: list[str] | None = None) -> int:
-        rows = []
+        return await self.outbox.add(self.rows(alerts, channels), self.clock())
+
+    def rows(self, alerts: list[dict[str, Any]], channels: list[str] | None = None) -> list[Entry]:
+        rows: list[Entry] = []
         for a in alerts:
             # One key per transition: what changed, from which earlier state (its last_changed).
             key = (
@@ -67,7 +74,7 @@ class Dispatcher:
             group = f"{a.get('workspace')}:{'changes' if a['kind'] in ('opened', 'resolved') else a['kind']}"
             for channel in channels or list(self.senders):
                 rows.append((channel, f"{channel}:{group}", f"{channel}:{key}", a["kind"], a))
-        return await self.outbox.add(rows, self.clock())
+        return rows
 
     async def ops(self, title: str, message: str, workspace: str = "ops", exclude: str | None = None) -> int:
         """An operational warning (broken connection, failing channel, scope change)."""

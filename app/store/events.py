@@ -226,6 +226,19 @@ class Events:
         )
         self._notify()
 
+    async def release(self, ids: Sequence[int]) -> None:
+        """Give back leases (shutdown): the events are runnable again at once and the interrupted
+        try does not count."""
+        if not ids:
+            return
+        now = time.time()
+        await self.db.executemany(
+            "UPDATE events SET state = 'queued', tries = max(tries - 1, 0), lease_until = NULL, next_attempt_at = ?, "
+            "changed_at = ? WHERE id = ? AND state = 'running'",
+            [(now, now, i) for i in ids],
+        )
+        self._notify()
+
     async def requeue_running(self) -> int:
         """At start-up: events a crashed worker left running go back to the queue."""
         async with self.db.transaction() as conn:
@@ -283,6 +296,22 @@ class Events:
     async def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self.db.fetchall("SELECT state, count(*) FROM events GROUP BY state")}
 
+    async def pending_pass(self, connection_id: str, workspace: str, tier: str) -> int | None:
+        """A queued (not yet started) pass of this workspace and tier, which a new request joins."""
+        r = await self.db.fetchone(
+            "SELECT id FROM events WHERE event_key = 'lp:reconcile' AND state = 'queued' AND connection_id = ? "
+            "AND workspace = ? AND json_extract(payload, '$.tier') = ? ORDER BY id LIMIT 1",
+            (connection_id, workspace, tier),
+        )
+        return int(r[0]) if r else None
+
+    async def runnable(self) -> int:
+        """Events a worker could claim now (queued, or failed and due for a retry)."""
+        r = await self.db.fetchone(
+            "SELECT count(*) FROM events WHERE state IN ('queued', 'failed') AND next_attempt_at <= ?", (time.time(),)
+        )
+        return int(r[0]) if r else 0
+
     async def oldest_queued_age(self) -> float:
         r = await self.db.fetchone("SELECT min(changed_at) FROM events WHERE state = 'queued'")
         return max(0.0, time.time() - r[0]) if r and r[0] else 0.0
@@ -303,6 +332,11 @@ class EventWriter:
         self.events = events
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[NewEvent, asyncio.Future[int | None]]] = asyncio.Queue()
+        self.alive_at = time.time()  # the last batch written (a liveness heartbeat)
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
 
     async def submit(self, event: NewEvent) -> int | None:
         """Returns the event id (None for a duplicate) once the insert is committed; raises on failure."""
@@ -313,6 +347,7 @@ class EventWriter:
     async def run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            self.alive_at = time.time()
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -325,6 +360,7 @@ class EventWriter:
             for (_, fut), eid in zip(batch, ids, strict=True):
                 if not fut.done():
                     fut.set_result(eid)
+            self.alive_at = time.time()
 
 
 class Locks:

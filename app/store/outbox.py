@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import aiosqlite
 
 from app.store.db import Database
 
@@ -41,25 +44,35 @@ def _row(r: Any) -> OutboxRow:
     )
 
 
+# (channel, group_key, idempotency_key, kind, payload): one alert for one channel.
+Entry = tuple[str, str, str, str, dict[str, Any]]
+
+
+async def insert(conn: aiosqlite.Connection, rows: Sequence[Entry], stamp: float) -> int:
+    """Add outbox rows inside the caller's transaction (results and their alerts commit together);
+    a known idempotency key adds nothing."""
+    added = 0
+    for channel, group, key, kind, payload in rows:
+        cur = await conn.execute(
+            "INSERT OR IGNORE INTO outbox (channel, group_key, idempotency_key, kind, payload, state, "
+            "created_at) VALUES (?,?,?,?,?, 'pending', ?)",
+            (channel, group, key, kind, json.dumps(payload, default=str), stamp),
+        )
+        added += cur.rowcount
+    return added
+
+
 class Outbox:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def add(self, rows: list[tuple[str, str, str, str, dict[str, Any]]], now: float | None = None) -> int:
+    async def add(self, rows: Sequence[Entry], now: float | None = None) -> int:
         """(channel, group_key, idempotency_key, kind, payload); a known idempotency key adds nothing."""
         if not rows:
             return 0
         stamp = time.time() if now is None else now
         async with self.db.transaction() as conn:
-            added = 0
-            for channel, group, key, kind, payload in rows:
-                cur = await conn.execute(
-                    "INSERT OR IGNORE INTO outbox (channel, group_key, idempotency_key, kind, payload, state, "
-                    "created_at) VALUES (?,?,?,?,?, 'pending', ?)",
-                    (channel, group, key, kind, json.dumps(payload, default=str), stamp),
-                )
-                added += cur.rowcount
-        return added
+            return await insert(conn, rows, stamp)
 
     async def due_groups(self, now: float) -> list[tuple[str, float, float | None]]:
         """(group, oldest pending created_at, last sent) for groups with deliverable rows."""

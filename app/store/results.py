@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from app.findings import Delta, Key, fingerprint
 from app.models import Result, StoredResult
 from app.store.db import Database
+from app.store.outbox import Entry, insert
 
 
 def _result(row: Any) -> StoredResult:
@@ -91,12 +94,22 @@ class Results:
         row = await self.db.fetchone("SELECT count(*) FROM result_history")
         return int(row[0]) if row else 0
 
-    async def apply(self, delta: Delta, now: str, cause: str = "reconcile") -> int:
-        """Write a delta in one transaction; return the number of result rows written."""
-        if delta.is_empty():
+    async def apply(
+        self,
+        delta: Delta,
+        now: str,
+        cause: str = "reconcile",
+        outbox: Sequence[Entry] = (),
+        outbox_at: float | None = None,
+    ) -> int:
+        """Write a delta, its history and the ``outbox`` rows (its alerts) in one transaction, so a
+        crash never records a change without its alert nor an alert without its change; return
+        the number of result rows written."""
+        if delta.is_empty() and not outbox:
             return 0
         written = 0
         async with self.db.transaction() as conn:
+            await insert(conn, outbox, time.time() if outbox_at is None else outbox_at)
             for change in delta.writes:
                 r, prev = change.result, change.previous
                 first_seen = prev.first_seen if prev else now

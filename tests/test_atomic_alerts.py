@@ -1,0 +1,83 @@
+"""Results, their history and the alerts they cause are written in one transaction: a failure
+between them cannot record a change without its alert (nor an alert without its change)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+
+from app.sandbox.serve import RunningSandbox, free_port
+from tests.helpers import Receiver, product_settings, running_app
+
+
+def rename_table(path: Path, old: str, new: str) -> None:
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def outbox_for(path: Path, subject: str) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [
+            r
+            for r in conn.execute("SELECT * FROM outbox WHERE kind = 'opened'")
+            if f'"subject": "{subject}"' in r["payload"] and "branch-protection-enforced" in r["payload"]
+        ]
+    finally:
+        conn.close()
+
+
+async def test_a_failed_alert_write_leaves_no_result_change_behind(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    async with Receiver() as slack:
+        port = free_port()
+        settings = product_settings(
+            sandbox.api,
+            tmp_path,
+            port,
+            LP_SLACK_WEBHOOK_URL=slack.url + "/services/x",
+            LP_SLACK_ALLOW_INSECURE_URL="true",
+        )
+        async with running_app(settings, port, session, background=False) as app:
+            service, worker = app.services.service, app.services.worker
+            store, db = service.store, tmp_path / "lp.sqlite3"
+            worker.coalesce_window = 0.0
+            worker.retry_base = 0.0
+            await service.internal_event("lp:reconcile", {"tier": "full"})
+            await worker.drain()
+
+            async def status() -> str:
+                [row] = await store.results.query(check="branch-protection-enforced", subject="acme/api")
+                return row.result.status
+
+            assert await status() == "pass"
+            history = await store.results.count_history()
+            # The alert cannot be written (its table is gone) when the result changes.
+            rename_table(db, "outbox", "outbox_away")
+            try:
+                async with session.post(
+                    f"{sandbox.url}/_sandbox/repos/acme/api/update", json={"mainbranch": "develop"}
+                ) as resp:
+                    assert resp.status == 200
+                assert await worker.step() == 1
+                [event] = await store.events.list(event_key="repo:updated")
+                assert event.state == "failed" and "outbox" in (event.error or "")
+                assert await status() == "pass"  # no change recorded without its alert
+                assert await store.results.count_history() == history
+            finally:
+                rename_table(db, "outbox_away", "outbox")
+            assert outbox_for(db, "acme/api") == []
+            # The retry records the change and its alert together.
+            await worker.drain()
+            assert (await store.events.get(event.id)).state == "done"  # type: ignore[union-attr]
+            assert await status() == "fail"
+            assert await store.results.count_history() == history + 2  # branch protection and peer review
+            assert len(outbox_for(db, "acme/api")) == 1
