@@ -112,7 +112,9 @@ class Fetcher:
         try:
             value = await read()
         except errors.ForbiddenError as exc:
-            value = {"unreadable": {"reason": "missing_scope", "scope": exc.required_scope or "repository:admin"}}
+            # A scope the credential lacks, or a permission its user lacks (not a repository admin).
+            reason = "missing_permission" if exc.kind == "permission" else "missing_scope"
+            value = {"unreadable": {"reason": reason, "scope": exc.required_scope}}
         except (errors.TransientError, errors.UnexpectedResponse, errors.NotFoundError, errors.BadRequestError) as exc:
             self.failures += 1
             log.warning("fetch.failed", key=key, error=type(exc).__name__)

@@ -13,6 +13,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -75,6 +76,25 @@ async def start(request: Request) -> Response:
     await store.connections.add_oauth_state(_h(state), _h(sid), time.time())
     url = oauth.authorize_url(settings.bitbucket_url, settings.oauth_client_id, state, callback_url(settings))
     return RedirectResponse(url, status_code=302)
+
+
+async def not_admin_repositories(store: Any, workspaces: Iterable[str]) -> list[str]:
+    """Repositories whose admin-only reads (branch restrictions, Pipelines switch) Bitbucket refused
+    because the connection's user is not an admin of them, although the scope is granted: the
+    scope report shows them apart from missing scopes."""
+    out: set[str] = set()
+    for ws in workspaces:
+        snaps = await store.snapshots.load(ws)
+        for key, snap in snaps.items():
+            kind, _, uuid = key.partition(":")
+            if kind not in ("restrictions", "pipelines") or not isinstance(snap.content, dict):
+                continue
+            unreadable = snap.content.get("unreadable")
+            if isinstance(unreadable, dict) and unreadable.get("reason") == "missing_permission":
+                repo = snaps.get(f"repo:{uuid}")
+                name = repo.content.get("full_name") if repo and isinstance(repo.content, dict) else None
+                out.add(str(name or uuid))
+    return sorted(out)
 
 
 def callback_url(settings: Any) -> str:
