@@ -220,3 +220,47 @@ async def test_client_reads_scopes_unexpanded_and_names_the_missing_one() -> Non
         report = {r["scope"]: r for r in scope_report(client.granted_scopes, CHECKS)}
         assert report["repository"]["granted"] is True
         assert report["repository:admin"]["granted"] is False
+
+
+# -- 4. branching model as applied ------------------------------------------------------------------
+async def test_a_branching_model_inherited_from_the_project_is_used(tmp_path: Path) -> None:
+    data = json.loads(SAMPLE.read_text())
+    ws = data["workspaces"][0]
+    # CORE's model makes the main branch the production branch; billing has no model of its own and
+    # protects "the production branch" only through the branching model.
+    ws["projects"][0]["branching_model"] = {
+        "development": {"use_mainbranch": True},
+        "production": {"use_mainbranch": True, "enabled": True},
+    }
+    billing = next(r for r in ws["repositories"] if r["slug"] == "billing")
+    billing["branch_restrictions"] = [
+        {"kind": kind, "branch_match_kind": "branching_model", "branch_type": "production", "value": value}
+        for kind, value in (
+            ("force", None),
+            ("delete", None),
+            ("push", None),
+            ("require_approvals_to_merge", 2),
+            ("require_passing_builds_to_merge", 1),
+        )
+    ]
+    async with running_sandbox(data) as sb, aiohttp.ClientSession() as session:
+        settings = product_settings(sb.api, tmp_path, 8999)
+        services = await build_services(settings, session)
+        try:
+            service = services.service
+            conn = await service.ensure_token_connection()
+            assert conn is not None
+            client = await service.client(conn.id)
+            model = await client.branching_model("acme", "billing")
+            assert model.production_enabled and model.production_use_mainbranch
+            await reconcile_workspace(client, service.store, settings, "acme")
+            for check in CHECKS:
+                [result] = [
+                    r.result
+                    for r in await service.store.results.query(check=check)
+                    if r.result.subject == "acme/billing"
+                ]
+                assert result.status == "pass", (check, result.message)
+            assert any("effective-branching-model" in r["path"] for r in sb.sandbox.requests)
+        finally:
+            await services.service.store.close()
