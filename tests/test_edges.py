@@ -264,3 +264,117 @@ async def test_a_branching_model_inherited_from_the_project_is_used(tmp_path: Pa
             assert any("effective-branching-model" in r["path"] for r in sb.sandbox.requests)
         finally:
             await services.service.store.close()
+
+
+# -- 7. token endpoint faults ------------------------------------------------------------------------
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def quick(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Services, list[str]]]:
+    """Services whose retries do not wait, with the 'broken' alerts they raise."""
+    monkeypatch.setattr(oauth, "REFRESH_RETRY_DELAYS", (0.0, 0.0), raising=False)
+    settings = product_settings(
+        sandbox.api,
+        tmp_path,
+        8999,
+        LP_OAUTH_CLIENT_ID="sandbox-member-client",
+        LP_OAUTH_CLIENT_SECRET="sandbox-member-secret",
+    )
+    s = await build_services(settings, session, sleep=_no_sleep, max_attempts=3)
+    alerts: list[str] = []
+
+    async def on_broken(conn_id: str, reason: str) -> None:
+        alerts.append(f"{conn_id}: {reason}")
+
+    s.service.on_broken = on_broken
+    try:
+        yield s, alerts
+    finally:
+        await s.service.store.close()
+
+
+def _token_calls(sandbox: RunningSandbox) -> list[int]:
+    return [r["status"] for r in sandbox.sandbox.requests if r["path"] == "/site/oauth2/access_token"]
+
+
+async def test_a_transient_token_endpoint_failure_is_retried_and_breaks_nothing(
+    quick: tuple[Services, list[str]], sandbox: RunningSandbox, session: aiohttp.ClientSession
+) -> None:
+    services, alerts = quick
+    cid = await _bob(services, session)
+    service = services.service
+    client = await service.client(cid)
+    await session.post(sandbox.url + "/_sandbox/tokens/expire")
+    sandbox.sandbox.requests.clear()
+    for status in (503, 504, 429):  # 504: the gateway timed out
+        sandbox.sandbox.faults.force_status = {"access_token": status}
+        with pytest.raises(errors.TransientError):
+            await client.current_user()
+        calls = _token_calls(sandbox)
+        assert len(calls) >= 3 and set(calls) == {status}  # retried
+        conn = await service.store.connections.get(cid)
+        assert conn is not None and conn.status == "active" and conn.status_reason is None
+        assert alerts == []
+        sandbox.sandbox.requests.clear()
+    sandbox.sandbox.faults.force_status = {}
+    # Bitbucket is back: the same refresh token still works
+    assert (await client.current_user()).account_id == "557058:bob"
+    assert _token_calls(sandbox) == [200]
+
+
+async def test_a_token_endpoint_that_times_out_or_is_down_is_transient(
+    session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from app.sandbox.serve import free_port
+
+    monkeypatch.setattr(oauth, "TOKEN_TIMEOUT", 0.2)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        await asyncio.sleep(5)  # never answers within the timeout
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(oauth.TokenEndpointUnavailable, match="TimeoutError"):
+            await oauth.refresh(session, f"http://127.0.0.1:{port}", "id", "secret", "r")
+    finally:
+        server.close()
+    with pytest.raises(oauth.TokenEndpointUnavailable):  # nothing listens there
+        await oauth.refresh(session, f"http://127.0.0.1:{free_port()}", "id", "secret", "r")
+
+
+async def test_only_invalid_grant_breaks_and_a_later_refresh_clears_it(
+    quick: tuple[Services, list[str]], sandbox: RunningSandbox, session: aiohttp.ClientSession
+) -> None:
+    services, alerts = quick
+    cid = await _bob(services, session)
+    service = services.service
+    client = await service.client(cid)
+    # a refused grant other than invalid_grant/invalid_client does not break the connection
+    sandbox.sandbox.faults.force_status = {"access_token": 400}
+    await session.post(sandbox.url + "/_sandbox/tokens/expire")
+    with pytest.raises(errors.AuthError):
+        await client.current_user()
+    conn = await service.store.connections.get(cid)
+    assert conn is not None and conn.status == "active" and alerts == []
+    sandbox.sandbox.faults.force_status = {}
+    # a connection marked broken earlier is active again after a successful refresh
+    await service.store.connections.set_status(cid, "broken", "token refresh failed: earlier")
+    assert (await client.current_user()).account_id == "557058:bob"
+    conn = await service.store.connections.get(cid)
+    assert conn is not None and conn.status == "active" and conn.status_reason is None
+    # invalid_grant: broken, alerted
+    await session.post(sandbox.url + "/_sandbox/tokens/revoke")
+    with pytest.raises(errors.AuthError):
+        await client.current_user()
+    conn = await service.store.connections.get(cid)
+    assert conn is not None and conn.status == "broken" and "invalid_grant" in (conn.status_reason or "")
+    assert len(alerts) == 1 and "invalid_grant" in alerts[0]

@@ -239,6 +239,8 @@ class BitbucketClient:
             log.info("bitbucket.refresh_on_401", endpoint=endpoint.name)
             try:
                 token = await self._tokens.refresh(token)
+            except errors.TransientError:
+                raise  # the token endpoint failed transiently: retried like any 5xx
             except errors.TokenError as exc:
                 raise errors.AuthError(
                     f"{endpoint.name}: HTTP 401 and the token could not be refreshed: {exc}",

@@ -567,16 +567,7 @@ async def rest(request: Request) -> Response:
     sb: Sandbox = request.app.state.sandbox
     path = request.url.path[len(PREFIX) :]
     response = await _rest(sb, request, path)
-    sb.requests.append(
-        {
-            "seq": len(sb.requests) + 1,
-            "time": time.time(),
-            "method": request.method,
-            "path": request.url.path,
-            "query": request.url.query,
-            "status": response.status_code,
-        }
-    )
+    log_request(sb, request, response.status_code)
     return response
 
 
@@ -730,11 +721,28 @@ def _issue(sb: Sandbox, cred: SCredential, grant: str) -> JSONResponse:
     )
 
 
+def log_request(sb: Sandbox, request: Request, status: int) -> None:
+    sb.requests.append(
+        {
+            "seq": len(sb.requests) + 1,
+            "time": time.time(),
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "status": status,
+        }
+    )
+
+
 async def access_token(request: Request) -> Response:
+    """The token endpoint, with the configured faults; logged with the REST requests."""
     sb: Sandbox = request.app.state.sandbox
-    injected = await inject_fault(sb, request.url.path)
-    if injected is not None:
-        return injected
+    response = await inject_fault(sb, request.url.path) or await _access_token(sb, request)
+    log_request(sb, request, response.status_code)
+    return response
+
+
+async def _access_token(sb: Sandbox, request: Request) -> Response:
     form = {k: str(v) for k, v in (await request.form()).items()}
     cred = _client(sb, request, form)
     if cred is None:
