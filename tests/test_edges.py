@@ -378,3 +378,23 @@ async def test_only_invalid_grant_breaks_and_a_later_refresh_clears_it(
     conn = await service.store.connections.get(cid)
     assert conn is not None and conn.status == "broken" and "invalid_grant" in (conn.status_reason or "")
     assert len(alerts) == 1 and "invalid_grant" in alerts[0]
+
+
+# -- 6. payloads and headers as recorded ---------------------------------------------------------------
+async def test_a_delivery_names_the_hook_as_the_rest_api_does(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession
+) -> None:
+    from tests.helpers import Receiver
+    from tests.sandbox.test_actions import SECRET, _hook
+
+    async with Receiver() as rx:
+        registered = await _hook(session, sandbox, rx.url + "/h", ["repo:push"])
+        async with session.post(sandbox.url + "/_sandbox/repos/acme/api/delete-branch", json={"name": "develop"}) as r:
+            assert r.status == 200
+    [delivered] = rx.received
+    assert delivered.headers["X-Hook-UUID"] == registered.strip("{}")  # bare on the wire
+    sansio.verify_signature([SECRET], delivered.body, delivered.headers["X-Hub-Signature"])
+    d = sansio.parse_delivery(delivered.headers, delivered.body)
+    assert d.hook_uuid == registered  # braced, as the hook list and our records have it
+    assert d.branches_deleted == ("develop",) and d.workspace == "acme"  # condensed repository, no commits
+    assert "commits" not in json.loads(delivered.body)["push"]["changes"][0]

@@ -266,7 +266,9 @@ def parse_delivery(headers: Mapping[str, str], body: bytes) -> Delivery:
     """
     event_key = headers.get("X-Event-Key", "").strip()
     request_uuid = headers.get("X-Request-UUID", "").strip()
-    hook_uuid = headers.get("X-Hook-UUID", "").strip()
+    # Deliveries name the hook by a bare uuid; the REST API (and so our records) braces it.
+    hook_uuid = headers.get("X-Hook-UUID", "").strip().strip("{}")
+    hook_uuid = "{" + hook_uuid + "}" if hook_uuid else ""
     if not event_key or ":" not in event_key or len(event_key) > 100:
         raise errors.PayloadError("missing or malformed X-Event-Key")
     if len(request_uuid) > 100 or len(hook_uuid) > 100:
