@@ -17,6 +17,7 @@ from app.bitbucket import oauth, sansio
 from app.checks import scope_report
 from app.hooks import ensure_hooks, health
 from app.main import Services, build_services
+from app.notify.rules import how_to_fix
 from app.reconcile import reconcile_workspace
 from app.sandbox.scenario import SAMPLE
 from app.sandbox.serve import RunningSandbox, running_sandbox
@@ -85,6 +86,7 @@ async def test_not_a_repository_admin_is_unknown_for_want_of_permission_not_scop
         assert "missing_scope" not in billing.details or billing.details["missing_scope"] is None
         assert "not an admin of this repository" in billing.message and "lacks the" not in billing.message
         assert by_repo["acme/api"].status in ("pass", "fail")  # bob administers the others
+        assert "admin of the repository" in how_to_fix(billing)  # what an alert tells to do
     pipelines = {r.result.subject: r.result for r in await service.store.results.query(check="pipelines-enabled")}
     if pipelines:
         assert pipelines["acme/billing"].details["reason"] == "permission missing"
