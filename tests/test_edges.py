@@ -400,3 +400,45 @@ async def test_a_delivery_names_the_hook_as_the_rest_api_does(
     assert d.hook_uuid == registered  # braced, as the hook list and our records have it
     assert d.branches_deleted == ("develop",) and d.workspace == "acme"  # condensed repository, no commits
     assert "commits" not in json.loads(delivered.body)["push"]["changes"][0]
+
+
+async def test_a_token_still_valid_is_used_while_the_token_endpoint_is_down(
+    quick: tuple[Services, list[str]], sandbox: RunningSandbox, session: aiohttp.ClientSession
+) -> None:
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    services, alerts = quick
+    cid = await _bob(services, session)
+    service = services.service
+    source = service.token_source(cid)
+    assert isinstance(source, oauth.StoredOAuthTokens)
+    tokens = await source._load()
+    soon = dataclasses.replace(tokens, expires_at=datetime.now(UTC) + timedelta(seconds=120))  # inside the margin
+    await oauth.store_tokens(service, cid, soon)
+    source._cached = None
+    sandbox.sandbox.requests.clear()
+    sandbox.sandbox.faults.force_status = {"access_token": 503}
+    user = await (await service.client(cid)).current_user()
+    assert user.account_id == "557058:bob"  # the current token still works
+    assert _token_calls(sandbox) == [503, 503, 503]  # a refresh was tried, and failed transiently
+    conn = await service.store.connections.get(cid)
+    assert conn is not None and conn.status == "active" and alerts == []
+
+
+async def test_connecting_while_the_token_endpoint_is_down_says_so(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    from app.sandbox.serve import free_port
+    from tests.helpers import running_app
+    from tests.web.test_connect_api import OAUTH, authorize, browser_session, login
+
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port, **OAUTH)
+    async with running_app(settings, port, session, background=False) as app, browser_session() as browser:
+        await login(browser, app)
+        callback = await authorize(browser, app)
+        sandbox.sandbox.faults.force_status = {"access_token": 503}
+        async with browser.get(callback, allow_redirects=False) as r:
+            assert r.status == 502 and "Bitbucket is unavailable" in await r.text()
+        assert await app.services.service.store.connections.all() == []

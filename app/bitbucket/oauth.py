@@ -160,7 +160,12 @@ class StoredOAuthTokens:
     async def token(self) -> str:
         tokens = await self._load()
         if tokens.expires_at - datetime.now(UTC) < timedelta(seconds=REFRESH_MARGIN):
-            return await self.refresh(tokens.access_token)
+            try:
+                return await self.refresh(tokens.access_token)
+            except TokenEndpointUnavailable:
+                if tokens.expires_at <= datetime.now(UTC):
+                    raise
+                return tokens.access_token  # still valid for a few minutes: refresh again next time
         return tokens.access_token
 
     async def refresh(self, rejected: str) -> str:

@@ -131,6 +131,9 @@ async def callback(request: Request) -> Response:
             code,
             callback_url(settings),
         )
+    except oauth.TokenEndpointUnavailable as exc:
+        log.warning("connect.exchange_unavailable", error=str(exc))
+        return _page("Bitbucket is unavailable", f"Bitbucket's token endpoint failed ({exc}). Start again.", 502)
     except errors.TokenError as exc:
         log.warning("connect.exchange_failed", error=str(exc))
         return _page("Connection refused", f"Bitbucket refused the code ({exc}). Start again.", 400)
