@@ -442,3 +442,19 @@ async def test_connecting_while_the_token_endpoint_is_down_says_so(
         async with browser.get(callback, allow_redirects=False) as r:
             assert r.status == 502 and "Bitbucket is unavailable" in await r.text()
         assert await app.services.service.store.connections.all() == []
+
+
+async def test_without_scope_headers_the_403_detail_names_the_scope(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession
+) -> None:
+    from app.bitbucket.client import BitbucketClient, Budget, StaticToken
+    from tests.conftest import READONLY_TOKEN
+
+    async with session.post(sandbox.url + "/_sandbox/settings", json={"scope_headers": False}) as r:
+        assert (await r.json())["scope_headers"] is False
+    client = BitbucketClient(session, StaticToken(READONLY_TOKEN), api_url=sandbox.api, budget=Budget(1000))
+    await client.repositories("acme")
+    assert client.granted_scopes is None  # Bitbucket did not say
+    with pytest.raises(errors.ForbiddenError) as info:
+        await client.branch_restrictions("acme", "api")
+    assert (info.value.kind, info.value.required_scope) == ("scope", "repository:admin")

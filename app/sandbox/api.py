@@ -616,9 +616,10 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
             ctx = sb.authenticate(request)
         except ApiError as exc:
             return error_response(exc.status, exc.message)
-        # Bitbucket lists the scopes as granted, without the ones they imply.
-        headers["X-OAuth-Scopes"] = ", ".join(sorted(ctx.granted))
-        headers["X-Accepted-OAuth-Scopes"] = route.scope
+        if sb.state.scope_headers:
+            # Bitbucket lists the scopes as granted, without the ones they imply.
+            headers["X-OAuth-Scopes"] = ", ".join(sorted(ctx.granted))
+            headers["X-Accepted-OAuth-Scopes"] = route.scope
         headers["X-Credential-Type"] = "repo_access_token" if ctx.credential.kind == "access_token" else "oauth2"
         if f.force_429 > 0:
             f.force_429 -= 1

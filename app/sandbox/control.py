@@ -533,8 +533,14 @@ async def settings(request: Request) -> Response:
         sb.state.oauth_expires_in = int(body["oauth_expires_in"])
     if "delivery_retry_delay" in body:
         sb.deliverer.retry_delay = float(body["delivery_retry_delay"])
+    if "scope_headers" in body:
+        sb.state.scope_headers = bool(body["scope_headers"])
     return JSONResponse(
-        {"rate_limit_per_hour": sb.state.rate_limit_per_hour, "oauth_expires_in": sb.state.oauth_expires_in}
+        {
+            "rate_limit_per_hour": sb.state.rate_limit_per_hour,
+            "oauth_expires_in": sb.state.oauth_expires_in,
+            "scope_headers": sb.state.scope_headers,
+        }
     )
 
 

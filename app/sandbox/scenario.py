@@ -141,6 +141,9 @@ class State:
     credentials: list[SCredential]
     rate_limit_per_hour: int = 1000
     oauth_expires_in: int = 7200
+    # Whether responses carry X-OAuth-Scopes / X-Accepted-OAuth-Scopes (some Bitbucket answers,
+    # such as those to API tokens, do not: then only a scope 403's error.detail names the scopes).
+    scope_headers: bool = True
     next_restriction_id: int = 1000
     next_pr_id: int = 1000
 
@@ -248,6 +251,7 @@ def load(data: dict[str, Any]) -> State:
     state = State(users={}, workspaces={}, credentials=[])
     state.rate_limit_per_hour = int(data.get("rate_limit_per_hour", 1000))
     state.oauth_expires_in = int(data.get("oauth_expires_in", 7200))
+    state.scope_headers = bool(data.get("scope_headers", True))
     for u in data.get("users", []):
         user = SUser(
             account_id=u["account_id"],
