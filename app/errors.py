@@ -54,7 +54,9 @@ class AuthError(BitbucketError):
 
 
 class ForbiddenError(BitbucketError):
-    """403 Forbidden; ``required_scope`` names the scope the endpoint wanted, when known."""
+    """403 Forbidden. ``kind`` tells a scope the credential lacks (``scope``; ``required_scope``
+    names it when Bitbucket said which) from a permission its user lacks (``permission``: the
+    scope is there but, say, the user is not an admin of the repository)."""
 
     def __init__(
         self,
@@ -63,9 +65,11 @@ class ForbiddenError(BitbucketError):
         status: int | None = 403,
         endpoint: str = "",
         required_scope: str | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message, status=status, endpoint=endpoint)
         self.required_scope = required_scope
+        self.kind = kind or ("scope" if required_scope else "permission")
 
 
 class NotFoundError(BitbucketError):

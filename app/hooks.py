@@ -97,8 +97,14 @@ async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any
             repo_events = repo_events or await _desired(client, "repository")
             for repo in await client.repositories(ws):
                 stored = _stored(conn, ws, repo.full_name)
-                hooks = _ours(await client.repository_hooks(ws, repo.uuid), stored, described, url)
-                entry = await _one(client, ws, repo.uuid, hooks, url, described, repo_events, secret, new_secret)
+                try:
+                    hooks = _ours(await client.repository_hooks(ws, repo.uuid), stored, described, url)
+                    entry = await _one(client, ws, repo.uuid, hooks, url, described, repo_events, secret, new_secret)
+                except errors.ForbiddenError as exc:
+                    # Repository hooks need a repository admin: skip the others, say why, go on.
+                    why = "not an admin of this repository" if exc.kind == "permission" else "scope missing"
+                    entry = {"workspace": ws, "level": "repository", "uuid": None, "events": [], "action": "skipped"}
+                    entry["reason"] = why
                 entry["repository"] = repo.full_name
                 state.append(_registered(entry, stored, now))
     await service.store.connections.set_webhook(conn.id, service.encrypt(secret) if new_secret else None, state)
@@ -160,6 +166,8 @@ async def remove_hooks(service: Service, conn: Connection) -> int:
     client = await service.client(conn.id)
     removed = 0
     for entry in conn.hooks:
+        if not entry.get("uuid"):
+            continue  # skipped at registration: nothing to remove
         try:
             if entry["level"] == "workspace":
                 await client.delete_workspace_hook(entry["workspace"], entry["uuid"])
@@ -207,9 +215,10 @@ async def health(service: Service, conn: Connection, now: datetime | None = None
             if now - changed > SILENCE_GRACE and (delivered is None or delivered < changed):
                 if unanswered is None or updated > unanswered:
                     unanswered = updated
+    skipped = sorted(str(e.get("repository")) for e in conn.hooks if e.get("action") == "skipped")
     out: dict[str, Any] = {
         "status": "ok",
-        "hooks": len(conn.hooks),
+        "hooks": len(conn.hooks) - len(skipped),
         "last_delivery_at": last,
         "newest_repository_change": newest,
     }
@@ -219,4 +228,12 @@ async def health(service: Service, conn: Connection, now: datetime | None = None
             f"No webhook delivery since {last or 'registration'} although repositories changed at {unanswered}: "
             "check the hook's request log in Bitbucket (settings → Webhooks → View requests)."
         )
+    if skipped:
+        out["skipped"] = skipped
+        if out["status"] == "ok":
+            out["status"] = "partial"
+            out["message"] = (
+                f"No webhook on {', '.join(skipped)}: the connecting user is not an admin there, so changes "
+                "to them are seen only by the reconcile."
+            )
     return out

@@ -116,7 +116,9 @@ class Fetcher:
         try:
             value = await read()
         except errors.ForbiddenError as exc:
-            value = {"unreadable": {"reason": "missing_scope", "scope": exc.required_scope or "repository:admin"}}
+            # A scope the credential lacks, or a permission its user lacks (not a repository admin).
+            reason = "missing_permission" if exc.kind == "permission" else "missing_scope"
+            value = {"unreadable": {"reason": reason, "scope": exc.required_scope}}
         except errors.Deferred:
             raise  # not a failure: the caller re-queues the work for when Bitbucket lets us read again
         except Exception as exc:  # noqa: BLE001 - any failure (status, timeout, body, foreign link) stays here

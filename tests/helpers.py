@@ -67,6 +67,11 @@ def spec() -> dict[str, Any]:
     # list-branch-restrictions_atlassian-python-api_tests.json); the SPEC types it as a plain integer.
     restriction = next(part for part in schemas["branchrestriction"]["allOf"] if "properties" in part)
     restriction["properties"]["value"]["nullable"] = True
+    # Real pull requests carry "merge_commit": null and "closed_by": null while open (fixtures
+    # pr_created_drone-go-scm_testdata.json, list-pullrequests_atlassian-python-api_tests.json).
+    pr = next(part for part in schemas["pullrequest"]["allOf"] if "properties" in part)
+    pr["properties"]["merge_commit"]["nullable"] = True
+    pr["properties"]["closed_by"] = {"type": "object", "nullable": True}
     return data
 
 

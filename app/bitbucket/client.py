@@ -256,6 +256,8 @@ class BitbucketClient:
             log.info("bitbucket.refresh_on_401", endpoint=endpoint.name)
             try:
                 token = await self._tokens.refresh(token)
+            except errors.TransientError:
+                raise  # the token endpoint failed transiently: retried like any 5xx
             except errors.TokenError as exc:
                 raise errors.AuthError(
                     f"{endpoint.name}: HTTP 401 and the token could not be refreshed: {exc}",
@@ -345,7 +347,11 @@ class BitbucketClient:
         return [BranchRestriction.from_api(r) for r in rows]
 
     async def branching_model(self, workspace: str, repo_slug: str) -> BranchingModel:
-        return BranchingModel.from_api(await self.get(paths.BRANCHING_MODEL, workspace=workspace, repo_slug=repo_slug))
+        """The branching model as applied (``/effective-branching-model``): a repository without a
+        model of its own inherits its project's, which ``/branching-model`` does not show."""
+        return BranchingModel.from_api(
+            await self.get(paths.EFFECTIVE_BRANCHING_MODEL, workspace=workspace, repo_slug=repo_slug)
+        )
 
     async def pipelines_config(self, workspace: str, repo_slug: str) -> PipelinesConfig:
         """``enabled``; a 404 means Pipelines was never configured (bitbucket-facts.md)."""

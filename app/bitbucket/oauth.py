@@ -27,6 +27,30 @@ if TYPE_CHECKING:
 
 log = get_logger("bitbucket.oauth")
 REFRESH_MARGIN = 300.0  # refresh this many seconds before expiry
+TOKEN_TIMEOUT = 30.0  # seconds for one token request
+# Pauses between attempts at a refresh that failed transiently (5xx, 429, timeout, network):
+# three attempts in all, then the caller's own retries take over.
+REFRESH_RETRY_DELAYS: tuple[float, ...] = (1.0, 4.0)
+# RFC 6749 §5.2 error codes that mean the grant or the consumer is no longer valid: only these
+# break a connection (a new authorization is needed).
+PERMANENT_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+
+
+class TokenEndpointUnavailable(errors.TokenError, errors.ServerError):
+    """The token endpoint failed transiently (5xx, 429, timeout, network): retry later; the
+    connection is not broken. A TransientError, so the client's retries apply to it too."""
+
+
+class TokenRejected(errors.TokenError):
+    """The token endpoint refused the request with an OAuth error code (``code``)."""
+
+    def __init__(self, message: str, code: str | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def permanent(self) -> bool:
+        return self.code in PERMANENT_ERRORS
 
 
 @dataclass(frozen=True)
@@ -53,7 +77,7 @@ async def _token_request(
             url,
             data=form,
             auth=aiohttp.BasicAuth(client_id, client_secret),
-            timeout=aiohttp.ClientTimeout(total=30),
+            timeout=aiohttp.ClientTimeout(total=TOKEN_TIMEOUT),
             allow_redirects=False,
         ) as resp:
             status = resp.status
@@ -62,10 +86,15 @@ async def _token_request(
             except ValueError:
                 body = {}
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise errors.TokenError(f"token endpoint unreachable: {type(exc).__name__}") from None
+        raise TokenEndpointUnavailable(
+            f"token endpoint unreachable: {type(exc).__name__}", endpoint="access_token"
+        ) from None
+    if status >= 500 or status == 429:
+        raise TokenEndpointUnavailable(f"token endpoint answered {status}", status=status, endpoint="access_token")
     if status != 200 or not isinstance(body, dict) or "access_token" not in body:
         reason = body.get("error") if isinstance(body, dict) else None
-        raise errors.TokenError(f"token endpoint answered {status} ({reason or 'no error code'})")
+        code = str(reason) if isinstance(reason, str) else None
+        raise TokenRejected(f"token endpoint answered {status} ({code or 'no error code'})", code)
     access, refresh = str(body["access_token"]), body.get("refresh_token")
     register_secret(access)
     if refresh:
@@ -103,7 +132,9 @@ async def refresh(
 class StoredOAuthTokens:
     """Token source of an OAuth connection: tokens encrypted in the store, refreshed before expiry
     and on 401; the rotated refresh token is persisted atomically before the new access token is
-    used. A failed refresh marks the connection broken."""
+    used. A transient failure of the token endpoint is retried and leaves the connection as it
+    is; only ``invalid_grant`` / ``invalid_client`` mark it broken (and alert). A successful
+    refresh clears a broken state."""
 
     def __init__(self, service: Service, conn_id: str) -> None:
         self.service = service
@@ -129,7 +160,12 @@ class StoredOAuthTokens:
     async def token(self) -> str:
         tokens = await self._load()
         if tokens.expires_at - datetime.now(UTC) < timedelta(seconds=REFRESH_MARGIN):
-            return await self.refresh(tokens.access_token)
+            try:
+                return await self.refresh(tokens.access_token)
+            except TokenEndpointUnavailable:
+                if tokens.expires_at <= datetime.now(UTC):
+                    raise
+                return tokens.access_token  # still valid for a few minutes: refresh again next time
         return tokens.access_token
 
     async def refresh(self, rejected: str) -> str:
@@ -144,21 +180,40 @@ class StoredOAuthTokens:
                 await self._broken("no refresh token or OAuth consumer configured")
                 raise errors.TokenError("cannot refresh: no refresh token or OAuth consumer configured")
             started = time.monotonic()
-            try:
-                new = await refresh(
-                    self.service.pool.session,
-                    settings.bitbucket_url,
-                    settings.oauth_client_id,
-                    settings.oauth_client_secret.get_secret_value(),
-                    tokens.refresh_token,
-                )
-            except errors.TokenError as exc:
-                await self._broken(str(exc))
-                raise
+            delays = list(REFRESH_RETRY_DELAYS)
+            while True:
+                try:
+                    new = await refresh(
+                        self.service.pool.session,
+                        settings.bitbucket_url,
+                        settings.oauth_client_id,
+                        settings.oauth_client_secret.get_secret_value(),
+                        tokens.refresh_token,
+                    )
+                    break
+                except TokenEndpointUnavailable as exc:
+                    log.warning("oauth.refresh_unavailable", connection=self.conn_id, error=str(exc), left=len(delays))
+                    if not delays:
+                        raise  # transient: the connection stays as it is; the caller retries later
+                    await asyncio.sleep(delays.pop(0))
+                except TokenRejected as exc:
+                    if exc.permanent:
+                        await self._broken(str(exc))
+                    else:
+                        log.warning("oauth.refresh_refused", connection=self.conn_id, error=str(exc))
+                    raise
             await store_tokens(self.service, self.conn_id, new)
             self._cached = new
+            await self._recovered()
             log.info("oauth.refreshed", connection=self.conn_id, seconds=round(time.monotonic() - started, 3))
             return new.access_token
+
+    async def _recovered(self) -> None:
+        """A refresh worked: a connection marked broken by an earlier refresh is active again."""
+        conn = await self.service.store.connections.get(self.conn_id)
+        if conn is not None and conn.status == "broken":
+            await self.service.store.connections.set_status(self.conn_id, "active", None)
+            log.info("oauth.connection_recovered", connection=self.conn_id)
 
     async def _broken(self, reason: str) -> None:
         self._cached = None

@@ -71,6 +71,13 @@ BRANCHING_MODEL = _e(
     "repository",
     "api-group-branching-model/#api-repositories-workspace-repo-slug-branching-model-get",
 )
+EFFECTIVE_BRANCHING_MODEL = _e(
+    "effective_branching_model",
+    "GET",
+    "/repositories/{workspace}/{repo_slug}/effective-branching-model",
+    "repository",
+    "api-group-branching-model/#api-repositories-workspace-repo-slug-effective-branching-model-get",
+)
 PIPELINES_CONFIG = _e(
     "pipelines_config",
     "GET",
@@ -136,6 +143,7 @@ ALLOWED: tuple[Endpoint, ...] = (
     REPOSITORY,
     BRANCH_RESTRICTIONS,
     BRANCHING_MODEL,
+    EFFECTIVE_BRANCHING_MODEL,
     PIPELINES_CONFIG,
     PIPELINES,
     PULLREQUESTS,

@@ -64,23 +64,100 @@ def json_body(data: bytes) -> Any:
         raise errors.UnexpectedResponse("response body is not JSON") from None
 
 
-def _error_message(data: bytes) -> str:
-    """Bitbucket's ``error.message`` (SPEC narrative "Standardized error responses")."""
+def _error(data: bytes) -> dict[str, Any]:
+    """Bitbucket's ``error`` object (SPEC narrative "Standardized error responses"), or {}."""
     try:
         body = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return dict(error) if isinstance(error, dict) else {}
+
+
+def _error_message(data: bytes) -> str:
+    """Bitbucket's ``error.message``, else the start of a text body."""
+    error = _error(data)
+    if error:
+        return str(error.get("message") or "no message")[:300]
+    try:
+        json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
         text = data[:200].decode("utf-8", "replace").strip()
         return text or "no message"
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return str(body["error"].get("message") or "no message")[:300]
     return "no message"
 
 
 def parse_scopes(value: str | None) -> frozenset[str] | None:
-    """``X-OAuth-Scopes: repository, account`` → {"repository", "account"}; None when absent."""
+    """``X-OAuth-Scopes: repository, account`` → {"repository", "account"}; None when absent.
+
+    The header lists scopes as granted, without the ones they imply: see :func:`expand_scopes`."""
     if value is None:
         return None
     return frozenset(s.strip() for s in value.replace(" ", ",").split(",") if s.strip())
+
+
+# SPEC narrative "Bitbucket OAuth 2.0 scopes": what each classic scope implicitly grants.
+# (``repository:admin``, ``project:admin`` and ``webhook`` imply nothing.)
+IMPLIED_SCOPES: dict[str, frozenset[str]] = {
+    "repository:write": frozenset({"repository"}),
+    "pullrequest": frozenset({"repository"}),
+    "pullrequest:write": frozenset({"pullrequest", "repository", "repository:write"}),
+    "project": frozenset({"repository"}),
+    "project:write": frozenset({"project", "repository"}),
+    "issue:write": frozenset({"issue"}),
+    "snippet:write": frozenset({"snippet"}),
+    "account:write": frozenset({"account"}),
+    "pipeline:write": frozenset({"pipeline"}),
+}
+
+
+def expand_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    """The granted scopes with every scope they imply (transitively)."""
+    out = set(scopes)
+    todo = list(out)
+    while todo:
+        for implied in IMPLIED_SCOPES.get(todo.pop(), frozenset()):
+            if implied not in out:
+                out.add(implied)
+                todo.append(implied)
+    return frozenset(out)
+
+
+SCOPE_ERROR_MESSAGE = "lack one or more required privilege scopes"
+
+
+def _strings(value: Any) -> frozenset[str] | None:
+    if isinstance(value, list):
+        return frozenset(str(v) for v in value if isinstance(v, str) and v)
+    if isinstance(value, str) and value.strip():
+        return parse_scopes(value)
+    return None
+
+
+def forbidden(headers: Mapping[str, str], data: bytes, message: str, endpoint: str) -> errors.ForbiddenError:
+    """Tell a missing scope from a missing permission in a 403.
+
+    A scope 403 says "Your credentials lack one or more required privilege scopes." with
+    ``error.detail = {"required": [...], "granted": [...]}`` (recorded); the scope headers
+    (``X-Accepted-OAuth-Scopes``, ``X-OAuth-Scopes``) are used when present, ``detail`` when they
+    are missing. Any other 403 (such as "… does not have admin access to the repository") is a
+    permission the credential's user lacks, and no scope is guessed for it.
+    """
+    error = _error(data)
+    raw_detail = error.get("detail")
+    detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
+    needed = parse_scopes(headers.get("X-Accepted-OAuth-Scopes")) or _strings(detail.get("required"))
+    raw_granted = parse_scopes(headers.get("X-OAuth-Scopes"))
+    if raw_granted is None:
+        raw_granted = _strings(detail.get("granted"))
+    granted = expand_scopes(raw_granted or ())
+    said_scope = SCOPE_ERROR_MESSAGE in str(error.get("message") or "") or "required" in detail
+    if not said_scope and (not needed or raw_granted is None or needed <= granted):
+        return errors.ForbiddenError(message, endpoint=endpoint, kind="permission")
+    missing = sorted((needed or frozenset()) - granted) if raw_granted is not None else sorted(needed or ())
+    return errors.ForbiddenError(
+        message, endpoint=endpoint, required_scope=missing[0] if missing else None, kind="scope"
+    )
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -122,14 +199,7 @@ def raise_for_status(status: int, headers: Mapping[str, str], data: bytes, endpo
     if status == 401:
         raise errors.AuthError(message, status=status, endpoint=endpoint)
     if status == 403:
-        # X-Accepted-OAuth-Scopes names what the endpoint accepts (recorded 403/429 dumps).
-        needed = parse_scopes(headers.get("X-Accepted-OAuth-Scopes"))
-        granted = parse_scopes(headers.get("X-OAuth-Scopes")) or frozenset()
-        scope = None
-        if needed:
-            missing = sorted(needed - granted) or sorted(needed)
-            scope = missing[0]
-        raise errors.ForbiddenError(message, endpoint=endpoint, required_scope=scope)
+        raise forbidden(headers, data, message, endpoint)
     if status == 404:
         raise errors.NotFoundError(message, status=status, endpoint=endpoint)
     if status == 410:
@@ -196,7 +266,9 @@ def parse_delivery(headers: Mapping[str, str], body: bytes) -> Delivery:
     """
     event_key = headers.get("X-Event-Key", "").strip()
     request_uuid = headers.get("X-Request-UUID", "").strip()
-    hook_uuid = headers.get("X-Hook-UUID", "").strip()
+    # Deliveries name the hook by a bare uuid; the REST API (and so our records) braces it.
+    hook_uuid = headers.get("X-Hook-UUID", "").strip().strip("{}")
+    hook_uuid = "{" + hook_uuid + "}" if hook_uuid else ""
     if not event_key or ":" not in event_key or len(event_key) > 100:
         raise errors.PayloadError("missing or malformed X-Event-Key")
     if len(request_uuid) > 100 or len(hook_uuid) > 100:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from app.bitbucket.sansio import expand_scopes
 from app.checks import (
     branch_protection_enforced,
     member_mfa_enabled,
@@ -96,20 +97,29 @@ SCOPE_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def scope_report(granted: Iterable[str] | None, enabled: Iterable[str]) -> list[dict[str, object]]:
+def scope_report(
+    granted: Iterable[str] | None, enabled: Iterable[str], not_admin: Iterable[str] = ()
+) -> list[dict[str, object]]:
     """For each scope the product uses: granted or not, and which enabled tests its absence leaves
-    ``unknown``. ``granted`` None means the credential does not say (access tokens)."""
+    ``unknown``. ``granted`` None means the credential does not say (access tokens). Bitbucket
+    reports scopes unexpanded, so the documented implications are applied here (``pullrequest``
+    grants ``repository``). ``not_admin``: repositories whose admin-only reads were refused
+    although ``repository:admin`` is granted, because the connecting user is not an admin of
+    them: a permission missing, not a scope."""
     on = set(enabled)
-    have = set(granted) if granted is not None else None
+    have = set(expand_scopes(granted)) if granted is not None else None
+    refused = sorted(set(not_admin))
     report: list[dict[str, object]] = []
     for scope, (tests, purpose) in SCOPE_NEEDS.items():
         missing = have is not None and scope not in have
-        report.append(
-            {
-                "scope": scope,
-                "granted": None if have is None else not missing,
-                "purpose": purpose,
-                "tests_left_unknown": sorted(t for t in tests if t in on) if missing else [],
-            }
-        )
+        entry: dict[str, object] = {
+            "scope": scope,
+            "granted": None if have is None else not missing,
+            "purpose": purpose,
+            "tests_left_unknown": sorted(t for t in tests if t in on) if missing else [],
+        }
+        if scope == "repository:admin":
+            entry["not_admin_of"] = [] if missing else refused
+            entry["tests_left_unknown_for_permission"] = sorted(t for t in tests if t in on) if refused else []
+        report.append(entry)
     return report

@@ -21,7 +21,7 @@ from app.models import Result
 class Unreadable:
     """Why a fact is missing: a scope the credential lacks, or a failed fetch."""
 
-    reason: str  # missing_scope | fetch_failed | not_fetched
+    reason: str  # missing_scope | missing_permission | fetch_failed | not_fetched
     scope: str | None = None
     detail: str = ""
 
@@ -169,14 +169,27 @@ def settings_url(ctx: Context, facts: RepoFacts, page: str = "branch-restriction
 
 def unreadable_result(check: Check, facts: RepoFacts, why: Unreadable, what: str) -> Result:
     if why.reason == "missing_scope":
-        scope = why.scope or "repository:admin"
+        needs = f"the `{why.scope}` scope" if why.scope else "a scope Bitbucket did not name"
         return repo_result(
             check,
             facts,
             "unknown",
-            f"Cannot read the {what} of {facts.repo.full_name}: the connection lacks the "
-            f"`{scope}` scope. Reconnect with a consumer or token that has it.",
-            missing_scope=scope,
+            f"Cannot read the {what} of {facts.repo.full_name}: the connection lacks "
+            f"{needs}. Reconnect with a consumer or token that has it.",
+            reason="scope missing",
+            missing_scope=why.scope,
+        )
+    if why.reason == "missing_permission":
+        # The scope is granted, but Bitbucket also checks the connecting user's permission.
+        return repo_result(
+            check,
+            facts,
+            "unknown",
+            f"Cannot read the {what} of {facts.repo.full_name}: the connection's user is not an "
+            "admin of this repository (the scope is granted; Bitbucket also requires the admin "
+            "permission). Make the user a repository admin or connect as a workspace admin.",
+            reason="permission missing",
+            missing_permission="repository admin",
         )
     return repo_result(
         check,

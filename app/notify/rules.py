@@ -44,6 +44,8 @@ def how_to_fix(r: Result) -> str:
         return "Remove the account at admin.atlassian.com, or link it to a person in the personnel directory."
     if r.status == "unknown" and r.details.get("missing_scope"):
         return f"Reconnect with the `{r.details['missing_scope']}` scope."
+    if r.status == "unknown" and r.details.get("missing_permission"):
+        return "Make the connecting user an admin of the repository, or connect as a workspace admin."
     if r.check == "pipelines-enabled":
         return "Enable Pipelines in Repository settings → Pipelines → Settings."
     return "Add the missing rule in Repository settings → Branch restrictions."

@@ -68,7 +68,13 @@ def effective_scopes(scopes: set[str]) -> set[str]:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, detail: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        detail: str | dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -77,7 +83,7 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, message: str, detail: str | None = None, headers: dict[str, str] | None = None
+    status: int, message: str, detail: str | dict[str, Any] | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": "error", "error": {"message": message}}
     if detail:
@@ -109,7 +115,8 @@ class Ctx:
     """The authenticated caller of one REST request."""
 
     credential: SCredential
-    scopes: set[str]
+    scopes: set[str]  # with the implied ones: what the request may do
+    granted: set[str] = field(default_factory=set)  # as granted, unexpanded
 
 
 class Sandbox:
@@ -136,13 +143,13 @@ class Sandbox:
         token = header[7:].strip()
         for cred in self.state.credentials:
             if cred.kind == "access_token" and cred.token == token:
-                return Ctx(cred, effective_scopes(cred.scopes))
+                return Ctx(cred, effective_scopes(cred.scopes), set(cred.scopes))
         issued = self.issued.get(token)
         if issued is None:
             raise ApiError(401, "Access token expired or invalid")
         if issued.expires_at <= time.time():
             raise ApiError(401, "Access token expired. Use your refresh token to obtain a new access token.")
-        return Ctx(issued.credential, effective_scopes(issued.scopes))
+        return Ctx(issued.credential, effective_scopes(issued.scopes), set(issued.scopes))
 
     def rate_limited(self, key: str) -> tuple[bool, int]:
         now = time.monotonic()
@@ -153,6 +160,27 @@ class Sandbox:
             return True, 0
         window.append(now)
         return False, self.state.rate_limit_per_hour - len(window)
+
+    def repo_permission(self, ctx: Ctx, ws: SWorkspace, repo: SRepo) -> str | None:
+        """The caller's permission on one repository: admin | write | read, or None.
+
+        An access token acts with its scopes alone; a user has what the repository grants them,
+        else the default of their workspace role (owners administer every repository)."""
+        member = self.member_of(ctx, ws)
+        if member is None:
+            return None
+        if ctx.credential.kind == "access_token" or member.permission == "owner":
+            return "admin"
+        if member.account_id in repo.permissions:
+            return repo.permissions[member.account_id]
+        return ws.default_repository_permission if member.permission == "member" else "read"
+
+    def require_repo_admin(self, ctx: Ctx, ws: SWorkspace, repo: SRepo) -> None:
+        """Bitbucket checks the user's repository permission after the scope: a credential with
+        ``repository:admin`` acting for a user who is not an admin of the repository gets 403."""
+        if self.repo_permission(ctx, ws, repo) != "admin":
+            who = self.actor(ctx).display_name
+            raise ApiError(403, f"{who} does not have admin access to the repository.")
 
     def member_of(self, ctx: Ctx, ws: SWorkspace) -> SMember | None:
         if ctx.credential.kind == "access_token":
@@ -177,7 +205,6 @@ def page_of(
     items: list[Any],
     *,
     max_pagelen: int = 100,
-    min_pagelen: int = 10,
     default: int = 10,
     include_size: bool = True,
 ) -> dict[str, Any]:
@@ -190,7 +217,6 @@ def page_of(
         raise ApiError(400, "Invalid pagelen or page") from None
     if pagelen > max_pagelen or pagelen < 1:
         raise ApiError(400, "Invalid pagelen")
-    pagelen = max(pagelen, min_pagelen)
     if page < 1:
         raise ApiError(400, "Invalid page")
     start = (page - 1) * pagelen
@@ -304,6 +330,7 @@ async def h_repository(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, slu
 
 async def h_restrictions(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, slug: str) -> Any:
     ws, repo = _repo_ctx(sb, ctx, ws_ref, slug)
+    sb.require_repo_admin(ctx, ws, repo)
     items = repo.restrictions
     if kind := request.query_params.get("kind"):
         items = [r for r in items if r["kind"] == kind]
@@ -318,8 +345,15 @@ async def h_branching_model(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str
     return render.branching_model(ws, repo, _api(request))
 
 
+async def h_effective_branching_model(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, slug: str) -> Any:
+    """The model as applied: the repository's own, else its project's, else the default."""
+    ws, repo = _repo_ctx(sb, ctx, ws_ref, slug)
+    return render.branching_model(ws, repo, _api(request), effective=True)
+
+
 async def h_pipelines_config(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, slug: str) -> Any:
     ws, repo = _repo_ctx(sb, ctx, ws_ref, slug)
+    sb.require_repo_admin(ctx, ws, repo)
     if repo.pipelines == "never":
         raise ApiError(404, "Pipelines configuration not found for this repository.")
     return {
@@ -337,7 +371,7 @@ async def h_pipelines(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, slug
     sort = request.query_params.get("sort", "created_on")
     runs.sort(key=lambda r: (r.created_on, r.build_number), reverse=sort.startswith("-"))
     api = _api(request)
-    return page_of(request, [render.pipeline(ws, repo, r, api) for r in runs], min_pagelen=1)
+    return page_of(request, [render.pipeline(ws, repo, r, api) for r in runs])
 
 
 async def h_pullrequests(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, slug: str) -> Any:
@@ -348,7 +382,7 @@ async def h_pullrequests(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, s
     # bitbucket-facts.md: pull requests refuse pagelen > 50 ("Invalid pagelen").
     return page_of(
         request,
-        [render.pullrequest(ws, repo, p, api, sb.state.users) for p in prs],
+        [render.pullrequest(ws, repo, p, api, sb.state.users, listed=True) for p in prs],
         max_pagelen=50,
         include_size=not ws.omit_pr_size,
     )
@@ -442,12 +476,6 @@ def _ws_owner(sb: Sandbox, ctx: Ctx, ws: SWorkspace) -> None:
         raise ApiError(403, "You must be an administrator of this workspace to manage its webhooks.")
 
 
-def _repo_admin(sb: Sandbox, ctx: Ctx, ws: SWorkspace) -> None:
-    member = sb.member_of(ctx, ws)
-    if member is None or member.permission == "collaborator":
-        raise ApiError(403, "You must be an administrator of this repository to manage its webhooks.")
-
-
 def _hook_subject(request: Request, ws: SWorkspace, repo: SRepo | None) -> tuple[dict[str, Any], str]:
     api = _api(request)
     if repo is None:
@@ -502,7 +530,7 @@ async def h_ws_hooks(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, uid: 
 
 async def h_repo_hooks(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, slug: str, uid: str | None = None) -> Any:
     ws, repo = _repo_ctx(sb, ctx, ws_ref, slug)
-    _repo_admin(sb, ctx, ws)
+    sb.require_repo_admin(ctx, ws, repo)
     return await _hooks(sb, request, ctx, ws, repo, uid)
 
 
@@ -521,6 +549,7 @@ ROUTES: list[RestRoute] = [
     _r("GET", "/repositories/{}/{}", "repository", h_repository),
     _r("GET", "/repositories/{}/{}/branch-restrictions", "repository:admin", h_restrictions),
     _r("GET", "/repositories/{}/{}/branching-model", "repository", h_branching_model),
+    _r("GET", "/repositories/{}/{}/effective-branching-model", "repository", h_effective_branching_model),
     _r("GET", "/repositories/{}/{}/pipelines_config", "repository:admin", h_pipelines_config),
     _r("GET", "/repositories/{}/{}/pipelines", "pipeline", h_pipelines),
     _r("GET", "/repositories/{}/{}/pullrequests", "pullrequest", h_pullrequests),
@@ -538,23 +567,31 @@ async def rest(request: Request) -> Response:
     sb: Sandbox = request.app.state.sandbox
     path = request.url.path[len(PREFIX) :]
     response = await _rest(sb, request, path)
-    sb.requests.append(
-        {
-            "seq": len(sb.requests) + 1,
-            "time": time.time(),
-            "method": request.method,
-            "path": request.url.path,
-            "query": request.url.query,
-            "status": response.status_code,
-        }
-    )
+    log_request(sb, request, response.status_code)
     return response
+
+
+async def inject_fault(sb: Sandbox, path: str) -> Response | None:
+    """The configured fault for ``path`` (a forced status, a timeout, a random error), or None.
+
+    Used by the REST API and the OAuth token endpoint alike (``force_status`` patterns are
+    searched in the REST path after ``/2.0`` or in ``/site/oauth2/access_token``)."""
+    f = sb.faults
+    if f.latency_ms:
+        await asyncio.sleep(f.latency_ms / 1000)
+    for pattern, status in f.force_status.items():
+        if re.search(pattern, path):
+            return error_response(status, f"Injected HTTP {status}")
+    if f.timeout_rate and sb.rng.random() < f.timeout_rate:
+        await asyncio.sleep(f.timeout_seconds)
+        return error_response(504, "Gateway timeout")
+    if f.error_rate and sb.rng.random() < f.error_rate:
+        return error_response(f.error_status, "Something went wrong")
+    return None
 
 
 async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
     f = sb.faults
-    if f.latency_ms:
-        await asyncio.sleep(f.latency_ms / 1000)
     route = None
     args: tuple[str, ...] = ()
     method_seen = False
@@ -569,14 +606,9 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
         if method_seen:
             return error_response(405, f"Method {request.method} not allowed")
         return error_response(404, f"Resource not found: {path}")
-    for pattern, status in f.force_status.items():
-        if re.search(pattern, path):
-            return error_response(status, f"Injected HTTP {status}")
-    if f.timeout_rate and sb.rng.random() < f.timeout_rate:
-        await asyncio.sleep(f.timeout_seconds)
-        return error_response(504, "Gateway timeout")
-    if f.error_rate and sb.rng.random() < f.error_rate:
-        return error_response(f.error_status, "Something went wrong")
+    injected = await inject_fault(sb, path)
+    if injected is not None:
+        return injected
     headers: dict[str, str] = {}
     ctx: Ctx | None = None
     if route.scope is not None:
@@ -584,8 +616,10 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
             ctx = sb.authenticate(request)
         except ApiError as exc:
             return error_response(exc.status, exc.message)
-        headers["X-OAuth-Scopes"] = ", ".join(sorted(ctx.scopes))
-        headers["X-Accepted-OAuth-Scopes"] = route.scope
+        if sb.state.scope_headers:
+            # Bitbucket lists the scopes as granted, without the ones they imply.
+            headers["X-OAuth-Scopes"] = ", ".join(sorted(ctx.granted))
+            headers["X-Accepted-OAuth-Scopes"] = route.scope
         headers["X-Credential-Type"] = "repo_access_token" if ctx.credential.kind == "access_token" else "oauth2"
         if f.force_429 > 0:
             f.force_429 -= 1
@@ -600,11 +634,11 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
         if limited:
             return PlainTextResponse(RATE_LIMIT_BODY, status_code=429, headers=headers)
         if route.scope not in ctx.scopes:
+            # Recorded 403s: the detail is an object naming what was required and granted.
             return error_response(
                 403,
                 "Your credentials lack one or more required privilege scopes.",
-                f"This API is only accessible with the following scopes: {route.scope}. "
-                f"Granted: {', '.join(sorted(ctx.scopes)) or 'none'}.",
+                {"required": [route.scope], "granted": sorted(ctx.granted)},
                 headers,
             )
     try:
@@ -688,8 +722,28 @@ def _issue(sb: Sandbox, cred: SCredential, grant: str) -> JSONResponse:
     )
 
 
+def log_request(sb: Sandbox, request: Request, status: int) -> None:
+    sb.requests.append(
+        {
+            "seq": len(sb.requests) + 1,
+            "time": time.time(),
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "status": status,
+        }
+    )
+
+
 async def access_token(request: Request) -> Response:
+    """The token endpoint, with the configured faults; logged with the REST requests."""
     sb: Sandbox = request.app.state.sandbox
+    response = await inject_fault(sb, request.url.path) or await _access_token(sb, request)
+    log_request(sb, request, response.status_code)
+    return response
+
+
+async def _access_token(sb: Sandbox, request: Request) -> Response:
     form = {k: str(v) for k, v in (await request.form()).items()}
     cred = _client(sb, request, form)
     if cred is None:

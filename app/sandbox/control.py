@@ -26,6 +26,7 @@ from app.sandbox.scenario import (
     SRepo,
     SUser,
     SWorkspace,
+    _permission,
     _restriction,
     new_uuid,
     now_iso,
@@ -50,49 +51,82 @@ def _actor(sb: Sandbox, ws: SWorkspace, body: dict[str, Any]) -> SUser:
 
 def _base_payload(sb: Sandbox, ws: SWorkspace, repo: SRepo, actor: SUser) -> dict[str, Any]:
     api = _api(sb)
-    repository = render.repository(ws, repo, api)
+    # Webhooks carry the condensed repository of the recordings, not the REST object.
+    repository = render.webhook_repository(ws, repo, api)
     return {"repository": repository, "actor": render.user(actor, api)}
 
 
-def _ref(ws: SWorkspace, repo: SRepo, name: str, commit: str, actor: SUser, message: str) -> dict[str, Any]:
+def _commit(sb: Sandbox, ws: SWorkspace, repo: SRepo, commit: str, actor: SUser, message: str) -> dict[str, Any]:
+    api, web = _api(sb), f"https://bitbucket.org/{ws.slug}/{repo.slug}"
     return {
-        "type": "branch",
-        "name": name,
-        "target": {
-            "type": "commit",
-            "hash": commit,
-            "message": message,
-            "author": {"type": "author", "raw": f"{actor.display_name} <{actor.email}>"},
-            "date": now_iso(),
+        "type": "commit",
+        "hash": commit,
+        "message": message,
+        "summary": {"raw": message, "markup": "markdown", "html": f"<p>{message}</p>", "type": "rendered"},
+        "author": {"type": "author", "raw": f"{actor.display_name} <{actor.email}>", "user": render.user(actor, api)},
+        "date": now_iso(),
+        "parents": [],
+        "links": {
+            "self": {"href": f"{api}/repositories/{ws.slug}/{repo.slug}/commit/{commit}"},
+            "html": {"href": f"{web}/commits/{commit}"},
         },
-        "links": {"html": {"href": f"https://bitbucket.org/{ws.slug}/{repo.slug}/branch/{name}"}},
     }
 
 
-def push_payload(
-    sb: Sandbox, ws: SWorkspace, repo: SRepo, actor: SUser, branch: str, old: str | None, new: str | None, message: str
+def _ref(
+    sb: Sandbox, ws: SWorkspace, repo: SRepo, name: str, commit: str, actor: SUser, message: str, kind: str = "branch"
 ) -> dict[str, Any]:
-    """``repo:push`` (SPEC/fixtures): one change with old/new refs, created/closed, commits."""
+    """A ref of a ``repo:push`` change (fixtures push_*): a branch, or a tag with tagger/date/message."""
+    api, web = _api(sb), f"https://bitbucket.org/{ws.slug}/{repo.slug}"
+    refs = "branches" if kind == "branch" else "tags"
+    out: dict[str, Any] = {
+        "type": kind,
+        "name": name,
+        "target": _commit(sb, ws, repo, commit, actor, message),
+        "links": {
+            "commits": {"href": f"{api}/repositories/{ws.slug}/{repo.slug}/commits/{name}"},
+            "self": {"href": f"{api}/repositories/{ws.slug}/{repo.slug}/refs/{refs}/{name}"},
+            "html": {"href": f"{web}/branch/{name}" if kind == "branch" else f"{web}/commits/tag/{name}"},
+        },
+    }
+    if kind == "tag":
+        out |= {"tagger": None, "date": None, "message": None}  # a lightweight tag (fixture)
+    return out
+
+
+def push_payload(
+    sb: Sandbox,
+    ws: SWorkspace,
+    repo: SRepo,
+    actor: SUser,
+    branch: str,
+    old: str | None,
+    new: str | None,
+    message: str,
+    kind: str = "branch",
+) -> dict[str, Any]:
+    """``repo:push`` as recorded: one change with old/new refs and created/closed flags. Only a
+    change that adds commits to a branch carries ``commits`` and ``links`` (a branch delete has
+    neither, a tag push has links but no commits)."""
+    api, web = _api(sb), f"https://bitbucket.org/{ws.slug}/{repo.slug}"
     change: dict[str, Any] = {
-        "old": _ref(ws, repo, branch, old, actor, "previous") if old else None,
-        "new": _ref(ws, repo, branch, new, actor, message) if new else None,
+        "old": _ref(sb, ws, repo, branch, old, actor, "previous", kind) if old else None,
+        "new": _ref(sb, ws, repo, branch, new, actor, message, kind) if new else None,
         "created": old is None,
         "closed": new is None,
         "forced": False,
         "truncated": False,
-        "commits": (
-            [
-                {
-                    "type": "commit",
-                    "hash": new,
-                    "message": message,
-                    "author": {"type": "author", "raw": f"{actor.display_name} <{actor.email}>"},
-                }
-            ]
-            if new
-            else []
-        ),
     }
+    if new is not None:
+        span = f"include={new}" + (f"&exclude={old}" if old else "")
+        change["links"] = {
+            "commits": {"href": f"{api}/repositories/{ws.slug}/{repo.slug}/commits?{span}"},
+            "html": {"href": f"{web}/branches/compare/{new}..{old or ''}"},
+            "diff": {"href": f"{api}/repositories/{ws.slug}/{repo.slug}/diff/{new}..{old or ''}"},
+        }
+        if kind == "branch":
+            commit = _commit(sb, ws, repo, new, actor, message)
+            change["commits"] = [commit]
     return _base_payload(sb, ws, repo, actor) | {"push": {"changes": [change]}}
 
 
@@ -209,6 +243,16 @@ async def _dispatch(sb: Sandbox, request: Request) -> dict[str, Any]:
                 raise ApiError(404, f"{account} is not a member of {ws.slug}")
             ws.members[account].permission = _need(body, "permission")
             return out
+        if action == "set-project-branching-model":
+            key = _need(body, "key")
+            if key not in ws.projects:
+                raise ApiError(404, f"No project {key}")
+            model = body.get("model")
+            if model:
+                ws.project_models[key] = model
+            else:
+                ws.project_models.pop(key, None)
+            return out  # no webhook for settings changes
         if action == "update-project":
             key = _need(body, "key")
             if key not in ws.projects:
@@ -240,6 +284,29 @@ async def _dispatch(sb: Sandbox, request: Request) -> dict[str, Any]:
         repo.branches[name] = _hash()
         payload = push_payload(sb, ws, repo, actor, name, None, repo.branches[name], "branch created")
         out["deliveries"] = await deliver(sb, ws, repo, "repo:push", payload, request)
+    elif action in ("push-tag", "delete-tag"):
+        name = _need(body, "name")
+        commit = repo.branches.get(body.get("branch") or repo.mainbranch or "", _hash())
+        if action == "push-tag":
+            old_tag = repo.tags.get(name)
+            repo.tags[name] = commit
+            payload = push_payload(sb, ws, repo, actor, name, old_tag, commit, body.get("message", ""), "tag")
+        else:
+            if name not in repo.tags:
+                raise ApiError(404, f"No tag {name}")
+            payload = push_payload(sb, ws, repo, actor, name, repo.tags.pop(name), None, "", "tag")
+        out["deliveries"] = await deliver(sb, ws, repo, "repo:push", payload, request)
+    elif action == "set-repository-permission":
+        # Repository settings -> User and group access: no webhook (bitbucket-facts.md).
+        account = _need(body, "account_id")
+        permission = body.get("permission")
+        if permission is None:
+            repo.permissions.pop(account, None)
+        else:
+            try:
+                repo.permissions[account] = _permission(permission)
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from None
     elif action == "delete-branch":
         name = _need(body, "name")
         if name not in repo.branches:
@@ -313,7 +380,7 @@ async def _dispatch(sb: Sandbox, request: Request) -> dict[str, Any]:
             fork_of=repo.uuid,
         )
         ws.repos[slug] = fork
-        payload = base(sb, ws, repo, actor) | {"fork": render.repository(ws, fork, _api(sb))}
+        payload = base(sb, ws, repo, actor) | {"fork": render.webhook_repository(ws, fork, _api(sb))}
         out["repository"] = {"uuid": fork.uuid, "full_name": f"{ws.slug}/{slug}"}
         out["deliveries"] = await deliver(sb, ws, repo, "repo:fork", payload, request)
     elif action == "update":
@@ -466,8 +533,14 @@ async def settings(request: Request) -> Response:
         sb.state.oauth_expires_in = int(body["oauth_expires_in"])
     if "delivery_retry_delay" in body:
         sb.deliverer.retry_delay = float(body["delivery_retry_delay"])
+    if "scope_headers" in body:
+        sb.state.scope_headers = bool(body["scope_headers"])
     return JSONResponse(
-        {"rate_limit_per_hour": sb.state.rate_limit_per_hour, "oauth_expires_in": sb.state.oauth_expires_in}
+        {
+            "rate_limit_per_hour": sb.state.rate_limit_per_hour,
+            "oauth_expires_in": sb.state.oauth_expires_in,
+            "scope_headers": sb.state.scope_headers,
+        }
     )
 
 

@@ -1,7 +1,8 @@
 """Sandbox: webhook payloads and signed delivery, as Bitbucket Cloud sends them.
 
 Delivery (support.atlassian.com "Troubleshoot webhooks"): a POST with ``X-Event-Key``,
-``X-Hook-UUID``, ``X-Request-UUID``, ``X-Attempt-Number``, ``User-Agent: Bitbucket-Webhooks/2.0``
+``X-Hook-UUID`` (a bare uuid, no braces), ``X-Event-Time``, ``X-Request-UUID``,
+``X-Attempt-Number``, ``User-Agent: Bitbucket-Webhooks/2.0``
 and, when the hook has a secret, ``X-Hub-Signature: sha256=<hex HMAC-SHA256 of the raw body>``;
 10 s timeout; only a 5xx answer is retried, at most twice. The request uuid stays the same across
 the retries of one delivery (Bitbucket does not document it either way).
@@ -15,6 +16,7 @@ import hmac
 import json
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 import aiohttp
@@ -107,13 +109,15 @@ class Deliverer:
         assert self._session is not None
         body = json.dumps(payload).encode()
         record = DeliveryRecord(hook.uuid, event_key, str(uuidlib.uuid4()), hook.url)
+        event_time = formatdate(usegmt=True)  # when the event happened: the same on every retry
         self.log.append(record)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "Bitbucket-Webhooks/2.0",
                 "X-Event-Key": event_key,
-                "X-Hook-UUID": hook.uuid,
+                "X-Hook-UUID": hook.uuid.strip("{}"),  # a bare uuid, unlike the REST object's
+                "X-Event-Time": event_time,
                 "X-Request-UUID": record.request_uuid,
                 "X-Attempt-Number": str(attempt),
             }

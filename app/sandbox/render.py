@@ -105,6 +105,32 @@ def repository(ws: SWorkspace, r: SRepo, api: str) -> dict[str, Any]:
     return out
 
 
+def webhook_repository(ws: SWorkspace, r: SRepo, api: str) -> dict[str, Any]:
+    """The condensed repository of webhook payloads (fixtures/webhooks: no ``slug``,
+    ``workspace``, ``project`` or ``mainbranch``, unlike the REST object)."""
+    return {
+        "type": "repository",
+        "uuid": r.uuid,
+        "full_name": f"{ws.slug}/{r.slug}",
+        "name": r.name,
+        "is_private": r.is_private,
+        "scm": "git",
+        "website": "",
+        "owner": {
+            "type": "team",
+            "uuid": ws.uuid,
+            "display_name": ws.name,
+            "username": ws.slug,
+            "links": {"self": link(f"{api}/workspaces/{ws.slug}"), "html": link(f"{WEB}/{ws.slug}/")},
+        },
+        "links": {
+            "self": link(f"{api}/repositories/{ws.slug}/{r.slug}"),
+            "html": link(f"{WEB}/{ws.slug}/{r.slug}"),
+            "avatar": link(f"{WEB}/{ws.slug}/{r.slug}/avatar/32/"),
+        },
+    }
+
+
 def repository_ref(ws: SWorkspace, r: SRepo, api: str) -> dict[str, Any]:
     return {
         "type": "repository",
@@ -125,10 +151,17 @@ def restriction(ws: SWorkspace, r: SRepo, raw: dict[str, Any], api: str, users: 
     return out
 
 
-def branching_model(ws: SWorkspace, r: SRepo, api: str) -> dict[str, Any]:
+def branching_model(ws: SWorkspace, r: SRepo, api: str, *, effective: bool = False) -> dict[str, Any]:
     """Repository branching model. Without one configured, Bitbucket reports the default model:
-    development on the main branch, production disabled (so absent), the four prefixed types."""
+    development on the main branch, production disabled (so absent), the four prefixed types.
+
+    ``effective`` (``/effective-branching-model``): the model as applied, so a repository without
+    its own model inherits its project's (SPEC: "the effective, or currently applied, branching
+    model"); ``/branching-model`` shows the repository's own settings only."""
+    page = "effective-branching-model" if effective else "branching-model"
     raw = r.branching_model or {}
+    if effective and r.branching_model is None and r.project_key in ws.project_models:
+        raw = ws.project_models[r.project_key]
     dev_raw = raw.get("development", {"use_mainbranch": True})
     dev_name = r.mainbranch if dev_raw.get("use_mainbranch") else dev_raw.get("name")
     out: dict[str, Any] = {
@@ -146,7 +179,7 @@ def branching_model(ws: SWorkspace, r: SRepo, api: str) -> dict[str, Any]:
                 {"kind": "hotfix", "prefix": "hotfix/"},
             ],
         ),
-        "links": {"self": link(f"{api}/repositories/{ws.slug}/{r.slug}/branching-model")},
+        "links": {"self": link(f"{api}/repositories/{ws.slug}/{r.slug}/{page}")},
     }
     if dev_name and dev_name in r.branches:
         out["development"]["branch"] = {"type": "branch", "name": dev_name}
@@ -185,24 +218,59 @@ def pipeline(ws: SWorkspace, r: SRepo, run: SPipelineRun, api: str) -> dict[str,
     return out
 
 
-def pullrequest(ws: SWorkspace, r: SRepo, pr: SPullRequest, api: str, users: dict[str, SUser]) -> dict[str, Any]:
+def pullrequest(
+    ws: SWorkspace, r: SRepo, pr: SPullRequest, api: str, users: dict[str, SUser], *, listed: bool = False
+) -> dict[str, Any]:
+    """A pull request in its full shape (fixtures pr_created/pr_fulfilled); ``listed``: as in a
+    collection, without ``reviewers`` and ``participants`` (fixture list-pullrequests)."""
     base = f"{api}/repositories/{ws.slug}/{r.slug}/pullrequests/{pr.id}"
+    source_hash = r.branches.get(pr.source, "0" * 40)[:12]
+    dest_hash = r.branches.get(pr.destination, "0" * 40)[:12]
+
+    def end(branch: str, commit: str) -> dict[str, Any]:
+        return {
+            "branch": {"name": branch},
+            "commit": {"hash": commit},
+            "repository": repository_ref(ws, r, api),
+        }
+
     out: dict[str, Any] = {
         "type": "pullrequest",
         "id": pr.id,
         "title": pr.title,
+        "description": "",
+        "summary": {"raw": "", "markup": "markdown", "html": ""},
         "state": pr.state,
-        "source": {"branch": {"name": pr.source}, "repository": repository_ref(ws, r, api)},
-        "destination": {"branch": {"name": pr.destination}, "repository": repository_ref(ws, r, api)},
+        "reason": "",
+        "source": end(pr.source, source_hash),
+        "destination": end(pr.destination, dest_hash),
+        "merge_commit": {"hash": r.branches.get(pr.destination, "0" * 40)[:12]} if pr.state == "MERGED" else None,
+        "closed_by": None,
+        "reviewers": [],
+        "participants": [
+            {"type": "participant", "role": "PARTICIPANT", "approved": True, "user": user(users[a], api)}
+            for a in pr.approvals
+            if a in users
+        ],
         "created_on": pr.created_on,
         "updated_on": pr.created_on,
         "comment_count": 0,
         "task_count": 0,
         "close_source_branch": False,
-        "links": {"self": link(base), "html": link(f"{WEB}/{ws.slug}/{r.slug}/pull-requests/{pr.id}")},
+        "links": {
+            "self": link(base),
+            "html": link(f"{WEB}/{ws.slug}/{r.slug}/pull-requests/{pr.id}"),
+            "commits": link(base + "/commits"),
+            "approve": link(base + "/approve"),
+            "diff": link(base + "/diff"),
+            "comments": link(base + "/comments"),
+            "activity": link(base + "/activity"),
+        },
     }
-    if pr.author and pr.author in users:
+    if pr.author in users:
         out["author"] = user(users[pr.author], api)
+    if listed:
+        del out["reviewers"], out["participants"]
     return out
 
 

@@ -95,6 +95,10 @@ class SRepo:
     created_on: str = field(default_factory=now_iso)
     updated_on: str = field(default_factory=now_iso)
     fork_of: str | None = None
+    # Explicit repository permissions (account_id -> admin | write | read); others get the
+    # workspace default for their role (Repository settings -> User and group access).
+    permissions: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # name -> commit hash
 
 
 @dataclass
@@ -107,6 +111,12 @@ class SWorkspace:
     repos: dict[str, SRepo]
     hooks: dict[str, SHook] = field(default_factory=dict)
     omit_pr_size: bool = False
+    # What a member's repository permission is when the repository names none (owners are always
+    # admin; collaborators only read what they were not given explicitly).
+    default_repository_permission: str = "admin"
+    # Project-level branching models (project key -> model in the repository model's shape); a
+    # repository without its own model uses its project's (effective-branching-model).
+    project_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,6 +141,9 @@ class State:
     credentials: list[SCredential]
     rate_limit_per_hour: int = 1000
     oauth_expires_in: int = 7200
+    # Whether responses carry X-OAuth-Scopes / X-Accepted-OAuth-Scopes (some Bitbucket answers,
+    # such as those to API tokens, do not: then only a scope 403's error.detail names the scopes).
+    scope_headers: bool = True
     next_restriction_id: int = 1000
     next_pr_id: int = 1000
 
@@ -220,7 +233,17 @@ def _repo(raw: dict[str, Any], state: State) -> SRepo:
         pipelines=raw.get("pipelines", "never"),
         runs=runs,
         pullrequests=prs,
+        permissions={str(k): _permission(v) for k, v in (raw.get("permissions") or {}).items()},
     )
+
+
+PERMISSIONS = ("read", "write", "admin")
+
+
+def _permission(value: Any) -> str:
+    if value not in PERMISSIONS:
+        raise ValueError(f"repository permission must be one of {PERMISSIONS}, not {value!r}")
+    return str(value)
 
 
 def load(data: dict[str, Any]) -> State:
@@ -228,6 +251,7 @@ def load(data: dict[str, Any]) -> State:
     state = State(users={}, workspaces={}, credentials=[])
     state.rate_limit_per_hour = int(data.get("rate_limit_per_hour", 1000))
     state.oauth_expires_in = int(data.get("oauth_expires_in", 7200))
+    state.scope_headers = bool(data.get("scope_headers", True))
     for u in data.get("users", []):
         user = SUser(
             account_id=u["account_id"],
@@ -249,6 +273,8 @@ def load(data: dict[str, Any]) -> State:
             members={},
             repos={},
             omit_pr_size=bool(w.get("omit_pr_size", False)),
+            default_repository_permission=_permission(w.get("default_repository_permission", "admin")),
+            project_models={p["key"]: p["branching_model"] for p in w.get("projects", []) if p.get("branching_model")},
         )
         for m in w.get("members", []):
             if m["account_id"] not in state.users:

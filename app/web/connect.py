@@ -13,6 +13,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -85,6 +86,25 @@ async def start(request: Request) -> Response:
     return RedirectResponse(url, status_code=302)
 
 
+async def not_admin_repositories(store: Any, workspaces: Iterable[str]) -> list[str]:
+    """Repositories whose admin-only reads (branch restrictions, Pipelines switch) Bitbucket refused
+    because the connection's user is not an admin of them, although the scope is granted: the
+    scope report shows them apart from missing scopes."""
+    out: set[str] = set()
+    for ws in workspaces:
+        snaps = await store.snapshots.load(ws)
+        for key, snap in snaps.items():
+            kind, _, uuid = key.partition(":")
+            if kind not in ("restrictions", "pipelines") or not isinstance(snap.content, dict):
+                continue
+            unreadable = snap.content.get("unreadable")
+            if isinstance(unreadable, dict) and unreadable.get("reason") == "missing_permission":
+                repo = snaps.get(f"repo:{uuid}")
+                name = repo.content.get("full_name") if repo and isinstance(repo.content, dict) else None
+                out.add(str(name or uuid))
+    return sorted(out)
+
+
 def callback_url(settings: Any) -> str:
     return f"{settings.public_url}/connect/bitbucket/callback"
 
@@ -119,6 +139,9 @@ async def callback(request: Request) -> Response:
             code,
             callback_url(settings),
         )
+    except oauth.TokenEndpointUnavailable as exc:
+        log.warning("connect.exchange_unavailable", error=str(exc))
+        return _page("Bitbucket is unavailable", f"Bitbucket's token endpoint failed ({exc}). Start again.", 502)
     except errors.TokenError as exc:
         log.warning("connect.exchange_failed", error=str(exc))
         return _page("Connection refused", f"Bitbucket refused the code ({exc}). Start again.", 400)

@@ -21,6 +21,7 @@ from app.hooks import health, remove_hooks
 from app.reconcile import classify, iso, k_members, k_prs, k_repo, k_repos, utcnow
 from app.settings import CHECK_IDS
 from app.web.auth import require_admin
+from app.web.connect import not_admin_repositories
 from app.web.problems import Problem
 from app.web.uploads import BadUpload, upload_form
 
@@ -441,7 +442,11 @@ async def connections_data(services: Any) -> list[dict[str, Any]]:
                 "status_reason": conn.status_reason,
                 "user": conn.user,
                 "scopes": list(granted) if granted else None,
-                "scope_report": scope_report(granted, services.service.settings.enabled_checks),
+                "scope_report": scope_report(
+                    granted,
+                    services.service.settings.enabled_checks,
+                    await not_admin_repositories(services.service.store, conn.workspaces),
+                ),
                 "webhook": await health(services.service, conn)
                 if conn.status != "disconnected"
                 else {"status": "none"},

@@ -17,6 +17,7 @@ from app.bitbucket import paths
         ("GET", "/repositories/%7Bws-uuid%7D/%7Brepo-uuid%7D", "repository"),
         ("GET", "/repositories/acme/api/branch-restrictions", "branch_restrictions"),
         ("GET", "/repositories/acme/api/branching-model", "branching_model"),
+        ("GET", "/repositories/acme/api/effective-branching-model", "effective_branching_model"),
         ("GET", "/repositories/acme/api/pipelines_config", "pipelines_config"),
         ("GET", "/repositories/acme/api/pipelines", "pipelines"),
         ("GET", "/repositories/acme/api/pullrequests", "pullrequests"),
