@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import BinaryIO
 
 from app import records
-from app.reconcile import k_members, utcnow
+from app.models import utcnow
 from app.store import Store
+from app.store.snapshots import k_members
 
 CHECKS = ("member-mfa-enabled", "workspace-mfa-enforced")
 

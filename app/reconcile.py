@@ -10,11 +10,10 @@ test from stored snapshots alone, so the reconcile, the worker and the benchmark
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from app import checks, errors
@@ -31,61 +30,28 @@ from app.checks.base import Context, MemberFacts, Person, RepoFacts, Unreadable,
 from app.checks.coverage import glob_matches
 from app.findings import Delta, Key, diff
 from app.logs import get_logger
-from app.models import Result
+from app.models import Result, iso, utcnow
 from app.planner import BRANCH_CHECKS, MEMBER_CHECKS, REPO_CHECKS
 from app.settings import Settings
 from app.store import Store
 from app.store.outbox import Entry
-from app.store.snapshots import Snapshot
+from app.store.snapshots import (
+    Snapshot,
+    k_build,
+    k_emails,
+    k_members,
+    k_model,
+    k_pipelines,
+    k_prs,
+    k_repo,
+    k_repos,
+    k_restrictions,
+    repo_of,
+)
 
 log = get_logger("reconcile")
 
 Alerts = Callable[[Delta], list[Entry]]  # a delta -> the outbox rows it causes (notify.Dispatcher)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(dt: datetime) -> str:
-    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-# -- snapshot keys ---------------------------------------------------------------------------
-def k_repos(ws: str) -> str:
-    return f"repos:{ws}"
-
-
-def k_repo(uuid: str) -> str:
-    return f"repo:{uuid}"
-
-
-def k_prs(uuid: str) -> str:
-    return f"repo:{uuid}:prs"
-
-
-def k_restrictions(uuid: str) -> str:
-    return f"restrictions:{uuid}"
-
-
-def k_model(uuid: str) -> str:
-    return f"branching_model:{uuid}"
-
-
-def k_pipelines(uuid: str) -> str:
-    return f"pipelines:{uuid}"
-
-
-def k_build(uuid: str) -> str:
-    return f"last_build:{uuid}"
-
-
-def k_members(ws: str) -> str:
-    return f"members:{ws}"
-
-
-def k_emails(ws: str) -> str:
-    return f"email_links:{ws}"
 
 
 @dataclass
@@ -449,7 +415,7 @@ async def reconcile_workspace(
     # Repositories that left the workspace: drop their snapshots (their results retire below).
     known = {r.uuid for r in repos}
     snaps = await store.snapshots.load(ws)
-    gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and _repo_of(k) not in (None, *known)]
+    gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and repo_of(k) not in (None, *known)]
     await store.snapshots.delete(gone)
     report.delta, report.rows_written = await record(store, settings, ws, now, alerts=alerts)
     report.api_calls = client.calls() - calls_before
@@ -480,97 +446,3 @@ async def _members_only(
         await fetch_members(fetcher, ws, await store.records.people())
         await store.snapshots.put_many(fetcher.rows, fetcher.now)
         await record(store, settings, ws, now, "reconcile", only_checks=MEMBER_CHECKS, alerts=alerts)
-
-
-def _repo_of(key: str) -> str | None:
-    kind, _, rest = key.partition(":")
-    if kind in ("repo", "restrictions", "branching_model", "pipelines", "last_build"):
-        return rest.split(":")[0] if rest.startswith("{") else rest
-    return None
-
-
-# -- the scheduler ------------------------------------------------------------------------------
-MEMBERS_EVERY = 15 * 60.0
-EXPIRY_EVERY = 60.0
-RETENTION_EVERY = 6 * 3600.0
-
-
-class Scheduler:
-    """Appends ``lp:reconcile`` events within the budget: members and permissions every 15 minutes
-    (a few calls), the full repository pass every ``LP_RECONCILE_INTERVAL`` with ±10 % jitter;
-    sweeps expiries of evidence and exceptions; purges old events. Passes run at low budget
-    priority, so a share of the hourly budget always stays free for webhook-driven fetches."""
-
-    def __init__(self, service: Any, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time):
-        self.service = service
-        self.store: Store = service.store
-        self.settings: Settings = service.settings
-        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
-        self.clock = clock
-        self.alive_at = time.time()  # the start of the last round (a liveness heartbeat)
-
-    async def _due(self, name: str, period: float, jitter: float = 0.0) -> bool:
-        due_at = await self.store.meta.get(f"next:{name}")
-        now = self.clock()
-        if due_at is not None and float(due_at) > now:
-            return False
-        spread = period * jitter
-        nxt = now + period + (self.rng.uniform(-spread, spread) if spread else 0.0)
-        await self.store.meta.set(f"next:{name}", repr(nxt))
-        return True
-
-    async def tick(self) -> list[int]:
-        """One scheduling round; returns the ids of the events it appended."""
-        appended: list[int] = []
-        for conn in await self.service.connections():
-            if conn.status != "active":
-                continue
-            for ws in conn.workspaces:
-                tiers = [
-                    ("members", MEMBERS_EVERY, 0.0),
-                    ("full", self.settings.reconcile_interval, 0.1),
-                ]
-                for tier, period, jitter in reversed(tiers):  # a due full pass covers the members
-                    if await self._due(f"{tier}:{conn.id}:{ws}", period, jitter):
-                        if tier == "members" and appended and await self._full_pending(conn.id, ws):
-                            continue
-                        appended += await self.service.internal_event(
-                            "lp:reconcile", {"workspace": ws, "tier": tier}, conn.id
-                        )
-        if await self._due("expiry", EXPIRY_EVERY):
-            appended += await self._sweep_expiries()
-        if await self._due("retention", RETENTION_EVERY):
-            await self.store.events.purge(self.settings.event_retention_days)
-        return appended
-
-    async def _full_pending(self, conn_id: str, ws: str) -> bool:
-        rows = await self.store.events.list(event_key="lp:reconcile", workspace=ws, connection=conn_id, limit=5)
-        return any(r.payload.get("tier") == "full" and r.state in ("queued", "running") for r in rows)
-
-    async def _sweep_expiries(self) -> list[int]:
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        since = await self.store.meta.get("last_expiry_sweep") or iso(now)
-        await self.store.meta.set("last_expiry_sweep", now.isoformat())
-        expired: set[tuple[str, str]] = set()
-        for e in await self.store.records.evidence():
-            if since < e.expires_at.isoformat() <= now.isoformat():
-                expired.add((e.workspace, e.check))
-        for x in await self.store.records.exceptions():
-            if since < x.expires_at.isoformat() <= now.isoformat():
-                expired.add(("", x.check))
-        ids: list[int] = []
-        for ws, check in sorted(expired):
-            payload: dict[str, Any] = {"check": check}
-            if ws:
-                payload["workspace"] = ws
-            ids += await self.service.internal_event("lp:expiry", payload)
-        return ids
-
-    async def run(self, every: float = 30.0) -> None:
-        while True:
-            self.alive_at = time.time()
-            try:
-                await self.tick()
-            except Exception as exc:  # noqa: BLE001 - the scheduler must outlive one bad round
-                log.error("scheduler.tick_failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(every)

@@ -36,6 +36,7 @@ from app import errors
 from app.bitbucket.client import DEFER_AFTER, PRIORITY, BitbucketClient
 from app.findings import Delta
 from app.logs import get_logger
+from app.models import iso, utcnow
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, Plan, coalesce, plan
 from app.reconcile import (
     Alerts,
@@ -43,22 +44,22 @@ from app.reconcile import (
     fetch_members,
     fetch_repository,
     fetch_restrictions,
-    iso,
-    k_build,
-    k_emails,
-    k_model,
-    k_pipelines,
-    k_prs,
-    k_repo,
-    k_repos,
-    k_restrictions,
     reconcile_workspace,
     record,
-    utcnow,
 )
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
+from app.store.snapshots import (
+    k_build,
+    k_emails,
+    k_model,
+    k_prs,
+    k_repo,
+    k_repos,
+    k_restrictions,
+    repo_keys,
+)
 from app.supervise import describe
 
 log = get_logger("worker")
@@ -451,8 +452,7 @@ class Worker:
         if new != current:
             await self.store.snapshots.put_many([(k_repos(ws), ws, "repos", new)], now)
         if gone:
-            keys = [k(u) for u in gone for k in (k_repo, k_restrictions, k_model, k_pipelines, k_build)]
-            await self.store.snapshots.delete(keys + [k_prs(u) for u in gone])
+            await self.store.snapshots.delete([k for u in sorted(gone) for k in repo_keys(u)])
 
     async def _evaluate(
         self,

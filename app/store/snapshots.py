@@ -11,6 +11,56 @@ from typing import Any
 from app.store.db import Database
 
 
+# -- keys: one snapshot per resource ------------------------------------------------------------
+def k_repos(ws: str) -> str:
+    return f"repos:{ws}"
+
+
+def k_repo(uuid: str) -> str:
+    return f"repo:{uuid}"
+
+
+def k_prs(uuid: str) -> str:
+    return f"repo:{uuid}:prs"
+
+
+def k_restrictions(uuid: str) -> str:
+    return f"restrictions:{uuid}"
+
+
+def k_model(uuid: str) -> str:
+    return f"branching_model:{uuid}"
+
+
+def k_pipelines(uuid: str) -> str:
+    return f"pipelines:{uuid}"
+
+
+def k_build(uuid: str) -> str:
+    return f"last_build:{uuid}"
+
+
+def k_members(ws: str) -> str:
+    return f"members:{ws}"
+
+
+def k_emails(ws: str) -> str:
+    return f"email_links:{ws}"
+
+
+def repo_keys(uuid: str) -> list[str]:
+    """Every snapshot that belongs to one repository (dropped when it leaves the workspace)."""
+    return [k(uuid) for k in (k_repo, k_prs, k_restrictions, k_model, k_pipelines, k_build)]
+
+
+def repo_of(key: str) -> str | None:
+    """The repository a snapshot key belongs to, or None for a workspace-wide snapshot."""
+    kind, _, rest = key.partition(":")
+    if kind in ("repo", "restrictions", "branching_model", "pipelines", "last_build"):
+        return rest.split(":")[0] if rest.startswith("{") else rest
+    return None
+
+
 @dataclass(frozen=True)
 class Snapshot:
     key: str

@@ -20,9 +20,9 @@ from app import errors, records
 from app.checks import REGISTRY
 from app.evidence import record_evidence
 from app.findings import to_json
-from app.models import FAILING, SEVERITY_ORDER, STATUSES
-from app.reconcile import iso, k_repo, utcnow
+from app.models import FAILING, SEVERITY_ORDER, STATUSES, iso, utcnow
 from app.settings import CHECK_IDS
+from app.store.snapshots import k_repo
 from app.web import api, resources, session
 from app.web.uploads import upload_form
 
