@@ -9,9 +9,8 @@ test from stored snapshots alone, so the reconcile, the worker and the benchmark
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,10 +27,11 @@ from app.bitbucket.models import (
 )
 from app.checks.base import Context, MemberFacts, Person, RepoFacts, Unreadable, WorkspaceFacts
 from app.checks.coverage import glob_matches
+from app.fetch import Fetcher, Row, fetch_all
 from app.findings import Delta, Key, diff
 from app.logs import get_logger
 from app.models import Result, iso, utcnow
-from app.planner import BRANCH_CHECKS, MEMBER_CHECKS, REPO_CHECKS
+from app.planner import MEMBER_CHECKS, REPO_CHECKS, KnownRepo, full_pass
 from app.settings import Settings
 from app.store import Store
 from app.store.outbox import Entry
@@ -63,121 +63,6 @@ class PassReport:
     fetch_failures: int = 0
     seconds: float = 0.0
     delta: Delta = field(default_factory=Delta)
-
-
-class Fetcher:
-    """Reads resources through the client and turns each outcome into a snapshot row."""
-
-    def __init__(self, client: BitbucketClient, store: Store, now: str) -> None:
-        self.client = client
-        self.store = store
-        self.now = now
-        self.rows: list[tuple[str, str, str, Any]] = []
-        self.failures = 0
-        self.errors: dict[str, str] = {}  # snapshot key -> the error that left it stale
-
-    async def get(self, key: str, ws: str, kind: str, read: Callable[[], Awaitable[Any]], keep: bool = True) -> Any:
-        """Run ``read``; store its value (unless ``keep`` is false: the caller folds it into another
-        snapshot), or a scope marker on 403; mark the snapshot stale on failure."""
-        try:
-            value = await read()
-        except errors.ForbiddenError as exc:
-            # A scope the credential lacks, or a permission its user lacks (not a repository admin).
-            reason = "missing_permission" if exc.kind == "permission" else "missing_scope"
-            value = {"unreadable": {"reason": reason, "scope": exc.required_scope}}
-        except errors.Deferred:
-            raise  # not a failure: the caller re-queues the work for when Bitbucket lets us read again
-        except Exception as exc:  # noqa: BLE001 - any failure (status, timeout, body, foreign link) stays here
-            await self.failed(key, ws, kind, exc)
-            return None
-        if keep:
-            self.rows.append((key, ws, kind, value))
-        return value
-
-    async def failed(self, key: str, ws: str, kind: str, exc: BaseException) -> None:
-        """Record that one resource could not be read: its snapshot turns stale, nothing else."""
-        error = f"{type(exc).__name__}: {exc}"
-        self.failures += 1
-        self.errors[key] = error
-        log.warning("fetch.failed", key=key, error=type(exc).__name__)
-        await self.store.snapshots.mark_failed(key, ws, kind, error, self.now)
-
-
-def _dump(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, list):
-        return [_dump(v) for v in value]
-    return value
-
-
-async def fetch_repository(fetcher: Fetcher, ws: str, repo: Repository, enabled: Sequence[str]) -> None:
-    """Every per-repository resource the enabled tests need."""
-    client = fetcher.client
-    slug = repo.slug
-    fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
-    await fetcher.get(k_prs(repo.uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, slug))
-    if repo.mainbranch and BRANCH_CHECKS & set(enabled):
-        await fetch_restrictions(fetcher, ws, repo.uuid, slug)
-    if "pipelines-enabled" in enabled:
-        await fetch_pipelines(fetcher, ws, repo.uuid, slug, repo.mainbranch)
-
-
-async def fetch_restrictions(fetcher: Fetcher, ws: str, uuid: str, ref: str) -> None:
-    """Branch restrictions, and the branching model when a restriction uses it."""
-    client = fetcher.client
-    restrictions = await fetcher.get(
-        k_restrictions(uuid), ws, "restrictions", lambda: _as_values(client.branch_restrictions(ws, ref))
-    )
-    if isinstance(restrictions, dict) and any(
-        r.get("branch_match_kind") == "branching_model" for r in restrictions.get("values", [])
-    ):
-        await fetcher.get(k_model(uuid), ws, "branching_model", lambda: _dumped(client.branching_model(ws, ref)))
-
-
-async def fetch_pipelines(fetcher: Fetcher, ws: str, uuid: str, ref: str, main: str | None) -> None:
-    client = fetcher.client
-    await fetcher.get(k_pipelines(uuid), ws, "pipelines", lambda: _dumped(client.pipelines_config(ws, ref)))
-    if main:
-        await fetcher.get(k_build(uuid), ws, "last_build", lambda: _dumped(client.latest_pipeline(ws, ref, main)))
-
-
-async def _as_values(aw: Awaitable[list[BranchRestriction]]) -> dict[str, Any]:
-    return {"values": _dump(await aw)}
-
-
-async def _dumped(aw: Awaitable[Any]) -> Any:
-    return _dump(await aw)
-
-
-async def fetch_members(fetcher: Fetcher, ws: str, people: Sequence[Person]) -> None:
-    client = fetcher.client
-
-    async def members() -> list[Any]:
-        found = await client.members(ws)
-        try:
-            roles = await client.permissions(ws)
-        except errors.ForbiddenError:
-            roles = {}  # access tokens cannot read permissions (bitbucket-facts.md)
-        return [_dump(m.model_copy(update={"permission": roles.get(m.user.key)})) for m in found]
-
-    listed = await fetcher.get(k_members(ws), ws, "members", members)
-    if listed is None:
-        return
-    member_keys = {Member.model_validate(m).user.key for m in listed}
-    wanted = [p.email for p in people if not p.bitbucket_account_id or p.bitbucket_account_id not in member_keys]
-    if not wanted:
-        fetcher.rows.append((k_emails(ws), ws, "email_links", {"available": None, "links": {}}))
-        return
-
-    async def emails() -> dict[str, Any]:
-        try:
-            found = await client.members_by_email(ws, wanted)
-        except errors.ForbiddenError:
-            return {"available": False, "links": {}}
-        return {"available": True, "links": {e: u.key for e, u in sorted(found.items())}}
-
-    await fetcher.get(k_emails(ws), ws, "email_links", emails)
 
 
 def _unreadable(snap: Snapshot | None) -> Unreadable | None:
@@ -379,8 +264,10 @@ async def reconcile_workspace(
     ws: str,
     now: datetime | None = None,
     alerts: Alerts | None = None,
+    tier: str = "full",
 ) -> PassReport:
-    """One full pass over a workspace.
+    """One pass over a workspace: list its repositories (tier ``full``), plan every fetch
+    (:func:`app.planner.full_pass`), then the same fetch and evaluate steps as any event.
 
     When the repository list is unreadable, the repository results stand and are marked stale,
     the member tests are still read and written, and then the error is raised (the pass is
@@ -389,40 +276,40 @@ async def reconcile_workspace(
     now = now or utcnow()
     stamp = iso(now)
     calls_before = client.calls()
-    enabled = settings.enabled_checks
-    fetcher = Fetcher(client, store, stamp)
-    try:
-        repos = await client.repositories(ws)
-    except errors.BitbucketError as exc:
-        await fetcher.failed(k_repos(ws), ws, "repos", exc)
-        await _members_only(fetcher, store, settings, ws, now, alerts)
-        raise
-    fetcher.rows.append((k_repos(ws), ws, "repos", [r.uuid for r in repos]))
-    sem = asyncio.Semaphore(settings.concurrency)
-
-    async def one(repo: Repository) -> None:
-        async with sem:
-            await fetch_repository(fetcher, ws, repo, enabled)
-
-    people = await store.records.people()
-    async with asyncio.TaskGroup() as tg:
-        for repo in repos:
-            tg.create_task(one(repo))
-        if MEMBER_CHECKS & set(enabled):
-            tg.create_task(fetch_members(fetcher, ws, people))
-    report = PassReport(workspace=ws, fetch_failures=fetcher.failures)
-    report.snapshots_changed = await store.snapshots.put_many(fetcher.rows, stamp)
-    # Repositories that left the workspace: drop their snapshots (their results retire below).
-    known = {r.uuid for r in repos}
-    snaps = await store.snapshots.load(ws)
-    gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and repo_of(k) not in (None, *known)]
-    await store.snapshots.delete(gone)
-    report.delta, report.rows_written = await record(store, settings, ws, now, alerts=alerts)
+    enabled = frozenset(settings.enabled_checks)
+    report = PassReport(workspace=ws)
+    listed: list[KnownRepo] = []
+    if tier == "full":
+        try:
+            repos = await client.repositories(ws)
+        except errors.BitbucketError as exc:
+            await Fetcher(client, store, stamp).failed(k_repos(ws), ws, "repos", exc)
+            await _members_only(client, store, settings, ws, now, alerts)
+            raise
+        rows: list[Row] = [(k_repos(ws), ws, "repos", [r.uuid for r in repos])]
+        rows += [(k_repo(r.uuid), ws, "repo", r.model_dump(mode="json")) for r in repos]
+        report.snapshots_changed = await store.snapshots.put_many(rows, stamp)
+        listed = [KnownRepo(uuid=r.uuid, mainbranch=r.mainbranch, slug=r.slug) for r in repos]
+    plan = full_pass(ws, tier, listed, enabled)
+    outcome = await fetch_all(client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency)
+    report.snapshots_changed += outcome.changed
+    report.fetch_failures = outcome.failures
+    if tier == "full":
+        # Repositories that left the workspace: drop their snapshots (their results retire below).
+        known = {r.uuid for r in listed}
+        snaps = await store.snapshots.load(ws)
+        gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and repo_of(k) not in (None, *known)]
+        await store.snapshots.delete(gone)
+    cause = "reconcile" if tier == "full" else f"reconcile:{tier}"
+    report.delta, report.rows_written = await record(
+        store, settings, ws, now, cause, only_checks=plan.checks or None, alerts=alerts
+    )
     report.api_calls = client.calls() - calls_before
     report.seconds = time.perf_counter() - started
     log.info(
         "reconcile.done",
         workspace=ws,
+        tier=tier,
         calls=report.api_calls,
         written=report.rows_written,
         opened=len(report.delta.opened),
@@ -434,7 +321,7 @@ async def reconcile_workspace(
 
 
 async def _members_only(
-    fetcher: Fetcher, store: Store, settings: Settings, ws: str, now: datetime, alerts: Alerts | None
+    client: BitbucketClient, store: Store, settings: Settings, ws: str, now: datetime, alerts: Alerts | None
 ) -> None:
     """The pass without the repository list: repository results stale, member tests as usual."""
     stale = [
@@ -443,6 +330,7 @@ async def _members_only(
     if stale:
         await store.results.apply(Delta(stale=stale), iso(now), "reconcile")
     if MEMBER_CHECKS & set(settings.enabled_checks):
-        await fetch_members(fetcher, ws, await store.records.people())
-        await store.snapshots.put_many(fetcher.rows, fetcher.now)
+        enabled = frozenset(settings.enabled_checks)
+        plan = full_pass(ws, "members", (), enabled)
+        await fetch_all(client, store, plan.fetches, enabled=enabled, now=iso(now), concurrency=settings.concurrency)
         await record(store, settings, ws, now, "reconcile", only_checks=MEMBER_CHECKS, alerts=alerts)

@@ -33,33 +33,17 @@ from datetime import datetime
 from typing import Any
 
 from app import errors
-from app.bitbucket.client import DEFER_AFTER, PRIORITY, BitbucketClient
+from app.bitbucket.client import PRIORITY, BitbucketClient
+from app.fetch import Outcome, fetch_all
 from app.findings import Delta
 from app.logs import get_logger
 from app.models import iso, utcnow
-from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, Plan, coalesce, plan
-from app.reconcile import (
-    Alerts,
-    Fetcher,
-    fetch_members,
-    fetch_repository,
-    fetch_restrictions,
-    reconcile_workspace,
-    record,
-)
+from app.planner import MEMBER_CHECKS, REPO_CHECKS, KnownRepo, Plan, coalesce, plan
+from app.reconcile import Alerts, reconcile_workspace, record
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
-from app.store.snapshots import (
-    k_build,
-    k_emails,
-    k_model,
-    k_prs,
-    k_repo,
-    k_repos,
-    k_restrictions,
-    repo_keys,
-)
+from app.store.snapshots import k_model, k_repo, k_repos, repo_keys
 from app.supervise import describe
 
 log = get_logger("worker")
@@ -227,22 +211,8 @@ class Worker:
                     return
                 client = await self.clients(row.connection_id)
                 calls = client.calls()
-                if tier == "members":
-                    fetcher = Fetcher(client, self.store, iso(utcnow()))
-                    await fetch_members(fetcher, ws, await self.store.records.people())
-                    await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
-                    delta, written = await record(
-                        self.store,
-                        self.settings,
-                        ws,
-                        utcnow(),
-                        "reconcile:members",
-                        only_checks=MEMBER_CHECKS,
-                        alerts=self.alerts,
-                    )
-                else:
-                    report = await reconcile_workspace(client, self.store, self.settings, ws, alerts=self.alerts)
-                    delta, written = report.delta, report.rows_written
+                report = await reconcile_workspace(client, self.store, self.settings, ws, alerts=self.alerts, tier=tier)
+                delta, written = report.delta, report.rows_written
                 hooks = await self._check_hooks(row.connection_id) if tier == "full" else None
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
                 if hooks:
@@ -357,45 +327,23 @@ class Worker:
             self._fetched_at[f.key] = clock
         now = utcnow()
         calls = 0
-        failed: dict[str, str] = {}  # fetch key -> why it could not be read
-        tainted: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories whose metadata failed
-        deferred: dict[str, float] = {}  # fetch key -> seconds Bitbucket (or the budget) asks us to wait
-        waiting: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories with a deferred fetch
+        outcome = Outcome()
         if fetches:
             client = await self.clients(cid)
             before = client.calls()
-            rows_read: list[tuple[str, str, str, Any]] = []
-            sem = asyncio.Semaphore(self.settings.concurrency)
-
-            async def one(f: Fetch) -> None:
-                # Each fetch has its own Fetcher: a failure is attributed to this fetch alone.
-                DEFER_AFTER.set(self.defer_after)  # this task only: a long wait re-queues, never blocks
-                fetcher = Fetcher(client, self.store, iso(now))
-                async with sem:
-                    try:
-                        await self._fetch(fetcher, f, enabled)
-                    except errors.Deferred as exc:
-                        deferred[f.key] = exc.retry_after or self.defer_after
-                        if f.repo_uuid:
-                            waiting[f.workspace].add(f.repo_uuid)
-                        self._fetched_at.pop(f.key, None)
-                        log.info("fetch.deferred", key=f.key, seconds=round(deferred[f.key], 1))
-                        return  # what it read so far is read again with the rest
-                    except Exception as exc:  # noqa: BLE001 - one resource never fails the others
-                        key, kind = _snapshot_of(f)
-                        await fetcher.failed(key, f.workspace, kind, exc)
-                        if f.repo_uuid and f.kind in ("repo", "repo_full"):
-                            tainted[f.workspace].add(f.repo_uuid)
-                rows_read.extend(fetcher.rows)
-                if fetcher.errors:
-                    failed[f.key] = next(iter(fetcher.errors.values()))
-                    self._fetched_at.pop(f.key, None)  # the retry reads it again at once
-
-            async with asyncio.TaskGroup() as tg:
-                for f in fetches:
-                    tg.create_task(one(f))
-            await self.store.snapshots.put_many(rows_read, iso(now))
+            outcome = await fetch_all(
+                client,
+                self.store,
+                fetches,
+                enabled=enabled,
+                now=iso(now),
+                concurrency=self.settings.concurrency,
+                defer_after=self.defer_after,
+            )
+            for key in (*outcome.failed, *outcome.deferred):
+                self._fetched_at.pop(key, None)  # the retry reads it again at once
             calls = client.calls() - before
+        failed, deferred, tainted, waiting = outcome.failed, outcome.deferred, outcome.tainted, outcome.waiting
         # Repositories that arrived or left.
         for ws in workspaces:
             adds = {u for r in rows for u in plans[r.id].repos if str(r.payload.get("workspace")) == ws}
@@ -519,59 +467,6 @@ class Worker:
             for d in deltas:
                 await self.on_delta(ws, d)
         return deltas
-
-    async def _fetch(self, fetcher: Fetcher, f: Fetch, enabled: frozenset[str]) -> None:
-        client, ws, uuid = fetcher.client, f.workspace, f.repo_uuid or ""
-        if f.kind == "repo_full":
-            try:
-                repo = await client.repository(ws, uuid)
-            except errors.NotFoundError:
-                return  # gone again before we read it
-            await fetch_repository(fetcher, ws, repo, sorted(enabled))
-        elif f.kind == "repo":
-            try:
-                repo = await client.repository(ws, uuid)
-            except errors.NotFoundError:
-                return
-            fetcher.rows.append((k_repo(uuid), ws, "repo", repo.model_dump(mode="json")))
-        elif f.kind == "restrictions":
-            await fetch_restrictions(fetcher, ws, uuid, uuid)
-        elif f.kind == "branching_model":
-            await fetcher.get(k_model(uuid), ws, "branching_model", lambda: _dumped(client.branching_model(ws, uuid)))
-        elif f.kind == "last_build":
-            branch = f.branch or ""
-            await fetcher.get(
-                k_build(uuid), ws, "last_build", lambda: _dumped(client.latest_pipeline(ws, uuid, branch))
-            )
-        elif f.kind == "pr_count":
-            await fetcher.get(k_prs(uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, uuid))
-        elif f.kind == "repos":
-            for repo in await client.repositories(ws):
-                fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
-        elif f.kind == "emails":
-            await fetch_members(fetcher, ws, await self.store.records.people())
-        else:  # pragma: no cover - the planner emits only the kinds above
-            raise ValueError(f"unknown fetch kind {f.kind}")
-
-
-async def _dumped(aw: Awaitable[Any]) -> Any:
-    value = await aw
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-
-
-def _snapshot_of(f: Fetch) -> tuple[str, str]:
-    """The snapshot (key, kind) a fetch writes, which turns stale when the fetch fails."""
-    uuid = f.repo_uuid or ""
-    by_kind = {
-        "repo": (k_repo(uuid), "repo"),
-        "repo_full": (k_repo(uuid), "repo"),
-        "restrictions": (k_restrictions(uuid), "restrictions"),
-        "branching_model": (k_model(uuid), "branching_model"),
-        "last_build": (k_build(uuid), "last_build"),
-        "pr_count": (k_prs(uuid), "pr_count"),
-        "emails": (k_emails(f.workspace), "email_links"),
-    }
-    return by_kind.get(f.kind, (k_repos(f.workspace), "repos"))
 
 
 class ResourcesUnreadable(Exception):
