@@ -29,17 +29,17 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 from app import errors
 from app.bitbucket.client import PRIORITY, BitbucketClient
+from app.evaluate import Alerts, evaluate_plans
 from app.fetch import Outcome, fetch_all
 from app.findings import Delta
 from app.logs import get_logger
 from app.models import iso, utcnow
-from app.planner import MEMBER_CHECKS, REPO_CHECKS, KnownRepo, Plan, coalesce, plan
-from app.reconcile import Alerts, reconcile_workspace, record
+from app.planner import KnownRepo, Plan, coalesce, plan
+from app.reconcile import reconcile_workspace
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
@@ -354,9 +354,17 @@ class Worker:
             if not ws:
                 continue
             ws_plans = [plans[r.id] for r in rows if str(r.payload.get("workspace") or r.workspace or "") == ws]
-            deltas = await self._evaluate(
-                ws, ws_plans, rows[0].source, tainted.get(ws, set()), skip=waiting.get(ws, set())
+            deltas = await evaluate_plans(
+                self.store,
+                self.settings,
+                ws,
+                ws_plans,
+                f"event:{rows[0].source}",
+                tainted.get(ws, set()),
+                skip=waiting.get(ws, set()),
+                alerts=self.alerts,
             )
+            await self._notify(ws, deltas)
             changes[ws] = [line for d in deltas for line in _changes(d)]
         done: dict[int, dict[str, Any]] = {}
         retry: list[EventRow] = []
@@ -402,71 +410,10 @@ class Worker:
         if gone:
             await self.store.snapshots.delete([k for u in sorted(gone) for k in repo_keys(u)])
 
-    async def _evaluate(
-        self,
-        ws: str,
-        plans: list[Plan],
-        source: str,
-        tainted: set[str] | None = None,
-        skip: set[str] | None = None,
-    ) -> list[Delta]:
-        """Re-run the affected tests. Repositories in ``tainted`` could not be read: their
-        results are not re-evaluated but kept and marked stale (checks.md "A fetch that fails").
-        Repositories in ``skip`` wait for a deferred read: they are evaluated when it is done."""
-        now = utcnow()
-        cause = f"event:{source}"
-        deltas: list[Delta] = []
-        if tainted:
-            await self._mark_stale(ws, tainted, now)
-        if any(p.workspace_checks for p in plans):
-            checks = frozenset().union(*(p.checks for p in plans if p.workspace_checks))
-            all_checks = any(not p.checks for p in plans if p.workspace_checks)
-            delta, _ = await record(
-                self.store,
-                self.settings,
-                ws,
-                now,
-                cause,
-                only_checks=None if all_checks else checks,
-                alerts=self.alerts,
-            )
-            deltas.append(delta)
-            if all_checks:
-                return await self._notify(ws, deltas)
-        repos = {u for p in plans for u in (*p.repos, *p.retire)} - (tainted or set()) - (skip or set())
-        if repos:
-            checks = frozenset().union(*(p.checks for p in plans if p.repos or p.retire))
-            all_repo = any(not p.checks for p in plans if p.repos or p.retire)
-            delta, _ = await record(
-                self.store,
-                self.settings,
-                ws,
-                now,
-                cause,
-                subjects=repos,
-                only_checks=REPO_CHECKS if all_repo else checks,
-                alerts=self.alerts,
-            )
-            deltas.append(delta)
-        if any(p.members for p in plans):
-            checks = frozenset().union(*(p.checks for p in plans if p.members)) & MEMBER_CHECKS
-            delta, _ = await record(
-                self.store, self.settings, ws, now, cause, only_checks=checks or MEMBER_CHECKS, alerts=self.alerts
-            )
-            deltas.append(delta)
-        return await self._notify(ws, deltas)
-
-    async def _mark_stale(self, ws: str, subjects: set[str], now: datetime) -> None:
-        stored = await self.store.results.load(ws)
-        stale = [s for (_, subject), s in stored.items() if subject in subjects and s.stale_since is None]
-        if stale:
-            await self.store.results.apply(Delta(stale=stale), iso(now), "fetch_failed")
-
-    async def _notify(self, ws: str, deltas: list[Delta]) -> list[Delta]:
+    async def _notify(self, ws: str, deltas: list[Delta]) -> None:
         if self.on_delta:
             for d in deltas:
                 await self.on_delta(ws, d)
-        return deltas
 
 
 class ResourcesUnreadable(Exception):

@@ -19,8 +19,8 @@ from app.evidence import NoMemberList, record_evidence
 from app.findings import to_json
 from app.hooks import health, remove_hooks
 from app.models import iso, utcnow
-from app.reconcile import classify
 from app.settings import CHECK_IDS
+from app.store.facts import classify
 from app.store.snapshots import k_members, k_prs, k_repo, k_repos
 from app.web.auth import require_admin
 from app.web.connect import not_admin_repositories

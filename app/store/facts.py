@@ -1,0 +1,165 @@
+"""Snapshots → facts: what the checks read of one workspace, built from stored snapshots alone.
+
+A snapshot that was never fetched, whose latest fetch failed, or that holds a 403 marker becomes
+``Unreadable`` with its reason, so a test answers ``unknown`` (never ``fail``) for it (checks.md
+"A fetch that fails"). Classification (explicit class, else the first matching rule) happens here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from app.bitbucket.models import (
+    BranchingModel,
+    BranchRestriction,
+    Member,
+    Pipeline,
+    PipelinesConfig,
+    Repository,
+)
+from app.checks.base import MemberFacts, Person, RepoFacts, Unreadable, WorkspaceFacts
+from app.checks.coverage import glob_matches
+from app.store.snapshots import (
+    Snapshot,
+    k_build,
+    k_emails,
+    k_members,
+    k_model,
+    k_pipelines,
+    k_prs,
+    k_repo,
+    k_repos,
+    k_restrictions,
+)
+
+if TYPE_CHECKING:
+    from app.store import Store
+
+
+def _unreadable(snap: Snapshot | None) -> Unreadable | None:
+    if snap is None:
+        return Unreadable("not_fetched")
+    if snap.stale_since is not None:
+        return Unreadable("fetch_failed", detail=snap.error or "fetch failed")
+    if isinstance(snap.content, dict) and "unreadable" in snap.content:
+        u = snap.content["unreadable"]
+        return Unreadable(u.get("reason", "missing_scope"), scope=u.get("scope"))
+    return None
+
+
+def _count(snap: Snapshot | None) -> int | None:
+    return snap.content if snap is not None and isinstance(snap.content, int) else None
+
+
+def classify(
+    repo: Repository, explicit: dict[str, str], rules: Sequence[dict[str, Any]]
+) -> tuple[str | None, str | None]:
+    """The explicit class wins; otherwise the first matching rule (project key or name glob)."""
+    if repo.uuid in explicit:
+        return explicit[repo.uuid], "explicit"
+    for rule in rules:
+        if rule.get("workspace") and rule["workspace"] != repo.workspace:
+            continue
+        if rule.get("project_key") and rule["project_key"] == repo.project_key:
+            return rule["class"], f"rule:{rule['id']}"
+        if rule.get("name_glob") and (
+            glob_matches(rule["name_glob"], repo.slug) or glob_matches(rule["name_glob"], repo.name)
+        ):
+            return rule["class"], f"rule:{rule['id']}"
+    return None, None
+
+
+async def build_facts(
+    store: Store, ws: str, repo_uuids: set[str] | None = None, with_repos: bool = True, with_members: bool = True
+) -> tuple[WorkspaceFacts, bool]:
+    """Facts for one workspace from stored snapshots; the flag says whether members were read.
+
+    ``repo_uuids`` limits the repositories read; ``with_repos``/``with_members`` skip whole parts.
+    """
+    snaps = await store.snapshots.load(ws)
+    explicit = await store.records.classes(ws)
+    rules = await store.records.rules()
+    people = await store.records.people()
+    exceptions = await store.records.exceptions()
+    repo_list = snaps.get(k_repos(ws))
+    repos: list[RepoFacts] = []
+    for uuid in repo_list.content if repo_list and repo_list.content and with_repos else []:
+        if repo_uuids is not None and uuid not in repo_uuids:
+            continue
+        snap = snaps.get(k_repo(uuid))
+        if snap is None or snap.content is None:
+            continue
+        repo = Repository.model_validate(snap.content)
+        cls, source = classify(repo, explicit, rules)
+        r_snap = snaps.get(k_restrictions(uuid))
+        restrictions: tuple[BranchRestriction, ...] | Unreadable = _unreadable(r_snap) or tuple(
+            BranchRestriction.model_validate(v)
+            for v in r_snap.content["values"]  # type: ignore[union-attr]
+        )
+        m_snap = snaps.get(k_model(uuid))
+        model: BranchingModel | Unreadable | None = None
+        if m_snap is not None:
+            model = _unreadable(m_snap) or BranchingModel.model_validate(m_snap.content)
+        p_snap = snaps.get(k_pipelines(uuid))
+        pipelines: PipelinesConfig | Unreadable = _unreadable(p_snap) or PipelinesConfig.model_validate(
+            p_snap.content  # type: ignore[union-attr]
+        )
+        b_snap = snaps.get(k_build(uuid))
+        build = Pipeline.model_validate(b_snap.content) if b_snap and b_snap.content else None
+        repos.append(
+            RepoFacts(
+                repo=repo,
+                repo_class=cls,
+                class_source=source,
+                restrictions=restrictions,
+                branching_model=model,
+                pipelines=pipelines,
+                last_build=build,
+                open_pullrequests=_count(snaps.get(k_prs(uuid))),
+            )
+        )
+    members_snap = snaps.get(k_members(ws))
+    members: tuple[MemberFacts, ...] | Unreadable
+    unreadable = _unreadable(members_snap) if with_members else Unreadable("not_fetched")
+    if unreadable is not None:
+        members = unreadable
+    else:
+        assert members_snap is not None
+        by_account = {p.bitbucket_account_id: p for p in people if p.bitbucket_account_id}
+        by_email = {p.email: p for p in people}
+        email_snap = snaps.get(k_emails(ws))
+        links = email_snap.content if email_snap and email_snap.content and not email_snap.stale_since else {}
+        account_to_email = {acct: email for email, acct in (links.get("links") or {}).items()}
+        lookup = {True: "available", False: "unavailable", None: "not_needed"}[links.get("available")]
+        marks = await store.records.marks(ws)
+        out = []
+        for raw in members_snap.content:
+            m = Member.model_validate(raw)
+            person, how = by_account.get(m.user.key), "account_id"
+            if person is None and m.user.key in account_to_email:
+                person, how = by_email.get(account_to_email[m.user.key]), "email"
+            if person is None and m.user.key in marks:
+                kind, owner = marks[m.user.key]
+                person, how = (
+                    Person(
+                        email=f"{m.user.key} ({kind})",
+                        name=m.user.display_name or m.user.key,
+                        kind=kind,
+                        status="active",
+                        owner=owner,
+                    ),
+                    "mark",
+                )
+            out.append(
+                MemberFacts(
+                    user=m.user,
+                    permission=m.permission,
+                    person=person,
+                    linked_by=how if person else None,
+                    email_lookup=lookup,
+                )
+            )
+        members = tuple(out)
+    facts = WorkspaceFacts(workspace=ws, repositories=tuple(repos), members=members, exceptions=tuple(exceptions))
+    return facts, not isinstance(members, Unreadable)
