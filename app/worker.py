@@ -38,12 +38,13 @@ from app.fetch import Outcome, fetch_all
 from app.findings import Delta
 from app.logs import get_logger
 from app.models import iso, utcnow
-from app.planner import KnownRepo, Plan, coalesce, plan
+from app.planner import Plan, coalesce, plan
 from app.reconcile import reconcile_workspace
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
-from app.store.snapshots import k_model, k_repo, k_repos, repo_keys
+from app.store.facts import known_repos
+from app.store.snapshots import k_repo, k_repos, repo_keys
 from app.supervise import describe
 
 log = get_logger("worker")
@@ -280,28 +281,10 @@ class Worker:
         return {"actions": [e["action"] for e in state], "health": status["status"]}
 
     # -- event batches ---------------------------------------------------------------------------
-    async def _known(self, ws: str) -> dict[str, KnownRepo]:
-        snaps = await self.store.snapshots.load(ws, kinds=("repos", "repo", "branching_model"))
-        listed = snaps.get(k_repos(ws))
-        out: dict[str, KnownRepo] = {}
-        for uuid in listed.content if listed and listed.content else []:
-            snap = snaps.get(k_repo(uuid))
-            if snap is None or snap.content is None:
-                continue
-            main = snap.content.get("mainbranch")
-            branches: set[str] = set()
-            model = snaps.get(k_model(uuid))
-            if model is not None and isinstance(model.content, dict):
-                for part in ("development_name", "production_name"):
-                    if model.content.get(part):
-                        branches.add(model.content[part])
-            out[uuid] = KnownRepo(uuid=uuid, mainbranch=main, model_branches=frozenset(branches))
-        return out
-
     async def _batch(self, cid: str, rows: list[EventRow]) -> None:
         enabled = frozenset(self.settings.enabled_checks)
         workspaces = {str(r.payload.get("workspace") or r.workspace or "") for r in rows}
-        known = {ws: await self._known(ws) for ws in workspaces if ws}
+        known = {ws: await known_repos(self.store, ws) for ws in workspaces if ws}
         plans: dict[int, Plan] = {}
         for r in rows:
             ws = str(r.payload.get("workspace") or r.workspace or "")

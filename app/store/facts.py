@@ -20,6 +20,7 @@ from app.bitbucket.models import (
 )
 from app.checks.base import MemberFacts, Person, RepoFacts, Unreadable, WorkspaceFacts
 from app.checks.coverage import glob_matches
+from app.planner import KnownRepo
 from app.store.snapshots import (
     Snapshot,
     k_build,
@@ -163,3 +164,23 @@ async def build_facts(
         members = tuple(out)
     facts = WorkspaceFacts(workspace=ws, repositories=tuple(repos), members=members, exceptions=tuple(exceptions))
     return facts, not isinstance(members, Unreadable)
+
+
+async def known_repos(store: Store, ws: str) -> dict[str, KnownRepo]:
+    """What the planner may know of the workspace's repositories: main branch, branching-model branches."""
+    snaps = await store.snapshots.load(ws, kinds=("repos", "repo", "branching_model"))
+    listed = snaps.get(k_repos(ws))
+    out: dict[str, KnownRepo] = {}
+    for uuid in listed.content if listed and listed.content else []:
+        snap = snaps.get(k_repo(uuid))
+        if snap is None or snap.content is None:
+            continue
+        main = snap.content.get("mainbranch")
+        branches: set[str] = set()
+        model = snaps.get(k_model(uuid))
+        if model is not None and isinstance(model.content, dict):
+            for part in ("development_name", "production_name"):
+                if model.content.get(part):
+                    branches.add(model.content[part])
+        out[uuid] = KnownRepo(uuid=uuid, mainbranch=main, model_branches=frozenset(branches))
+    return out
