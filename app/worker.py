@@ -1,10 +1,12 @@
-"""Drains the event log: claim (lease) → plan → coalesced fetches → snapshots → re-evaluate → done.
+"""Drains the event log: claim (lease) → plan → fetch → evaluate → record → done.
 
-One code path for every trigger. A batch claims every runnable event, plans each, fetches each
-resource once however many events asked for it (at most one batch runs at a time, and the events
-arriving meanwhile form the next batch: at most one queued and one running fetch per resource),
-stores the snapshots and re-evaluates only the affected (test, subject) pairs. Reconcile passes
-(``lp:reconcile``) run beside the batches, under a lock, with low budget priority.
+One code path for every trigger. A batch claims every runnable event, plans each
+(:mod:`app.planner`), fetches each resource once however many events asked for it
+(:mod:`app.fetch`; at most one batch runs at a time, and the events arriving meanwhile form the
+next batch: at most one queued and one running fetch per resource) and re-evaluates only the
+affected (test, subject) pairs (:mod:`app.evaluate`). Passes (``lp:reconcile``) run beside the
+batches, under a lock, with low budget priority: :mod:`app.reconcile` plans them, and the same
+fetch and evaluate steps do the rest.
 
 Failure stays where it happened (checks.md "A fetch that fails"):
 
