@@ -22,10 +22,10 @@ from typing import Any
 
 from app import errors
 from app.bitbucket.client import DEFER_AFTER, BitbucketClient
-from app.bitbucket.models import BranchRestriction, Member, Repository
+from app.bitbucket.models import BranchRestriction, Member
 from app.checks.base import Person
 from app.logs import get_logger
-from app.planner import BRANCH_CHECKS, Fetch
+from app.planner import Fetch, KnownRepo, repo_fetches
 from app.store import Store
 from app.store.snapshots import (
     k_build,
@@ -51,7 +51,7 @@ class Fetcher:
         self.client = client
         self.store = store
         self.now = now
-        self.rows: list[tuple[str, str, str, Any]] = []
+        self.rows: list[Row] = []
         self.failures = 0
         self.errors: dict[str, str] = {}  # snapshot key -> the error that left it stale
 
@@ -88,18 +88,6 @@ def _dump(value: Any) -> Any:
     if isinstance(value, list):
         return [_dump(v) for v in value]
     return value
-
-
-async def fetch_repository(fetcher: Fetcher, ws: str, repo: Repository, enabled: Sequence[str]) -> None:
-    """Every per-repository resource the enabled tests need."""
-    client = fetcher.client
-    slug = repo.slug
-    fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
-    await fetcher.get(k_prs(repo.uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, slug))
-    if repo.mainbranch and BRANCH_CHECKS & set(enabled):
-        await fetch_restrictions(fetcher, ws, repo.uuid, slug)
-    if "pipelines-enabled" in enabled:
-        await fetch_pipelines(fetcher, ws, repo.uuid, slug, repo.mainbranch)
 
 
 async def fetch_restrictions(fetcher: Fetcher, ws: str, uuid: str, ref: str) -> None:
@@ -162,8 +150,8 @@ async def fetch_members(fetcher: Fetcher, ws: str, people: Sequence[Person]) -> 
 async def perform(fetcher: Fetcher, f: Fetch, enabled: Iterable[str], people: Sequence[Person] = ()) -> None:
     """Read the resources of one ``Fetch`` into ``fetcher.rows`` (its failures into ``fetcher.errors``).
 
-    ``ref`` names the repository in the path (its slug in a pass, its uuid otherwise: Bitbucket
-    accepts either, https://developer.atlassian.com/cloud/bitbucket/rest/intro/#repository)."""
+    ``ref`` names the repository in the path: its slug in a pass, its uuid otherwise (``{repo_slug}``
+    accepts a slug or a ``{uuid}`` in braces: bitbucket-facts.md, "Conventions")."""
     client, ws, uuid = fetcher.client, f.workspace, f.repo_uuid or ""
     ref = f.ref or uuid
     if f.kind == "repo_full":
@@ -171,7 +159,10 @@ async def perform(fetcher: Fetcher, f: Fetch, enabled: Iterable[str], people: Se
             repo = await client.repository(ws, uuid)
         except errors.NotFoundError:
             return  # gone again before we read it
-        await fetch_repository(fetcher, ws, repo, sorted(enabled))
+        fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
+        listed = KnownRepo(uuid=repo.uuid, mainbranch=repo.mainbranch, slug=repo.slug)
+        for part in repo_fetches(ws, listed, frozenset(enabled)):
+            await perform(fetcher, part, enabled, people)
     elif f.kind == "repo":
         try:
             repo = await client.repository(ws, uuid)

@@ -193,22 +193,27 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
     return Plan(fetches=tuple(fetches), repos=(uuid,), checks=frozenset(checks & enabled))
 
 
+def repo_fetches(ws: str, repo: KnownRepo, enabled: frozenset[str]) -> list[Fetch]:
+    """What reading one repository in full means, beyond its metadata: its open pull-request
+    count, its branch restrictions (with a main branch and a branch test on) and its Pipelines
+    (``pipelines-enabled`` on). A pass does this for every listed repository; ``repo_full`` for one."""
+    fetches = [Fetch("pr_count", ws, repo.uuid, ref=repo.slug)]
+    if repo.mainbranch and BRANCH_CHECKS & enabled:
+        fetches.append(Fetch("restrictions", ws, repo.uuid, ref=repo.slug))
+    if "pipelines-enabled" in enabled:
+        fetches.append(Fetch("pipelines", ws, repo.uuid, repo.mainbranch, ref=repo.slug))
+    return fetches
+
+
 def full_pass(ws: str, tier: str, listed: Sequence[KnownRepo], enabled: frozenset[str]) -> Plan:
     """A pass is just a plan: every fetch an enabled test needs, for the repositories ``listed``.
 
     Tier ``members`` reads the members, permissions and email links and re-runs the member tests;
-    tier ``full`` reads, for each repository, its open pull-request count, its branch restrictions
-    (with a main branch and a branch test on) and its Pipelines (``pipelines-enabled`` on), then the
-    members (a member test on), and re-runs every test."""
+    tier ``full`` reads every listed repository in full (:func:`repo_fetches`), then the members
+    (a member test on), and re-runs every test."""
     if tier == "members":
         return Plan(fetches=(Fetch("members", ws),), members=True, checks=MEMBER_CHECKS, tier=tier)
-    fetches: list[Fetch] = []
-    for r in listed:
-        fetches.append(Fetch("pr_count", ws, r.uuid, ref=r.slug))
-        if r.mainbranch and BRANCH_CHECKS & enabled:
-            fetches.append(Fetch("restrictions", ws, r.uuid, ref=r.slug))
-        if "pipelines-enabled" in enabled:
-            fetches.append(Fetch("pipelines", ws, r.uuid, r.mainbranch, ref=r.slug))
+    fetches = [f for r in listed for f in repo_fetches(ws, r, enabled)]
     if MEMBER_CHECKS & enabled:
         fetches.append(Fetch("members", ws))
     return Plan(fetches=tuple(fetches), repos=tuple(r.uuid for r in listed), workspace_checks=True, tier=tier)
