@@ -219,7 +219,8 @@ async def _track_membership(fetcher: Fetcher, ws: str, keys: set[str], previous:
     else:
         before = previous.content if previous is not None and isinstance(previous.content, list) else []
         known = {Member.model_validate(m).user.key: None for m in before}
-    since = {key: known[key] if key in known else fetcher.now for key in sorted(keys)}
+    seen_at = utcnow().isoformat()  # to the microsecond: compared with evidence upload times
+    since = {key: known[key] if key in known else seen_at for key in sorted(keys)}
     fetcher.rows.append((k_member_since(ws), ws, "member_since", since))
 
 

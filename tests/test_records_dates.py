@@ -73,7 +73,7 @@ def test_scheduled_offboarding_is_accepted() -> None:
 
 def test_account_id_already_linked_to_someone_else_is_refused() -> None:
     directory = [Person("old@x.example", "Old", "employee", "active", None, "acc-1")]
-    with pytest.raises(records.RecordError, match="acc-1 is already linked to old@x.example"):
+    with pytest.raises(records.RecordError, match=r"acc-1 is already linked to old@x\.example"):
         records.check_account_conflicts(
             [Person("new@x.example", "New", "employee", "active", None, "acc-1")], directory
         )

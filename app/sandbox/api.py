@@ -101,7 +101,7 @@ class Faults:
     timeout_seconds: float = 60.0
     force_429: int = 0
     retry_after: int | None = None
-    force_status: dict[str, int] = field(default_factory=dict)  # path regex -> status
+    force_status: dict[str, int] = field(default_factory=dict)  # regex on path (and ?query) -> status
 
 
 @dataclass
@@ -569,8 +569,9 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
         if method_seen:
             return error_response(405, f"Method {request.method} not allowed")
         return error_response(404, f"Resource not found: {path}")
+    target = f"{path}?{request.url.query}" if request.url.query else path
     for pattern, status in f.force_status.items():
-        if re.search(pattern, path):
+        if re.search(pattern, path) or re.search(pattern, target):
             return error_response(status, f"Injected HTTP {status}")
     if f.timeout_rate and sb.rng.random() < f.timeout_rate:
         await asyncio.sleep(f.timeout_seconds)
