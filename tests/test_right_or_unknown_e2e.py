@@ -228,3 +228,17 @@ async def test_migration_keys_exceptions_recorded_by_name(tmp_path: Path) -> Non
         assert active == {("branch-protection-enforced", "{b1}"), ("member-mfa-enabled", "557058:bob")}
     finally:
         await store.close()
+
+
+# -- a 403 with every scope granted is a missing permission ---------------------------------------------------------
+def test_403_with_the_scope_granted_names_no_scope() -> None:
+    from app.bitbucket.sansio import raise_for_status
+
+    granted = {"X-Accepted-OAuth-Scopes": "repository:admin", "X-OAuth-Scopes": "repository, repository:admin"}
+    with pytest.raises(errors.ForbiddenError) as info:
+        raise_for_status(403, granted, b"{}", "/repositories/acme/a/branch-restrictions")
+    assert info.value.required_scope is None  # the user is not an admin: a permission, not a scope
+    lacking = {"X-Accepted-OAuth-Scopes": "repository:admin", "X-OAuth-Scopes": "repository"}
+    with pytest.raises(errors.ForbiddenError) as info:
+        raise_for_status(403, lacking, b"{}", "/repositories/acme/a/branch-restrictions")
+    assert info.value.required_scope == "repository:admin"

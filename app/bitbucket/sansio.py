@@ -127,8 +127,10 @@ def raise_for_status(status: int, headers: Mapping[str, str], data: bytes, endpo
         granted = parse_scopes(headers.get("X-OAuth-Scopes")) or frozenset()
         scope = None
         if needed:
-            missing = sorted(needed - granted) or sorted(needed)
-            scope = missing[0]
+            missing = sorted(needed - granted)
+            # Every accepted scope granted: the user lacks a permission, not the credential a scope.
+            known_granted = "X-OAuth-Scopes" in headers or "x-oauth-scopes" in headers
+            scope = missing[0] if missing else (None if known_granted and granted else sorted(needed)[0])
         raise errors.ForbiddenError(message, endpoint=endpoint, required_scope=scope)
     if status == 404:
         raise errors.NotFoundError(message, status=status, endpoint=endpoint)
