@@ -106,17 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--check", required=True, choices=("member-mfa-enabled", "workspace-mfa-enforced"))
     r.add_argument("--workspace")
     r.add_argument("--member", metavar="ACCOUNT_ID")
-    r.add_argument("--expires", metavar="DATE")
+    r.add_argument(
+        "--expires",
+        metavar="DATE",
+        help="YYYY-MM-DD: valid through that day; at most LP_EVIDENCE_MAX_AGE_DAYS from now (the default)",
+    )
     r.add_argument("file", type=Path)
 
     p = sub.add_parser("exceptions", help="accepted risks")
     ex = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    r = ex.add_parser("add", help="accept a failing result until a date (at most one year)")
+    r = ex.add_parser("add", help="accept a failing result through a date (at most 365 days ahead)")
     r.add_argument("--check", required=True, choices=CHECK_IDS)
     r.add_argument("--subject", required=True, help="workspace/repo, member account id, or workspace slug")
     r.add_argument("--owner", required=True)
     r.add_argument("--reason", required=True)
-    r.add_argument("--expires", required=True, metavar="DATE")
+    r.add_argument("--expires", required=True, metavar="DATE", help="YYYY-MM-DD: valid through that day")
     return parser
 
 

@@ -1,6 +1,8 @@
 """Recording manual evidence, for the CLI, the API and the dashboard alike: validate the file
 (PNG, JPEG or PDF by content, at most 10 MiB), work out its expiry, and for a workspace-wide 2SV
-report record who was a member at upload time (people who join later are not covered)."""
+report record who was a member at upload time (people who join later, or leave and come back, are
+not covered). An explicit expiry means valid through that date and may not outlive
+``LP_EVIDENCE_MAX_AGE_DAYS`` from upload."""
 
 from __future__ import annotations
 
@@ -48,8 +50,11 @@ async def record_evidence(
     covered: list[str] | None = None
     if check == "member-mfa-enabled" and member is None:
         snap = await store.snapshots.get(k_members(workspace))
-        if snap is None or snap.content is None:
-            raise NoMemberList(f"no member list for {workspace} yet: run a reconcile before uploading a 2SV report")
+        if snap is None or not isinstance(snap.content, list):
+            raise NoMemberList(
+                f"no member list for {workspace} yet (the connection needs the `account` scope to read it): "
+                "run a reconcile before uploading a 2SV report"
+            )
         covered = sorted({m["user"].get("account_id") or m["user"].get("uuid") for m in snap.content})
     eid = await store.records.add_evidence(
         data,

@@ -242,3 +242,15 @@ def test_403_with_the_scope_granted_names_no_scope() -> None:
     with pytest.raises(errors.ForbiddenError) as info:
         raise_for_status(403, lacking, b"{}", "/repositories/acme/a/branch-restrictions")
     assert info.value.required_scope == "repository:admin"
+
+
+async def test_2sv_report_without_a_readable_member_list_is_refused(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    _scopes(sandbox, TOKEN).discard("account")
+    settings = settings_for(sandbox, tmp_path)
+    await reconcile(settings, session)
+    report = tmp_path / "2sv.pdf"
+    report.write_bytes(PDF)
+    with pytest.raises(errors.ConfigError, match="`account` scope"):
+        await commands.cmd_evidence_add(settings, "member-mfa-enabled", "acme", None, None, report, io.StringIO())

@@ -189,7 +189,7 @@ async def members_data(services: Any) -> list[dict[str, Any]]:
         for ws in conn.workspaces:
             snap = await store.snapshots.get(k_members(ws))
             marks = await store.records.marks(ws)
-            for raw in snap.content if snap and snap.content else []:
+            for raw in snap.content if snap and isinstance(snap.content, list) else []:
                 user = raw["user"]
                 key = user.get("account_id") or user.get("uuid")
                 person = people.get(key)
