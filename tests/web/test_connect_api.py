@@ -261,6 +261,11 @@ async def test_api_resources(product: RunningApp, sandbox: RunningSandbox) -> No
         async with api.post(base + "/exceptions", json=never) as r:
             assert r.status == 422 and "acme/nope" in (await r.json())["detail"]
         await product.services.worker.drain()
+
+        async def settled() -> bool:  # drain() does not wait for a batch the background worker holds
+            return not [e for e in await store.events.list(limit=20) if e.state in ("queued", "running")]
+
+        await wait_for(settled)
         findings = {(i["check"], i["subject"]): i["status"] for i in await (await api.get(base + "/findings")).json()}
         assert findings[("offboarded-access-removed", "557058:cibot")] == "pass"
         assert findings[("repo-classified", "acme/api")] == "pass"
