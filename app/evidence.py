@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app import records
+from app.exceptions import UnknownSubject, resolve_subject
 from app.reconcile import k_members, utcnow
 from app.store import Store
 
@@ -45,6 +46,12 @@ async def record_evidence(
     if check == "workspace-mfa-enforced" and member:
         raise records.RecordError("workspace-mfa-enforced evidence is for the whole workspace, not a member")
     kind = records.check_evidence(data)
+    if member is not None:
+        # Resolved to the member's key when recorded; a member never seen is refused (checks.md).
+        try:
+            member = (await resolve_subject(store, check, member, workspace)).key
+        except UnknownSubject as exc:
+            raise records.RecordError(str(exc).replace("--subject", "--member")) from None
     now = utcnow()
     expires_at = records.evidence_expiry(now, expires, max_age_days)
     covered: list[str] | None = None

@@ -27,12 +27,15 @@ class Subject:
     name: str
 
 
-async def resolve_subject(store: Store, check: str, subject: str) -> Subject:
+async def resolve_subject(store: Store, check: str, subject: str, workspace: str | None = None) -> Subject:
     """The subject of ``check`` the user means by ``subject``: a repository by ``workspace/slug``
-    or uuid, a member by account id or uuid, a workspace by its slug; only what the last reads saw."""
+    or uuid, a member by account id or uuid, a workspace by its slug; only what the last reads saw
+    (in ``workspace`` when given)."""
     wanted = REGISTRY[check].subject_type
     text = subject.strip()
     for ws in await store.snapshots.workspaces():
+        if workspace is not None and ws != workspace:
+            continue
         if wanted == "workspace":
             if text.lower() == ws.lower():
                 return Subject(ws, "workspace", ws, ws)
@@ -55,8 +58,9 @@ async def resolve_subject(store: Store, check: str, subject: str) -> Subject:
                 if key and text in (user.get("account_id"), user.get("uuid")):
                     return Subject(ws, "member", str(key), str(user.get("display_name") or key))
     kind = {"repository": "repository (workspace/slug)", "member": "member (account id)"}.get(wanted, wanted)
+    where = f" in {workspace}" if workspace else ""
     raise UnknownSubject(
-        f"--subject: {text!r} is no {kind} the product has seen for {check}; check the name, or run a "
+        f"--subject: {text!r} is no {kind} the product has seen{where} for {check}; check the name, or run a "
         "reconcile first if it is new"
     )
 

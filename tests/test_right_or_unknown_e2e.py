@@ -254,3 +254,22 @@ async def test_2sv_report_without_a_readable_member_list_is_refused(
     report.write_bytes(PDF)
     with pytest.raises(errors.ConfigError, match="`account` scope"):
         await commands.cmd_evidence_add(settings, "member-mfa-enabled", "acme", None, None, report, io.StringIO())
+
+
+async def test_member_evidence_for_someone_never_seen_is_refused(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    settings = settings_for(sandbox, tmp_path)
+    await reconcile(settings, session)
+    report = tmp_path / "bob.pdf"
+    report.write_bytes(PDF)
+    with pytest.raises(errors.ConfigError, match=r"--member: '557058:nobody' is no member"):
+        await commands.cmd_evidence_add(
+            settings, "member-mfa-enabled", "acme", "557058:nobody", None, report, io.StringIO()
+        )
+    out = io.StringIO()  # by uuid: recorded under the account id
+    await commands.cmd_evidence_add(
+        settings, "member-mfa-enabled", "acme", "{b0b0b0b0-0000-4000-8000-000000000002}", None, report, out
+    )
+    items = by_subject(await findings(settings, check="member-mfa-enabled"))
+    assert items[("member-mfa-enabled", "557058:bob")]["status"] == "pass"
