@@ -273,3 +273,19 @@ async def test_member_evidence_for_someone_never_seen_is_refused(
     )
     items = by_subject(await findings(settings, check="member-mfa-enabled"))
     assert items[("member-mfa-enabled", "557058:bob")]["status"] == "pass"
+
+
+# -- shrunk from the state machine ----------------------------------------------------------------------------------
+async def test_a_new_repository_whose_first_read_fails_is_unknown_fetch_failed(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    settings = settings_for(sandbox, tmp_path)
+    await reconcile(settings, session)
+    await _act(session, sandbox, "workspaces/acme/create-repo", {"slug": "fresh"})
+    sandbox.sandbox.faults.force_status = {r"/pipelines_config": 503}
+    await reconcile(settings, session)
+    items = by_subject(await findings(settings, check="pipelines-enabled"))
+    fresh = items[("pipelines-enabled", "acme/fresh")]
+    assert fresh["status"] == "unknown" and fresh["details"]["reason"] == "fetch_failed"  # type: ignore[index]
+    api = items[("pipelines-enabled", "acme/api")]
+    assert api["status"] == "pass" and "stale_since" in api["details"]  # type: ignore[operator]
