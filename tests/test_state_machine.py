@@ -3,15 +3,16 @@
 Hypothesis drives the sandbox through random user actions (restrictions added and removed with
 several kinds and patterns, Pipelines switched, repositories created, renamed and emptied, members
 added and removed) and the product through random user actions (classification, personnel imports
-with past and future offboarding dates and owner-less service accounts, exceptions, faults on an
+with past and future offboarding dates and owner-less service accounts, workspace 2SV reports and
+member evidence (membership continuity), exceptions, faults on an
 endpoint class, the credential's `account` and `repository:admin` scopes removed and granted
 again), triggers full passes, and compares every stored result with a reference evaluator
 written here from checks.md alone (it does not import ``app.checks``). A fault may only ever leave
 a result stale, never change it.
 
 Bounded for ``make test`` (60 examples of 20 steps, about 25 s); ``LP_STATE_MACHINE_SOAK=1`` runs
-200 examples of 30 steps (about 95 s). Not covered yet: evidence and the MFA tests, transfers,
-webhook deliveries and the members tier, the clock moved forward.
+200 examples of 30 steps (about 95 s). Not covered yet: the workspace MFA test, explicit evidence
+expiries, transfers, webhook deliveries and the members tier, the clock moved forward.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from app import records
+from app.evidence import record_evidence
 from app.exceptions import record_exception
 from app.main import build_services
 from app.sandbox.scenario import SRepo
@@ -67,6 +69,8 @@ FAULTS = {
     "pipelines": r"/pipelines_config",
     "members": r"/workspaces/acme/members",
 }
+PDF = b"%PDF-1.4 2SV report\n"
+MEMBER_TESTS = ("offboarded-access-removed", "member-mfa-enabled")
 REPO_TESTS = (
     "repo-classified",
     "merge-requires-passing-builds",
@@ -200,6 +204,11 @@ class ProductAgainstReference(RuleBasedStateMachine):
         self.faulted_last_pass: str | None = None
         self.previous: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         self.counter = 0
+        self.pass_no = 0
+        self.since: dict[str, int] = {}  # account -> the pass that first saw its current membership
+        self.listed: set[str] | None = None  # the member list the product holds
+        self.reports: list[tuple[int, set[str]]] = []  # (uploaded after pass n, members listed then)
+        self.member_evidence: set[str] = set()
         self.full_pass()
 
     # plumbing
@@ -236,6 +245,7 @@ class ProductAgainstReference(RuleBasedStateMachine):
         return self.run(go())
 
     def full_pass(self) -> None:
+        self.pass_no += 1
         faults = self.sandbox.sandbox.faults
         faults.force_status = {FAULTS[self.fault]: 503} if self.fault else {}
 
@@ -258,6 +268,14 @@ class ProductAgainstReference(RuleBasedStateMachine):
             faults.force_status = {}
         self.faulted_last_pass = self.fault
         self.fault = None
+        [cred] = [c for c in self.sandbox.sandbox.state.credentials if c.token == TOKEN]
+        if self.faulted_last_pass != "members":
+            if "account" in cred.scopes:  # the product read the list: memberships begin or end
+                current = set(self.ws.members)
+                self.since = {a: self.since.get(a, self.pass_no) for a in current}
+                self.listed = current
+            else:
+                self.listed = None  # the stored list is a scope marker: no 2SV report can be recorded
         self.compare()
 
     # sandbox actions
@@ -392,6 +410,66 @@ class ProductAgainstReference(RuleBasedStateMachine):
         if self.with_store(go):
             self.exceptions.add((check, repo.uuid))
 
+    @rule()
+    def upload_2sv_report(self) -> None:
+        async def go(store: Store) -> bool:
+            try:
+                await record_evidence(
+                    store,
+                    PDF,
+                    check="member-mfa-enabled",
+                    workspace=WS,
+                    member=None,
+                    filename="2sv.pdf",
+                    uploaded_by="test",
+                    expires=None,
+                    max_age_days=90,
+                )
+            except records.RecordError:
+                return False
+            return True
+
+        if self.with_store(go):
+            assert self.listed is not None
+            self.reports.append((self.pass_no, set(self.listed)))
+        else:
+            assert self.listed is None
+
+    @rule(data=st.data())
+    def upload_member_evidence(self, data: st.DataObject) -> None:
+        account = data.draw(st.sampled_from(sorted(self.sandbox.sandbox.state.users)))
+
+        async def go(store: Store) -> bool:
+            try:
+                await record_evidence(
+                    store,
+                    PDF,
+                    check="member-mfa-enabled",
+                    workspace=WS,
+                    member=account,
+                    filename="mine.pdf",
+                    uploaded_by="test",
+                    expires=None,
+                    max_age_days=90,
+                )
+            except records.RecordError:
+                return False  # a member the product has not seen
+            return True
+
+        recorded = self.with_store(go)
+        assert recorded == (self.listed is not None and account in self.listed)
+        if recorded:
+            self.member_evidence.add(account)
+
+    def expected_mfa(self, account: str) -> str:
+        """checks.md member-mfa-enabled: evidence for the member, or a workspace report uploaded while
+        they were already a member, with their membership unbroken since."""
+        if account in self.member_evidence:
+            return "pass"
+        since = self.since.get(account)
+        covered = any(account in listed and since is not None and since <= after for after, listed in self.reports)
+        return "pass" if covered else "fail"
+
     @rule(scope=st.sampled_from(("account", "repository:admin")))
     def toggle_scope(self, scope: str) -> None:
         [cred] = [c for c in self.sandbox.sandbox.state.credentials if c.token == TOKEN]
@@ -445,13 +523,14 @@ class ProductAgainstReference(RuleBasedStateMachine):
                 expected[(check, repo.uuid)] = status
         if faulted == "members":
             for key, (status, _) in self.previous.items():
-                if key[0] == "offboarded-access-removed":
+                if key[0] in MEMBER_TESTS:
                     got = stored[key]
                     assert got.result.status == status and got.stale_since is not None, (key, got.result.status)
         elif not account:
-            expected[("offboarded-access-removed", WS)] = "unknown"
-            details = stored[("offboarded-access-removed", WS)].result.details
-            assert details["reason"] == "scope_missing" and details["missing_scope"] == "account"
+            for check in MEMBER_TESTS:
+                expected[(check, WS)] = "unknown"
+                details = stored[(check, WS)].result.details
+                assert details["reason"] == "scope_missing" and details["missing_scope"] == "account"
         else:
             for account_id in self.ws.members:
                 status, reason = expected_member(account_id, self.people, today)
@@ -459,9 +538,10 @@ class ProductAgainstReference(RuleBasedStateMachine):
                 if reason is not None:
                     got = stored.get(("offboarded-access-removed", account_id))
                     assert got is not None and got.result.details.get("reason") == reason
-        actual = {k: v.result.status for k, v in stored.items() if k[0] in (*REPO_TESTS, "offboarded-access-removed")}
+                expected[("member-mfa-enabled", account_id)] = self.expected_mfa(account_id)
+        actual = {k: v.result.status for k, v in stored.items() if k[0] in (*REPO_TESTS, *MEMBER_TESTS)}
         if faulted == "members":
-            actual = {k: v for k, v in actual.items() if k[0] != "offboarded-access-removed"}
+            actual = {k: v for k, v in actual.items() if k[0] not in MEMBER_TESTS}
         assert actual == expected
         self.previous = {k: (v.result.status, v.result.details) for k, v in stored.items()}
 
