@@ -300,6 +300,7 @@ def _evidence(r: dict[str, Any]) -> dict[str, Any]:
         "uploaded_by": r["uploaded_by"],
         "uploaded_at": r["uploaded_at"],
         "expires_at": r["expires_at"],
+        "valid_through": valid_through(datetime.fromisoformat(r["expires_at"])).isoformat(),
         "expired": r["expires_at"] <= utcnow().isoformat(),
         "covered_members": json.loads(r["covered_members"]) if r["covered_members"] else None,
     }
