@@ -48,6 +48,10 @@ def k_emails(ws: str) -> str:
     return f"email_links:{ws}"
 
 
+def k_member_since(ws: str) -> str:
+    return f"member_since:{ws}"
+
+
 def repo_keys(uuid: str) -> list[str]:
     """Every snapshot that belongs to one repository (dropped when it leaves the workspace)."""
     return [k(uuid) for k in (k_repo, k_prs, k_restrictions, k_model, k_pipelines, k_build)]
