@@ -24,7 +24,7 @@ from app.models import iso, utcnow
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, KnownRepo, full_pass
 from app.settings import Settings
 from app.store import Store
-from app.store.snapshots import k_repo, k_repos, repo_of
+from app.store.snapshots import k_repo, k_repos
 
 log = get_logger("reconcile")
 
@@ -79,10 +79,7 @@ async def reconcile_workspace(
     report.fetch_failures = outcome.failures
     if tier == "full":
         # Repositories that left the workspace: drop their snapshots (their results retire below).
-        known = {r.uuid for r in listed}
-        snaps = await store.snapshots.load(ws)
-        gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and repo_of(k) not in (None, *known)]
-        await store.snapshots.delete(gone)
+        await store.snapshots.keep_repos(ws, {r.uuid for r in listed})
     cause = "reconcile" if tier == "full" else f"reconcile:{tier}"
     report.delta, report.rows_written = await record(
         store, settings, ws, now, cause, only_checks=plan.checks or None, alerts=alerts

@@ -46,7 +46,6 @@ from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
 from app.store.facts import known_repos
-from app.store.snapshots import k_repo, k_repos, repo_keys
 from app.supervise import describe
 
 log = get_logger("worker")
@@ -333,7 +332,7 @@ class Worker:
         for ws in workspaces:
             adds = {u for r in rows for u in plans[r.id].repos if str(r.payload.get("workspace")) == ws}
             gone = {u for r in rows for u in plans[r.id].retire if str(r.payload.get("workspace")) == ws}
-            await self._update_repo_list(ws, adds, gone, iso(now))
+            await self.store.snapshots.update_repo_list(ws, adds, gone, iso(now))
         changes: dict[str, list[str]] = {}
         for ws in workspaces:
             if not ws:
@@ -382,18 +381,6 @@ class Worker:
         received = max((r.received_at for r in rows if r.source == "webhook"), default=None)
         if received:
             await self.store.connections.touch_delivery(cid, received)
-
-    async def _update_repo_list(self, ws: str, adds: set[str], gone: set[str], now: str) -> None:
-        if not adds and not gone:
-            return
-        snap = await self.store.snapshots.get(k_repos(ws))
-        current = list(snap.content) if snap and snap.content else []
-        have_meta = {u for u in adds if await self.store.snapshots.get(k_repo(u)) is not None}
-        new = [u for u in current if u not in gone] + [u for u in sorted(have_meta) if u not in current]
-        if new != current:
-            await self.store.snapshots.put_many([(k_repos(ws), ws, "repos", new)], now)
-        if gone:
-            await self.store.snapshots.delete([k for u in sorted(gone) for k in repo_keys(u)])
 
     async def _notify(self, ws: str, deltas: list[Delta]) -> None:
         if self.on_delta:

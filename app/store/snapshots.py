@@ -170,3 +170,23 @@ class Snapshots:
             stale_since=r["stale_since"],
             error=r["error"],
         )
+
+    async def update_repo_list(self, workspace: str, adds: set[str], gone: set[str], now: str) -> None:
+        """Repositories that arrived (once their metadata is stored) join the workspace's list;
+        those that left leave it, with every snapshot of theirs."""
+        if not adds and not gone:
+            return
+        snap = await self.get(k_repos(workspace))
+        current = list(snap.content) if snap and snap.content else []
+        have_meta = {u for u in adds if await self.get(k_repo(u)) is not None}
+        new = [u for u in current if u not in gone] + [u for u in sorted(have_meta) if u not in current]
+        if new != current:
+            await self.put_many([(k_repos(workspace), workspace, "repos", new)], now)
+        if gone:
+            await self.delete([k for u in sorted(gone) for k in repo_keys(u)])
+
+    async def keep_repos(self, workspace: str, listed: set[str]) -> None:
+        """A pass listed these repositories: drop the snapshots of every other one."""
+        snaps = await self.load(workspace)
+        gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and repo_of(k) not in (None, *listed)]
+        await self.delete(gone)
