@@ -285,6 +285,7 @@ class Worker:
     async def _batch(self, cid: str, rows: list[EventRow]) -> None:
         enabled = frozenset(self.settings.enabled_checks)
         workspaces = {str(r.payload.get("workspace") or r.workspace or "") for r in rows}
+        # plan: each event -> the resources to read again and the (test, subject) pairs to re-run
         known = {ws: await known_repos(self.store, ws) for ws in workspaces if ws}
         plans: dict[int, Plan] = {}
         for r in rows:
@@ -304,6 +305,7 @@ class Worker:
             rows = [r for r in rows if r.id not in wait_until]
             if not rows:
                 return
+        # fetch: each resource once however many events asked for it
         fetches, _ = coalesce([plans[r.id] for r in rows])
         if len(self._fetched_at) > 10_000:
             self._fetched_at = {k: v for k, v in self._fetched_at.items() if clock - v < self.coalesce_window}
@@ -333,6 +335,7 @@ class Worker:
             adds = {u for r in rows for u in plans[r.id].repos if str(r.payload.get("workspace")) == ws}
             gone = {u for r in rows for u in plans[r.id].retire if str(r.payload.get("workspace")) == ws}
             await self.store.snapshots.update_repo_list(ws, adds, gone, iso(now))
+        # evaluate and record (results, history and outbox in one transaction), then notify
         changes: dict[str, list[str]] = {}
         for ws in workspaces:
             if not ws:
@@ -350,6 +353,7 @@ class Worker:
             )
             await self._notify(ws, deltas)
             changes[ws] = [line for d in deltas for line in _changes(d)]
+        # done: each event records what it caused; one that lacks a resource is retried or deferred
         done: dict[int, dict[str, Any]] = {}
         retry: list[EventRow] = []
         deferred_rows: dict[int, float] = {}
