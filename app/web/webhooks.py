@@ -4,15 +4,16 @@ Order (gidgethub's rule, not Sentry's): read at most 512 KiB of raw body (413 be
 buffering more), verify ``X-Hub-Signature`` in constant time before parsing (401), check the
 header values we keep (printable ASCII, short; ``X-Attempt-Number`` a small integer) and the body
 (JSON object nested at most 512 deep) (400), then store the event durably before answering 202
-(503 only when storing failed, so Bitbucket retries). A repeated ``X-Request-UUID``, or the same
-hook and body, answers 202 and adds nothing. An event key the planner does not use, or a
-repository in a workspace the connection does not monitor, answers 202 and is recorded
-``ignored``: the worker never claims it, so it costs no API call. The work happens later, in the
-worker.
+(503 only when storing failed or did not finish within STORE_TIMEOUT, so Bitbucket retries). A
+repeated ``X-Request-UUID``, or the same hook and body, answers 202 and adds nothing. An event
+key the planner does not use, or a repository in a workspace the connection does not monitor,
+answers 202 and is recorded ``ignored``: the worker never claims it, so it costs no API call.
+The work happens later, in the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Mapping
@@ -32,6 +33,9 @@ log = get_logger("web.webhooks")
 MAX_BODY = 512 * 1024
 # The headers kept in the event log, and the longest value accepted for each (Bitbucket sends
 # UUIDs in braces, event keys like "pullrequest:changes_request_created", attempts 1 to 3).
+# How long a delivery waits for its insert before answering 503 (a stalled writer must not hold
+# Bitbucket's connection until it gives up; a late insert is harmless: the retry is a duplicate).
+STORE_TIMEOUT = 10.0
 KEPT_HEADERS = {"X-Event-Key": 100, "X-Request-UUID": 100, "X-Hook-UUID": 100, "X-Attempt-Number": 3}
 
 
@@ -97,7 +101,11 @@ class Receiver:
         services = scope["app"].state.services
         cid = scope["path_params"]["connection"]
         headers = _kept_headers(scope["headers"])
-        target = await services.service.webhook_target(cid)
+        try:
+            target = await services.service.webhook_target(cid)
+        except Exception as exc:  # noqa: BLE001 - the database cannot answer: nothing can be stored either
+            log.error("webhook.lookup_failed", connection=cid, error=type(exc).__name__)
+            return await _UNAVAILABLE(scope, receive, send)
         if target is None:
             answer = problem_response(404, "Unknown connection", "No webhook is registered for this URL.")
             return await answer(scope, receive, send)
@@ -125,10 +133,11 @@ class Receiver:
         if problem is not None:
             return await problem_response(400, "Malformed delivery", problem)(scope, receive, send)
         try:
-            eid = await services.writer.submit(event_from_delivery(cid, delivery, raw, target.workspaces))
+            event = event_from_delivery(cid, delivery, raw, target.workspaces)
+            eid = await asyncio.wait_for(services.writer.submit(event), STORE_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - any storage failure must become 503 so Bitbucket retries
             log.error("webhook.store_failed", connection=cid, error=type(exc).__name__)
-            return await problem_response(503, "Could not store the event", "Retry later.")(scope, receive, send)
+            return await _UNAVAILABLE(scope, receive, send)
         services.metrics.observe_ingest(time.perf_counter() - started)
         body = b'{"accepted":true,"event_id":%d,"duplicate":false}' % eid if eid is not None else _DUPLICATE
         await send({"type": "http.response.start", "status": 202, "headers": _json_headers(len(body))})
@@ -139,6 +148,7 @@ receive = Receiver()
 
 _DUPLICATE = b'{"accepted":true,"event_id":null,"duplicate":true}'
 _TOO_LARGE = problem_response(413, "Payload too large", f"At most {MAX_BODY} bytes.")
+_UNAVAILABLE = problem_response(503, "Could not store the event", "Retry later.")
 _WANTED = {name.lower().encode(): name for name in (*KEPT_HEADERS, "X-Hub-Signature")} | {
     b"content-length": "content-length"
 }

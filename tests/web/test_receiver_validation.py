@@ -277,3 +277,36 @@ async def test_foreign_workspace_from_the_slug_not_only_the_full_name(
     assert (await post(session, product, body, headers(body)))[0] == 202
     [row] = rows(product)
     assert row["state"] == "ignored" and row["workspace"] == "other"
+
+
+# -- 503, never 500, when the delivery cannot be stored ---------------------------------------------
+async def test_database_failure_while_looking_up_the_connection_is_503(
+    product: RunningApp, session: aiohttp.ClientSession
+) -> None:
+    service = product.services.service
+    service.forget_secrets("token")  # the next delivery reads the connection from the database
+    await service.store.db.execute("DROP TABLE connections")
+    body = delivery(1)
+    status, answer = await post(session, product, body, headers(body))
+    assert status == 503 and "Retry" in answer["detail"]
+
+
+async def test_a_stalled_writer_answers_503_in_bounded_time(
+    product: RunningApp, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.web import webhooks
+
+    monkeypatch.setattr(webhooks, "STORE_TIMEOUT", 0.5, raising=False)
+    stalled = EventWriter(product.services.service.store.events)
+    real, product.services.writer = product.services.writer, stalled  # not run: inserts stall
+    body = delivery(1)
+    try:
+        async with asyncio.timeout(5):  # without the bound, the request waits for ever
+            status, answer = await post(session, product, body, headers(body))
+        assert status == 503 and "Retry" in answer["detail"]
+        assert rows(product) == []
+    finally:
+        product.services.writer = real
+        late = asyncio.create_task(stalled.run())  # drains what waited, so the server can stop
+        await asyncio.sleep(0.2)
+        late.cancel()
