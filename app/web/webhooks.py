@@ -159,7 +159,7 @@ def _kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     found: dict[str, str] = {}
     for key, value in raw:
         name = _WANTED.get(key.lower())
-        if name is not None:
+        if name is not None and name not in found:  # the first of repeated headers, as Starlette reads
             found[name] = value.decode("latin-1")
     return found
 
