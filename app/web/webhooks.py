@@ -31,11 +31,11 @@ from app.web.problems import problem_response
 
 log = get_logger("web.webhooks")
 MAX_BODY = 512 * 1024
-# The headers kept in the event log, and the longest value accepted for each (Bitbucket sends
-# UUIDs in braces, event keys like "pullrequest:changes_request_created", attempts 1 to 3).
 # How long a delivery waits for its insert before answering 503 (a stalled writer must not hold
 # Bitbucket's connection until it gives up; a late insert is harmless: the retry is a duplicate).
 STORE_TIMEOUT = 10.0
+# The headers kept in the event log, and the longest value accepted for each (Bitbucket sends
+# UUIDs in braces, event keys like "pullrequest:changes_request_created", attempts 1 to 3).
 KEPT_HEADERS = {"X-Event-Key": 100, "X-Request-UUID": 100, "X-Hook-UUID": 100, "X-Attempt-Number": 3}
 
 
@@ -94,7 +94,7 @@ def event_from_delivery(
 class Receiver:
     """The route's ASGI app. Raw ASGI rather than a Starlette endpoint: this is the one hot path
     (every delivery), and skipping the Request/Response objects and their exception wrappers
-    roughly halves the framework's share of each request (bench/ingest_wrk.py)."""
+    cuts the framework's share of each request (py-spy under bench/ingest_wrk.py)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
