@@ -7,7 +7,8 @@ to the queue at start-up (``requeue_running``).
 
 Webhook inserts go through :class:`EventWriter`, a group commit: concurrent deliveries are written
 in one transaction and each answer waits for that commit (``synchronous=FULL``), so every 202 is
-durable while one fsync serves many deliveries.
+durable while one fsync serves many deliveries. A batch the database refuses is retried row by
+row, so one bad row fails only its own delivery.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.logs import get_logger
 from app.store.db import Database
+
+log = get_logger("store.events")
 
 MAX_TRIES = 5
 
@@ -353,14 +357,35 @@ class EventWriter:
             try:
                 ids = await self.events.append_many([e for e, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc)
+                else:
+                    await self._one_by_one(batch)
                 continue
             for (_, fut), eid in zip(batch, ids, strict=True):
-                if not fut.done():
-                    fut.set_result(eid)
+                _settle(fut, eid)
             self.alive_at = time.time()
+
+    async def _one_by_one(self, batch: list[tuple[NewEvent, asyncio.Future[int | None]]]) -> None:
+        """A batch failed to insert (one bad row fails the whole statement): insert each row alone,
+        so only the deliveries that really cannot be stored are refused."""
+        failed = 0
+        for event, fut in batch:
+            try:
+                _settle(fut, await self.events.append(event))
+            except Exception as exc:  # noqa: BLE001 - this row's request answers 503, the others go on
+                failed += 1
+                _settle(fut, exc)
+        log.warning("events.batch_split", rows=len(batch), failed=failed)
+
+
+def _settle(fut: asyncio.Future[int | None], outcome: int | BaseException | None) -> None:
+    if fut.done():  # the request went away (client disconnected); the row is stored or not all the same
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
 
 
 class Locks:

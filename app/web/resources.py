@@ -25,6 +25,7 @@ from app.store.facts import classify
 from app.store.snapshots import k_members, k_prs, k_repo, k_repos
 from app.web.auth import require_admin
 from app.web.connect import not_admin_repositories
+from app.web.jsonbody import MAX_DEPTH, json_object, too_deep
 from app.web.problems import Problem
 from app.web.uploads import BadUpload, upload_form
 
@@ -35,13 +36,7 @@ def _svc(request: Request) -> Any:
 
 
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise Problem(400, "Bad body", "expected a JSON object") from None
-    if not isinstance(body, dict):
-        raise Problem(400, "Bad body", "expected a JSON object")
-    return body
+    return await json_object(request)  # nesting limited: too deep is a 400, not a 500
 
 
 def _str(body: dict[str, Any], name: str, required: bool = True) -> str | None:
@@ -263,6 +258,8 @@ async def personnel_import(request: Request) -> Response:
     data = await request.body()
     name = "upload.json" if request.headers.get("content-type", "").startswith("application/json") else "upload.csv"
     store = services.service.store
+    if (name == "upload.json" or data.lstrip()[:1] in (b"[", b"{")) and too_deep(data):
+        raise Problem(400, "Nothing imported", f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         people = records.parse_personnel(data, name)
         records.check_account_conflicts(people, await store.records.people())
