@@ -135,6 +135,8 @@ async def build_services(
         session,
         api_url=settings.bitbucket_api_url,
         budget_per_hour=settings.budget_per_hour,
+        reserve=settings.webhook_budget_share,
+        headroom=settings.budget_headroom,
         concurrency=settings.concurrency,
         **client_options,
     )
