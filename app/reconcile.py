@@ -147,10 +147,9 @@ def _dump(value: Any) -> Any:
 
 async def fetch_repository(fetcher: Fetcher, ws: str, repo: Repository, enabled: Sequence[str]) -> None:
     """Every per-repository resource the enabled tests need."""
-    client = fetcher.client
     slug = repo.slug
     fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
-    await fetcher.get(k_prs(repo.uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, slug))
+    # No test needs the open pull-request count: pull-request webhooks keep it current (issue 13).
     if repo.mainbranch and BRANCH_CHECKS & set(enabled):
         await fetch_restrictions(fetcher, ws, repo.uuid, slug)
     if "pipelines-enabled" in enabled:
@@ -522,11 +521,14 @@ class Scheduler:
     async def tick(self) -> list[int]:
         """One scheduling round; returns the ids of the events it appended."""
         appended: list[int] = []
+        from app.tiers import schedule as scheduled_tiers  # issue 13 hook; tiers imports this module
+
         for conn in await self.service.connections():
             if conn.status != "active":
                 continue
             for ws in conn.workspaces:
                 tiers = [
+                    *scheduled_tiers(self.settings),  # issue 13: repositories and restrictions tiers (app/tiers.py)
                     ("members", MEMBERS_EVERY, 0.0),
                     ("full", self.settings.reconcile_interval, 0.1),
                 ]

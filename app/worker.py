@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from app import errors
+from app import errors, tiers
 from app.bitbucket.client import DEFER_AFTER, PRIORITY, BitbucketClient
 from app.findings import Delta
 from app.logs import get_logger
@@ -239,6 +239,8 @@ class Worker:
                         only_checks=MEMBER_CHECKS,
                         alerts=self.alerts,
                     )
+                elif tier in tiers.TIERS:  # issue 13: the repositories and restrictions tiers (app/tiers.py)
+                    delta, written = await tiers.run(tier, client, self.store, self.settings, ws, self.alerts)
                 else:
                     report = await reconcile_workspace(client, self.store, self.settings, ws, alerts=self.alerts)
                     delta, written = report.delta, report.rows_written

@@ -130,8 +130,10 @@ class Budget:
     - ``headroom``: the share of the limit never used (LP_BUDGET_HEADROOM), so the budget stays clear
       of Bitbucket's count even when both clocks disagree a little.
     - ``reserve``: the share kept for high-priority work (webhook-driven fetches,
-      LP_WEBHOOK_BUDGET_SHARE): low-priority callers (passes, tiers) wait once usage reaches
-      ``limit * (1 - headroom - reserve)``; ``keep`` leaves further slots free below that.
+      LP_WEBHOOK_BUDGET_SHARE): low-priority callers (passes, tiers) wait once their own calls
+      reach ``limit * (1 - headroom - reserve)``, or less when webhook-driven work has used more
+      than its share; ``keep`` leaves further slots free below that. High-priority callers may
+      use everything up to the headroom.
     - ``X-RateLimit-NearLimit: true`` (:meth:`learn`) means Bitbucket counts at least 80 % used (another
       process may share the credential): usage is raised to that, spread over the window, which
       slows passes down at once and webhooks near the cap.
@@ -158,7 +160,8 @@ class Budget:
         self.headroom = headroom
         self._clock = clock
         self._sleep = sleep
-        self._stamps: deque[float] = deque()
+        self._high: deque[float] = deque()  # high-priority calls in the window
+        self._low: deque[float] = deque()  # low-priority calls (and others' use, NearLimit)
         self._lock = asyncio.Lock()
         self.waited = 0.0
         self.paused_until = 0.0
@@ -182,46 +185,69 @@ class Budget:
         return max(0, top if priority else top - self.reserve - keep)
 
     def _trim(self, now: float) -> None:
-        while self._stamps and self._stamps[0] <= now - self.window:
-            self._stamps.popleft()
+        for stamps in (self._high, self._low):
+            while stamps and stamps[0] <= now - self.window:
+                stamps.popleft()
 
     @property
     def used(self) -> int:
         self._trim(self._clock())
-        return len(self._stamps)
+        return len(self._high) + len(self._low)
 
     @property
     def remaining(self) -> int:
         """Requests left in the rolling hour for high-priority work (headroom excluded)."""
         return max(0, self.cap() - self.used)
 
+    def _low_room(self, keep: int) -> int:
+        """Low-priority slots free now: the webhook share stays free as far as webhook-driven work
+        has not used it yet, so webhooks never eat into what passes may use (and the reverse)."""
+        return self.cap() - keep - len(self._low) - max(len(self._high), self.reserve)
+
     def spare(self, keep: int = 0) -> int:
         """Requests low-priority work may still send now (0 while paused)."""
-        if self.paused_until > self._clock():
+        now = self._clock()
+        if self.paused_until > now:
             return 0
-        return max(0, self.cap(priority=False, keep=keep) - self.used)
+        self._trim(now)
+        return max(0, self._low_room(keep))
 
     def delay(self, *, priority: bool = True, keep: int = 0) -> float:
         """Seconds until :meth:`acquire` would get a slot (0 when one is free now)."""
-        cap = self.cap(priority=priority, keep=keep)
         now = self._clock()
         self._trim(now)
         paused = self.paused_until - now if self.paused_until > max(now, _OWN_PAUSE.get()) else 0.0
-        if len(self._stamps) < cap:
+        if priority:
+            need = len(self._high) + len(self._low) - self.cap() + 1
+            stamps = sorted([*self._high, *self._low]) if need > 0 else []
+        else:
+            need = 1 - self._low_room(keep)
+            stamps = list(self._low)  # passes wait for their own (and others') calls to leave the hour
+        if need <= 0:
             return max(0.0, paused)
-        if cap == 0:
+        if need > len(stamps):
             return max(paused, self.window)
-        return max(paused, self._stamps[len(self._stamps) - cap] + self.window - now, 0.0)
+        return max(paused, stamps[need - 1] + self.window - now, 0.0)
+
+    def _record(self, priority: bool) -> None:
+        (self._high if priority else self._low).append(self._clock())
+
+    def take(self, *, priority: bool = True, keep: int = 0) -> bool:
+        """Take a slot if one is free now (never waits); whether it did."""
+        if self.delay(priority=priority, keep=keep) > 0:
+            return False
+        self._record(priority)
+        return True
 
     async def acquire(self, *, priority: bool = True, keep: int = 0) -> None:
         async with self._lock:
             while True:
                 wait = self.delay(priority=priority, keep=keep)
                 if wait <= 0:
-                    self._stamps.append(self._clock())
+                    self._record(priority)
                     return
                 self.waited += wait
-                log.info("budget.wait", seconds=round(wait, 3), used=len(self._stamps))
+                log.info("budget.wait", seconds=round(wait, 3), used=self.used, priority=priority)
                 await self._sleep(max(wait, 0.001))
 
     def learn(self, limit: int | None, near_limit: bool) -> None:
@@ -231,15 +257,15 @@ class Budget:
         self.near_limit = near_limit
         if near_limit:
             now = self._clock()
-            self._trim(now)
             floor = int(self.limit * NEAR_LIMIT_USED + 0.999)
-            missing = floor - len(self._stamps)
+            missing = floor - self.used
             if missing > 0:
-                # Someone else spends this credential too: count their use as spread over the window.
+                # Someone else spends this credential too: count their use as spread over the window
+                # (with the passes' calls, so that passes slow down first).
                 step = self.window / (missing + 1)
                 extra = [now - self.window + step * (i + 1) for i in range(missing)]
-                self._stamps = deque(sorted([*self._stamps, *extra]))
-                log.info("budget.near_limit", used=len(self._stamps), limit=self.limit)
+                self._low = deque(sorted([*self._low, *extra]))
+                log.info("budget.near_limit", used=self.used, limit=self.limit)
 
     def succeeded(self) -> None:
         self._strikes = 0

@@ -661,7 +661,34 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
     if isinstance(result, Response):
         result.headers.update(headers)
         return result
-    return JSONResponse(result, headers=headers)
+    return JSONResponse(partial(result, request.query_params.get("fields")), headers=headers)
+
+
+def partial(body: Any, fields: str | None) -> Any:
+    """SPEC narrative "Partial responses": ``fields=a.b,c`` keeps only those paths (``next`` too is
+    dropped unless named, as on Bitbucket); ``+``/``-`` entries adjust the default shape and are
+    left to the handlers."""
+    wanted = [f.strip() for f in (fields or "").split(",") if f.strip()]
+    if not wanted or any(f[0] in "+-" for f in wanted):
+        return body
+    tree: dict[str, Any] = {}
+    for path in wanted:
+        node = tree
+        for part in path.split("."):
+            node = node.setdefault(part, {})
+    return _keep(body, tree)
+
+
+def _keep(value: Any, tree: dict[str, Any]) -> Any:
+    if not tree:
+        return value
+    if isinstance(value, list):
+        return [_keep(v, tree) for v in value]
+    if isinstance(value, dict):
+        if "*" in tree:
+            return value
+        return {k: _keep(value[k], sub) for k, sub in tree.items() if k in value}
+    return value
 
 
 # -- OAuth 2.0 ---------------------------------------------------------------------------------
