@@ -438,8 +438,10 @@ async def reconcile_workspace(
             await fetch_repository(fetcher, ws, repo, enabled)
 
     people = await store.records.people()
+    from app.tiers import pass_order  # issue 13 hook: oldest restrictions reading first (tiers imports us)
+
     async with asyncio.TaskGroup() as tg:
-        for repo in repos:
+        for repo in await pass_order(store, ws, repos):
             tg.create_task(one(repo))
         if MEMBER_CHECKS & set(enabled):
             tg.create_task(fetch_members(fetcher, ws, people))

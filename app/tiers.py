@@ -212,6 +212,14 @@ async def readings(store: Store, ws: str) -> tuple[list[Reading], dict[str, str]
     return out, names
 
 
+async def pass_order(store: Store, ws: str, repos: Sequence[Repository]) -> list[Repository]:
+    """The full pass reads repositories in the restrictions tier's order (new ones first, then the
+    oldest restrictions reading), so a pass and the tier together read each once per round."""
+    found, _ = await readings(store, ws)
+    rank = {uuid: i for i, uuid in enumerate(restriction_order(found))}
+    return sorted(repos, key=lambda r: rank.get(r.uuid, -1))
+
+
 async def restrictions_tier(
     client: BitbucketClient, store: Store, settings: Settings, ws: str, alerts: Alerts | None = None
 ) -> tuple[Delta, int]:

@@ -77,7 +77,9 @@ def lower_bound(data: dict[str, Any], members: int) -> tuple[int, dict[str, int]
     parts = {
         "repository pages": math.ceil(len(repos) / 100),
         "branch restrictions (repositories with a main branch)": sum(1 for r in repos if r.get("mainbranch")),
-        "effective branching model (restrictions that use it)": sum(calls_per_repo(r) - 1 for r in repos if r.get("mainbranch")),
+        "effective branching model (restrictions that use it)": sum(
+            calls_per_repo(r) - 1 for r in repos if r.get("mainbranch")
+        ),
         "members + permissions pages": 2 * math.ceil(members / 100),
     }
     return sum(parts.values()), parts
@@ -146,6 +148,12 @@ class Sim:
             return self.budget.delay(priority=True) == 0
         return self.budget.spare(keep) >= calls
 
+    def order(self) -> list[str]:
+        """The restrictions tier's order (the product's function) on the simulated readings."""
+        return restriction_order(
+            [Reading(u, self.prod[u], None if r is None else f"{r:012.0f}") for u, r in self.read_at.items()]
+        )
+
     def step(self) -> None:
         t = self.now
         if self.webhook_every and t % self.webhook_every < 1:
@@ -160,7 +168,7 @@ class Sim:
             self.tier_queue.extend([1] * self.member_pages)
         if t % (6 * HOUR) == 0 and not self.pass_queue:
             self.pass_queue.extend([("page", 1)] * self.pages)
-            self.pass_queue.extend((u, c) for u, c in self.cost.items())
+            self.pass_queue.extend((u, self.cost[u]) for u in self.order())  # as app.tiers.pass_order
             self.pass_queue.extend([("page", 1)] * self.member_pages)
         while self.tier_queue and self.can(False):
             self.tier_queue.popleft()
@@ -172,10 +180,7 @@ class Sim:
             if what != "page":
                 self.read_at[what] = self.now
         if t % RESTRICTIONS_EVERY == 0:
-            order = restriction_order(
-                [Reading(u, self.prod[u], None if r is None else f"{r:012.0f}") for u, r in self.read_at.items()]
-            )
-            for u in order[:200]:
+            for u in self.order()[:200]:
                 if not self.can(False, self.keep, 2):
                     break
                 for _ in range(self.cost[u]):
@@ -241,7 +246,8 @@ async def main(repos: int, members: int, webhooks_per_hour: float) -> None:
         rows.append(
             (
                 f"freshness {name}: max age / mean age",
-                f"{hours(worst)} / {hours(out['mean'][cls])}  (max = {worst / out['bound']:.2f} x bound, target <= 1.10)",
+                f"{hours(worst)} / {hours(out['mean'][cls])}"
+                f"  (max = {worst / out['bound']:.2f} x bound, target <= 1.10)",
             )
         )
     table("budget 2/2: 48 simulated hours under 1,000/hour (steady state from hour 12)", rows)
