@@ -236,7 +236,7 @@ async def restrictions_tier(
     done: set[str] = set()
     try:
         for uuid in restriction_order(found)[:RESTRICTIONS_MAX_PER_RUN]:
-            if client.budget.spare(keep) < 2:  # a reading may need the branching model too
+            if client.budget.spare(keep) < 1:  # (a branching-model read after it waits for its slot)
                 break
             await fetch_restrictions(fetcher, ws, uuid, uuid)
             done.add(uuid)

@@ -113,7 +113,7 @@ class Sim:
 
     def __init__(self, data: dict[str, Any], members: int, webhooks_per_hour: float) -> None:
         self.now = 0.0
-        self.budget = Budget(LIMIT, reserve=0.3, headroom=0.1, clock=lambda: self.now)
+        self.budget = Budget(LIMIT, reserve=0.3, headroom=0.1, pace=True, clock=lambda: self.now)  # as ClientPool
         self.bitbucket = Sandbox(load({**data, "rate_limit_per_hour": LIMIT}))
         self.bitbucket.clock = lambda: self.now
         self.cred = self.bitbucket.state.credentials[0]
@@ -181,7 +181,7 @@ class Sim:
                 self.read_at[what] = self.now
         if t % RESTRICTIONS_EVERY == 0:
             for u in self.order()[:200]:
-                if not self.can(False, self.keep, 2):
+                if not self.can(False, self.keep, self.cost[u]):
                     break
                 for _ in range(self.cost[u]):
                     self.send(False)

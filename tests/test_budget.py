@@ -229,3 +229,22 @@ async def test_after_the_pause_the_credential_resumes(sandbox: RunningSandbox, s
     log = sb.requests
     assert [r["status"] for r in log] == [429, 200, 200]
     assert all(r["time"] >= log[0]["time"] + 0.9 for r in log[1:])
+
+
+async def test_passes_past_half_their_share_are_paced_evenly() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    budget = Budget(1000, reserve=0.3, headroom=0.1, pace=True, clock=lambda: now[0], sleep=sleep)
+    for _ in range(300):  # half the passes' share (600) goes at once
+        await budget.acquire(priority=False)
+    assert now[0] == 0.0
+    for _ in range(300):
+        await budget.acquire(priority=False)
+    # then 10 a minute (600 / 60), so the second half takes about half an hour, not a burst
+    assert 29 * 60 <= now[0] <= 31 * 60
+    assert budget.delay(priority=True) == 0  # webhook-driven work is never paced

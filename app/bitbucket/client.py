@@ -18,8 +18,10 @@ The only place that retries (architecture.md). Behaviour:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import hashlib
+import math
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -115,6 +117,8 @@ MAX_LEARNT_LIMIT = 10_000
 # X-RateLimit-NearLimit is "true when under about 20 % left" (bitbucket-facts.md).
 NEAR_LIMIT_USED = 0.8
 # A 429 without Retry-After pauses the credential for this long, doubling per 429 in a row.
+# Passes past half their share are paced over this many slices of the window.
+PACE_SLICES = 60
 PAUSE_INITIAL = 10.0
 PAUSE_MAX = 600.0
 # The pause a task set itself and already waits for through its own retry (see ``Budget.pause``).
@@ -137,6 +141,7 @@ class Budget:
     - ``X-RateLimit-NearLimit: true`` (:meth:`learn`) means Bitbucket counts at least 80 % used (another
       process may share the credential): usage is raised to that, spread over the window, which
       slows passes down at once and webhooks near the cap.
+    - ``pace``: once passes have used half their share of the hour, they are spread evenly over it.
     - A 429 (:meth:`pause`) pauses this credential, not the process, for ``Retry-After`` or a
       doubling backoff; then requests resume.
 
@@ -150,10 +155,12 @@ class Budget:
         window: float = 3600.0,
         reserve: float = 0.0,
         headroom: float = 0.0,
+        pace: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.configured = limit
+        self.pace = pace
         self.learnt: int | None = None
         self.window = window
         self.reserve_share = reserve
@@ -201,8 +208,19 @@ class Budget:
 
     def _low_room(self, keep: int) -> int:
         """Low-priority slots free now: the webhook share stays free as far as webhook-driven work
-        has not used it yet, so webhooks never eat into what passes may use (and the reverse)."""
-        return self.cap() - keep - len(self._low) - max(len(self._high), self.reserve)
+        has not used it yet, so webhooks never eat into what passes may use (and the reverse).
+
+        Once passes have used half their share of the hour, they are paced evenly: at most a
+        sixtieth of their share per sixtieth of the window. Otherwise a burst (a first pass) comes
+        back as the same burst an hour later, every hour, and readings bunch up on the hour."""
+        room = self.cap() - keep - len(self._low) - max(len(self._high), self.reserve)
+        share = self.cap(priority=False)
+        if not self.pace or len(self._low) * 2 < share:
+            return room
+        per_slice = max(1, math.ceil(share / PACE_SLICES))
+        since = self._clock() - self.window / PACE_SLICES
+        recent = len(self._low) - bisect.bisect_right(self._low, since)
+        return min(room, per_slice - recent)
 
     def spare(self, keep: int = 0) -> int:
         """Requests low-priority work may still send now (0 while paused)."""
@@ -223,6 +241,12 @@ class Budget:
         else:
             need = 1 - self._low_room(keep)
             stamps = list(self._low)  # passes wait for their own (and others') calls to leave the hour
+            if need > 0 and self.pace and self.cap() - keep - len(self._low) - max(len(self._high), self.reserve) > 0:
+                # paced: wait until the oldest call of the last slice leaves it
+                since = now - self.window / PACE_SLICES
+                first = bisect.bisect_right(self._low, since)
+                if first < len(self._low):
+                    return max(paused, self._low[first] + self.window / PACE_SLICES - now, 0.0)
         if need <= 0:
             return max(0.0, paused)
         if need > len(stamps):
@@ -671,7 +695,7 @@ class ClientPool:
     def budget(self, credential_id: str) -> Budget:
         budget = self.budgets.get(credential_id)
         if budget is None:
-            budget = Budget(self.budget_per_hour, reserve=self.reserve, headroom=self.headroom)
+            budget = Budget(self.budget_per_hour, reserve=self.reserve, headroom=self.headroom, pace=True)
             self.budgets[credential_id] = budget
         return budget
 
