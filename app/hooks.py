@@ -17,9 +17,9 @@ from app.bitbucket.client import BitbucketClient
 from app.bitbucket.models import Webhook
 from app.logs import get_logger
 from app.planner import USED_EVENTS
-from app.reconcile import k_repo, k_repos
 from app.service import Service
 from app.store.connections import Connection
+from app.store.snapshots import k_repo, k_repos
 
 log = get_logger("hooks")
 SILENCE_GRACE = timedelta(minutes=15)

@@ -37,7 +37,7 @@ from app.logs import get_logger
 from app.metrics import Metrics
 from app.notify.dispatcher import Dispatcher
 from app.notify.senders import EmailSender, Sender, SlackSender
-from app.reconcile import Scheduler
+from app.scheduler import Scheduler
 from app.service import Service
 from app.settings import Settings
 from app.store import Store

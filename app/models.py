@@ -5,9 +5,19 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    """The stamp the store keeps: seconds, UTC, ``Z``."""
+    return dt.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Delivery(BaseModel):

@@ -34,26 +34,18 @@ from typing import Any
 from app.bitbucket import paths
 from app.bitbucket.client import KEEP, MAX_PAGELEN, BitbucketClient
 from app.bitbucket.models import Repository
+
+# -- hooks into the pass code (app/fetch.py, app/evaluate.py) --------------------------------------
+from app.evaluate import Alerts, record
+from app.fetch import Fetcher, fetch_restrictions, perform
 from app.findings import Delta
 from app.logs import get_logger
-
-# -- hooks into the pass code (h-restructure moves these into app/fetch.py / app/evaluate.py) -----
-from app.planner import BRANCH_CHECKS, REPO_CHECKS
-from app.reconcile import (
-    Alerts,
-    Fetcher,
-    classify,
-    fetch_repository,
-    fetch_restrictions,
-    iso,
-    k_repo,
-    k_repos,
-    k_restrictions,
-    record,
-    utcnow,
-)
+from app.models import iso, utcnow
+from app.planner import BRANCH_CHECKS, REPO_CHECKS, KnownRepo, repo_fetches
 from app.settings import Settings
 from app.store import Store
+from app.store.facts import classify
+from app.store.snapshots import k_members, k_repo, k_repos, k_restrictions
 
 log = get_logger("tiers")
 
@@ -62,7 +54,7 @@ RESTRICTIONS = "restrictions"
 TIERS = frozenset({REPOS, RESTRICTIONS})
 RESTRICTIONS_EVERY = 60.0  # the restrictions tier looks for spare budget every minute
 RESTRICTIONS_MAX_PER_RUN = 200  # one run stays short; the next minute goes on
-MEMBERS_EVERY = 15 * 60.0  # the members tier's period (app.reconcile.MEMBERS_EVERY)
+MEMBERS_EVERY = 15 * 60.0  # the members tier's period (app.scheduler.MEMBERS_EVERY)
 # SPEC "Partial responses": only what Repository.from_api reads, plus ``next`` (else it is dropped).
 REPO_FIELDS = ",".join(
     [
@@ -172,10 +164,14 @@ async def repositories_tier(
             continue
         changed.add(repo.uuid)
         log.info("tier.repository_moved", workspace=ws, repository=repo.full_name, changed=what)
+        fetcher.rows.append(
+            (k_repo(repo.uuid), ws, "repo", {**(old.content if old else {}), **repo.model_dump(mode="json")})
+        )
         if old is None:
-            await fetch_repository(fetcher, ws, repo, enabled)
+            known_repo = KnownRepo(uuid=repo.uuid, mainbranch=repo.mainbranch, slug=repo.slug)
+            for f in repo_fetches(ws, known_repo, frozenset(enabled)):
+                await perform(fetcher, f, enabled)
         else:
-            fetcher.rows.append((k_repo(repo.uuid), ws, "repo", {**old.content, **repo.model_dump(mode="json")}))
             if repo.mainbranch and BRANCH_CHECKS & set(enabled):
                 await fetch_restrictions(fetcher, ws, repo.uuid, repo.uuid)
         if repo.uuid not in uuids:
@@ -212,7 +208,7 @@ async def readings(store: Store, ws: str) -> tuple[list[Reading], dict[str, str]
     return out, names
 
 
-async def pass_order(store: Store, ws: str, repos: Sequence[Repository]) -> list[Repository]:
+async def pass_order(store: Store, ws: str, repos: Sequence[KnownRepo]) -> list[KnownRepo]:
     """The full pass reads repositories in the restrictions tier's order (new ones first, then the
     oldest restrictions reading), so a pass and the tier together read each once per round."""
     found, _ = await readings(store, ws)
@@ -227,7 +223,7 @@ async def restrictions_tier(
     if not BRANCH_CHECKS & set(settings.enabled_checks):
         return Delta(), 0
     found, _ = await readings(store, ws)
-    members = await store.snapshots.get(f"members:{ws}")
+    members = await store.snapshots.get(k_members(ws))
     n_members = len(members.content) if members and isinstance(members.content, list) else 0
     keep = tier_keep(len(found), n_members)
     token = KEEP.set(keep)
