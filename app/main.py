@@ -174,6 +174,8 @@ async def build_services(
         session,
         api_url=settings.bitbucket_api_url,
         budget_per_hour=settings.budget_per_hour,
+        reserve=settings.webhook_budget_share,
+        headroom=settings.budget_headroom,
         concurrency=settings.concurrency,
         **client_options,
     )
@@ -279,9 +281,29 @@ async def metrics(request: Request) -> Response:
         m.budget_left.labels(cid).set(client.budget.remaining)
         for (endpoint, status), n in client.counters.items():
             m.api_calls.labels(cid, endpoint, status).set(n)
+    await _freshness_metrics(services, m)
     for check, status, count in await store.results.counts():
         m.results.labels(check, status).set(count)
     return PlainTextResponse(m.render().decode(), media_type="text/plain; version=0.0.4")
+
+
+async def _freshness_metrics(services: Services, m: Metrics) -> None:
+    """issue 13: restriction freshness per workspace and class (app/tiers.py)."""
+    from app import tiers
+
+    for conn in await services.service.connections():
+        for ws in conn.workspaces:
+            ages: dict[str, list[float]] = {"production": [], "other": []}
+            unread = 0
+            for row in (await tiers.freshness(services.service.store, ws)).values():
+                if row["age_seconds"] is None:
+                    unread += 1
+                else:
+                    ages[row["class"]].append(row["age_seconds"])
+            m.restrictions_unread.labels(ws).set(unread)
+            for cls, values in ages.items():
+                m.restrictions_age.labels(ws, cls, "max").set(max(values, default=0.0))
+                m.restrictions_age.labels(ws, cls, "mean").set(sum(values) / len(values) if values else 0.0)
 
 
 def routes() -> list[Route | Mount]:

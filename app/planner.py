@@ -194,10 +194,11 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
 
 
 def repo_fetches(ws: str, repo: KnownRepo, enabled: frozenset[str]) -> list[Fetch]:
-    """What reading one repository in full means, beyond its metadata: its open pull-request
-    count, its branch restrictions (with a main branch and a branch test on) and its Pipelines
-    (``pipelines-enabled`` on). A pass does this for every listed repository; ``repo_full`` for one."""
-    fetches = [Fetch("pr_count", ws, repo.uuid, ref=repo.slug)]
+    """What reading one repository in full means, beyond its metadata: its branch restrictions
+    (with a main branch and a branch test on) and its Pipelines (``pipelines-enabled`` on). A pass
+    does this for every listed repository; ``repo_full`` for one."""
+    # No test needs the open pull-request count: pull-request webhooks keep it current (issue 13).
+    fetches: list[Fetch] = []
     if repo.mainbranch and BRANCH_CHECKS & enabled:
         fetches.append(Fetch("restrictions", ws, repo.uuid, ref=repo.slug))
     if "pipelines-enabled" in enabled:

@@ -73,6 +73,9 @@ async def reconcile_workspace(
         rows += [(k_repo(r.uuid), ws, "repo", r.model_dump(mode="json")) for r in repos]
         report.snapshots_changed = await store.snapshots.put_many(rows, stamp)
         listed = [KnownRepo(uuid=r.uuid, mainbranch=r.mainbranch, slug=r.slug) for r in repos]
+        from app.tiers import pass_order  # issue 13 hook: oldest restrictions reading first (tiers imports us)
+
+        listed = await pass_order(store, ws, listed)
     plan = full_pass(ws, tier, listed, enabled)
     outcome = await fetch_all(client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency)
     report.snapshots_changed += outcome.changed

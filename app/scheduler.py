@@ -17,6 +17,7 @@ from app.logs import get_logger
 from app.models import iso
 from app.settings import Settings
 from app.store import Store
+from app.tiers import schedule as scheduled_tiers  # issue 13
 
 log = get_logger("scheduler")
 
@@ -57,6 +58,7 @@ class Scheduler:
                 continue
             for ws in conn.workspaces:
                 tiers = [
+                    *scheduled_tiers(self.settings),  # issue 13: repositories and restrictions tiers (app/tiers.py)
                     ("members", MEMBERS_EVERY, 0.0),
                     ("full", self.settings.reconcile_interval, 0.1),
                 ]

@@ -68,7 +68,7 @@ class Service:
         if conn_id == TOKEN_CONNECTION:
             if self.settings.bitbucket_token is None:
                 raise errors.ConfigError("LP_BITBUCKET_TOKEN is not set")
-            source: TokenSource = StaticToken(self.settings.bitbucket_token.get_secret_value(), TOKEN_CONNECTION)
+            source: TokenSource = StaticToken(self.settings.bitbucket_token.get_secret_value())
         else:
             source = self._oauth_source(conn_id)
         self.token_sources[conn_id] = source

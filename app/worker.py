@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app import errors
+from app import errors, tiers
 from app.bitbucket.client import PRIORITY, BitbucketClient
 from app.evaluate import Alerts, evaluate_plans
 from app.fetch import Outcome, fetch_all
@@ -213,8 +213,13 @@ class Worker:
                     return
                 client = await self.clients(row.connection_id)
                 calls = client.calls()
-                report = await reconcile_workspace(client, self.store, self.settings, ws, alerts=self.alerts, tier=tier)
-                delta, written = report.delta, report.rows_written
+                if tier in tiers.TIERS:  # issue 13: the repositories and restrictions tiers (app/tiers.py)
+                    delta, written = await tiers.run(tier, client, self.store, self.settings, ws, self.alerts)
+                else:
+                    report = await reconcile_workspace(
+                        client, self.store, self.settings, ws, alerts=self.alerts, tier=tier
+                    )
+                    delta, written = report.delta, report.rows_written
                 hooks = await self._check_hooks(row.connection_id) if tier == "full" else None
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
                 if hooks:

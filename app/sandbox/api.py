@@ -133,6 +133,7 @@ class Sandbox:
         self.deliverer = Deliverer()
         self.rng = random.Random(seed)
         self.base_url = "http://127.0.0.1"
+        self.clock: Callable[[], float] = time.monotonic  # the rate-limit windows' clock
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # -- auth -----------------------------------------------------------------------------
@@ -151,15 +152,23 @@ class Sandbox:
             raise ApiError(401, "Access token expired. Use your refresh token to obtain a new access token.")
         return Ctx(issued.credential, effective_scopes(issued.scopes), set(issued.scopes))
 
-    def rate_limited(self, key: str) -> tuple[bool, int]:
-        now = time.monotonic()
-        window = self.windows.setdefault(key, deque())
+    def limit_of(self, cred: SCredential) -> int:
+        """Requests per rolling hour of a credential (an access token's scaled limit)."""
+        return cred.rate_limit or self.state.rate_limit_per_hour
+
+    def rate_limited(self, cred: SCredential) -> tuple[bool, int, float]:
+        """Count one request against the credential's rolling hour: (limited, left, seconds until
+        a slot frees). The window is per OAuth consumer or per access token, so every connection,
+        user and token issued for one consumer shares it (support.atlassian.com: API request limits)."""
+        now = self.clock()
+        limit = self.limit_of(cred)
+        window = self.windows.setdefault(cred.key, deque())
         while window and window[0] <= now - 3600:
             window.popleft()
-        if len(window) >= self.state.rate_limit_per_hour:
-            return True, 0
+        if len(window) >= limit:
+            return True, 0, window[len(window) - limit] + 3600 - now
         window.append(now)
-        return False, self.state.rate_limit_per_hour - len(window)
+        return False, limit - len(window), 0.0
 
     def repo_permission(self, ctx: Ctx, ws: SWorkspace, repo: SRepo) -> str | None:
         """The caller's permission on one repository: admin | write | read, or None.
@@ -627,13 +636,17 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
             f.force_429 -= 1
             h = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else {}
             return PlainTextResponse(RATE_LIMIT_BODY, status_code=429, headers=headers | h)
-        limited, remaining = sb.rate_limited(ctx.credential.key)
+        limited, remaining, free_in = sb.rate_limited(ctx.credential)
+        limit = sb.limit_of(ctx.credential)
         if ctx.credential.kind == "access_token" and route.rate_limited_resource == "api":
-            # Scaled rate-limit headers go to access tokens only (Bitbucket blog, 2025).
-            headers["X-RateLimit-Limit"] = str(sb.state.rate_limit_per_hour)
+            # Scaled rate-limit headers go to access tokens only (Bitbucket blog, 2025); NearLimit
+            # is true when under about 20 % is left.
+            headers["X-RateLimit-Limit"] = str(limit)
             headers["X-RateLimit-Resource"] = "api"
-            headers["X-RateLimit-NearLimit"] = str(remaining < sb.state.rate_limit_per_hour * 0.2).lower()
+            headers["X-RateLimit-NearLimit"] = str(remaining < limit * 0.2).lower()
         if limited:
+            if sb.state.rate_limit_retry_after:
+                headers["Retry-After"] = str(max(1, int(free_in + 0.999)))
             return PlainTextResponse(RATE_LIMIT_BODY, status_code=429, headers=headers)
         if route.scope not in ctx.scopes:
             # Recorded 403s: the detail is an object naming what was required and granted.
@@ -650,7 +663,34 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
     if isinstance(result, Response):
         result.headers.update(headers)
         return result
-    return JSONResponse(result, headers=headers)
+    return JSONResponse(partial(result, request.query_params.get("fields")), headers=headers)
+
+
+def partial(body: Any, fields: str | None) -> Any:
+    """SPEC narrative "Partial responses": ``fields=a.b,c`` keeps only those paths (``next`` too is
+    dropped unless named, as on Bitbucket); ``+``/``-`` entries adjust the default shape and are
+    left to the handlers."""
+    wanted = [f.strip() for f in (fields or "").split(",") if f.strip()]
+    if not wanted or any(f[0] in "+-" for f in wanted):
+        return body
+    tree: dict[str, Any] = {}
+    for path in wanted:
+        node = tree
+        for part in path.split("."):
+            node = node.setdefault(part, {})
+    return _keep(body, tree)
+
+
+def _keep(value: Any, tree: dict[str, Any]) -> Any:
+    if not tree:
+        return value
+    if isinstance(value, list):
+        return [_keep(v, tree) for v in value]
+    if isinstance(value, dict):
+        if "*" in tree:
+            return value
+        return {k: _keep(value[k], sub) for k, sub in tree.items() if k in value}
+    return value
 
 
 # -- OAuth 2.0 ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from app import errors, exports, records
+from app import errors, exports, records, tiers
 from app.bitbucket.models import Repository
 from app.checks import REGISTRY, scope_report
 from app.checks.base import Person, valid_through
@@ -118,6 +118,7 @@ async def repositories_data(services: Any) -> list[dict[str, Any]]:
     for conn in await services.service.connections():
         for ws in conn.workspaces:
             explicit = await store.records.classes(ws)
+            fresh = await tiers.freshness(store, ws)  # issue 13: age of the last good restrictions reading
             listed = await store.snapshots.get(k_repos(ws))
             for uuid in listed.content if listed and listed.content else []:
                 snap = await store.snapshots.get(k_repo(uuid))
@@ -139,6 +140,8 @@ async def repositories_data(services: Any) -> list[dict[str, Any]]:
                         "class": cls,
                         "class_source": source,
                         "open_pullrequests": prs.content if prs else None,
+                        "restrictions_read_at": fresh.get(uuid, {}).get("read_at"),
+                        "restrictions_age_seconds": fresh.get(uuid, {}).get("age_seconds"),
                     }
                 )
     return out
