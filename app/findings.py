@@ -9,7 +9,8 @@
   detail, fail ↔ unknown);
 - ``unchanged``: same fingerprint, nothing to write;
 - ``stale``: the fresh result was computed without data (``fetch_failed``): the earlier result is
-  kept and only marked stale; with no earlier result the ``unknown`` is written as it is;
+  kept and only marked stale; with no earlier result nothing is written (only data that was read
+  decides: a fault alone never creates an ``unknown`` result or its alert);
 - ``retired``: stored results within ``scope`` that the evaluation no longer produces (a deleted
   repository, a departed member).
 
@@ -82,10 +83,12 @@ def diff(
         k = key(r)
         seen.add(k)
         prev = previous.get(k)
-        if r.fetch_failed and prev is not None:
-            if prev.stale_since is None:
+        if r.fetch_failed:
+            # Only data that was read decides: the last known result stands, marked stale; with
+            # none yet (a new subject), nothing is written until the data can be read.
+            if prev is not None and prev.stale_since is None:
                 delta.stale.append(prev)
-            else:
+            elif prev is not None:
                 delta.unchanged.append(prev.result)
             continue
         if prev is not None and prev.fingerprint == fingerprint(r) and prev.stale_since is None:

@@ -40,7 +40,7 @@ import pytest
 
 from app.sandbox.scenario import State
 from app.sandbox.serve import RunningSandbox, free_port, running_sandbox
-from tests.helpers import ADMIN, SECRET_KEY, Receiver
+from tests.helpers import ADMIN, SECRET_KEY, Receiver, product_settings, running_app, wait_for
 
 TOKEN = "sandbox-acme-token"
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "36"))
@@ -66,6 +66,60 @@ async def test_sandbox_malformed_body_and_exempt_token(sandbox: RunningSandbox, 
         assert resp.status == 429
     async with session.delete(sandbox.url + "/_sandbox/faults") as resp:
         assert resp.status == 200
+
+
+# -- bugs the chaos test found, each pinned on its own ---------------------------------------------
+async def test_a_new_repository_whose_restrictions_cannot_be_read_gets_no_result_and_no_alert(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Found by the chaos test: a repository created while its branch restrictions answered 503
+    got ``unknown`` results and an "opened" alert, caused by the fault alone (checks.md: a fetch
+    that fails never turns a result into ``unknown``; only data that was read decides). Now the
+    tests that need the unreadable data write nothing until the event's retry reads it."""
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    async with running_app(settings, port, session, max_attempts=1) as app:
+
+        async def get(path: str) -> Any:
+            async with session.get(app.url + path, headers=admin) as resp:
+                assert resp.status == 200
+                return await resp.json()
+
+        async def idle() -> bool:
+            for state in ("queued", "running"):
+                if (await get(f"/api/events?state={state}&limit=1"))["items"]:
+                    return False
+            return True
+
+        await session.post(
+            sandbox.url + "/_sandbox/faults", json={"force_status": {"svc-new/branch-restrictions": 503}}
+        )
+        await wait_for(idle, within=20)
+        async with session.post(
+            sandbox.url + "/_sandbox/workspaces/acme/create-repo", json={"slug": "svc-new", "project": "CORE"}
+        ) as resp:
+            assert resp.status == 200
+
+        async def failed_once() -> bool:
+            rows = (await get("/api/events?event_key=repo:created"))["items"]
+            return bool(rows) and rows[0]["state"] == "failed"
+
+        await wait_for(failed_once, within=20)
+        rows = await get("/api/findings?subject=acme/svc-new")
+        by_check = {r["check"]: r["status"] for r in rows}
+        assert by_check.get("repo-classified") == "fail"  # read fine: written
+        assert "branch-protection-enforced" not in by_check  # unreadable: no result at all
+        assert not [a for a in await get("/api/alerts") if a["summary"] == "acme/svc-new: unknown"]
+
+        # The fault ends: the event's retry reads the restrictions and the real result is written.
+        await session.delete(sandbox.url + "/_sandbox/faults")
+
+        async def protected() -> bool:
+            rows = await get("/api/findings?subject=acme/svc-new&check=branch-protection-enforced")
+            return bool(rows) and rows[0]["status"] == "fail"
+
+        await wait_for(protected, within=30)
 
 
 # -- the harness --------------------------------------------------------------------------------

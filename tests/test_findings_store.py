@@ -69,7 +69,7 @@ def test_fetch_failure_keeps_previous_as_stale() -> None:
     again = diff({key(prev.result): stored(res("pass"), stale="t1")}, [res("unknown", fetch_failed=True)])
     assert again.is_empty()
     first = diff({}, [res("unknown", fetch_failed=True)])
-    assert len(first.opened) == 1  # no earlier data: unknown, never fail
+    assert first.is_empty()  # no data read yet: no result (and no alert) until it can be read
 
 
 def test_retired_only_in_scope() -> None:
