@@ -25,6 +25,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -120,6 +121,55 @@ async def test_a_new_repository_whose_restrictions_cannot_be_read_gets_no_result
             return bool(rows) and rows[0]["status"] == "fail"
 
         await wait_for(protected, within=30)
+
+
+async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Found by the chaos test: a ``serve`` SIGKILLed during a pass left its pass lock in SQLite
+    (held for an hour), so every later pass of that workspace (scheduled, reconcile-now) was
+    marked done as "the same pass is running elsewhere" and never ran. A lock whose owner is a
+    process of this host that no longer exists is free."""
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    async with running_app(settings, port, session) as app:
+
+        async def passes() -> list[dict[str, Any]]:
+            async with session.get(app.url + "/api/events?event_key=lp:reconcile", headers=admin) as resp:
+                items: list[dict[str, Any]] = (await resp.json())["items"]
+                return items
+
+        async def first_done() -> bool:
+            return any(p["state"] == "done" for p in await passes())
+
+        await wait_for(first_done, within=20)
+        # What a process killed mid-pass leaves behind: its lock, valid for another hour.
+        conn = sqlite3.connect(tmp_path / "lp.sqlite3")
+        with conn:
+            conn.execute(
+                "UPDATE locks SET owner = ?, expires_at = ?",
+                (f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO locks (name, owner, expires_at) VALUES (?, ?, ?)",
+                ("pass:token:acme:full", f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
+            )
+        conn.close()
+        async with session.post(app.url + "/api/reconcile", json={"workspace": "acme"}, headers=admin) as resp:
+            assert resp.status == 202
+            [queued] = (await resp.json())["queued"]
+
+        async def ran() -> bool:
+            [row] = [p for p in await passes() if p["id"] == queued]
+            return row["state"] == "done"
+
+        await wait_for(ran, within=20)
+        [row] = [p for p in await passes() if p["id"] == queued]
+        assert "skipped" not in (row["caused"] or {}), row["caused"]
+        assert row["caused"]["api_calls"] > 0
 
 
 # -- the harness --------------------------------------------------------------------------------
@@ -518,6 +568,7 @@ async def test_chaos(sandbox: RunningSandbox, session: aiohttp.ClientSession, tm
             actor = Actor(sandbox, session, random.Random(rng.random()), figures)
             kills = sorted(rng.uniform(0.2, 0.85) * CHAOS_SECONDS for _ in range(2))
             t0 = time.monotonic()
+            next_pass = rng.uniform(1.0, 3.0)
             try:
                 while (elapsed := time.monotonic() - t0) < CHAOS_SECONDS:
                     if kills and elapsed >= kills[0]:
@@ -530,6 +581,17 @@ async def test_chaos(sandbox: RunningSandbox, session: aiohttp.ClientSession, tm
                         # A restarted product runs a pass; the twin passes too, so both read what
                         # no webhook announces at about the same moment.
                         await twin.api(session, "POST", "/api/reconcile", json={"workspace": "acme", "tier": "full"})
+                        continue
+                    if elapsed >= next_pass:
+                        # An operator asks for a pass now (every endpoint class is read, under the
+                        # faults of the moment); the twin is asked at the same moment.
+                        next_pass = elapsed + rng.uniform(3.0, 5.0)
+                        figures.actions["reconcile-now"] += 1
+                        for p in (chaos, twin):
+                            with contextlib.suppress(aiohttp.ClientError):  # the product may be dead
+                                await p.api(
+                                    session, "POST", "/api/reconcile", json={"workspace": "acme", "tier": "full"}
+                                )
                         continue
                     await actor.one()
                     await asyncio.sleep(rng.uniform(0.05, 0.3))
@@ -576,6 +638,7 @@ async def test_chaos(sandbox: RunningSandbox, session: aiohttp.ClientSession, tm
             chaos_history = await chaos.history(session)
             twin_history = await twin.history(session)
             alerts = await chaos.api(session, "GET", "/api/alerts")
+            injected = dict(sandbox.sandbox.injected)
             [conn] = await chaos.api(session, "GET", "/api/connections")
             assert conn["status"] == "active", f"seed {seed}: a transient token-endpoint fault broke it: {conn}"
 
@@ -654,12 +717,14 @@ async def test_chaos(sandbox: RunningSandbox, session: aiohttp.ClientSession, tm
     assert not kinds.get("ops"), f"seed {seed}: ops alerts from transient faults: {alerts}"
     missing = {name for name, _ in fault_classes()} - set(figures.faults)
     assert not missing, f"seed {seed}: fault classes never played: {missing}"
+    assert sum(injected.values()) > 0, "no fault reached the product"
     assert sent, "the Slack receiver heard nothing: the alert path was not exercised"
 
     print(
         f"chaos figures: {figures.line()}; deliveries to the product={len(to_chaos)} acknowledged={len(acked)} "
         f"events={len(events)}; transitions={len(chaos_history)} alerts={dict(kinds)} slack messages={len(sent)}; "
-        f"caught up by the final pass={len(catch_up)}; statuses the twin never saw={len(suspects)}, "
+        f"faults served={injected}; caught up by the final pass={len(catch_up)}; "
+        f"statuses the twin never saw={len(suspects)}, "
         f"all real in one of {len(replayed)} replayed states; setup={setup:.1f}s chaos={CHAOS_SECONDS:.0f}s "
         f"recovery={recovered:.1f}s total={time.monotonic() - started:.1f}s"
     )
