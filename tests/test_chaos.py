@@ -569,18 +569,24 @@ async def test_chaos(sandbox: RunningSandbox, session: aiohttp.ClientSession, tm
             kills = sorted(rng.uniform(0.2, 0.85) * CHAOS_SECONDS for _ in range(2))
             t0 = time.monotonic()
             next_pass = rng.uniform(1.0, 3.0)
+            restarting: asyncio.Task[None] | None = None
+
+            async def restart(pause: float) -> None:
+                await chaos.kill()
+                figures.log.append((time.time(), "kill", "", {}, 0))
+                figures.kills += 1
+                await asyncio.sleep(pause)
+                await chaos.start(session)
+                # A restarted product runs a pass; the twin passes too, so both read what no
+                # webhook announces at about the same moment.
+                await twin.api(session, "POST", "/api/reconcile", json={"workspace": "acme", "tier": "full"})
+
             try:
                 while (elapsed := time.monotonic() - t0) < CHAOS_SECONDS:
-                    if kills and elapsed >= kills[0]:
+                    if kills and elapsed >= kills[0] and (restarting is None or restarting.done()):
                         kills.pop(0)
-                        await chaos.kill()
-                        figures.log.append((time.time(), "kill", "", {}, 0))
-                        figures.kills += 1
-                        await asyncio.sleep(rng.uniform(0.0, 0.5))  # deliveries meanwhile are refused
-                        await chaos.start(session)
-                        # A restarted product runs a pass; the twin passes too, so both read what
-                        # no webhook announces at about the same moment.
-                        await twin.api(session, "POST", "/api/reconcile", json={"workspace": "acme", "tier": "full"})
+                        # Users go on acting while the product is down: those deliveries are refused.
+                        restarting = asyncio.create_task(restart(rng.uniform(0.0, 0.5)))
                         continue
                     if elapsed >= next_pass:
                         # An operator asks for a pass now (every endpoint class is read, under the
@@ -598,6 +604,8 @@ async def test_chaos(sandbox: RunningSandbox, session: aiohttp.ClientSession, tm
             finally:
                 stop.set()
                 await faulting
+                if restarting is not None:
+                    await restarting
             chaos_end = time.monotonic()
 
             # -- faults over: the product recovers ---------------------------------------------
@@ -722,6 +730,7 @@ async def test_chaos(sandbox: RunningSandbox, session: aiohttp.ClientSession, tm
 
     print(
         f"chaos figures: {figures.line()}; deliveries to the product={len(to_chaos)} acknowledged={len(acked)} "
+        f"refused while it was down={sum(1 for d in to_chaos if d['attempts'][-1:] == ['NETWORK ERROR'])} "
         f"events={len(events)}; transitions={len(chaos_history)} alerts={dict(kinds)} slack messages={len(sent)}; "
         f"faults served={injected}; caught up by the final pass={len(catch_up)}; "
         f"statuses the twin never saw={len(suspects)}, "

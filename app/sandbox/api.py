@@ -22,7 +22,7 @@ import re
 import secrets
 import time
 import uuid as uuidlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +131,7 @@ class Sandbox:
         self.codes: dict[str, tuple[SCredential, float, str | None]] = {}
         self.windows: dict[str, deque[float]] = {}
         self.faults = Faults()
+        self.injected: Counter[str] = Counter()  # faults served, by kind (tests and benches report them)
         self.requests: list[dict[str, Any]] = []
         self.deliverer = Deliverer()
         self.rng = random.Random(seed)
@@ -594,14 +595,18 @@ async def inject_fault(sb: Sandbox, path: str, request: Request) -> Response | N
         await asyncio.sleep(f.latency_ms / 1000)
     for pattern, status in f.force_status.items():
         if re.search(pattern, path):
+            sb.injected[f"status {status}"] += 1
             return error_response(status, f"Injected HTTP {status}")
     for pattern, body in f.force_malformed.items():
         if re.search(pattern, path):
+            sb.injected["malformed"] += 1
             return Response(body, status_code=200, media_type="application/json")
     if f.timeout_rate and sb.rng.random() < f.timeout_rate:
+        sb.injected["timeout"] += 1
         await asyncio.sleep(f.timeout_seconds)
         return error_response(504, "Gateway timeout")
     if f.error_rate and sb.rng.random() < f.error_rate:
+        sb.injected[f"status {f.error_status}"] += 1
         return error_response(f.error_status, "Something went wrong")
     return None
 
@@ -639,6 +644,7 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
         headers["X-Credential-Type"] = "repo_access_token" if ctx.credential.kind == "access_token" else "oauth2"
         if f.force_429 > 0 and not exempt(sb, request):
             f.force_429 -= 1
+            sb.injected["429" if f.retry_after is None else "429 with Retry-After"] += 1
             h = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else {}
             return PlainTextResponse(RATE_LIMIT_BODY, status_code=429, headers=headers | h)
         limited, remaining = sb.rate_limited(ctx.credential.key)
@@ -754,7 +760,10 @@ def log_request(sb: Sandbox, request: Request, status: int) -> None:
 async def access_token(request: Request) -> Response:
     """The token endpoint, with the configured faults; logged with the REST requests."""
     sb: Sandbox = request.app.state.sandbox
+    before = sum(sb.injected.values())
     response = await inject_fault(sb, request.url.path, request) or await _access_token(sb, request)
+    if sum(sb.injected.values()) > before:
+        sb.injected["token endpoint"] += 1
     log_request(sb, request, response.status_code)
     return response
 
