@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -388,8 +390,24 @@ def _settle(fut: asyncio.Future[int | None], outcome: int | BaseException | None
         fut.set_result(outcome)
 
 
+def _gone(owner: str) -> bool:
+    """Whether a lock's owner (``host:pid``) is a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process, say)
+    return False
+
+
 class Locks:
-    """Named leases in SQLite, so two processes never run the same pass."""
+    """Named leases in SQLite, so two processes never run the same pass. A lock is free once it
+    expires, or at once when its owner (``host:pid``) is a process of this host that is gone: a
+    process killed mid-pass (SIGKILL, OOM) never keeps its successor from running passes."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -397,11 +415,14 @@ class Locks:
     async def acquire(self, name: str, owner: str, ttl: float) -> bool:
         now = time.time()
         async with self.db.transaction() as conn:
+            async with conn.execute("SELECT owner FROM locks WHERE name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+            dead = str(row[0]) if row is not None and row[0] != owner and _gone(str(row[0])) else None
             cur = await conn.execute(
                 """INSERT INTO locks (name, owner, expires_at) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE SET
                    owner = excluded.owner, expires_at = excluded.expires_at
-                   WHERE locks.expires_at < ? OR locks.owner = excluded.owner""",
-                (name, owner, now + ttl, now),
+                   WHERE locks.expires_at < ? OR locks.owner = excluded.owner OR locks.owner = ?""",
+                (name, owner, now + ttl, now, dead),
             )
             return cur.rowcount == 1
 
