@@ -297,7 +297,7 @@ class Views:
                     SELECT id FROM personnel WHERE bitbucket_account_id = m.account_id ORDER BY id LIMIT 1)
                 LEFT JOIN e ON e.workspace = m.workspace AND e.account_id = m.account_id
                 LEFT JOIN personnel pe ON pe.email = e.email
-            )
+            ), w AS MATERIALIZED (
             SELECT v.*, p.email AS p_email, p.name AS p_name, p.kind AS p_kind, p.status AS p_status,
                    p.offboarded_on AS p_offboarded_on, p.owner AS p_owner,
                    mk.mark AS mark, mk.owner AS mark_owner,
@@ -305,7 +305,7 @@ class Views:
                    CASE WHEN p.status = 'offboarded' THEN 'offboarded' WHEN p.id IS NOT NULL THEN 'linked'
                         WHEN mk.mark IS NOT NULL THEN 'marked' ELSE 'unlinked' END AS link
             FROM v LEFT JOIN personnel p ON p.id = v.person_id
-            LEFT JOIN member_marks mk ON mk.workspace = v.workspace AND mk.account_id = v.account_id"""
+            LEFT JOIN member_marks mk ON mk.workspace = v.workspace AND mk.account_id = v.account_id)"""
         inner_params: list[Any] = [*wss, *wss]
         where: list[str] = []
         params: list[Any] = []
@@ -315,21 +315,25 @@ class Views:
             )
             params += [_like(q)] * 3
         base = " WHERE " + " AND ".join(where) if where else ""
-        counts = {
-            str(r[0]): int(r[1])
-            for r in await self.db.fetchall(
-                f"SELECT link, count(*) FROM ({inner}){base} GROUP BY link", [*inner_params, *params]
-            )
-        }
-        if link:
-            where.append("link = ?")
-            params.append(link)
-        filt = " WHERE " + " AND ".join(where) if where else ""
-        total = counts.get(link, 0) if link else sum(counts.values())
-        rows = await self.db.fetchall(
-            f"SELECT * FROM ({inner}){filt} ORDER BY {_order(MEMBER_SORTS, sort, desc, 'name')} LIMIT ? OFFSET ?",
-            [*inner_params, *params, limit, offset],
+        columns = (
+            "workspace account_id display_name permission linked_by p_email p_name p_kind p_status "
+            "p_offboarded_on p_owner mark mark_owner link"
+        ).split()
+        row_json = "json_object(" + ", ".join(f"'{c}', {c}" for c in columns) + ")"
+        # one statement: the member list is built once (MATERIALIZED), then counted and paged
+        order = _order(MEMBER_SORTS, sort, desc, "name")
+        found = await self.db.fetchall(
+            f"""{inner}, f AS (SELECT * FROM w{base})
+                SELECT 'c', link, count(*), NULL FROM f GROUP BY link
+                UNION ALL
+                SELECT 'r', NULL, pos, row FROM (
+                    SELECT {row_json} AS row, row_number() OVER (ORDER BY {order}) AS pos
+                    FROM f{" WHERE link = ?" if link else ""} ORDER BY pos LIMIT ? OFFSET ?)""",
+            [*inner_params, *params, *([link] if link else []), limit, offset],
         )
+        counts = {str(r[1]): int(r[2]) for r in found if r[0] == "c"}
+        total = counts.get(link, 0) if link else sum(counts.values())
+        rows = [json.loads(r[3]) for r in sorted((r for r in found if r[0] == "r"), key=lambda r: int(r[2]))]
         items = [
             {
                 "workspace": r["workspace"],
@@ -487,3 +491,57 @@ class Views:
             (f"-{days} days",),
         )
         return [{"day": str(r[0]), "delta": int(r[1] or 0)} for r in rows]
+
+    async def people(
+        self, *, status: str | None = None, q: str | None = None, limit: int = 50, offset: int = 0
+    ) -> Page:
+        """A page of the personnel directory (offboarded first, then by name), counts per status."""
+        await self._functions()
+        where: list[str] = []
+        params: list[Any] = []
+        if q:
+            where.append(
+                "(name LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\' OR bitbucket_account_id LIKE ? ESCAPE '\\')"
+            )
+            params += [_like(q)] * 3
+        base = " WHERE " + " AND ".join(where) if where else ""
+        counts = {
+            str(r[0]): int(r[1])
+            for r in await self.db.fetchall(f"SELECT status, count(*) FROM personnel{base} GROUP BY status", params)
+        }
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        filt = " WHERE " + " AND ".join(where) if where else ""
+        total = counts.get(status, 0) if status else sum(counts.values())
+        rows = await self.db.fetchall(
+            f"SELECT * FROM personnel{filt} ORDER BY status = 'active', lp_natkey(name), email LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return Page([dict(r) for r in rows], total, counts)
+
+    async def repo_updates(self, workspace: str) -> list[str]:
+        """``updated_on`` of every listed repository of a workspace (webhook health), one query."""
+        rows = await self.db.fetchall(
+            """SELECT json_extract(s.content, '$.updated_on') FROM snapshots l, json_each(l.content) j
+               JOIN snapshots s ON s.key = 'repo:' || j.value
+               WHERE l.key = ? AND l.content IS NOT NULL AND s.content IS NOT NULL""",
+            (f"repos:{workspace}",),
+        )
+        return [str(r[0]) for r in rows if r[0]]
+
+    async def not_admin_repositories(self, workspaces: Sequence[str]) -> list[str]:
+        """Repositories whose admin-only reads were refused for want of the admin permission."""
+        if not workspaces:
+            return []
+        marks = ",".join("?" * len(workspaces))
+        rows = await self.db.fetchall(
+            f"""SELECT DISTINCT coalesce(json_extract(r.content, '$.full_name'), substr(s.key, instr(s.key, ':') + 1))
+                FROM snapshots s LEFT JOIN snapshots r ON r.key = 'repo:' || substr(s.key, instr(s.key, ':') + 1)
+                WHERE s.workspace IN ({marks}) AND (s.key LIKE 'restrictions:%' OR s.key LIKE 'pipelines:%')
+                  AND json_valid(s.content) AND json_type(s.content) = 'object'
+                  AND json_extract(s.content, '$.unreadable.reason') = 'missing_permission'
+                ORDER BY 1""",
+            list(workspaces),
+        )
+        return [str(r[0]) for r in rows]

@@ -859,8 +859,23 @@ async def personnel_page(request: Request) -> Response:
         new = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
         await services.service.internal_event("lp:personnel", {"new_emails": new})
         return _back("/personnel", f"Imported {n} people.")
-    people = await store.records.people()
-    return render(request, "personnel.html", "Personnel", "/personnel", people=people)
+    q = request.query_params
+    number, _, _ = _page_args(request, {"name": "name"}, "name")
+    f = {
+        "status": q.get("status") if q.get("status") in ("active", "offboarded") else None,
+        "q": (q.get("q") or "").strip() or None,
+    }
+    page = await _views(request).people(**f, limit=PER_PAGE, offset=(number - 1) * PER_PAGE)
+    return render(
+        request,
+        "personnel.html",
+        "Personnel",
+        "/personnel",
+        people=page.items,
+        f=f,
+        counts=page.counts,
+        pager=_pager(request, page, number),
+    )
 
 
 async def rules_page(request: Request) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from app.store import Store
 
@@ -117,3 +118,37 @@ async def seed(store: Store, ws: str = "big", repos: int = 10_000, members: int 
                updated_at) VALUES (?,?,?,?,?,?,?,?)""",
             people,
         )
+
+
+# -- measuring a page in the browser ------------------------------------------------------------
+PAGES = (
+    "/",
+    "/findings",
+    "/findings?status=fail&sort=severity",
+    "/findings?q=repo-99&page=2",
+    "/findings/subject?check=branch-protection-enforced&subject=big/repo-5",
+    "/repositories",
+    "/repositories?class=unclassified&sort=project&dir=desc&page=20",
+    "/members",
+    "/members?link=unlinked&sort=name&dir=desc&page=40",
+    "/personnel",
+    "/events",
+    "/operations",
+    "/evidence",
+    "/exceptions",
+    "/connections",
+    "/settings",
+    "/audit-pack",
+)
+
+
+async def measure(page: Any, url: str) -> dict[str, float]:
+    """Open ``url`` and read the browser's navigation timing: ``server`` (request sent → last byte),
+    ``total`` (navigation start → load event end) in ms, and the HTML's size in bytes."""
+    await page.goto(url, wait_until="load")
+    timing = await page.evaluate(
+        """() => { const n = performance.getEntriesByType('navigation')[0];
+                   return {server: n.responseEnd - n.requestStart, total: n.loadEventEnd - n.startTime,
+                           bytes: n.transferSize || n.encodedBodySize}; }"""
+    )
+    return {k: float(v) for k, v in timing.items()}
