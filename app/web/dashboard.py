@@ -167,7 +167,8 @@ def todo(row: dict[str, Any], web_url: str, now: datetime) -> dict[str, Any]:
         "subject_type": row["subject_type"],
         "subject": row["subject"],
         "subject_key": row["subject_key"],
-        "name": row["subject_name"] or row["subject"],
+        # the human name: a repository's full name, a member's display name; the id comes second
+        "name": row["subject"] if row["subject_type"] != "member" else (row["subject_name"] or row["subject"]),
         "what": first_line(row["message"]),
         "message": row["message"],
         "fix": fix if failing else "",
