@@ -433,7 +433,7 @@ class Views:
                 (connection, workspace, tier),
             )
             now = await self.db.fetchone(
-                "SELECT id, state, received_at, started_at FROM events "
+                "SELECT id, state, received_at, started_at, caused FROM events "
                 "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
                 "AND state IN ('queued', 'running') AND json_extract(payload, '$.tier') = ? "
                 "ORDER BY id LIMIT 1",
@@ -446,7 +446,11 @@ class Views:
                 "last": dict(last) | {"caused": json.loads(last["caused"]) if last["caused"] else None}
                 if last
                 else None,
-                "current": dict(now) if now else None,
+                # a running pass's progress ({"done": n, "total": m, "waiting_until": ..., "why": ...})
+                # when the worker records it in ``caused`` while it runs; None until then
+                "current": dict(now) | {"progress": (json.loads(now["caused"]) or {}).get("progress")}
+                if now and now["caused"]
+                else (dict(now) | {"progress": None} if now else None),
                 "next_at": float(nxt[0]) if nxt else None,
             }
         return out
