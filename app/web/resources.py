@@ -5,7 +5,7 @@ events, so the API and the CLI share one code path with webhooks and the reconci
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -23,6 +23,8 @@ from app.models import iso, utcnow
 from app.settings import CHECK_IDS
 from app.store.facts import classify
 from app.store.snapshots import k_members, k_prs, k_repo, k_repos
+from app.store.views import Views
+from app.web import session
 from app.web.auth import require_admin
 from app.web.connect import not_admin_repositories
 from app.web.jsonbody import MAX_DEPTH, json_object, too_deep
@@ -32,6 +34,13 @@ from app.web.uploads import BadUpload, upload_form
 
 def _svc(request: Request) -> Any:
     require_admin(request)
+    return request.app.state.services
+
+
+async def _reader(request: Request) -> Any:
+    """Downloads (GET, nothing changes): the Bearer token, or a signed-in dashboard session."""
+    if request.headers.get("Authorization") or await session.session_id(request) is None:
+        require_admin(request)
     return request.app.state.services
 
 
@@ -85,7 +94,7 @@ async def history(request: Request) -> Response:
 
 
 async def export_findings(request: Request) -> Response:
-    services = _svc(request)
+    services = await _reader(request)
     items = [to_json(r) for r in await services.service.store.results.query()]
     fmt = request.path_params["fmt"]
     if fmt == "csv":
@@ -99,8 +108,57 @@ async def export_findings(request: Request) -> Response:
     raise Problem(404, "Unknown export", "use csv or json")
 
 
+def _day(request: Request, name: str, default: str) -> str:
+    raw = request.query_params.get(name) or default
+    try:
+        return datetime.fromisoformat(raw).date().isoformat()
+    except ValueError:
+        raise Problem(400, "Bad parameter", f"{name} must be a date (YYYY-MM-DD)") from None
+
+
+async def export_audit_pack(request: Request) -> Response:
+    """One ZIP for a period (``from``, ``to``: dates, both included; the last 90 days by default)."""
+    services = await _reader(request)
+    store = services.service.store
+    today = utcnow().date()
+    start = _day(request, "from", (today - timedelta(days=90)).isoformat())
+    end = _day(request, "to", today.isoformat())
+    if end < start:
+        raise Problem(400, "Bad parameter", "to must not be before from")
+    end_excl = (datetime.fromisoformat(end) + timedelta(days=1)).date().isoformat()
+    findings = [to_json(r) for r in await store.results.query()]
+    history = await Views(store.db).history_between(start, end_excl)
+    exceptions = [x for x in await exceptions_data(store) if x["created_at"] < end_excl and x["expires_at"] >= start]
+    evidence = [e for e in await evidence_data(store) if e["uploaded_at"] < end_excl and e["expires_at"] >= start]
+    files: dict[int, bytes] = {}
+    for e in evidence:
+        path = store.records.evidence_path(e["sha256"])
+        if path.is_file():
+            files[int(e["id"])] = path.read_bytes()
+    scope = [
+        {"connection": c["id"], "workspaces": c["workspaces"], "scopes": c["scopes"], "scope_report": c["scope_report"]}
+        for c in await connections_data(services)
+    ]
+    data = exports.audit_pack(
+        start=start,
+        end=end,
+        generated_at=iso(utcnow()),
+        findings=findings,
+        history=history,
+        exceptions=exceptions,
+        evidence=evidence,
+        evidence_files=files,
+        scope_report=scope,
+    )
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f"attachment; filename=audit-pack-{start}-to-{end}.zip"},
+    )
+
+
 async def export_ocsf(request: Request) -> Response:
-    services = _svc(request)
+    services = await _reader(request)
     rows = await services.service.store.results.history(limit=1_000_000)
     return PlainTextResponse(
         exports.ocsf_lines(rows),
@@ -364,7 +422,7 @@ async def evidence(request: Request) -> Response:
 
 
 async def evidence_file(request: Request) -> Response:
-    services = _svc(request)
+    services = await _reader(request)
     store = services.service.store
     try:
         eid = int(request.path_params["id"])
@@ -396,6 +454,7 @@ async def exceptions_data(store: Any) -> list[dict[str, Any]]:
             "expired": r["expires_at"] <= now,
             "active": r["inactive_reason"] is None and r["subject_key"] is not None and r["revoked_at"] is None,
             "inactive_reason": r["inactive_reason"],
+            "revoked_at": r["revoked_at"],
         }
         for r in rows
     ]
