@@ -97,7 +97,7 @@ async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO =
         for conn in await service.connections():
             if conn.status != "active":
                 continue
-            if conn.kind == "token" and settings.bitbucket_token is None:
+            if not service.configured(conn):
                 continue  # a token connection from an earlier run; its token is not configured now
             if conn.kind == "oauth" and service.crypto is None:
                 raise errors.ConfigError("LP_SECRET_KEY: required to use the OAuth connections in the database")
@@ -359,7 +359,7 @@ async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout
         except errors.BitbucketError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        conns = await service.connections()
+        conns = [c for c in await service.connections() if service.configured(c)]
         if not conns:
             raise errors.ConfigError("no connection: set LP_BITBUCKET_TOKEN and LP_WORKSPACES, or connect with OAuth")
         status = 0

@@ -87,6 +87,15 @@ class Service:
     async def connections(self) -> list[Connection]:
         return [c for c in await self.store.connections.all() if c.status != "disconnected"]
 
+    def configured(self, conn: Connection) -> bool:
+        """False for the token connection an earlier run stored once ``LP_BITBUCKET_TOKEN`` is gone
+        (token mode switched off): it is left alone rather than failing every use."""
+        return not (conn.kind == "token" and self.settings.bitbucket_token is None)
+
+    async def usable_connections(self) -> list[Connection]:
+        """Active connections whose credential is configured now."""
+        return [c for c in await self.connections() if c.status == "active" and self.configured(c)]
+
     # -- webhook secrets ----------------------------------------------------------------------
     def new_secret(self) -> str:
         secret = pysecrets.token_urlsafe(32)
