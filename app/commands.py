@@ -88,6 +88,7 @@ async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO =
         raise errors.ConfigError(f"{none} (no database at {settings.database})")
     async with running(settings) as services:
         service = services.service
+        await service.check_key()
         try:
             await service.ensure_token_connection()  # nothing without LP_BITBUCKET_TOKEN
         except errors.BitbucketError as exc:
@@ -354,6 +355,7 @@ async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout
         raise errors.ConfigError("LP_SECRET_KEY: required to store the webhook secret")
     async with running(settings, existing=action == "status") as services:
         service = services.service
+        await service.check_key()
         try:
             await service.ensure_token_connection()
         except errors.BitbucketError as exc:
@@ -417,6 +419,12 @@ def _event_line(e: dict[str, Any]) -> str:
     if e.get("error"):
         what += f" error: {e['error']}"
     return f"#{e['id']} {e['received_at']} {e['state']:<8} {e['event_key']:<28} {e['summary']} {ids}{what}".rstrip()
+
+
+async def check_key(settings: Settings) -> None:
+    """``serve``'s check, before it starts: the key reads what the database holds (else exit 2)."""
+    async with running(settings) as services:
+        await services.service.check_key()
 
 
 async def cmd_backup(settings: Settings, target: Path, out: TextIO = sys.stdout) -> int:

@@ -87,6 +87,16 @@ class Service:
     async def connections(self) -> list[Connection]:
         return [c for c in await self.store.connections.all() if c.status != "disconnected"]
 
+    async def check_key(self) -> None:
+        """Refuse (ConfigError, exit 2) an ``LP_SECRET_KEY`` that cannot decrypt the secrets and tokens
+        the database holds (a key changed without rotation), before anything is fetched."""
+        if self.crypto is None:
+            return
+        for conn in await self.connections():
+            for blob in (conn.webhook_secret, conn.webhook_secret_previous, conn.tokens):
+                if blob is not None:
+                    self.crypto.decrypt(blob)
+
     def configured(self, conn: Connection) -> bool:
         """False for the token connection an earlier run stored once ``LP_BITBUCKET_TOKEN`` is gone
         (token mode switched off): it is left alone rather than failing every use."""
