@@ -281,7 +281,7 @@ async def cmd_evidence_add(
         source = path.open("rb")  # streamed into the evidence folder, never read whole
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
-    async with running(settings) as services:
+    async with running(settings, existing=True) as services:  # evidence belongs with the product's data
         store = services.service.store
         known = await _known_workspaces(store)
         ws = workspace or (known[0] if len(known) == 1 else None)
@@ -321,7 +321,7 @@ async def cmd_evidence_add(
 async def cmd_exception_add(
     settings: Settings, check: str, subject: str, owner: str, reason: str, expires: str, out: TextIO = sys.stdout
 ) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, existing=True) as store:  # the subject must have been seen
         try:
             done = await record_exception(
                 store,
@@ -336,7 +336,7 @@ async def cmd_exception_add(
         except records.RecordError as exc:
             raise errors.ConfigError(str(exc)) from None
     req = done.request
-    async with running(settings) as services:
+    async with running(settings, existing=True) as services:
         lines = await through_log(services, "lp:exception", {"check": req.check, "subject": done.subject.key})
     print(
         f"exception {done.id}: {check} for {done.subject.name} ({done.subject.key}) valid through "
