@@ -315,6 +315,9 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     Crypto(settings.secret_key.get_secret_value())  # a bad key is a configuration error, before binding
     sock = listen(host, port)  # a busy port is one line and exit 2, before anything is opened
     with sock:
+        from app.commands import check_key
+
+        asyncio.run(check_key(settings))  # a key changed without rotation: one line and exit 2
         app = create_app(settings)
         server = uvicorn.Server(
             uvicorn.Config(

@@ -88,6 +88,7 @@ async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO =
         raise errors.ConfigError(f"{none} (no database at {settings.database})")
     async with running(settings) as services:
         service = services.service
+        await service.check_key()
         try:
             await service.ensure_token_connection()  # nothing without LP_BITBUCKET_TOKEN
         except errors.BitbucketError as exc:
@@ -97,7 +98,7 @@ async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO =
         for conn in await service.connections():
             if conn.status != "active":
                 continue
-            if conn.kind == "token" and settings.bitbucket_token is None:
+            if not service.configured(conn):
                 continue  # a token connection from an earlier run; its token is not configured now
             if conn.kind == "oauth" and service.crypto is None:
                 raise errors.ConfigError("LP_SECRET_KEY: required to use the OAuth connections in the database")
@@ -280,7 +281,7 @@ async def cmd_evidence_add(
         source = path.open("rb")  # streamed into the evidence folder, never read whole
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
-    async with running(settings) as services:
+    async with running(settings, existing=True) as services:  # evidence belongs with the product's data
         store = services.service.store
         known = await _known_workspaces(store)
         ws = workspace or (known[0] if len(known) == 1 else None)
@@ -320,7 +321,7 @@ async def cmd_evidence_add(
 async def cmd_exception_add(
     settings: Settings, check: str, subject: str, owner: str, reason: str, expires: str, out: TextIO = sys.stdout
 ) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, existing=True) as store:  # the subject must have been seen
         try:
             done = await record_exception(
                 store,
@@ -335,7 +336,7 @@ async def cmd_exception_add(
         except records.RecordError as exc:
             raise errors.ConfigError(str(exc)) from None
     req = done.request
-    async with running(settings) as services:
+    async with running(settings, existing=True) as services:
         lines = await through_log(services, "lp:exception", {"check": req.check, "subject": done.subject.key})
     print(
         f"exception {done.id}: {check} for {done.subject.name} ({done.subject.key}) valid through "
@@ -354,12 +355,13 @@ async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout
         raise errors.ConfigError("LP_SECRET_KEY: required to store the webhook secret")
     async with running(settings, existing=action == "status") as services:
         service = services.service
+        await service.check_key()
         try:
             await service.ensure_token_connection()
         except errors.BitbucketError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        conns = await service.connections()
+        conns = [c for c in await service.connections() if service.configured(c)]
         if not conns:
             raise errors.ConfigError("no connection: set LP_BITBUCKET_TOKEN and LP_WORKSPACES, or connect with OAuth")
         status = 0
@@ -417,6 +419,12 @@ def _event_line(e: dict[str, Any]) -> str:
     if e.get("error"):
         what += f" error: {e['error']}"
     return f"#{e['id']} {e['received_at']} {e['state']:<8} {e['event_key']:<28} {e['summary']} {ids}{what}".rstrip()
+
+
+async def check_key(settings: Settings) -> None:
+    """``serve``'s check, before it starts: the key reads what the database holds (else exit 2)."""
+    async with running(settings) as services:
+        await services.service.check_key()
 
 
 async def cmd_backup(settings: Settings, target: Path, out: TextIO = sys.stdout) -> int:

@@ -208,8 +208,8 @@ async def start_up(services: Services) -> None:
         await service.ensure_token_connection()
     except (errors.BitbucketError, errors.TokenError) as exc:
         log.error("startup.token_connection_failed", error=f"{type(exc).__name__}: {exc}")
-    for conn in await service.connections():
-        if conn.status != "active" or service.crypto is None:
+    for conn in await service.usable_connections():
+        if service.crypto is None:
             continue
         try:
             await ensure_hooks(service, conn)

@@ -53,9 +53,7 @@ class Scheduler:
     async def tick(self) -> list[int]:
         """One scheduling round; returns the ids of the events it appended."""
         appended: list[int] = []
-        for conn in await self.service.connections():
-            if conn.status != "active":
-                continue
+        for conn in await self.service.usable_connections():
             for ws in conn.workspaces:
                 tiers = [
                     *scheduled_tiers(self.settings),  # issue 13: repositories and restrictions tiers (app/tiers.py)

@@ -87,6 +87,25 @@ class Service:
     async def connections(self) -> list[Connection]:
         return [c for c in await self.store.connections.all() if c.status != "disconnected"]
 
+    async def check_key(self) -> None:
+        """Refuse (ConfigError, exit 2) an ``LP_SECRET_KEY`` that cannot decrypt the secrets and tokens
+        the database holds (a key changed without rotation), before anything is fetched."""
+        if self.crypto is None:
+            return
+        for conn in await self.connections():
+            for blob in (conn.webhook_secret, conn.webhook_secret_previous, conn.tokens):
+                if blob is not None:
+                    self.crypto.decrypt(blob)
+
+    def configured(self, conn: Connection) -> bool:
+        """False for the token connection an earlier run stored once ``LP_BITBUCKET_TOKEN`` is gone
+        (token mode switched off): it is left alone rather than failing every use."""
+        return not (conn.kind == "token" and self.settings.bitbucket_token is None)
+
+    async def usable_connections(self) -> list[Connection]:
+        """Active connections whose credential is configured now."""
+        return [c for c in await self.connections() if c.status == "active" and self.configured(c)]
+
     # -- webhook secrets ----------------------------------------------------------------------
     def new_secret(self) -> str:
         secret = pysecrets.token_urlsafe(32)

@@ -285,6 +285,16 @@ class Settings(BaseSettings):
             check_url(value.get_secret_value(), ("smtp", "smtps"))
         return value
 
+    @field_validator("bitbucket_token", "oauth_client_id", "oauth_client_secret", "admin_token")
+    @classmethod
+    def _credential(cls, value: SecretStr | str | None) -> SecretStr | str | None:
+        """A credential goes into an HTTP header or a form as it is: a line break, control character
+        or space (a pasted value, a CRLF .env) is refused here rather than failing every request."""
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if plain is not None and (_CONTROL.search(plain) or any(c.isspace() for c in plain)):
+            raise ValueError("must not contain spaces or control characters")
+        return value
+
     @field_validator("admin_token")
     @classmethod
     def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:

@@ -291,6 +291,7 @@ async def test_cli_evidence_add_over_the_limit(tmp_path: Path) -> None:
     settings = product_settings("http://127.0.0.1:9/2.0", tmp_path, 8000, LP_EVIDENCE_MAX_BYTES=str(LIMIT))
     big = tmp_path / "policy.pdf"
     big.write_bytes(_pdf(LIMIT + 1))
+    await (await Store.open(settings.database)).close()  # the product's database (the command needs one)
     with pytest.raises(ConfigError, match="larger than 64 KiB"):
         await cmd_evidence_add(settings, "workspace-mfa-enforced", "acme", None, None, big)
     assert _left_behind(tmp_path) == []
