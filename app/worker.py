@@ -31,7 +31,10 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
+
+from structlog.contextvars import bound_contextvars
 
 from app import errors
 from app.bitbucket.client import PRIORITY, BitbucketClient
@@ -165,19 +168,21 @@ class Worker:
     async def _isolated(self, cid: str, group: list[EventRow]) -> None:
         """A batch that raises is split: each event is tried alone, so only the event whose
         processing raises is retried (and ends ``dead``); the others go on."""
-        try:
-            await self._batch(cid, group)
-            return
-        except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
-            if len(group) == 1:
-                await self._failed(cid, group, exc)
-                return
-            log.warning("worker.batch_split", connection=cid, events=len(group), error=describe(exc))
-        for row in group:
+        with event_context(cid, group):
             try:
-                await self._batch(cid, [row])
-            except Exception as exc:  # noqa: BLE001 - see above
-                await self._failed(cid, [row], exc)
+                await self._batch(cid, group)
+                return
+            except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
+                if len(group) == 1:
+                    await self._failed(cid, group, exc)
+                    return
+                log.warning("worker.batch_split", connection=cid, events=len(group), error=describe(exc))
+        for row in group:
+            with event_context(cid, [row]):
+                try:
+                    await self._batch(cid, [row])
+                except Exception as exc:  # noqa: BLE001 - see above
+                    await self._failed(cid, [row], exc)
 
     async def _failed(self, cid: str, rows: list[EventRow], exc: BaseException) -> None:
         dead = await self.store.events.fail(rows, describe(exc), backoff_base=self.retry_base)
@@ -191,14 +196,13 @@ class Worker:
 
     # -- reconcile passes -----------------------------------------------------------------------
     async def _pass(self, row: EventRow) -> None:
-        try:
-            async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
-                await self._run_pass(row)
-        except Exception as exc:  # noqa: BLE001 - a failing pass never stops the worker or other passes
-            await self.store.events.fail([row], describe(exc), backoff_base=self.pass_retry_base)
-            log.warning(
-                "worker.pass_failed", event_id=row.id, workspace=row.payload.get("workspace"), error=describe(exc)
-            )
+        with event_context(row.connection_id, [row]):
+            try:
+                async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
+                    await self._run_pass(row)
+            except Exception as exc:  # noqa: BLE001 - a failing pass never stops the worker or other passes
+                await self.store.events.fail([row], describe(exc), backoff_base=self.pass_retry_base)
+                log.warning("worker.pass_failed", error=describe(exc))
         self._claimed.pop(row.id, None)  # not when cancelled: ``run`` gives that lease back
 
     async def _run_pass(self, row: EventRow) -> None:
@@ -390,6 +394,22 @@ class Worker:
         if self.on_delta:
             for d in deltas:
                 await self.on_delta(ws, d)
+
+
+def event_context(cid: str, rows: list[EventRow]) -> AbstractContextManager[None]:
+    """Bind the event id(s), connection and workspace to every log line written while these events
+    are processed (structlog contextvars), so one event's lines can be found by its id: a batch of
+    one binds ``event_id``; every batch binds ``event_ids``."""
+    ids = [r.id for r in rows]
+    workspaces = sorted({str(r.payload.get("workspace") or r.workspace or "") for r in rows} - {""})
+    bound: dict[str, Any] = {"connection": cid, "event_ids": ids}
+    if len(ids) == 1:
+        bound["event_id"] = ids[0]
+    if len(workspaces) == 1:
+        bound["workspace"] = workspaces[0]
+    elif workspaces:
+        bound["workspaces"] = workspaces
+    return bound_contextvars(**bound)
 
 
 class ResourcesUnreadable(Exception):
