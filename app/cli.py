@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from app import errors
+from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.logs import configure, get_logger, register_secret, scrub
 from app.models import STATUSES
 from app.settings import CHECK_IDS, Settings
@@ -178,16 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evidence",
         help="manual evidence for the MFA tests",
-        description="Get it from admin.atlassian.com: the organization's two-step verification report of the "
-        "workspace's members (member-mfa-enabled) or the authentication policy that requires 2SV "
-        "(workspace-mfa-enforced). A screenshot or PDF export is enough.",
+        description=" ".join(f"{c}: {REGISTRY[c].fix_text('WORKSPACE', '')}" for c in EVIDENCE_CHECKS),
     )
     ev = p.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
     r = ev.add_parser("add", help="record a PNG, JPEG or PDF file as evidence")
     r.add_argument(
         "--check",
         required=True,
-        choices=("member-mfa-enabled", "workspace-mfa-enforced"),
+        choices=EVIDENCE_CHECKS,
         help="the check it supports",
     )
     r.add_argument("--workspace", metavar="SLUG", help="the workspace (default: the only one the product knows)")

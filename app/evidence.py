@@ -13,12 +13,13 @@ from datetime import datetime
 from typing import BinaryIO
 
 from app import records
+from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.exceptions import UnknownSubject, resolve_subject
 from app.models import utcnow
 from app.store import Store
 from app.store.snapshots import k_members
 
-CHECKS = ("member-mfa-enabled", "workspace-mfa-enforced")
+CHECKS = EVIDENCE_CHECKS  # the tests that accept evidence (``Check.evidence``)
 
 
 class NoMemberList(records.RecordError):
@@ -49,9 +50,12 @@ async def record_evidence(
     """Record ``source`` (a binary file object, read in chunks) as evidence; raise RecordError
     (:class:`app.records.TooLarge` over ``max_bytes``) with nothing stored."""
     if check not in CHECKS:
-        raise records.RecordError("evidence is for member-mfa-enabled or workspace-mfa-enforced")
-    if check == "workspace-mfa-enforced" and member:
-        raise records.RecordError("workspace-mfa-enforced evidence is for the whole workspace, not a member")
+        raise records.RecordError(f"evidence is for {' or '.join(CHECKS)}")
+    accepts = REGISTRY[check].evidence
+    if member and "member" not in accepts:
+        raise records.RecordError(f"{check} evidence is for the whole workspace, not a member")
+    if not member and "workspace" not in accepts:
+        raise records.RecordError(f"{check} evidence is for one member (give the member)")
     if member is not None:
         # Resolved to the member's key when recorded; a member never seen is refused (checks.md).
         try:
@@ -61,7 +65,8 @@ async def record_evidence(
     now = utcnow()
     expires_at = records.evidence_expiry(now, expires, max_age_days)
     covered: list[str] | None = None
-    if check == "member-mfa-enabled" and member is None:
+    if REGISTRY[check].subject_type == "member" and member is None:
+        # A workspace-wide report for a member test covers who was a member at upload time.
         snap = await store.snapshots.get(k_members(workspace))
         if snap is None or not isinstance(snap.content, list):
             raise NoMemberList(

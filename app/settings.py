@@ -31,6 +31,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from app.checks import CHECK_IDS as CHECK_IDS  # re-exported: the valid ids come from the registry
+from app.checks import REGISTRY
 from app.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -43,17 +45,6 @@ _ADDRESS = re.compile(
 _NAMED_ADDRESS = re.compile(r"[^<>\",;@]*<(?P<address>[^<>]+)>")
 ENV_PREFIX = "LP_"
 MIN_ADMIN_TOKEN = 16
-
-CHECK_IDS = (
-    "repo-classified",
-    "member-mfa-enabled",
-    "workspace-mfa-enforced",
-    "merge-requires-passing-builds",
-    "merge-requires-peer-review",
-    "branch-protection-enforced",
-    "offboarded-access-removed",
-    "pipelines-enabled",
-)
 
 
 def parse_duration(text: str) -> float:
@@ -324,8 +315,8 @@ class Settings(BaseSettings):
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
-        """Test ids in effect: all but ``pipelines-enabled`` unless switched on, minus disabled."""
-        on = {c for c in CHECK_IDS if c != "pipelines-enabled"} | set(self.checks_enabled)
+        """Test ids in effect: those on by default and those switched on, minus those switched off."""
+        on = {c.id for c in REGISTRY.values() if c.default_on} | set(self.checks_enabled)
         return tuple(c for c in CHECK_IDS if c in on and c not in self.checks_disabled)
 
     def secret_values(self) -> list[str]:

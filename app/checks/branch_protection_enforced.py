@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from app.checks.base import (
+    BRANCH_RULE_FIX,
     PROJECT_LEVEL_NOTE,
     Check,
     Context,
@@ -78,4 +79,10 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=6,
+    fetches=frozenset({"repo", "restrictions", "branching_model"}),
+    scopes=("repository", "repository:admin"),
+    permissions=("repository admin",),
+    fix=BRANCH_RULE_FIX,
+    settings_link="{web_url}/{subject}/admin/branch-restrictions",
 )

@@ -119,4 +119,10 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=2,
+    fetches=frozenset({"members"}),
+    scopes=("account",),
+    fix=HOW_TO,
+    settings_link="https://admin.atlassian.com",
+    evidence=("member", "workspace"),
 )

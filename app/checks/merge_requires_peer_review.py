@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.checks.base import Check, Context, WorkspaceFacts
+from app.checks.base import BRANCH_RULE_FIX, Check, Context, WorkspaceFacts
 from app.checks.merge_requires_passing_builds import merge_check
 from app.models import Result
 
@@ -34,4 +34,10 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=5,
+    fetches=frozenset({"repo", "restrictions", "branching_model"}),
+    scopes=("repository", "repository:admin"),
+    permissions=("repository admin",),
+    fix=BRANCH_RULE_FIX,
+    settings_link="{web_url}/{subject}/admin/branch-restrictions",
 )

@@ -128,4 +128,9 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=7,
+    fetches=frozenset({"members", "emails"}),
+    scopes=("account",),
+    fix="Remove the account at admin.atlassian.com, or link it to a person in the personnel directory.",
+    settings_link="https://admin.atlassian.com",
 )

@@ -80,4 +80,10 @@ CHECK = Check(
     default_on=False,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=8,
+    fetches=frozenset({"repo", "pipelines", "last_build"}),
+    scopes=("repository", "repository:admin"),
+    permissions=("repository admin",),
+    fix="Enable Pipelines in Repository settings → Pipelines → Settings.",
+    settings_link="{web_url}/{subject}/admin/pipelines/settings",
 )

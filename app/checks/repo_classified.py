@@ -53,4 +53,9 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=1,
+    fetches=frozenset({"repo"}),
+    scopes=("repository",),
+    fix="Classify it: `lowerplane-bitbucket classify {subject} production` or on the dashboard.",
+    settings_link="{web_url}/{subject}",
 )

@@ -75,4 +75,8 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=3,
+    fix=HOW_TO,
+    settings_link="{web_url}/{ws}/workspace/settings",
+    evidence=("workspace",),
 )

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from app import errors, records
-from app.checks import REGISTRY
+from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.checks.base import valid_through
 from app.evidence import record_evidence
 from app.exceptions import record_exception
@@ -31,6 +31,7 @@ from app.web.uploads import upload_form
 TEMPLATES = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=select_autoescape(["html"])
 )
+TEMPLATES.globals["evidence_checks"] = EVIDENCE_CHECKS
 NAV = [
     ("/", "Overview"),
     ("/findings", "Findings"),

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import __version__
+from app.checks import EVIDENCE_CHECKS
 from app.models import STATUSES
 from app.settings import CHECK_IDS
 from app.web import api, resources
@@ -278,7 +279,7 @@ API_ROUTES: tuple[ApiRoute, ...] = (
                         "required": ["file", "check", "workspace"],
                         "properties": {
                             "file": {"type": "string", "format": "binary"},
-                            "check": {"type": "string", "enum": ["member-mfa-enabled", "workspace-mfa-enforced"]},
+                            "check": {"type": "string", "enum": list(EVIDENCE_CHECKS)},
                             "workspace": {"type": "string"},
                             "member": {"type": "string"},
                             "expires": {"type": "string", "format": "date"},

@@ -13,7 +13,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 
 from app import errors, exports, records
 from app.bitbucket.models import Repository
-from app.checks import REGISTRY, scope_report
+from app.checks import EVIDENCE_CHECKS, REGISTRY, scope_report
 from app.checks.base import Person, valid_through
 from app.evidence import NoMemberList, record_evidence
 from app.exceptions import UnknownSubject, record_exception
@@ -328,8 +328,8 @@ async def evidence(request: Request) -> Response:
         check = str(form.get("check") or "")
         if upload is None or isinstance(upload, str):
             raise Problem(400, "Bad upload", "file is required")
-        if check not in ("member-mfa-enabled", "workspace-mfa-enforced"):
-            raise Problem(400, "Bad upload", "check must be member-mfa-enabled or workspace-mfa-enforced")
+        if check not in EVIDENCE_CHECKS:
+            raise Problem(400, "Bad upload", f"check must be {' or '.join(EVIDENCE_CHECKS)}")
         member = str(form.get("member") or "") or None
         ws = str(form.get("workspace") or "")
         if not ws:
