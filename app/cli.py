@@ -221,12 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except BrokenPipeError:
         return _reader_left()
-    except errors.ConfigError as exc:
-        return _fail(2, str(exc))
     except KeyboardInterrupt:
         return 130
-    except errors.LowerplaneError as exc:
-        return _fail(1, str(exc))
+    except errors.LowerplaneError as exc:  # each class says its exit status (app/errors.py)
+        return _fail(exc.exit_code, str(exc))
     except Exception as exc:  # any other failure: one line and exit 1, never a traceback
         log.debug("cli.failed", exc_info=True)
         return _fail(1, f"{type(exc).__name__}: {exc}")

@@ -14,16 +14,13 @@ from typing import BinaryIO
 
 from app import records
 from app.checks import EVIDENCE_CHECKS, REGISTRY
+from app.errors import NoMemberList as NoMemberList
 from app.exceptions import UnknownSubject, resolve_subject
 from app.models import utcnow
 from app.store import Store
 from app.store.snapshots import k_members
 
 CHECKS = EVIDENCE_CHECKS  # the tests that accept evidence (``Check.evidence``)
-
-
-class NoMemberList(records.RecordError):
-    """A 2SV report cannot be recorded before the first reconcile has listed the members."""
 
 
 @dataclass(frozen=True)

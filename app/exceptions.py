@@ -11,13 +11,10 @@ from datetime import datetime
 
 from app import records
 from app.checks import REGISTRY
+from app.errors import UnknownSubject as UnknownSubject
 from app.models import iso, utcnow
 from app.store import Store
 from app.store.snapshots import k_members, k_repos
-
-
-class UnknownSubject(records.RecordError):
-    """The named subject is no repository, member or workspace the product has seen."""
 
 
 @dataclass(frozen=True)

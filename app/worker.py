@@ -385,7 +385,7 @@ class Worker:
             await self.store.events.defer([eid], time.time() + seconds)
         for r in retry:
             why = "; ".join(f"{k}: {failed[k]}" for f in plans[r.id].fetches if (k := f.key) in failed)
-            await self._failed(cid, [r], ResourcesUnreadable(why))
+            await self._failed(cid, [r], errors.ResourcesUnreadable(why))
         received = max((r.received_at for r in rows if r.source == "webhook"), default=None)
         if received:
             await self.store.connections.touch_delivery(cid, received)
@@ -410,10 +410,6 @@ def event_context(cid: str, rows: list[EventRow]) -> AbstractContextManager[None
     elif workspaces:
         bound["workspaces"] = workspaces
     return bound_contextvars(**bound)
-
-
-class ResourcesUnreadable(Exception):
-    """Some resources an event needs could not be read (the rest of its batch was written)."""
 
 
 def _strings(value: object) -> list[str]:

@@ -67,7 +67,7 @@ async def logout(request: Request) -> Response:
         return response
     form = await request.form()
     if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
-        raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+        raise errors.CsrfError()
     await session.end(request, sid, response)
     return response
 

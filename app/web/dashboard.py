@@ -75,7 +75,7 @@ async def _form(request: Request) -> dict[str, Any]:
     sid = await _sid(request)
     form = await request.form()
     if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
-        raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+        raise errors.CsrfError()
     return dict(form)
 
 
@@ -288,7 +288,7 @@ async def evidence(request: Request) -> Response:
             return _back("/evidence", str(exc))
         try:
             if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
-                raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+                raise errors.CsrfError()
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 return _back("/evidence", "Choose a file.")

@@ -402,12 +402,14 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Problem": {
                     "type": "object",
-                    "required": ["title", "status"],
+                    "description": "RFC 9457 problem details (application/problem+json): every error answer of "
+                    "the API, with the HTTP status its error class maps to (app/errors.py).",
+                    "required": ["type", "title", "status"],
                     "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
+                        "type": {"type": "string", "description": "always about:blank: the status says it all"},
+                        "title": {"type": "string", "description": "short, the same for every error of a kind"},
+                        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                        "detail": {"type": "string", "description": "what was wrong with this request"},
                     },
                 }
             },

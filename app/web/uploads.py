@@ -14,13 +14,10 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from app.records import RecordError, TooLarge
+from app.errors import BadUpload as BadUpload
+from app.errors import TooLarge
 
 FORM_OVERHEAD = 64 * 1024  # part headers and the small fields beside the file
-
-
-class BadUpload(RecordError):
-    """Not a multipart/form-data body."""
 
 
 async def upload_form(request: Request, max_bytes: int) -> FormData:
