@@ -13,13 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 from app import checks
-from app.checks.base import EVIDENCE_SCOPES, FETCH_KINDS, ExceptionGrant
+from app.checks.base import EVIDENCE_SCOPES, FETCH_KINDS
 from app.planner import Fetch
-from tests.checks.helpers import NOW, PROTECTED, facts
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app"
@@ -62,20 +60,6 @@ def test_what_a_check_declares_is_well_formed() -> None:
     for kind in FETCH_KINDS:
         assert Fetch(kind, "acme").key.startswith(kind + ":")
     assert set(checks.REGISTRY) == set(checks.CHECK_IDS)
-
-
-def test_exception_turns_fail_into_excepted_until_expiry() -> None:
-    check = next(iter(checks.BRANCH_CHECKS))
-    grant = ExceptionGrant(1, check, "{r1}", "cto", "legacy", NOW + timedelta(days=10))
-    ws = checks.WorkspaceFacts("acme", (facts(()),), exceptions=(grant,))
-    [r] = checks.evaluate(ws, checks.Context("acme", NOW), [check])
-    assert r.status == "excepted" and r.details["exception"]["owner"] == "cto"
-    [later] = checks.evaluate(ws, checks.Context("acme", NOW + timedelta(days=11)), [check])
-    assert later.status == "fail"
-    [passing] = checks.evaluate(
-        checks.WorkspaceFacts("acme", (facts(PROTECTED),), exceptions=(grant,)), checks.Context("acme", NOW), [check]
-    )
-    assert passing.status == "pass"  # an exception never hides a pass
 
 
 NEW_CHECK = '''"""Pure. ``repo-has-description``: a repository should say what it is.
