@@ -1,4 +1,4 @@
-"""Command line (``lowerplane-bitbucket`` / ``python -m app``): the commands of interface.md.
+"""Command line (``lowerplane-bitbucket`` / ``python -m app``): the commands of docs/interface.md.
 
 Exit status: 0 success, 2 bad usage or configuration (one-line reason on stderr), 1 a run that
 could not finish (for example Bitbucket unreachable).

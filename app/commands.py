@@ -28,7 +28,7 @@ from app.main import Services, build_services
 from app.models import SEVERITY_ORDER, iso, utcnow
 from app.settings import CHECK_IDS, Settings
 from app.store import Store
-from app.store.snapshots import k_repo, k_repos
+from app.store.snapshots import listed_repos
 
 
 def _unusable(path: Path, exc: sqlite3.Error | OSError) -> errors.ConfigError:
@@ -197,12 +197,10 @@ async def cmd_classify(settings: Settings, target: str, cls: str, out: TextIO = 
     async with running(settings, existing=True) as services:
         store = services.service.store
         snaps = await store.snapshots.load(ws)
-        repos = snaps.get(k_repos(ws))
         match = None
-        for uuid in repos.content if repos and repos.content else []:
-            snap = snaps.get(k_repo(uuid))
-            if snap and snap.content and (snap.content["slug"] == slug or snap.content["full_name"] == target):
-                match = snap.content
+        for _, content in listed_repos(snaps, ws):
+            if content["slug"] == slug or content["full_name"] == target:
+                match = content
         if match is None:
             raise errors.ConfigError(f"unknown repository {target!r} (run `reconcile` first so the product knows it)")
         await store.records.set_class(match["uuid"], ws, match["full_name"], cls, "cli", iso(utcnow()))

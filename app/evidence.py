@@ -54,7 +54,7 @@ async def record_evidence(
     if not member and "workspace" not in accepts:
         raise records.RecordError(f"{check} evidence is for one member (give the member)")
     if member is not None:
-        # Resolved to the member's key when recorded; a member never seen is refused (checks.md).
+        # Resolved to the member's key when recorded; a member never seen is refused (docs/checks.md).
         try:
             member = (await resolve_subject(store, check, member, workspace)).key
         except UnknownSubject as exc:

@@ -1,4 +1,4 @@
-"""Recording an accepted risk, for the CLI, the API and the dashboard alike (checks.md
+"""Recording an accepted risk, for the CLI, the API and the dashboard alike (docs/checks.md
 "Exceptions"): validate the request, resolve the subject the user names to its stable key (a
 repository's uuid, a member's account id, the workspace slug) so the exception follows a renamed
 repository and never covers a new one that takes the old name, and refuse a subject the product
@@ -14,7 +14,7 @@ from app.checks import REGISTRY
 from app.errors import UnknownSubject as UnknownSubject
 from app.models import iso, utcnow
 from app.store import Store
-from app.store.snapshots import k_members, k_repos
+from app.store.snapshots import k_members, listed_repos
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,7 @@ async def resolve_subject(store: Store, check: str, subject: str, workspace: str
             continue
         snaps = await store.snapshots.load(ws, ("repos", "repo", "members"))
         if wanted == "repository":
-            listed = snaps.get(k_repos(ws))
-            current = set(listed.content) if listed is not None and isinstance(listed.content, list) else set()
-            for snap in snaps.values():
-                content = snap.content
-                if snap.kind != "repo" or not isinstance(content, dict) or content.get("uuid") not in current:
-                    continue
+            for _, content in listed_repos(snaps, ws):
                 if text.lower() == str(content.get("full_name", "")).lower() or text == content.get("uuid"):
                     return Subject(ws, "repository", str(content["uuid"]), str(content["full_name"]))
         else:

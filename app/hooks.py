@@ -19,7 +19,7 @@ from app.logs import get_logger
 from app.planner import USED_EVENTS
 from app.service import Service
 from app.store.connections import Connection
-from app.store.snapshots import k_repo, k_repos
+from app.store.snapshots import listed_repos
 
 log = get_logger("hooks")
 SILENCE_GRACE = timedelta(minutes=15)
@@ -93,7 +93,7 @@ async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any
             entry = await _one(client, ws, None, hooks, url, described, ws_events, secret, new_secret)
             state.append(_registered(entry, stored, now))
         except errors.ForbiddenError:
-            # Workspace hooks need a workspace owner (bitbucket-facts.md): fall back to repositories.
+            # Workspace hooks need a workspace owner (docs/bitbucket-facts.md): fall back to repositories.
             repo_events = repo_events or await _desired(client, "repository")
             for repo in await client.repositories(ws):
                 stored = _stored(conn, ws, repo.full_name)
@@ -201,10 +201,9 @@ async def health(service: Service, conn: Connection, now: datetime | None = None
     for ws in conn.workspaces:
         marks = [e["registered_at"] for e in conn.hooks if e.get("workspace") == ws and e.get("registered_at")]
         registered = max((_when(m) for m in marks), default=None)
-        listed = await service.store.snapshots.get(k_repos(ws))
-        for uuid in listed.content if listed and listed.content else []:
-            snap = await service.store.snapshots.get(k_repo(uuid))
-            updated = snap.content.get("updated_on") if snap and snap.content else None
+        snaps = await service.store.snapshots.load(ws, ("repos", "repo"))
+        for _, content in listed_repos(snaps, ws):
+            updated = content.get("updated_on")
             if not updated:
                 continue
             if newest is None or updated > newest:

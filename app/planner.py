@@ -66,9 +66,6 @@ USED_EVENTS = frozenset(
         "project:updated",
     }
 )
-INTERNAL_EVENTS = frozenset(
-    {"lp:reconcile", "lp:classification", "lp:personnel", "lp:evidence", "lp:exception", "lp:expiry"}
-)
 
 
 @dataclass(frozen=True, order=True)
@@ -108,12 +105,8 @@ class Plan:
     checks: frozenset[str] = field(default_factory=frozenset)  # limit re-evaluation to these tests (empty: all)
     ignored: bool = False
 
-    @property
-    def api_free(self) -> bool:
-        return not self.fetches and self.tier is None
 
-
-def _full(ws: str, uuid: str, enabled: frozenset[str]) -> tuple[Fetch, ...]:
+def _full(ws: str, uuid: str) -> tuple[Fetch, ...]:
     return (Fetch("repo_full", ws, uuid),)
 
 
@@ -152,13 +145,13 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
     if event_key == "repo:deleted":
         return Plan(retire=(uuid,))
     if event_key in ("repo:created", "repo:imported", "repo:transfer"):
-        return Plan(fetches=_full(ws, uuid, enabled), repos=(uuid,))
+        return Plan(fetches=_full(ws, uuid), repos=(uuid,))
     if event_key == "repo:fork":
         fork = payload.get("fork_uuid")
-        return Plan(fetches=_full(ws, str(fork), enabled), repos=(str(fork),)) if fork else Plan()
+        return Plan(fetches=_full(ws, str(fork)), repos=(str(fork),)) if fork else Plan()
     if repo is None:
         # A repository we have never read: read it in full (it may be new, or the pass missed it).
-        return Plan(fetches=_full(ws, uuid, enabled), repos=(uuid,))
+        return Plan(fetches=_full(ws, uuid), repos=(uuid,))
     if event_key == "repo:updated":
         return Plan(fetches=(Fetch("repo", ws, uuid),), repos=(uuid,))
     if event_key.startswith("pullrequest:"):

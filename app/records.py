@@ -75,7 +75,7 @@ def person_from_row(row: dict[str, Any], where: str) -> Person:
 
 
 def check_dates(p: Person, where: str, today: date) -> None:
-    """checks.md: ``offboarded_on`` only with ``status=offboarded`` (a future date schedules it)."""
+    """docs/checks.md: ``offboarded_on`` only with ``status=offboarded`` (a future date schedules it)."""
     if p.offboarded_on is None or p.status == "offboarded":
         return
     if p.offboarded_on < today.isoformat():

@@ -8,7 +8,7 @@ affected (test, subject) pairs (:mod:`app.evaluate`). Passes (``lp:reconcile``) 
 batches, under a lock, with low budget priority: :mod:`app.reconcile` plans them, and the same
 fetch and evaluate steps do the rest.
 
-Failure stays where it happened (checks.md "A fetch that fails"):
+Failure stays where it happened (docs/checks.md "A fetch that fails"):
 
 - a resource that cannot be read (any status, timeout, unreadable body, a ``next`` link to
   another host, a token failure) only turns its own snapshot stale; the rest of the batch is

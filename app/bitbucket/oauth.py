@@ -1,6 +1,6 @@
 """OAuth 2.0 with Bitbucket Cloud: authorization-code flow, refresh with rotation, token source.
 
-bitbucket-facts.md "Authentication": authorize at ``{LP_BITBUCKET_URL}/site/oauth2/authorize``
+docs/bitbucket-facts.md "Authentication": authorize at ``{LP_BITBUCKET_URL}/site/oauth2/authorize``
 (``client_id``, ``response_type=code``, ``state``); exchange and refresh at
 ``/site/oauth2/access_token`` with HTTP Basic ``client_id:secret``. Scopes are set on the
 consumer; ``expires_in`` is read from each answer; every refresh rotates the refresh token, so the

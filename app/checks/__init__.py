@@ -1,4 +1,4 @@
-"""Pure: the security tests of checks.md, one module each, and the registry found from them.
+"""Pure: the security tests of docs/checks.md, one module each, and the registry found from them.
 
 ``evaluate(facts, ctx, enabled)`` runs the enabled tests on one workspace and applies exceptions:
 a ``fail`` covered by an unexpired exception reads ``excepted``. An exception is matched by the

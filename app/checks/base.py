@@ -6,7 +6,7 @@ A fact that could not be read carries why: ``missing_scope`` (the credential lac
 (5xx, timeout, 429 after retries), so a test can answer ``unknown`` or let the findings diff keep
 the last result as stale, never ``fail``.
 
-Every ``unknown`` says why in ``details.reason``, one of :data:`UNKNOWN_REASONS` (checks.md
+Every ``unknown`` says why in ``details.reason``, one of :data:`UNKNOWN_REASONS` (docs/checks.md
 "Results"), and, where the user can fix it, how in ``details.fix`` and the message.
 """
 
@@ -94,7 +94,7 @@ class Evidence:
 @dataclass(frozen=True)
 class ExceptionGrant:
     """An accepted risk for (test, subject key): a repository uuid, a member account id or a
-    workspace slug, never a name (checks.md "Exceptions")."""
+    workspace slug, never a name (docs/checks.md "Exceptions")."""
 
     id: int
     check: str
@@ -201,7 +201,7 @@ def member_result(check: Check, ws: str, m: MemberFacts, status: str, message: s
 
 
 def out_of_scope(check: Check, facts: RepoFacts) -> Result | None:
-    """``not_applicable`` for a repository classified non-production (checks.md, classification)."""
+    """``not_applicable`` for a repository classified non-production (docs/checks.md, classification)."""
     if facts.repo_class == "non-production":
         return repo_result(
             check,

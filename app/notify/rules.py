@@ -1,4 +1,4 @@
-"""Pure: which result changes are worth an alert (checks.md "Changes worth an alert").
+"""Pure: which result changes are worth an alert (docs/checks.md "Changes worth an alert").
 
 An alert goes out when a result moves between pass/not_applicable/excepted and fail/unknown (an
 expired exception or evidence shows up as such a move), when an ``unknown`` is confirmed as a
@@ -33,7 +33,7 @@ def subject_url(r: Result, web_url: str) -> str:
 
 def how_to_fix(r: Result) -> str:
     if r.status == "unknown" and r.details.get("fix"):
-        return str(r.details["fix"])  # why it is unknown and how to fix it (checks.md "Results")
+        return str(r.details["fix"])  # why it is unknown and how to fix it (docs/checks.md "Results")
     if r.status == "unknown" and r.details.get("missing_scope"):
         return f"Reconnect with the `{r.details['missing_scope']}` scope."
     if r.status == "unknown" and r.details.get("missing_permission"):

@@ -48,11 +48,6 @@ class Records:
             (at, actor, action, kind, oid, json.dumps(details, default=str)),
         )
 
-    async def audit_log(self, object_type: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM audit" + (" WHERE object_type = ?" if object_type else "") + " ORDER BY id"
-        rows = await self.db.fetchall(sql, (object_type,) if object_type else ())
-        return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
-
     # -- classification ----------------------------------------------------------------------
     async def set_class(self, repo_uuid: str, workspace: str, full_name: str, cls: str, actor: str, now: str) -> None:
         async with self.db.transaction() as conn:
