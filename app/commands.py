@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from app import errors, exports, records
+from app import errors, exports, record_input
 from app.checks import REGISTRY
 from app.checks.base import valid_through
 from app.crypto import Crypto
@@ -245,15 +245,15 @@ async def cmd_personnel_import(settings: Settings, path: Path, out: TextIO = sys
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
     try:
-        people = records.parse_personnel(data, path.name)
-    except records.RecordError as exc:
+        people = record_input.parse_personnel(data, path.name)
+    except record_input.RecordError as exc:
         raise errors.ConfigError(str(exc)) from None
     async with running(settings) as services:
         store = services.service.store
         directory = await store.records.people()
         try:
-            records.check_account_conflicts(people, directory)
-        except records.RecordError as exc:
+            record_input.check_account_conflicts(people, directory)
+        except record_input.RecordError as exc:
             raise errors.ConfigError(str(exc)) from None
         known = {p.email for p in directory}
         n = await store.records.import_people(people, "cli", iso(utcnow()))
@@ -297,7 +297,7 @@ async def cmd_evidence_add(
                 max_age_days=settings.evidence_max_age_days,
                 max_bytes=settings.evidence_max_bytes,
             )
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             raise errors.ConfigError(str(exc)) from None
         lines = await through_log(services, "lp:evidence", {"workspace": ws, "check": check})
     scope = (
@@ -330,7 +330,7 @@ async def cmd_exception_add(
                 actor="cli",
                 known_checks=CHECK_IDS,
             )
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             raise errors.ConfigError(str(exc)) from None
     req = done.request
     async with running(settings) as services:
@@ -346,7 +346,7 @@ async def cmd_exception_add(
 
 
 async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout) -> int:
-    from app.hooks import ensure_hooks, health
+    from app.webhook_registration import ensure_hooks, health
 
     if settings.secret_key is None:
         raise errors.ConfigError("LP_SECRET_KEY: required to store the webhook secret")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from app import records
+from app import record_input
 from app.checks import REGISTRY
 from app.errors import UnknownSubject as UnknownSubject
 from app.models import iso, utcnow
@@ -61,7 +61,7 @@ async def resolve_subject(store: Store, check: str, subject: str, workspace: str
 @dataclass(frozen=True)
 class Granted:
     id: int
-    request: records.ExceptionRequest
+    request: record_input.ExceptionRequest
     subject: Subject
 
 
@@ -79,7 +79,7 @@ async def record_exception(
 ) -> Granted:
     """Validate, resolve the subject to its key and store the exception; raises RecordError."""
     now = now or utcnow()
-    req = records.check_exception(check, subject, owner, reason, expires, now, known_checks)
+    req = record_input.check_exception(check, subject, owner, reason, expires, now, known_checks)
     found = await resolve_subject(store, req.check, req.subject)
     xid = await store.records.add_exception(
         req.check, found.name, req.owner, req.reason, req.expires_at, actor, iso(now), subject_key=found.key

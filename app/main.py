@@ -199,7 +199,7 @@ async def build_services(
 
 async def start_up(services: Services) -> None:
     """Token connection and webhooks; failures are logged, never fatal (the reconcile still runs)."""
-    from app.hooks import ensure_hooks
+    from app.webhook_registration import ensure_hooks
 
     service = services.service
     try:

@@ -269,7 +269,7 @@ class Worker:
         repairs them; a silent hook is logged as a health warning."""
         if self.service is None:
             return None
-        from app.hooks import ensure_hooks, health  # local import: hooks imports this module's siblings
+        from app.webhook_registration import ensure_hooks, health  # local import: hooks imports this module's siblings
 
         conn = await self.store.connections.get(conn_id)
         if conn is None or not conn.hooks or self.service.crypto is None:

@@ -22,7 +22,7 @@ from app.checks.base import (
     repo_result,
     settings_url,
 )
-from app.checks.coverage import covering, describe
+from app.checks.branch_coverage import covering, describe
 from app.models import Result
 
 REQUIRED = {"force": "force pushes", "delete": "branch deletion", "push": "direct pushes"}

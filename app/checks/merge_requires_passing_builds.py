@@ -24,7 +24,7 @@ from app.checks.base import (
     repo_result,
     settings_url,
 )
-from app.checks.coverage import covering, describe
+from app.checks.branch_coverage import covering, describe
 from app.models import Result
 
 KINDS = ("require_passing_builds_to_merge",)

@@ -20,7 +20,7 @@ from app.bitbucket.models import (
     Repository,
 )
 from app.checks.base import MemberFacts, Person, RepoFacts, Unreadable, WorkspaceFacts
-from app.checks.coverage import glob_matches
+from app.checks.branch_coverage import glob_matches
 from app.planner import KnownRepo
 from app.store.snapshots import (
     Snapshot,

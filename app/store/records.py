@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.checks.base import Evidence, ExceptionGrant, Person
-from app.records import TooLarge
+from app.record_input import TooLarge
 from app.store.db import Database
 
 CHUNK = 1024 * 1024

@@ -166,7 +166,7 @@ async def callback(request: Request) -> Response:
     service.pool.drop(cid)
     conn = await service.store.connections.get(cid)
     assert conn is not None
-    from app.hooks import ensure_hooks
+    from app.webhook_registration import ensure_hooks
 
     try:
         await ensure_hooks(service, conn)

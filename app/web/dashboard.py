@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from app import errors, records
+from app import errors, record_input
 from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.checks.base import valid_through
 from app.evidence import record_evidence
@@ -282,9 +282,9 @@ async def evidence(request: Request) -> Response:
         settings = request.app.state.settings
         try:
             form = await upload_form(request, settings.evidence_max_bytes)
-        except records.TooLarge as exc:
+        except record_input.TooLarge as exc:
             return await _evidence_page(request, str(exc), 413)
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             return _back("/evidence", str(exc))
         try:
             if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
@@ -306,9 +306,9 @@ async def evidence(request: Request) -> Response:
                 max_age_days=settings.evidence_max_age_days,
                 max_bytes=settings.evidence_max_bytes,
             )
-        except records.TooLarge as exc:
+        except record_input.TooLarge as exc:
             return await _evidence_page(request, str(exc), 413)
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             return _back("/evidence", str(exc))
         finally:
             await form.close()
@@ -343,7 +343,7 @@ async def exceptions(request: Request) -> Response:
                 actor="dashboard",
                 known_checks=CHECK_IDS,
             )
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             return _back("/exceptions", str(exc).replace("--", ""))
         await services.service.internal_event(
             "lp:exception", {"check": done.request.check, "subject": done.subject.key}

@@ -1,7 +1,7 @@
 """Multipart uploads with the size limit enforced while the body is read.
 
 The request body is counted as it streams in: a ``Content-Length`` over the limit is refused before
-reading, and a body (chunked or not) that grows past it stops at once (:class:`app.records.TooLarge`,
+reading, and a body (chunked or not) that grows past it stops at once (:class:`app.record_input.TooLarge`,
 HTTP 413). The file part is spooled to a temporary file on disk (at most 1 MiB in memory) and
 then streamed into the evidence folder, so memory stays flat whatever the upload's size.
 """

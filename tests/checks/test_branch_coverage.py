@@ -1,4 +1,4 @@
-"""Branch coverage (``app/checks/coverage.py``) and what every branch test does first."""
+"""Branch coverage (``app/checks/branch_coverage.py``) and what every branch test does first."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from app import checks
 from app.bitbucket.models import BranchingModel, BranchType
 from app.checks.base import Context, Unreadable, WorkspaceFacts
-from app.checks.coverage import covering, glob_matches
+from app.checks.branch_coverage import covering, glob_matches
 from tests.checks.helpers import NOW, PROTECTED, br, facts, run
 
 
