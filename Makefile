@@ -1,5 +1,6 @@
 # make demo: run the product end to end on the built-in Bitbucket sandbox.
 # make test: lint (ruff, with the layering rules), types (mypy --strict), the whole pytest suite.
+# make test-fast: the fast tier of the suite alone (no browser, wheel, demo, subprocess-heavy tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ export UV_NO_PROGRESS ?= 1
 LOCK_FLAGS := --universal --python-version 3.11 --custom-compile-command "make lock" --quiet $(if $(UPGRADE),--upgrade)
 PORT ?=
 
-.PHONY: demo test lint types pytest bench clean install browser lock screenshots
+.PHONY: demo test test-fast lint types pytest bench clean install browser lock screenshots
 
 $(UV): requirements/bootstrap.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,10 @@ pytest: $(STAMP) browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test: lint types pytest
+
+# The tests marked slow (tests/conftest.py SLOW_FILES) are left out; `make test` runs them all.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
 
 # Retake the README's screenshots (docs/screenshots); a plain test run writes them to a tmp folder.
 screenshots: $(STAMP) browser

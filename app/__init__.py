@@ -1,6 +1,6 @@
 """lowerplane-bitbucket: read-only Bitbucket Cloud compliance monitoring.
 
-One road for every trigger (see README and ../shared/docs/architecture.md)::
+One road for every trigger (see README and docs/architecture.md)::
 
     receive   Bitbucket --webhook--> web (verify, parse: bitbucket.sansio) ---+
               scheduler, reconcile (cron), CLI, API, expiries --(events)------+

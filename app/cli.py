@@ -1,4 +1,4 @@
-"""Command line (``lowerplane-bitbucket`` / ``python -m app``): the commands of interface.md.
+"""Command line (``lowerplane-bitbucket`` / ``python -m app``): the commands of docs/interface.md.
 
 Exit status: 0 success, 2 bad usage or configuration (one-line reason on stderr), 1 a run that
 could not finish (for example Bitbucket unreachable).
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from app import errors
+from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.logs import configure, get_logger, register_secret, scrub
 from app.models import STATUSES
 from app.settings import CHECK_IDS, Settings
@@ -178,16 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evidence",
         help="manual evidence for the MFA tests",
-        description="Get it from admin.atlassian.com: the organization's two-step verification report of the "
-        "workspace's members (member-mfa-enabled) or the authentication policy that requires 2SV "
-        "(workspace-mfa-enforced). A screenshot or PDF export is enough.",
+        description=" ".join(f"{c}: {REGISTRY[c].fix_text('WORKSPACE', '')}" for c in EVIDENCE_CHECKS),
     )
     ev = p.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
     r = ev.add_parser("add", help="record a PNG, JPEG or PDF file as evidence")
     r.add_argument(
         "--check",
         required=True,
-        choices=("member-mfa-enabled", "workspace-mfa-enforced"),
+        choices=EVIDENCE_CHECKS,
         help="the check it supports",
     )
     r.add_argument("--workspace", metavar="SLUG", help="the workspace (default: the only one the product knows)")
@@ -222,12 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except BrokenPipeError:
         return _reader_left()
-    except errors.ConfigError as exc:
-        return _fail(2, str(exc))
     except KeyboardInterrupt:
         return 130
-    except errors.LowerplaneError as exc:
-        return _fail(1, str(exc))
+    except errors.LowerplaneError as exc:  # each class says its exit status (app/errors.py)
+        return _fail(exc.exit_code, str(exc))
     except Exception as exc:  # any other failure: one line and exit 1, never a traceback
         log.debug("cli.failed", exc_info=True)
         return _fail(1, f"{type(exc).__name__}: {exc}")

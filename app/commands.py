@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from app import errors, exports, records
+from app import errors, exports, record_input
 from app.checks import REGISTRY
 from app.checks.base import valid_through
 from app.crypto import Crypto
@@ -28,7 +28,7 @@ from app.main import Services, build_services
 from app.models import SEVERITY_ORDER, iso, utcnow
 from app.settings import CHECK_IDS, Settings
 from app.store import Store
-from app.store.snapshots import k_repo, k_repos
+from app.store.snapshots import listed_repos
 
 
 def _unusable(path: Path, exc: sqlite3.Error | OSError) -> errors.ConfigError:
@@ -198,12 +198,10 @@ async def cmd_classify(settings: Settings, target: str, cls: str, out: TextIO = 
     async with running(settings, existing=True) as services:
         store = services.service.store
         snaps = await store.snapshots.load(ws)
-        repos = snaps.get(k_repos(ws))
         match = None
-        for uuid in repos.content if repos and repos.content else []:
-            snap = snaps.get(k_repo(uuid))
-            if snap and snap.content and (snap.content["slug"] == slug or snap.content["full_name"] == target):
-                match = snap.content
+        for _, content in listed_repos(snaps, ws):
+            if content["slug"] == slug or content["full_name"] == target:
+                match = content
         if match is None:
             raise errors.ConfigError(f"unknown repository {target!r} (run `reconcile` first so the product knows it)")
         await store.records.set_class(match["uuid"], ws, match["full_name"], cls, "cli", iso(utcnow()))
@@ -248,15 +246,15 @@ async def cmd_personnel_import(settings: Settings, path: Path, out: TextIO = sys
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
     try:
-        people = records.parse_personnel(data, path.name)
-    except records.RecordError as exc:
+        people = record_input.parse_personnel(data, path.name)
+    except record_input.RecordError as exc:
         raise errors.ConfigError(str(exc)) from None
     async with running(settings) as services:
         store = services.service.store
         directory = await store.records.people()
         try:
-            records.check_account_conflicts(people, directory)
-        except records.RecordError as exc:
+            record_input.check_account_conflicts(people, directory)
+        except record_input.RecordError as exc:
             raise errors.ConfigError(str(exc)) from None
         known = {p.email for p in directory}
         n = await store.records.import_people(people, "cli", iso(utcnow()))
@@ -300,7 +298,7 @@ async def cmd_evidence_add(
                 max_age_days=settings.evidence_max_age_days,
                 max_bytes=settings.evidence_max_bytes,
             )
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             raise errors.ConfigError(str(exc)) from None
         lines = await through_log(services, "lp:evidence", {"workspace": ws, "check": check})
     scope = (
@@ -333,7 +331,7 @@ async def cmd_exception_add(
                 actor="cli",
                 known_checks=CHECK_IDS,
             )
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             raise errors.ConfigError(str(exc)) from None
     req = done.request
     async with running(settings, existing=True) as services:
@@ -349,7 +347,7 @@ async def cmd_exception_add(
 
 
 async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout) -> int:
-    from app.hooks import ensure_hooks, health
+    from app.webhook_registration import ensure_hooks, health
 
     if settings.secret_key is None:
         raise errors.ConfigError("LP_SECRET_KEY: required to store the webhook secret")

@@ -24,6 +24,7 @@ import aiohttp
 import uvicorn
 from aiohttp import web
 
+from app.checks.workspace_mfa_enforced import CHECK as WORKSPACE_MFA
 from app.logs import configure
 from app.main import build_services, create_app
 from app.ports import listen
@@ -200,14 +201,14 @@ async def script(settings: Settings, services: Any, sb: Any, slack: SlackPrinter
         say("\n5. Evidence: the authentication policy requiring 2SV is uploaded; the workspace test turns green…")
         seen = len(slack.messages)
         form = aiohttp.FormData()
-        form.add_field("check", "workspace-mfa-enforced")
+        form.add_field("check", WORKSPACE_MFA.id)
         form.add_field("workspace", "acme")
         form.add_field("file", PDF, filename="auth-policy.pdf", content_type="application/pdf")
         await browser.post(base + "/api/evidence", data=form, headers=api)
         await idle(store)
         await slack.wait(seen + 1, 30)
-        ws = await store.results.query(check="workspace-mfa-enforced")
-        say(f"   workspace-mfa-enforced for acme: {ws[0].result.status if ws else 'unknown'}")
+        ws = await store.results.query(check=WORKSPACE_MFA.id)
+        say(f"   {WORKSPACE_MFA.id} for acme: {ws[0].result.status if ws else 'unknown'}")
     say(f"\nDone: {len(slack.messages)} Slack messages; {len(await store.events.list(limit=1000))} events in the log.")
 
 

@@ -2,9 +2,18 @@
 
 ::
 
-    LowerplaneError
-    ├── ConfigError              bad setting or command line: one-line reason, exit status 2
-    ├── BitbucketError           anything Bitbucket answered or failed to answer
+    LowerplaneError                                             HTTP  exit
+    ├── Problem                  an HTTP answer chosen by the handler (status, title, detail)
+    ├── ConfigError              bad setting or command line: one-line reason   400   2
+    ├── CsrfError                a form that expired or came from elsewhere     403   2
+    ├── RecordError              bad input from a person (records, evidence)    400   2
+    │   ├── TooLarge             an evidence file over LP_EVIDENCE_MAX_BYTES    413   2
+    │   ├── BadUpload            not a multipart/form-data body                 400   2
+    │   ├── NoMemberList         2SV report before the members were listed      409   2
+    │   └── UnknownSubject       no repository, member or workspace seen        422   2
+    ├── DeliveryError            a channel refused or failed an alert           502   1
+    ├── ResourcesUnreadable      an event's resources could not be read         503   1
+    ├── BitbucketError           anything Bitbucket answered or failed to answer 502  1
     │   ├── EndpointNotAllowed   refused by the client's allow-list before any request was sent
     │   ├── AuthError            401: token missing, expired or revoked (after one refresh)
     │   ├── ForbiddenError       403: ``required_scope`` from X-Accepted-OAuth-Scopes when sent
@@ -17,11 +26,17 @@
     │   │   ├── ServerError      5xx
     │   │   └── TransportError   timeout, connection refused or reset
     │   └── UnexpectedResponse   a body we cannot read (not JSON, wrong shape)
-    ├── TokenError               the token source could not produce or refresh a token
+    ├── TokenError               the token source could not produce or refresh  502   1
+    │   ├── TokenEndpointUnavailable  Bitbucket's token endpoint failed (also a ServerError)
+    │   └── TokenRejected        the token endpoint refused the grant
     └── WebhookError             a delivery we refuse
-        ├── SignatureError       missing or wrong X-Hub-Signature (401)
-        └── PayloadError         malformed body or headers (400)
+        ├── SignatureError       missing or wrong X-Hub-Signature               401
+        └── PayloadError         malformed body or headers                      400
 
+Each class says what it maps to: ``http_status`` and ``title`` for the web app's one exception
+handler (``app.web.problems.handle_error``: an RFC 9457 problem+json body), ``exit_code`` for the
+CLI's one handler (``app.cli.main``: one line on stderr). Exceptions of the sandbox (a stand-in for
+Bitbucket, not the product) and control flow private to one module are not part of this tree.
 Messages never contain a secret: callers pass URLs without credentials and never tokens.
 """
 
@@ -29,15 +44,123 @@ from __future__ import annotations
 
 
 class LowerplaneError(Exception):
-    """Root of the product's own exceptions."""
+    """Root of the product's own exceptions: what each maps to, in HTTP and on the command line."""
+
+    http_status: int = 500
+    title: str = "Internal error"
+    exit_code: int = 1
+    headers: dict[str, str] | None = None
+
+    @property
+    def detail(self) -> str:
+        return str(self)
+
+
+class Problem(LowerplaneError):
+    """An HTTP answer a route chooses itself: ``status``, ``title`` and ``detail`` as given."""
+
+    def __init__(self, status: int, title: str, detail: str = "", headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail or title)
+        self.http_status = status
+        self.title = title
+        self._detail = detail
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return self.http_status
+
+    @property
+    def detail(self) -> str:
+        return self._detail
 
 
 class ConfigError(LowerplaneError):
     """A setting or a command-line argument is invalid; the message is one line."""
 
+    http_status = 400
+    title = "Bad request"
+    exit_code = 2
+
+
+class CsrfError(LowerplaneError):
+    """A form whose CSRF token is missing, expired or from another session."""
+
+    http_status = 403
+    title = "CSRF check failed"
+    exit_code = 2
+
+    def __init__(self, message: str = "The form expired or came from elsewhere (CSRF check). Reload the page.") -> None:
+        super().__init__(message)
+
+
+class RecordError(LowerplaneError):
+    """Bad input from a person: one line that says where and what."""
+
+    http_status = 400
+    title = "Bad request"
+    exit_code = 2
+
+
+class TooLarge(RecordError):
+    """An evidence file over the size limit (HTTP 413); raised while reading, before the rest."""
+
+    http_status = 413
+    title = "Evidence too large"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"evidence is larger than {size_text(max_bytes)} (LP_EVIDENCE_MAX_BYTES)")
+        self.max_bytes = max_bytes
+        self.headers = {"Connection": "close"}
+
+
+def size_text(n: int) -> str:
+    """``10485760`` → ``10 MiB``; sizes that are not whole MiB or KiB in bytes."""
+    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor} {unit}"
+    return f"{n} bytes"
+
+
+class BadUpload(RecordError):
+    """Not a multipart/form-data body."""
+
+    title = "Bad upload"
+
+
+class NoMemberList(RecordError):
+    """A 2SV report cannot be recorded before the first reconcile has listed the members."""
+
+    http_status = 409
+    title = "No member list yet"
+
+
+class UnknownSubject(RecordError):
+    """The named subject is no repository, member or workspace the product has seen."""
+
+    http_status = 422
+    title = "Unknown subject"
+
+
+class DeliveryError(LowerplaneError):
+    """A channel refused or failed a message (the outbox retries)."""
+
+    http_status = 502
+    title = "Alert delivery failed"
+
+
+class ResourcesUnreadable(LowerplaneError):
+    """Some resources an event needs could not be read (the rest of its batch was written)."""
+
+    http_status = 503
+    title = "Bitbucket resources unreadable"
+
 
 class BitbucketError(LowerplaneError):
     """Bitbucket answered with an error, or could not be reached."""
+
+    http_status = 502
+    title = "Bitbucket error"
 
     def __init__(self, message: str, *, status: int | None = None, endpoint: str = "") -> None:
         super().__init__(message)
@@ -123,6 +246,31 @@ class UnexpectedResponse(BitbucketError):
 class TokenError(LowerplaneError):
     """No usable token: refresh failed or the credential was revoked."""
 
+    http_status = 502
+    title = "No usable Bitbucket token"
+
+
+# RFC 6749 §5.2 error codes that mean the grant or the consumer is no longer valid: only these
+# break a connection (a new authorization is needed).
+PERMANENT_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+
+
+class TokenEndpointUnavailable(TokenError, ServerError):
+    """The token endpoint failed transiently (5xx, 429, timeout, network): retry later; the
+    connection is not broken. A TransientError, so the client's retries apply to it too."""
+
+
+class TokenRejected(TokenError):
+    """The token endpoint refused the request with an OAuth error code (``code``)."""
+
+    def __init__(self, message: str, code: str | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def permanent(self) -> bool:
+        return self.code in PERMANENT_ERRORS
+
 
 class WebhookError(LowerplaneError):
     """A webhook delivery we refuse."""
@@ -131,6 +279,12 @@ class WebhookError(LowerplaneError):
 class SignatureError(WebhookError):
     """Missing or wrong X-Hub-Signature."""
 
+    http_status = 401
+    title = "Bad signature"
+
 
 class PayloadError(WebhookError):
     """Malformed webhook body or headers."""
+
+    http_status = 400
+    title = "Bad delivery"

@@ -100,7 +100,7 @@ async def evaluate_plans(
     alerts: Alerts | None = None,
 ) -> list[Delta]:
     """Re-run the affected tests. Repositories in ``tainted`` could not be read: their
-    results are not re-evaluated but kept and marked stale (checks.md "A fetch that fails").
+    results are not re-evaluated but kept and marked stale (docs/checks.md "A fetch that fails").
     Repositories in ``skip`` wait for a deferred read: they are evaluated when it is done."""
     now = utcnow()
     deltas: list[Delta] = []

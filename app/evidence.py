@@ -12,17 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
-from app import records
+from app import record_input
+from app.checks import EVIDENCE_CHECKS, REGISTRY
+from app.errors import NoMemberList as NoMemberList
 from app.exceptions import UnknownSubject, resolve_subject
 from app.models import utcnow
 from app.store import Store
 from app.store.snapshots import k_members
 
-CHECKS = ("member-mfa-enabled", "workspace-mfa-enforced")
-
-
-class NoMemberList(records.RecordError):
-    """A 2SV report cannot be recorded before the first reconcile has listed the members."""
+CHECKS = EVIDENCE_CHECKS  # the tests that accept evidence (``Check.evidence``)
 
 
 @dataclass(frozen=True)
@@ -44,24 +42,28 @@ async def record_evidence(
     uploaded_by: str,
     expires: str | None,
     max_age_days: int,
-    max_bytes: int = records.MAX_EVIDENCE_BYTES,
+    max_bytes: int = record_input.MAX_EVIDENCE_BYTES,
 ) -> Recorded:
     """Record ``source`` (a binary file object, read in chunks) as evidence; raise RecordError
-    (:class:`app.records.TooLarge` over ``max_bytes``) with nothing stored."""
+    (:class:`app.record_input.TooLarge` over ``max_bytes``) with nothing stored."""
     if check not in CHECKS:
-        raise records.RecordError("evidence is for member-mfa-enabled or workspace-mfa-enforced")
-    if check == "workspace-mfa-enforced" and member:
-        raise records.RecordError("workspace-mfa-enforced evidence is for the whole workspace, not a member")
+        raise record_input.RecordError(f"evidence is for {' or '.join(CHECKS)}")
+    accepts = REGISTRY[check].evidence
+    if member and "member" not in accepts:
+        raise record_input.RecordError(f"{check} evidence is for the whole workspace, not a member")
+    if not member and "workspace" not in accepts:
+        raise record_input.RecordError(f"{check} evidence is for one member (give the member)")
     if member is not None:
-        # Resolved to the member's key when recorded; a member never seen is refused (checks.md).
+        # Resolved to the member's key when recorded; a member never seen is refused (docs/checks.md).
         try:
             member = (await resolve_subject(store, check, member, workspace)).key
         except UnknownSubject as exc:
-            raise records.RecordError(str(exc).replace("--subject", "--member")) from None
+            raise record_input.RecordError(str(exc).replace("--subject", "--member")) from None
     now = utcnow()
-    expires_at = records.evidence_expiry(now, expires, max_age_days)
+    expires_at = record_input.evidence_expiry(now, expires, max_age_days)
     covered: list[str] | None = None
-    if check == "member-mfa-enabled" and member is None:
+    if REGISTRY[check].subject_type == "member" and member is None:
+        # A workspace-wide report for a member test covers who was a member at upload time.
         snap = await store.snapshots.get(k_members(workspace))
         if snap is None or not isinstance(snap.content, list):
             raise NoMemberList(
@@ -71,8 +73,8 @@ async def record_evidence(
         covered = sorted({m["user"].get("account_id") or m["user"].get("uuid") for m in snap.content})
     staged = await asyncio.to_thread(store.records.stage_evidence, source, max_bytes)
     try:
-        kind = records.check_evidence(staged.head, staged.size, max_bytes)
-    except records.RecordError:
+        kind = record_input.check_evidence(staged.head, staged.size, max_bytes)
+    except record_input.RecordError:
         store.records.discard(staged)
         raise
     eid = await store.records.add_evidence(

@@ -1,4 +1,4 @@
-"""Recording an accepted risk, for the CLI, the API and the dashboard alike (checks.md
+"""Recording an accepted risk, for the CLI, the API and the dashboard alike (docs/checks.md
 "Exceptions"): validate the request, resolve the subject the user names to its stable key (a
 repository's uuid, a member's account id, the workspace slug) so the exception follows a renamed
 repository and never covers a new one that takes the old name, and refuse a subject the product
@@ -9,15 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from app import records
+from app import record_input
 from app.checks import REGISTRY
+from app.errors import UnknownSubject as UnknownSubject
 from app.models import iso, utcnow
 from app.store import Store
-from app.store.snapshots import k_members, k_repos
-
-
-class UnknownSubject(records.RecordError):
-    """The named subject is no repository, member or workspace the product has seen."""
+from app.store.snapshots import k_members, listed_repos
 
 
 @dataclass(frozen=True)
@@ -43,12 +40,7 @@ async def resolve_subject(store: Store, check: str, subject: str, workspace: str
             continue
         snaps = await store.snapshots.load(ws, ("repos", "repo", "members"))
         if wanted == "repository":
-            listed = snaps.get(k_repos(ws))
-            current = set(listed.content) if listed is not None and isinstance(listed.content, list) else set()
-            for snap in snaps.values():
-                content = snap.content
-                if snap.kind != "repo" or not isinstance(content, dict) or content.get("uuid") not in current:
-                    continue
+            for _, content in listed_repos(snaps, ws):
                 if text.lower() == str(content.get("full_name", "")).lower() or text == content.get("uuid"):
                     return Subject(ws, "repository", str(content["uuid"]), str(content["full_name"]))
         else:
@@ -69,7 +61,7 @@ async def resolve_subject(store: Store, check: str, subject: str, workspace: str
 @dataclass(frozen=True)
 class Granted:
     id: int
-    request: records.ExceptionRequest
+    request: record_input.ExceptionRequest
     subject: Subject
 
 
@@ -87,7 +79,7 @@ async def record_exception(
 ) -> Granted:
     """Validate, resolve the subject to its key and store the exception; raises RecordError."""
     now = now or utcnow()
-    req = records.check_exception(check, subject, owner, reason, expires, now, known_checks)
+    req = record_input.check_exception(check, subject, owner, reason, expires, now, known_checks)
     found = await resolve_subject(store, req.check, req.subject)
     xid = await store.records.add_exception(
         req.check, found.name, req.owner, req.reason, req.expires_at, actor, iso(now), subject_key=found.key

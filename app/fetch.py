@@ -2,7 +2,7 @@
 
 One path for every trigger: the worker's batches and the full pass hand their planned fetches
 to :func:`fetch_all`, which reads each resource once with bounded concurrency and stores what
-it read (``store.snapshots``). Failure stays where it happened (checks.md "A fetch that fails"):
+it read (``store.snapshots``). Failure stays where it happened (docs/checks.md "A fetch that fails"):
 
 - a resource that cannot be read (any status, timeout, unreadable body, a ``next`` link to
   another host) turns only its own snapshot stale and is reported in ``Outcome.failed``;
@@ -128,7 +128,7 @@ async def fetch_members(fetcher: Fetcher, ws: str, people: Sequence[Person]) -> 
         try:
             roles = await client.permissions(ws)
         except errors.ForbiddenError:
-            roles = {}  # access tokens cannot read permissions (bitbucket-facts.md)
+            roles = {}  # access tokens cannot read permissions (docs/bitbucket-facts.md)
         return [_dump(m.model_copy(update={"permission": roles.get(m.user.key)})) for m in found]
 
     previous = await fetcher.store.snapshots.get(k_members(ws))
@@ -171,7 +171,7 @@ async def perform(fetcher: Fetcher, f: Fetch, enabled: Iterable[str], people: Se
     """Read the resources of one ``Fetch`` into ``fetcher.rows`` (its failures into ``fetcher.errors``).
 
     ``ref`` names the repository in the path: its slug in a pass, its uuid otherwise (``{repo_slug}``
-    accepts a slug or a ``{uuid}`` in braces: bitbucket-facts.md, "Conventions")."""
+    accepts a slug or a ``{uuid}`` in braces: docs/bitbucket-facts.md, "Conventions")."""
     client, ws, uuid = fetcher.client, f.workspace, f.repo_uuid or ""
     ref = f.ref or uuid
     if f.kind == "repo_full":

@@ -107,7 +107,7 @@ def diff(
 
 
 def to_json(stored: StoredResult) -> dict[str, object]:
-    """The public JSON shape of one result (interface.md "Findings as JSON")."""
+    """The public JSON shape of one result (docs/interface.md "Findings as JSON")."""
     r = stored.result
     details = dict(r.details)
     if stored.stale_since:

@@ -46,7 +46,7 @@ from app.store.events import EventWriter
 from app.supervise import Supervisor
 from app.web import api, connect, dashboard, webhooks
 from app.web.openapi import API_ROUTES, serve_document
-from app.web.problems import Problem, handle_problem
+from app.web.problems import handle_error
 from app.worker import Worker
 
 log = get_logger("main")
@@ -201,7 +201,7 @@ async def build_services(
 
 async def start_up(services: Services) -> None:
     """Token connection and webhooks; failures are logged, never fatal (the reconcile still runs)."""
-    from app.hooks import ensure_hooks
+    from app.webhook_registration import ensure_hooks
 
     service = services.service
     try:
@@ -355,10 +355,6 @@ async def _to_login(request: Request, exc: Exception) -> Response:
     return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
 
 
-async def _bad_form(request: Request, exc: Exception) -> Response:
-    return PlainTextResponse(str(exc), status_code=400)
-
-
 def _dispatch(handlers: dict[str, Any]) -> Any:
     async def endpoint(request: Request) -> Response:
         response: Response = await handlers[request.method](request)
@@ -404,9 +400,8 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
         lifespan=lifespan,
         middleware=[Middleware(HeaderLimit)],
         exception_handlers={
-            Problem: handle_problem,
+            errors.LowerplaneError: handle_error,
             dashboard.LoginRequired: _to_login,
-            errors.ConfigError: _bad_form,
         },
     )
     app.state.settings = settings

@@ -55,7 +55,7 @@ SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
 
 class Result(BaseModel):
-    """One evaluation of one test for one subject (checks.md "Results").
+    """One evaluation of one test for one subject (docs/checks.md "Results").
 
     ``subject_key`` identifies the subject across renames: a repository's uuid, a member's
     account_id (uuid where there is none), the workspace slug. ``fetch_failed`` marks a result

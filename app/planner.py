@@ -1,13 +1,16 @@
 """Pure: event → resources to re-fetch → (test, subject) pairs to re-evaluate.
 
 An event is a hint, never the state itself (a captured body can be replayed): the planner only
-decides what to read again. Repositories are addressed by uuid, so renames are harmless.
+decides what to read again. Repositories are addressed by uuid, so renames are harmless. Which
+tests an event concerns follows from what each test declares it reads (``Check.fetches``):
+repository tests, branch tests (branch restrictions), build tests (the newest main-branch
+pipeline), member tests (the member list).
 
 | event | re-fetch | re-evaluate |
 |---|---|---|
 | ``repo:push``, unknown repository | the repository in full | every repository test of it |
 | ``repo:push``, branch created/deleted on an empty repository | repository, restrictions | its repository tests |
-| ``repo:push`` touching the main branch | newest pipeline on it (Pipelines test on) | ``pipelines-enabled`` |
+| ``repo:push`` touching the main branch | newest pipeline on it (a build test on) | the build tests |
 | ``repo:push`` touching a branching-model branch | branching model | the three branch tests |
 | ``repo:push``, other branches | nothing | nothing |
 | ``repo:updated`` | repository metadata (the main branch or project may have moved) | its repository tests |
@@ -16,13 +19,13 @@ decides what to read again. Repositories are addressed by uuid, so renames are h
 | ``repo:deleted`` | nothing | its results are retired, with a transition |
 | ``pullrequest:created/fulfilled/rejected`` | open pull-request count | nothing (metadata only) |
 | other ``pullrequest:*`` | nothing | nothing |
-| ``repo:commit_status_*`` on the main branch | newest pipeline on it (Pipelines test on) | ``pipelines-enabled`` |
+| ``repo:commit_status_*`` on the main branch | newest pipeline on it (a build test on) | the build tests |
 | ``project:updated`` | the repository list (project keys) | every repository test of the workspace |
 | ``lp:reconcile`` (tier ``full``) | the repository list, then everything (:func:`full_pass`) | everything |
 | ``lp:reconcile`` (tier ``members``) | members, permissions, email links | the member tests |
 | ``lp:classification`` | nothing (restrictions if never read) | the repository's tests |
-| ``lp:personnel`` | email links when new emails need matching | ``offboarded-access-removed`` |
-| ``lp:evidence`` | nothing | the MFA tests |
+| ``lp:personnel`` | email links when new emails need matching | the tests that read email links |
+| ``lp:evidence`` | nothing | the tests that accept evidence |
 | ``lp:exception``, ``lp:expiry`` | nothing | the named test and subject |
 | anything else | nothing (recorded as ignored) | nothing |
 """
@@ -33,17 +36,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-REPO_CHECKS = frozenset(
-    {
-        "repo-classified",
-        "merge-requires-passing-builds",
-        "merge-requires-peer-review",
-        "branch-protection-enforced",
-        "pipelines-enabled",
-    }
+from app.checks import (
+    BRANCH_CHECKS as BRANCH_CHECKS,
 )
-BRANCH_CHECKS = frozenset({"merge-requires-passing-builds", "merge-requires-peer-review", "branch-protection-enforced"})
-MEMBER_CHECKS = frozenset({"member-mfa-enabled", "offboarded-access-removed"})
+from app.checks import (
+    BUILD_CHECKS,
+    EMAIL_CHECKS,
+    EVIDENCE_CHECKS,
+    PIPELINES_CHECKS,
+)
+from app.checks import MEMBER_CHECKS as MEMBER_CHECKS
+from app.checks import REPO_CHECKS as REPO_CHECKS
 
 # The webhook events the product subscribes to (intersected with GET /hook_events/{subject}).
 USED_EVENTS = frozenset(
@@ -62,9 +65,6 @@ USED_EVENTS = frozenset(
         "repo:commit_status_updated",
         "project:updated",
     }
-)
-INTERNAL_EVENTS = frozenset(
-    {"lp:reconcile", "lp:classification", "lp:personnel", "lp:evidence", "lp:exception", "lp:expiry"}
 )
 
 
@@ -105,19 +105,15 @@ class Plan:
     checks: frozenset[str] = field(default_factory=frozenset)  # limit re-evaluation to these tests (empty: all)
     ignored: bool = False
 
-    @property
-    def api_free(self) -> bool:
-        return not self.fetches and self.tier is None
 
-
-def _full(ws: str, uuid: str, enabled: frozenset[str]) -> tuple[Fetch, ...]:
+def _full(ws: str, uuid: str) -> tuple[Fetch, ...]:
     return (Fetch("repo_full", ws, uuid),)
 
 
 def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRepo], enabled: frozenset[str]) -> Plan:
     ws = str(payload.get("workspace") or "")
     uuid = payload.get("repository_uuid")
-    pipelines_on = "pipelines-enabled" in enabled
+    builds_on = bool(BUILD_CHECKS & enabled)
 
     if event_key == "lp:reconcile":
         return Plan(tier=str(payload.get("tier", "full")))
@@ -129,12 +125,10 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
         return Plan(
             fetches=(Fetch("emails", ws),) if payload.get("new_emails") else (),
             members=True,
-            checks=frozenset({"offboarded-access-removed"}),
+            checks=EMAIL_CHECKS,
         )
     if event_key == "lp:evidence":
-        return Plan(
-            members=True, workspace_checks=True, checks=frozenset({"member-mfa-enabled", "workspace-mfa-enforced"})
-        )
+        return Plan(members=True, workspace_checks=True, checks=frozenset(EVIDENCE_CHECKS))
     if event_key in ("lp:exception", "lp:expiry"):
         check = payload.get("check")
         return Plan(workspace_checks=True, checks=frozenset({str(check)}) if check else frozenset())
@@ -151,24 +145,24 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
     if event_key == "repo:deleted":
         return Plan(retire=(uuid,))
     if event_key in ("repo:created", "repo:imported", "repo:transfer"):
-        return Plan(fetches=_full(ws, uuid, enabled), repos=(uuid,))
+        return Plan(fetches=_full(ws, uuid), repos=(uuid,))
     if event_key == "repo:fork":
         fork = payload.get("fork_uuid")
-        return Plan(fetches=_full(ws, str(fork), enabled), repos=(str(fork),)) if fork else Plan()
+        return Plan(fetches=_full(ws, str(fork)), repos=(str(fork),)) if fork else Plan()
     if repo is None:
         # A repository we have never read: read it in full (it may be new, or the pass missed it).
-        return Plan(fetches=_full(ws, uuid, enabled), repos=(uuid,))
+        return Plan(fetches=_full(ws, uuid), repos=(uuid,))
     if event_key == "repo:updated":
         return Plan(fetches=(Fetch("repo", ws, uuid),), repos=(uuid,))
     if event_key.startswith("pullrequest:"):
         return Plan(fetches=(Fetch("pr_count", ws, uuid),))
     if event_key.startswith("repo:commit_status_"):
         branches = set(payload.get("branches") or ())
-        if pipelines_on and repo.mainbranch in branches:
+        if builds_on and repo.mainbranch in branches:
             return Plan(
                 fetches=(Fetch("last_build", ws, uuid, repo.mainbranch),),
                 repos=(uuid,),
-                checks=frozenset({"pipelines-enabled"}),
+                checks=BUILD_CHECKS & enabled,
             )
         return Plan()
     # repo:push
@@ -182,9 +176,9 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
         return Plan(fetches=(Fetch("repo", ws, uuid), Fetch("restrictions", ws, uuid)), repos=(uuid,))
     if repo.mainbranch in deleted:
         return Plan(fetches=(Fetch("repo", ws, uuid),), repos=(uuid,))
-    if pipelines_on and repo.mainbranch in branches:
+    if builds_on and repo.mainbranch in branches:
         fetches.append(Fetch("last_build", ws, uuid, repo.mainbranch))
-        checks.add("pipelines-enabled")
+        checks |= BUILD_CHECKS
     if (created | deleted) & repo.model_branches:
         fetches.append(Fetch("branching_model", ws, uuid))
         checks |= BRANCH_CHECKS
@@ -195,13 +189,13 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
 
 def repo_fetches(ws: str, repo: KnownRepo, enabled: frozenset[str]) -> list[Fetch]:
     """What reading one repository in full means, beyond its metadata: its branch restrictions
-    (with a main branch and a branch test on) and its Pipelines (``pipelines-enabled`` on). A pass
+    (with a main branch and a branch test on) and its Pipelines (a test that reads them on). A pass
     does this for every listed repository; ``repo_full`` for one."""
     # No test needs the open pull-request count: pull-request webhooks keep it current (issue 13).
     fetches: list[Fetch] = []
     if repo.mainbranch and BRANCH_CHECKS & enabled:
         fetches.append(Fetch("restrictions", ws, repo.uuid, ref=repo.slug))
-    if "pipelines-enabled" in enabled:
+    if PIPELINES_CHECKS & enabled:
         fetches.append(Fetch("pipelines", ws, repo.uuid, repo.mainbranch, ref=repo.slug))
     return fetches
 

@@ -5,7 +5,7 @@ Bitbucket sends no event for member, permission or branch-restriction changes. A
 its own is what the planner cannot know: the repository list (tier ``full``). From it
 :func:`app.planner.full_pass` plans every fetch an enabled test needs; :mod:`app.fetch` performs
 them (at low budget priority, set by the worker) and :mod:`app.evaluate` records every test. A
-fetch that fails marks its snapshot stale and never produces a ``fail`` (checks.md).
+fetch that fails marks its snapshot stale and never produces a ``fail`` (docs/checks.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One frozen settings object, read through ``pydantic-settings`` from the environment (prefix ``LP_``)
 and a ``.env`` file.
 
-Names and defaults are those of ``../shared/docs/interface.md``. :meth:`Settings.from_env` refuses an
+Names and defaults are those of ``docs/interface.md``. :meth:`Settings.from_env` refuses an
 unknown ``LP_`` name (suggesting the closest valid one) and raises :class:`app.errors.ConfigError` with a
 one-line reason naming the variable for every bad value; the CLI turns it into exit status 2. Secret
 values are kept as :class:`pydantic.SecretStr` and never appear in a message.
@@ -31,6 +31,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from app.checks import CHECK_IDS as CHECK_IDS  # re-exported: the valid ids come from the registry
+from app.checks import REGISTRY
 from app.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -43,17 +45,6 @@ _ADDRESS = re.compile(
 _NAMED_ADDRESS = re.compile(r"[^<>\",;@]*<(?P<address>[^<>]+)>")
 ENV_PREFIX = "LP_"
 MIN_ADMIN_TOKEN = 16
-
-CHECK_IDS = (
-    "repo-classified",
-    "member-mfa-enabled",
-    "workspace-mfa-enforced",
-    "merge-requires-passing-builds",
-    "merge-requires-peer-review",
-    "branch-protection-enforced",
-    "offboarded-access-removed",
-    "pipelines-enabled",
-)
 
 
 def parse_duration(text: str) -> float:
@@ -183,12 +174,12 @@ class Settings(BaseSettings):
     evidence_max_age_days: int = Field(default=90, ge=1, le=3650)
     evidence_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     budget_per_hour: int = Field(default=1000, ge=10, le=100_000)
-    # Wave 2 names of interface.md (fractions: "10%" is 0.1).
+    # Wave 2 names of docs/interface.md (fractions: "10%" is 0.1).
     budget_headroom: float = 0.10
     webhook_budget_share: float = 0.30
     repos_tier_interval: float = 5 * 60.0
     smtp_allow_plaintext: bool = False
-    # Additions beyond interface.md (documented in the README).
+    # Additions beyond docs/interface.md (documented in the README).
     concurrency: int = Field(default=8, ge=1, le=64)
     event_retention_days: int = Field(default=30, ge=1, le=3650)
     log_level: str = "info"
@@ -334,8 +325,8 @@ class Settings(BaseSettings):
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
-        """Test ids in effect: all but ``pipelines-enabled`` unless switched on, minus disabled."""
-        on = {c for c in CHECK_IDS if c != "pipelines-enabled"} | set(self.checks_enabled)
+        """Test ids in effect: those on by default and those switched on, minus those switched off."""
+        on = {c.id for c in REGISTRY.values() if c.default_on} | set(self.checks_enabled)
         return tuple(c for c in CHECK_IDS if c in on and c not in self.checks_disabled)
 
     def secret_values(self) -> list[str]:
@@ -352,11 +343,6 @@ class Settings(BaseSettings):
             if value is not None:
                 out.append(value.get_secret_value())
         return out
-
-    @property
-    def data_dir(self) -> Path:
-        """Folder beside the database that holds evidence files."""
-        return self.database.parent
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

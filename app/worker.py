@@ -8,7 +8,7 @@ affected (test, subject) pairs (:mod:`app.evaluate`). Passes (``lp:reconcile``) 
 batches, under a lock, with low budget priority: :mod:`app.reconcile` plans them, and the same
 fetch and evaluate steps do the rest.
 
-Failure stays where it happened (checks.md "A fetch that fails"):
+Failure stays where it happened (docs/checks.md "A fetch that fails"):
 
 - a resource that cannot be read (any status, timeout, unreadable body, a ``next`` link to
   another host, a token failure) only turns its own snapshot stale; the rest of the batch is
@@ -31,7 +31,10 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
+
+from structlog.contextvars import bound_contextvars
 
 from app import errors, tiers
 from app.bitbucket.client import PRIORITY, BitbucketClient
@@ -165,19 +168,21 @@ class Worker:
     async def _isolated(self, cid: str, group: list[EventRow]) -> None:
         """A batch that raises is split: each event is tried alone, so only the event whose
         processing raises is retried (and ends ``dead``); the others go on."""
-        try:
-            await self._batch(cid, group)
-            return
-        except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
-            if len(group) == 1:
-                await self._failed(cid, group, exc)
-                return
-            log.warning("worker.batch_split", connection=cid, events=len(group), error=describe(exc))
-        for row in group:
+        with event_context(cid, group):
             try:
-                await self._batch(cid, [row])
-            except Exception as exc:  # noqa: BLE001 - see above
-                await self._failed(cid, [row], exc)
+                await self._batch(cid, group)
+                return
+            except Exception as exc:  # noqa: BLE001 - one event must never stop the worker
+                if len(group) == 1:
+                    await self._failed(cid, group, exc)
+                    return
+                log.warning("worker.batch_split", connection=cid, events=len(group), error=describe(exc))
+        for row in group:
+            with event_context(cid, [row]):
+                try:
+                    await self._batch(cid, [row])
+                except Exception as exc:  # noqa: BLE001 - see above
+                    await self._failed(cid, [row], exc)
 
     async def _failed(self, cid: str, rows: list[EventRow], exc: BaseException) -> None:
         dead = await self.store.events.fail(rows, describe(exc), backoff_base=self.retry_base)
@@ -191,14 +196,13 @@ class Worker:
 
     # -- reconcile passes -----------------------------------------------------------------------
     async def _pass(self, row: EventRow) -> None:
-        try:
-            async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
-                await self._run_pass(row)
-        except Exception as exc:  # noqa: BLE001 - a failing pass never stops the worker or other passes
-            await self.store.events.fail([row], describe(exc), backoff_base=self.pass_retry_base)
-            log.warning(
-                "worker.pass_failed", event_id=row.id, workspace=row.payload.get("workspace"), error=describe(exc)
-            )
+        with event_context(row.connection_id, [row]):
+            try:
+                async with self._pass_slots:  # a few passes at a time; webhook batches go on beside them
+                    await self._run_pass(row)
+            except Exception as exc:  # noqa: BLE001 - a failing pass never stops the worker or other passes
+                await self.store.events.fail([row], describe(exc), backoff_base=self.pass_retry_base)
+                log.warning("worker.pass_failed", error=describe(exc))
         self._claimed.pop(row.id, None)  # not when cancelled: ``run`` gives that lease back
 
     async def _run_pass(self, row: EventRow) -> None:
@@ -270,7 +274,7 @@ class Worker:
         repairs them; a silent hook is logged as a health warning."""
         if self.service is None:
             return None
-        from app.hooks import ensure_hooks, health  # local import: hooks imports this module's siblings
+        from app.webhook_registration import ensure_hooks, health  # local import: hooks imports this module's siblings
 
         conn = await self.store.connections.get(conn_id)
         if conn is None or not conn.hooks or self.service.crypto is None:
@@ -386,7 +390,7 @@ class Worker:
             await self.store.events.defer([eid], time.time() + seconds)
         for r in retry:
             why = "; ".join(f"{k}: {failed[k]}" for f in plans[r.id].fetches if (k := f.key) in failed)
-            await self._failed(cid, [r], ResourcesUnreadable(why))
+            await self._failed(cid, [r], errors.ResourcesUnreadable(why))
         received = max((r.received_at for r in rows if r.source == "webhook"), default=None)
         if received:
             await self.store.connections.touch_delivery(cid, received)
@@ -397,8 +401,20 @@ class Worker:
                 await self.on_delta(ws, d)
 
 
-class ResourcesUnreadable(Exception):
-    """Some resources an event needs could not be read (the rest of its batch was written)."""
+def event_context(cid: str, rows: list[EventRow]) -> AbstractContextManager[None]:
+    """Bind the event id(s), connection and workspace to every log line written while these events
+    are processed (structlog contextvars), so one event's lines can be found by its id: a batch of
+    one binds ``event_id``; every batch binds ``event_ids``."""
+    ids = [r.id for r in rows]
+    workspaces = sorted({str(r.payload.get("workspace") or r.workspace or "") for r in rows} - {""})
+    bound: dict[str, Any] = {"connection": cid, "event_ids": ids}
+    if len(ids) == 1:
+        bound["event_id"] = ids[0]
+    if len(workspaces) == 1:
+        bound["workspace"] = workspaces[0]
+    elif workspaces:
+        bound["workspaces"] = workspaces
+    return bound_contextvars(**bound)
 
 
 def _strings(value: object) -> list[str]:

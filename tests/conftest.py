@@ -28,6 +28,31 @@ def _shared() -> Path:
 
 
 SHARED = _shared()
+
+# The slow tier (``make test`` runs it too; ``make test-fast`` leaves it out with ``-m "not slow"``):
+# whole files whose tests drive a browser, build a wheel, run the demo, start the real console
+# script in subprocesses, or explore many examples (schemathesis, the state machine, chaos).
+SLOW_FILES = {
+    "test_state_machine.py": "differential state machine",
+    "test_chaos.py": "chaos runs",
+    "test_dashboard.py": "browser (Playwright + chromium)",
+    "test_schemathesis.py": "schemathesis against the OpenAPI document",
+    "test_demo.py": "the demo end to end",
+    "test_wheel.py": "builds and installs the wheel",
+    "test_packaging.py": "packaging and make targets",
+    "test_supervision.py": "subprocesses: signals, liveness",
+    "test_crash.py": "subprocesses: SIGKILL under load",
+    "test_cli_exits.py": "subprocesses: the console script's exit statuses",
+    "test_reconcile_command.py": "subprocesses: the reconcile command and its CronJob",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 FIXTURES = SHARED / "bitbucket" / "fixtures"
 TOKEN = "sandbox-acme-token"
 READONLY_TOKEN = "sandbox-acme-readonly"

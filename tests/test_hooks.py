@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 
 from app.bitbucket import oauth
-from app.hooks import ensure_hooks, health
 from app.main import Services, build_services
 from app.planner import USED_EVENTS
 from app.sandbox.serve import RunningSandbox
+from app.webhook_registration import ensure_hooks, health
 from tests.helpers import product_settings
 
 

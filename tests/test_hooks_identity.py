@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 
-from app.hooks import DESCRIPTION, description, ensure_hooks
 from app.main import Services, build_services
 from app.sandbox.scenario import SHook
 from app.sandbox.serve import RunningSandbox
+from app.webhook_registration import DESCRIPTION, description, ensure_hooks
 from tests.helpers import SECRET_KEY, product_settings
 from tests.test_hooks import _oauth_connection
 from tests.test_reconcile_command import run

@@ -82,7 +82,7 @@ def test_plan_table(
     got = plan(key, payload, KNOWN, enabled)
     assert [f.kind for f in got.fetches] == fetch_kinds
     assert list(got.repos) == repos
-    assert got.api_free is api_free
+    assert (not got.fetches and got.tier is None) is api_free  # answered without a Bitbucket call
 
 
 def test_deleted_retires_and_reconcile_is_a_tier() -> None:

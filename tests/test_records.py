@@ -6,14 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import records
+from app import record_input
 
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 HEADER = "email,name,kind,status,offboarded_on,bitbucket_account_id\n"
 
 
 def test_csv_and_json_import() -> None:
-    people = records.parse_personnel(
+    people = record_input.parse_personnel(
         (
             HEADER + "A@X.example,Ann,employee,active,,557058:a\nb@x.example,Bo,contractor,offboarded,2026-10-01,\n"
         ).encode(),
@@ -23,7 +23,7 @@ def test_csv_and_json_import() -> None:
         ("a@x.example", "active", "557058:a"),
         ("b@x.example", "offboarded", None),
     ]
-    js = records.parse_personnel(
+    js = record_input.parse_personnel(
         b'[{"email": "c@x.example", "name": "Cy", "kind": "service-account", "status": "Offboarded"}]', "p.json"
     )
     assert js[0].kind == "service-account" and js[0].status == "offboarded"
@@ -59,8 +59,8 @@ def test_csv_and_json_import() -> None:
     ],
 )
 def test_bad_personnel_names_line_and_field(content: str, name: str, message: str) -> None:
-    with pytest.raises(records.RecordError, match=message.replace("(", r"\(")):
-        records.parse_personnel(content.encode(), name)
+    with pytest.raises(record_input.RecordError, match=message.replace("(", r"\(")):
+        record_input.parse_personnel(content.encode(), name)
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_bad_personnel_names_line_and_field(content: str, name: str, message: st
     ],
 )
 def test_evidence_type_from_content(data: bytes, kind: str) -> None:
-    assert records.check_evidence(data) == kind
+    assert record_input.check_evidence(data) == kind
 
 
 @pytest.mark.parametrize(
@@ -80,15 +80,15 @@ def test_evidence_type_from_content(data: bytes, kind: str) -> None:
     [(b"GIF89a", "PNG, JPEG or PDF"), (b"", "empty"), (b"%PDF-" + b"x" * (10 * 1024 * 1024), "at most")],
 )
 def test_evidence_refused(data: bytes, message: str) -> None:
-    with pytest.raises(records.RecordError, match=message):
-        records.check_evidence(data)
+    with pytest.raises(record_input.RecordError, match=message):
+        record_input.check_evidence(data)
 
 
 def test_evidence_expiry() -> None:
-    assert records.evidence_expiry(NOW, None, 90) == NOW + timedelta(days=90)
-    assert records.evidence_expiry(NOW, "2027-01-01", 90) == datetime(2027, 1, 2, tzinfo=UTC)  # through 2027-01-01
-    with pytest.raises(records.RecordError, match="not in the future"):
-        records.evidence_expiry(NOW, "2020-01-01", 90)
+    assert record_input.evidence_expiry(NOW, None, 90) == NOW + timedelta(days=90)
+    assert record_input.evidence_expiry(NOW, "2027-01-01", 90) == datetime(2027, 1, 2, tzinfo=UTC)  # through 2027-01-01
+    with pytest.raises(record_input.RecordError, match="not in the future"):
+        record_input.evidence_expiry(NOW, "2020-01-01", 90)
 
 
 @pytest.mark.parametrize(
@@ -102,5 +102,5 @@ def test_evidence_expiry() -> None:
     ],
 )
 def test_exception_validation(args: tuple[str, ...], message: str) -> None:
-    with pytest.raises(records.RecordError, match=message):
-        records.check_exception(*args, now=NOW, known_checks=("repo-classified",))
+    with pytest.raises(record_input.RecordError, match=message):
+        record_input.check_exception(*args, now=NOW, known_checks=("repo-classified",))

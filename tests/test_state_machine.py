@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from app import records
+from app import record_input
 from app.evidence import record_evidence
 from app.exceptions import record_exception
 from app.main import build_services
@@ -377,8 +377,8 @@ class ProductAgainstReference(RuleBasedStateMachine):
         row = f"{user.email},{account},{kind},{status},{on or ''},{account},{owner or ''}\n"
         text = "email,name,kind,status,offboarded_on,bitbucket_account_id,owner\n" + row
         try:
-            people = records.parse_personnel(text.encode(), "people.csv")
-        except records.RecordError:
+            people = record_input.parse_personnel(text.encode(), "people.csv")
+        except record_input.RecordError:
             assert status == "active" and on is not None  # refused: offboarded_on without status=offboarded
             return
         self.with_store(lambda store: store.records.import_people(people, "test", "2026-01-01T00:00:00Z"))
@@ -404,7 +404,7 @@ class ProductAgainstReference(RuleBasedStateMachine):
                     actor="test",
                     known_checks=CHECK_IDS,
                 )
-            except records.RecordError:
+            except record_input.RecordError:
                 return False  # a repository the product has not seen yet
             return True
 
@@ -426,7 +426,7 @@ class ProductAgainstReference(RuleBasedStateMachine):
                     expires=None,
                     max_age_days=90,
                 )
-            except records.RecordError:
+            except record_input.RecordError:
                 return False
             return True
 
@@ -453,7 +453,7 @@ class ProductAgainstReference(RuleBasedStateMachine):
                     expires=None,
                     max_age_days=90,
                 )
-            except records.RecordError:
+            except record_input.RecordError:
                 return False  # a member the product has not seen
             return True
 

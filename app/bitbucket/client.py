@@ -1,6 +1,6 @@
 """The Bitbucket Cloud REST client: one aiohttp session, read-only, allow-listed, budgeted.
 
-The only place that retries (architecture.md). Behaviour:
+The only place that retries (docs/architecture.md). Behaviour:
 
 - Every request is checked against :mod:`app.bitbucket.paths` first; anything else (source,
   commits, diffs, another host) raises EndpointNotAllowed before a byte is sent.
@@ -59,7 +59,7 @@ log = get_logger("bitbucket.client")
 # SPEC narrative "Pagination": pagelen is at most 100; pull requests refuse more than 50.
 MAX_PAGELEN = 100
 PR_PAGELEN = 50
-# bitbucket-facts.md: the members email filter takes at most 90 addresses.
+# docs/bitbucket-facts.md: the members email filter takes at most 90 addresses.
 EMAIL_BATCH = 90
 
 
@@ -507,7 +507,7 @@ class BitbucketClient:
         )
 
     async def pipelines_config(self, workspace: str, repo_slug: str) -> PipelinesConfig:
-        """``enabled``; a 404 means Pipelines was never configured (bitbucket-facts.md)."""
+        """``enabled``; a 404 means Pipelines was never configured (docs/bitbucket-facts.md)."""
         try:
             body = await self.get(paths.PIPELINES_CONFIG, workspace=workspace, repo_slug=repo_slug)
         except errors.NotFoundError:

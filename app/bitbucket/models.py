@@ -66,7 +66,7 @@ class User(_Model):
 
     @property
     def key(self) -> str:
-        """The member's subject key: account_id, else uuid (checks.md "Subjects")."""
+        """The member's subject key: account_id, else uuid (docs/checks.md "Subjects")."""
         return self.account_id or self.uuid or ""
 
 

@@ -1,6 +1,6 @@
 """OAuth 2.0 with Bitbucket Cloud: authorization-code flow, refresh with rotation, token source.
 
-bitbucket-facts.md "Authentication": authorize at ``{LP_BITBUCKET_URL}/site/oauth2/authorize``
+docs/bitbucket-facts.md "Authentication": authorize at ``{LP_BITBUCKET_URL}/site/oauth2/authorize``
 (``client_id``, ``response_type=code``, ``state``); exchange and refresh at
 ``/site/oauth2/access_token`` with HTTP Basic ``client_id:secret``. Scopes are set on the
 consumer; ``expires_in`` is read from each answer; every refresh rotates the refresh token, so the
@@ -31,26 +31,10 @@ TOKEN_TIMEOUT = 30.0  # seconds for one token request
 # Pauses between attempts at a refresh that failed transiently (5xx, 429, timeout, network):
 # three attempts in all, then the caller's own retries take over.
 REFRESH_RETRY_DELAYS: tuple[float, ...] = (1.0, 4.0)
-# RFC 6749 §5.2 error codes that mean the grant or the consumer is no longer valid: only these
-# break a connection (a new authorization is needed).
-PERMANENT_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
-
-
-class TokenEndpointUnavailable(errors.TokenError, errors.ServerError):
-    """The token endpoint failed transiently (5xx, 429, timeout, network): retry later; the
-    connection is not broken. A TransientError, so the client's retries apply to it too."""
-
-
-class TokenRejected(errors.TokenError):
-    """The token endpoint refused the request with an OAuth error code (``code``)."""
-
-    def __init__(self, message: str, code: str | None) -> None:
-        super().__init__(message)
-        self.code = code
-
-    @property
-    def permanent(self) -> bool:
-        return self.code in PERMANENT_ERRORS
+# The token endpoint's failures live in the one error tree (app/errors.py); named here too.
+PERMANENT_ERRORS = errors.PERMANENT_ERRORS
+TokenEndpointUnavailable = errors.TokenEndpointUnavailable
+TokenRejected = errors.TokenRejected
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Endpoint templates of Bitbucket Cloud REST 2.0 that the product may call: the allow-list.
 
-Pure: no I/O. Each entry names the scope it needs (SPEC per-operation ``security``, see
-``../shared/bitbucket/endpoint-scopes.csv``) and the SPEC path it comes from. Anything not listed
+Pure: no I/O. Each entry names the scope it needs (the ``security`` of the operation in Atlassian's
+OpenAPI document for Bitbucket Cloud REST 2.0, "SPEC" in docs/bitbucket-facts.md; the tests check
+every entry against it) and the SPEC path it comes from. Anything not listed
 here, such as ``/src``, ``/commits``, ``/diff`` or ``/patch``, is refused by the client before a
 request is sent, so the product cannot read source code even by mistake.
 """

@@ -224,7 +224,7 @@ def bbql_email_filter(emails: Iterable[str]) -> str:
 
 # --- webhooks -------------------------------------------------------------------------------
 # Bitbucket signs the raw body: X-Hub-Signature: sha256=<hex HMAC-SHA256(secret, body)>
-# (support.atlassian.com "Manage webhooks", published vector in bitbucket-facts.md).
+# (support.atlassian.com "Manage webhooks", published vector in docs/bitbucket-facts.md).
 
 SIGNATURE_PREFIX = "sha256="
 

@@ -1,4 +1,4 @@
-"""Pure: the eight security tests of checks.md, one module each, and the registry.
+"""Pure: the security tests of docs/checks.md, one module each, and the registry found from them.
 
 ``evaluate(facts, ctx, enabled)`` runs the enabled tests on one workspace and applies exceptions:
 a ``fail`` covered by an unexpired exception reads ``excepted``. An exception is matched by the
@@ -8,35 +8,43 @@ follows a renamed repository and never covers a new one that takes the old name.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterable
 
 from app.bitbucket.sansio import expand_scopes
-from app.checks import (
-    branch_protection_enforced,
-    member_mfa_enabled,
-    merge_requires_passing_builds,
-    merge_requires_peer_review,
-    offboarded_access_removed,
-    pipelines_enabled,
-    repo_classified,
-    workspace_mfa_enforced,
-)
 from app.checks.base import Check, Context, ExceptionGrant, WorkspaceFacts, valid_through
 from app.models import Result
 
-REGISTRY: dict[str, Check] = {
-    c.id: c
-    for c in (
-        repo_classified.CHECK,
-        member_mfa_enabled.CHECK,
-        workspace_mfa_enforced.CHECK,
-        merge_requires_passing_builds.CHECK,
-        merge_requires_peer_review.CHECK,
-        branch_protection_enforced.CHECK,
-        offboarded_access_removed.CHECK,
-        pipelines_enabled.CHECK,
-    )
-}
+
+def _discover() -> dict[str, Check]:
+    """Every module of this package that defines ``CHECK`` is a test: adding a test is adding a
+    module, nothing else. Ordered by ``Check.order``."""
+    found: list[Check] = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        check = getattr(module, "CHECK", None)
+        if isinstance(check, Check):
+            found.append(check)
+    return {c.id: c for c in sorted(found, key=lambda c: (c.order, c.id))}
+
+
+REGISTRY: dict[str, Check] = _discover()
+CHECK_IDS: tuple[str, ...] = tuple(REGISTRY)
+
+
+def ids(where: Iterable[Check] | None = None) -> frozenset[str]:
+    return frozenset(c.id for c in (REGISTRY.values() if where is None else where))
+
+
+# The sets the planner, the pass and the evaluation work with, from what each test declares.
+REPO_CHECKS = ids(c for c in REGISTRY.values() if c.subject_type == "repository")
+BRANCH_CHECKS = ids(c for c in REGISTRY.values() if "restrictions" in c.fetches)
+MEMBER_CHECKS = ids(c for c in REGISTRY.values() if "members" in c.fetches)
+EMAIL_CHECKS = ids(c for c in REGISTRY.values() if "emails" in c.fetches)  # re-run when personnel changes
+BUILD_CHECKS = ids(c for c in REGISTRY.values() if "last_build" in c.fetches)  # re-run on a main-branch build
+PIPELINES_CHECKS = ids(c for c in REGISTRY.values() if "pipelines" in c.fetches)
+EVIDENCE_CHECKS: tuple[str, ...] = tuple(c.id for c in REGISTRY.values() if c.evidence)
 
 
 def apply_exceptions(result: Result, grants: Iterable[ExceptionGrant], ctx: Context) -> Result:
@@ -71,31 +79,19 @@ def evaluate(facts: WorkspaceFacts, ctx: Context, enabled: Iterable[str]) -> lis
     return out
 
 
-# What each OAuth scope is needed for (bitbucket-facts.md, SPEC per-operation security).
+# What each OAuth scope the product asks for is used for; the tests each one leaves ``unknown``
+# when missing are those that declare it (``Check.scopes``).
+SCOPE_PURPOSES: dict[str, str] = {
+    "account": "list workspace members",
+    "repository": "list repositories and their metadata",
+    "repository:admin": "read branch restrictions and the Pipelines switch (no read-only alternative exists)",
+    "pullrequest": "count open pull requests (repository metadata, no test)",
+    "pipeline": "show the newest build of the main branch (details of the Pipelines test)",
+    "webhook": "register the webhook: without it results are only as fresh as the last reconcile",
+}
 SCOPE_NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "account": (("member-mfa-enabled", "offboarded-access-removed"), "list workspace members"),
-    "repository": (
-        (
-            "repo-classified",
-            "merge-requires-passing-builds",
-            "merge-requires-peer-review",
-            "branch-protection-enforced",
-            "pipelines-enabled",
-        ),
-        "list repositories and their metadata",
-    ),
-    "repository:admin": (
-        (
-            "merge-requires-passing-builds",
-            "merge-requires-peer-review",
-            "branch-protection-enforced",
-            "pipelines-enabled",
-        ),
-        "read branch restrictions and the Pipelines switch (no read-only alternative exists)",
-    ),
-    "pullrequest": ((), "count open pull requests (repository metadata, no test)"),
-    "pipeline": ((), "show the newest build of the main branch (details of pipelines-enabled)"),
-    "webhook": ((), "register the webhook: without it results are only as fresh as the last reconcile"),
+    scope: (tuple(c.id for c in REGISTRY.values() if scope in c.scopes), purpose)
+    for scope, purpose in SCOPE_PURPOSES.items()
 }
 
 
@@ -121,7 +117,8 @@ def scope_report(
             "tests_left_unknown": sorted(t for t in tests if t in on) if missing else [],
         }
         if scope == "repository:admin":
+            admin = [t for t in tests if "repository admin" in REGISTRY[t].permissions]
             entry["not_admin_of"] = [] if missing else refused
-            entry["tests_left_unknown_for_permission"] = sorted(t for t in tests if t in on) if refused else []
+            entry["tests_left_unknown_for_permission"] = sorted(t for t in admin if t in on) if refused else []
         report.append(entry)
     return report

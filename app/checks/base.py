@@ -6,7 +6,7 @@ A fact that could not be read carries why: ``missing_scope`` (the credential lac
 (5xx, timeout, 429 after retries), so a test can answer ``unknown`` or let the findings diff keep
 the last result as stale, never ``fail``.
 
-Every ``unknown`` says why in ``details.reason``, one of :data:`UNKNOWN_REASONS` (checks.md
+Every ``unknown`` says why in ``details.reason``, one of :data:`UNKNOWN_REASONS` (docs/checks.md
 "Results"), and, where the user can fix it, how in ``details.fix`` and the message.
 """
 
@@ -94,7 +94,7 @@ class Evidence:
 @dataclass(frozen=True)
 class ExceptionGrant:
     """An accepted risk for (test, subject key): a repository uuid, a member account id or a
-    workspace slug, never a name (checks.md "Exceptions")."""
+    workspace slug, never a name (docs/checks.md "Exceptions")."""
 
     id: int
     check: str
@@ -124,20 +124,48 @@ class WorkspaceFacts:
     exceptions: tuple[ExceptionGrant, ...] = field(default_factory=tuple)
 
 
+# The resources a test's facts come from: the kinds of ``app.planner.Fetch``.
+FETCH_KINDS = frozenset(
+    {"repos", "repo", "repo_full", "restrictions", "branching_model", "pipelines", "last_build", "pr_count"}
+    | {"members", "emails"}
+)
+# Manual evidence a test accepts: one member's, or a workspace-wide report / policy.
+EVIDENCE_SCOPES = frozenset({"member", "workspace"})
+
+
 @dataclass(frozen=True)
 class Check:
-    """One security test. ``evaluate`` yields its results for a workspace, never raising."""
+    """One security test, and everything the rest of the product needs to know about it: the
+    settings' valid ids, the planner's sets, the scope report, the evidence and alert texts and the
+    OpenAPI enums all derive from the registry of these (``app.checks.REGISTRY``), so adding a test
+    is adding one module under ``app/checks/`` that defines ``CHECK``. ``evaluate`` yields its
+    results for a workspace, never raising."""
 
     id: str
     title: str
-    severity: str
-    subject_type: str
-    default_on: bool
+    severity: str  # critical | high | medium | low
+    subject_type: str  # repository | member | workspace
+    default_on: bool  # off: only with LP_CHECKS_ENABLED
     evaluate: Callable[[WorkspaceFacts, Context], Sequence[Result]]
     doc: str = ""
+    order: int = 100  # position in every list of tests (settings, dashboard, API): lower first
+    fetches: frozenset[str] = frozenset()  # FETCH_KINDS its facts come from (what the planner reads)
+    scopes: tuple[str, ...] = ()  # OAuth scopes whose absence leaves it ``unknown``
+    permissions: tuple[str, ...] = ()  # Bitbucket permissions the connected user needs: ``repository admin``
+    fix: str = ""  # how to fix a failing result (alerts); ``{ws}`` and ``{subject}`` are filled in
+    # Where the subject's setting is changed; ``{web_url}``, ``{ws}`` and ``{subject}`` are filled in.
+    settings_link: str = ""
+    evidence: tuple[str, ...] = ()  # the manual evidence it accepts (EVIDENCE_SCOPES); empty: none
+    action: str = ""  # the dashboard's in-place action for a failing result: "classify", "link" (a member)
     # The controls the test supports (a starting mapping: SOC 2 Trust Services Criteria and
     # ISO/IEC 27001:2022 Annex A), shown on the dashboard and in the audit pack.
     controls: tuple[str, ...] = ()
+
+    def fix_text(self, ws: str, subject: str) -> str:
+        return self.fix.format(ws=ws, subject=subject)
+
+    def link(self, web_url: str, ws: str, subject: str) -> str:
+        return self.settings_link.format(web_url=web_url, ws=ws, subject=subject)
 
 
 def repo_result(check: Check, facts: RepoFacts, status: str, message: str, **details: Any) -> Result:
@@ -176,7 +204,7 @@ def member_result(check: Check, ws: str, m: MemberFacts, status: str, message: s
 
 
 def out_of_scope(check: Check, facts: RepoFacts) -> Result | None:
-    """``not_applicable`` for a repository classified non-production (checks.md repo-classified)."""
+    """``not_applicable`` for a repository classified non-production (docs/checks.md, classification)."""
     if facts.repo_class == "non-production":
         return repo_result(
             check,
@@ -303,6 +331,8 @@ def stale_member_result(check: Check, ws: str, m: MemberFacts) -> Result:
         error=f"{m.stale} fetch failed",
     )
 
+
+BRANCH_RULE_FIX = "Add the missing rule in Repository settings → Branch restrictions."
 
 PROJECT_LEVEL_NOTE = (
     "Project-level branch restrictions are not visible through Bitbucket's API (BCLOUD-22732): "

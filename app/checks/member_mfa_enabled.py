@@ -119,5 +119,11 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=2,
+    fetches=frozenset({"members"}),
+    scopes=("account",),
+    fix=HOW_TO,
+    settings_link="https://admin.atlassian.com",
+    evidence=("member", "workspace"),
     controls=("SOC 2 CC6.1", "ISO 27001:2022 A.8.5"),
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from app.checks.base import (
+    BRANCH_RULE_FIX,
     PROJECT_LEVEL_NOTE,
     Check,
     Context,
@@ -23,7 +24,7 @@ from app.checks.base import (
     repo_result,
     settings_url,
 )
-from app.checks.coverage import covering, describe
+from app.checks.branch_coverage import covering, describe
 from app.models import Result
 
 KINDS = ("require_passing_builds_to_merge",)
@@ -121,5 +122,11 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=4,
+    fetches=frozenset({"repo", "restrictions", "branching_model"}),
+    scopes=("repository", "repository:admin"),
+    permissions=("repository admin",),
+    fix=BRANCH_RULE_FIX,
+    settings_link="{web_url}/{subject}/admin/branch-restrictions",
     controls=("SOC 2 CC8.1", "ISO 27001:2022 A.8.4", "ISO 27001:2022 A.8.32"),
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.checks.base import Check, Context, WorkspaceFacts
+from app.checks.base import BRANCH_RULE_FIX, Check, Context, WorkspaceFacts
 from app.checks.merge_requires_passing_builds import merge_check
 from app.models import Result
 
@@ -34,5 +34,11 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=5,
+    fetches=frozenset({"repo", "restrictions", "branching_model"}),
+    scopes=("repository", "repository:admin"),
+    permissions=("repository admin",),
+    fix=BRANCH_RULE_FIX,
+    settings_link="{web_url}/{subject}/admin/branch-restrictions",
     controls=("SOC 2 CC8.1", "ISO 27001:2022 A.8.4", "ISO 27001:2022 A.8.32"),
 )

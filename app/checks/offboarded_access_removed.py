@@ -128,5 +128,11 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=7,
+    fetches=frozenset({"members", "emails"}),
+    scopes=("account",),
+    fix="Remove the account at admin.atlassian.com, or link it to a person in the personnel directory.",
+    settings_link="https://admin.atlassian.com",
+    action="link",
     controls=("SOC 2 CC6.2", "SOC 2 CC6.3", "ISO 27001:2022 A.5.18"),
 )

@@ -80,5 +80,11 @@ CHECK = Check(
     default_on=False,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=8,
+    fetches=frozenset({"repo", "pipelines", "last_build"}),
+    scopes=("repository", "repository:admin"),
+    permissions=("repository admin",),
+    fix="Enable Pipelines in Repository settings → Pipelines → Settings.",
+    settings_link="{web_url}/{subject}/admin/pipelines/settings",
     controls=("SOC 2 CC7.1", "ISO 27001:2022 A.8.8", "ISO 27001:2022 A.8.29"),
 )

@@ -53,5 +53,11 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=1,
+    fetches=frozenset({"repo"}),
+    scopes=("repository",),
+    fix="Classify the repository as production or non-production (dashboard, API or the `classify` command).",
+    settings_link="{web_url}/{subject}",
+    action="classify",
     controls=("SOC 2 CC6.1", "ISO 27001:2022 A.5.9", "ISO 27001:2022 A.5.12"),
 )

@@ -75,5 +75,9 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    order=3,
+    fix=HOW_TO,
+    settings_link="{web_url}/{ws}/workspace/settings",
+    evidence=("workspace",),
     controls=("SOC 2 CC6.1", "ISO 27001:2022 A.8.5"),
 )

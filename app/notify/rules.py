@@ -1,4 +1,4 @@
-"""Pure: which result changes are worth an alert (checks.md "Changes worth an alert").
+"""Pure: which result changes are worth an alert (docs/checks.md "Changes worth an alert").
 
 An alert goes out when a result moves between pass/not_applicable/excepted and fail/unknown (an
 expired exception or evidence shows up as such a move), when an ``unknown`` is confirmed as a
@@ -13,8 +13,6 @@ from collections import Counter
 from typing import Any
 
 from app.checks import REGISTRY
-from app.checks.member_mfa_enabled import HOW_TO as MFA_HOW_TO
-from app.checks.workspace_mfa_enforced import HOW_TO as WS_MFA_HOW_TO
 from app.findings import Change, Delta
 from app.models import FAILING, Result
 
@@ -22,12 +20,12 @@ BASELINE_MIN = 6
 
 
 def subject_url(r: Result, web_url: str) -> str:
-    """The Bitbucket (or Atlassian admin) page where the subject's setting is changed."""
+    """The Bitbucket (or Atlassian admin) page where the subject's setting is changed (``Check.settings_link``)."""
+    check = REGISTRY.get(r.check)
+    if check is not None and check.settings_link:
+        return check.link(web_url, r.workspace, r.subject)
     if r.subject_type == "repository":
-        page = "pipelines/settings" if r.check == "pipelines-enabled" else "branch-restrictions"
-        if r.check == "repo-classified":
-            return f"{web_url}/{r.subject}"
-        return f"{web_url}/{r.subject}/admin/{page}"
+        return f"{web_url}/{r.subject}"
     if r.subject_type == "member":
         return "https://admin.atlassian.com"
     return f"{web_url}/{r.workspace}/workspace/settings"
@@ -35,22 +33,13 @@ def subject_url(r: Result, web_url: str) -> str:
 
 def how_to_fix(r: Result) -> str:
     if r.status == "unknown" and r.details.get("fix"):
-        return str(r.details["fix"])  # why it is unknown and how to fix it (checks.md "Results")
-    if r.check == "repo-classified":
-        return f"Classify it: `lowerplane-bitbucket classify {r.subject} production` or on the dashboard."
-    if r.check == "member-mfa-enabled":
-        return MFA_HOW_TO.format(ws=r.workspace)
-    if r.check == "workspace-mfa-enforced":
-        return WS_MFA_HOW_TO.format(ws=r.workspace)
-    if r.check == "offboarded-access-removed":
-        return "Remove the account at admin.atlassian.com, or link it to a person in the personnel directory."
+        return str(r.details["fix"])  # why it is unknown and how to fix it (docs/checks.md "Results")
     if r.status == "unknown" and r.details.get("missing_scope"):
         return f"Reconnect with the `{r.details['missing_scope']}` scope."
     if r.status == "unknown" and r.details.get("missing_permission"):
         return "Make the connecting user an admin of the repository, or connect as a workspace admin."
-    if r.check == "pipelines-enabled":
-        return "Enable Pipelines in Repository settings → Pipelines → Settings."
-    return "Add the missing rule in Repository settings → Branch restrictions."
+    check = REGISTRY.get(r.check)
+    return check.fix_text(r.workspace, r.subject) if check is not None and check.fix else ""
 
 
 def _alert(c: Change, web_url: str, kind: str) -> dict[str, Any]:

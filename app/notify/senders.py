@@ -18,15 +18,12 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import aiosmtplib
 
+from app.errors import DeliveryError as DeliveryError
 from app.errors import LowerplaneError
 from app.logs import get_logger
 from app.notify.render import email_message, slack_message, validate_slack_url
 
 log = get_logger("notify")
-
-
-class DeliveryError(LowerplaneError):
-    """A channel refused or failed a message (the outbox retries)."""
 
 
 class Sender(Protocol):

@@ -1,7 +1,7 @@
 """Snapshots → facts: what the checks read of one workspace, built from stored snapshots alone.
 
 A snapshot that was never fetched, whose latest fetch failed, or that holds a 403 marker becomes
-``Unreadable`` with its reason, so a test answers ``unknown`` (never ``fail``) for it (checks.md
+``Unreadable`` with its reason, so a test answers ``unknown`` (never ``fail``) for it (docs/checks.md
 "A fetch that fails"). Classification (explicit class, else the first matching rule) happens here.
 """
 
@@ -20,7 +20,7 @@ from app.bitbucket.models import (
     Repository,
 )
 from app.checks.base import MemberFacts, Person, RepoFacts, Unreadable, WorkspaceFacts
-from app.checks.coverage import glob_matches
+from app.checks.branch_coverage import glob_matches
 from app.planner import KnownRepo
 from app.store.snapshots import (
     Snapshot,
@@ -31,9 +31,8 @@ from app.store.snapshots import (
     k_model,
     k_pipelines,
     k_prs,
-    k_repo,
-    k_repos,
     k_restrictions,
+    listed_repos,
 )
 
 if TYPE_CHECKING:
@@ -85,15 +84,11 @@ async def build_facts(
     rules = await store.records.rules()
     people = await store.records.people()
     exceptions = await store.records.exceptions()
-    repo_list = snaps.get(k_repos(ws))
     repos: list[RepoFacts] = []
-    for uuid in repo_list.content if repo_list and repo_list.content and with_repos else []:
+    for uuid, content in listed_repos(snaps, ws) if with_repos else ():
         if repo_uuids is not None and uuid not in repo_uuids:
             continue
-        snap = snaps.get(k_repo(uuid))
-        if snap is None or snap.content is None:
-            continue
-        repo = Repository.model_validate(snap.content)
+        repo = Repository.model_validate(content)
         cls, source = classify(repo, explicit, rules)
         r_snap = snaps.get(k_restrictions(uuid))
         restrictions: tuple[BranchRestriction, ...] | Unreadable = _unreadable(r_snap) or tuple(
@@ -135,7 +130,7 @@ async def _member_facts(
 ) -> tuple[MemberFacts, ...] | Unreadable:
     """Members linked to people (by account id, else email, else a mark). A member list or email
     lookup that failed leaves its earlier content in place: members whose result rests on it are
-    marked ``stale`` so the findings diff keeps their last result (checks.md "A fetch that fails")."""
+    marked ``stale`` so the findings diff keeps their last result (docs/checks.md "A fetch that fails")."""
     members_snap = snaps.get(k_members(ws))
     why = _unreadable(members_snap)
     listed = members_snap.content if members_snap is not None and isinstance(members_snap.content, list) else None
@@ -196,13 +191,9 @@ async def _member_facts(
 async def known_repos(store: Store, ws: str) -> dict[str, KnownRepo]:
     """What the planner may know of the workspace's repositories: main branch, branching-model branches."""
     snaps = await store.snapshots.load(ws, kinds=("repos", "repo", "branching_model"))
-    listed = snaps.get(k_repos(ws))
     out: dict[str, KnownRepo] = {}
-    for uuid in listed.content if listed and listed.content else []:
-        snap = snaps.get(k_repo(uuid))
-        if snap is None or snap.content is None:
-            continue
-        main = snap.content.get("mainbranch")
+    for uuid, content in listed_repos(snaps, ws):
+        main = content.get("mainbranch")
         branches: set[str] = set()
         model = snaps.get(k_model(uuid))
         if model is not None and isinstance(model.content, dict):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from app.checks.base import Evidence, ExceptionGrant, Person
-from app.records import TooLarge
+from app.record_input import TooLarge
 from app.store.db import Database
 
 CHUNK = 1024 * 1024
@@ -47,11 +47,6 @@ class Records:
             "INSERT INTO audit (at, actor, action, object_type, object_id, details) VALUES (?,?,?,?,?,?)",
             (at, actor, action, kind, oid, json.dumps(details, default=str)),
         )
-
-    async def audit_log(self, object_type: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM audit" + (" WHERE object_type = ?" if object_type else "") + " ORDER BY id"
-        rows = await self.db.fetchall(sql, (object_type,) if object_type else ())
-        return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
 
     # -- classification ----------------------------------------------------------------------
     async def set_class(self, repo_uuid: str, workspace: str, full_name: str, cls: str, actor: str, now: str) -> None:

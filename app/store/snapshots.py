@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,16 @@ class Snapshot:
     fetched_at: str | None
     stale_since: str | None
     error: str | None
+
+
+def listed_repos(snaps: Mapping[str, Snapshot], ws: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The workspace's current repositories in loaded snapshots: each uuid of the repository list
+    with its stored metadata, in list order; a listed repository never read is skipped."""
+    listed = snaps.get(k_repos(ws))
+    for uuid in listed.content if listed is not None and isinstance(listed.content, list) else []:
+        snap = snaps.get(k_repo(uuid))
+        if snap is not None and isinstance(snap.content, dict):
+            yield uuid, snap.content
 
 
 def content_hash(content: Any) -> str:

@@ -464,14 +464,20 @@ class Views:
         )
         return row is not None
 
-    async def first_steps(self) -> dict[str, int]:
-        """What the guided first steps look at: people imported, explicit classes and rules, 2SV evidence."""
+    async def first_steps(self, policy: list[str], report: list[str], classify: list[str]) -> dict[str, int]:
+        """What the guided first steps look at: people imported, explicit classes and rules, 2SV
+        evidence (the tests named by the caller: workspace policy, member report, classification)."""
+
+        def among(ids: list[str]) -> str:
+            return "(" + ",".join("?" * len(ids)) + ")" if ids else "(NULL)"
+
         row = await self.db.fetchone(
-            """SELECT (SELECT count(*) FROM personnel),
+            f"""SELECT (SELECT count(*) FROM personnel),
                       (SELECT count(*) FROM repo_classes) + (SELECT count(*) FROM class_rules),
-                      (SELECT count(*) FROM evidence WHERE revoked_at IS NULL AND check_id = 'workspace-mfa-enforced'),
-                      (SELECT count(*) FROM evidence WHERE revoked_at IS NULL AND check_id = 'member-mfa-enabled'),
-                      (SELECT count(*) FROM results WHERE check_id = 'repo-classified' AND status = 'fail')"""
+                      (SELECT count(*) FROM evidence WHERE revoked_at IS NULL AND check_id IN {among(policy)}),
+                      (SELECT count(*) FROM evidence WHERE revoked_at IS NULL AND check_id IN {among(report)}),
+                      (SELECT count(*) FROM results WHERE check_id IN {among(classify)} AND status = 'fail')""",
+            (*policy, *report, *classify),
         )
         assert row is not None
         return {

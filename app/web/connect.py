@@ -68,7 +68,7 @@ async def logout(request: Request) -> Response:
         return response
     form = await request.form()
     if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
-        raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+        raise errors.CsrfError()
     await session.end(request, sid, response)
     return response
 
@@ -155,7 +155,7 @@ async def callback(request: Request) -> Response:
     service.pool.drop(cid)
     conn = await service.store.connections.get(cid)
     assert conn is not None
-    from app.hooks import ensure_hooks
+    from app.webhook_registration import ensure_hooks
 
     try:
         await ensure_hooks(service, conn)

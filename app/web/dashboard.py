@@ -16,8 +16,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from app import errors, records
-from app.checks import REGISTRY
+from app import errors, record_input
+from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.checks.base import valid_through
 from app.evidence import record_evidence
 from app.exceptions import record_exception
@@ -30,42 +30,10 @@ from app.web.uploads import upload_form
 
 PER_PAGE = 50
 SEVERITIES = ("critical", "high", "medium", "low")
-# How to fix each test, in one line, next to what is wrong (the message); the link goes to the page.
-FIX: dict[str, tuple[str, str]] = {
-    "repo-classified": ("Classify the repository as production or non-production.", "classify"),
-    "branch-protection-enforced": (
-        "Add branch restrictions on the main branch: prevent force pushes, prevent deletion, limit direct pushes.",
-        "{web}/{full_name}/admin/branch-restrictions",
-    ),
-    "merge-requires-peer-review": (
-        "Add a branch restriction requiring approvals before merging into the main branch.",
-        "{web}/{full_name}/admin/branch-restrictions",
-    ),
-    "merge-requires-passing-builds": (
-        "Add a branch restriction requiring passing builds (and no failed builds) before merging.",
-        "{web}/{full_name}/admin/branch-restrictions",
-    ),
-    "pipelines-enabled": (
-        "Enable Bitbucket Pipelines for the repository and add a scanning step.",
-        "{web}/{full_name}/admin/pipelines/settings",
-    ),
-    "member-mfa-enabled": (
-        "Upload the organization's two-step verification report, or have the member turn on 2SV.",
-        "https://admin.atlassian.com/",
-    ),
-    "workspace-mfa-enforced": (
-        "Upload the authentication policy that requires two-step verification.",
-        "https://admin.atlassian.com/",
-    ),
-    "offboarded-access-removed": (
-        "Remove the person from the workspace (user groups) or revoke their Atlassian account.",
-        "{web}/{workspace}/workspace/settings/groups",
-    ),
-}
-
 TEMPLATES = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=select_autoescape(["html"])
 )
+TEMPLATES.globals["evidence_checks"] = EVIDENCE_CHECKS
 NAV = [
     ("/", "Overview"),
     ("/findings", "Findings"),
@@ -150,13 +118,9 @@ def first_line(message: str) -> str:
 def todo(row: dict[str, Any], web_url: str, now: datetime) -> dict[str, Any]:
     """A result as an item of the to-do list: title, severity, human subject, what, how, link, age."""
     check = REGISTRY.get(row["check_id"])
-    fix, target = FIX.get(row["check_id"], ("", ""))
-    full_name = row["subject"] if row["subject_type"] == "repository" else ""
-    link = (
-        target.format(web=web_url.rstrip("/"), full_name=full_name, workspace=row["workspace"])
-        if target.startswith(("{web}", "http"))
-        else ""
-    )
+    # How to fix it, in one line next to what is wrong, and where: both from the test's own module.
+    fix = check.fix_text(row["workspace"], row["subject"]) if check else ""
+    link = check.link(web_url.rstrip("/"), row["workspace"], row["subject"]) if check and check.settings_link else ""
     failing = row["status"] in FAILING
     details = row["details"]
     return {
@@ -175,7 +139,8 @@ def todo(row: dict[str, Any], web_url: str, now: datetime) -> dict[str, Any]:
         "message": row["message"],
         "fix": fix if failing else "",
         "fix_link": link if failing else "",
-        "classify": failing and target == "classify",
+        "classify": failing and check is not None and check.action == "classify",
+        "action": check.action if check else "",
         "age": _age(row["last_changed"], now) if failing else "",
         "since": row["last_changed"],
         "stale_since": row.get("stale_since"),
@@ -213,7 +178,7 @@ async def _form(request: Request) -> dict[str, Any]:
     sid = await _sid(request)
     form = await request.form()
     if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
-        raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+        raise errors.CsrfError()
     return dict(form)
 
 
@@ -296,7 +261,11 @@ async def overview(request: Request) -> Response:
     failing = sum(n for counts in by_check.values() for s, n in counts.items() if s in FAILING)
     views = _views(request)
     assessment = await _assessment(services)
-    steps = await views.first_steps()
+    steps = await views.first_steps(
+        policy=[c.id for c in REGISTRY.values() if c.evidence and c.subject_type == "workspace"],
+        report=[c.id for c in REGISTRY.values() if c.evidence and c.subject_type == "member"],
+        classify=[c.id for c in REGISTRY.values() if c.action == "classify"],
+    )
     first_steps = [
         (
             "Classify your repositories as production or non-production",
@@ -533,13 +502,13 @@ async def evidence(request: Request) -> Response:
         settings = request.app.state.settings
         try:
             form = await upload_form(request, settings.evidence_max_bytes)
-        except records.TooLarge as exc:
+        except record_input.TooLarge as exc:
             return await _evidence_page(request, str(exc), 413)
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             return _back("/evidence", str(exc))
         try:
             if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
-                raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+                raise errors.CsrfError()
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 return _back("/evidence", "Choose a file.")
@@ -557,9 +526,9 @@ async def evidence(request: Request) -> Response:
                 max_age_days=settings.evidence_max_age_days,
                 max_bytes=settings.evidence_max_bytes,
             )
-        except records.TooLarge as exc:
+        except record_input.TooLarge as exc:
             return await _evidence_page(request, str(exc), 413)
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             return _back("/evidence", str(exc))
         finally:
             await form.close()
@@ -598,7 +567,7 @@ async def exceptions(request: Request) -> Response:
                 actor="dashboard",
                 known_checks=CHECK_IDS,
             )
-        except records.RecordError as exc:
+        except record_input.RecordError as exc:
             return _back("/exceptions", str(exc).replace("--", ""))
         await services.service.internal_event(
             "lp:exception", {"check": done.request.check, "subject": done.subject.key}
@@ -854,8 +823,9 @@ async def personnel_page(request: Request) -> Response:
         finally:
             await form.close()
         try:
-            people = records.parse_personnel(data, name)
-        except records.RecordError as exc:
+            people = record_input.parse_personnel(data, name)
+            record_input.check_account_conflicts(people, await store.records.people())
+        except record_input.RecordError as exc:
             return _back("/personnel", f"Nothing imported: {exc}")
         known = {p.email for p in await store.records.people()}
         n = await store.records.import_people(people, "dashboard", iso(utcnow()))

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import __version__
+from app.checks import EVIDENCE_CHECKS
 from app.models import STATUSES
 from app.settings import CHECK_IDS
 from app.web import api, resources
@@ -289,7 +290,7 @@ API_ROUTES: tuple[ApiRoute, ...] = (
                         "required": ["file", "check", "workspace"],
                         "properties": {
                             "file": {"type": "string", "format": "binary"},
-                            "check": {"type": "string", "enum": ["member-mfa-enabled", "workspace-mfa-enforced"]},
+                            "check": {"type": "string", "enum": list(EVIDENCE_CHECKS)},
                             "workspace": {"type": "string"},
                             "member": {"type": "string"},
                             "expires": {"type": "string", "format": "date"},
@@ -412,12 +413,14 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Problem": {
                     "type": "object",
-                    "required": ["title", "status"],
+                    "description": "RFC 9457 problem details (application/problem+json): every error answer of "
+                    "the API, with the HTTP status its error class maps to (app/errors.py).",
+                    "required": ["type", "title", "status"],
                     "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
+                        "type": {"type": "string", "description": "always about:blank: the status says it all"},
+                        "title": {"type": "string", "description": "short, the same for every error of a kind"},
+                        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                        "detail": {"type": "string", "description": "what was wrong with this request"},
                     },
                 }
             },

@@ -11,14 +11,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from app import errors, exports, records, tiers
+from app import errors, exports, record_input, tiers
 from app.bitbucket.models import Repository
-from app.checks import REGISTRY, scope_report
+from app.checks import EVIDENCE_CHECKS, REGISTRY, scope_report
 from app.checks.base import Person, valid_through
 from app.evidence import NoMemberList, record_evidence
 from app.exceptions import UnknownSubject, record_exception
 from app.findings import to_json
-from app.hooks import health, remove_hooks
 from app.models import iso, utcnow
 from app.settings import CHECK_IDS
 from app.store.facts import classify
@@ -30,6 +29,7 @@ from app.web.connect import not_admin_repositories
 from app.web.jsonbody import MAX_DEPTH, json_object, too_deep
 from app.web.problems import Problem
 from app.web.uploads import BadUpload, upload_form
+from app.webhook_registration import health, remove_hooks
 
 
 def _svc(request: Request) -> Any:
@@ -303,10 +303,10 @@ async def personnel(request: Request) -> Response:
         return JSONResponse([_person(p) for p in await store.records.people()])
     body = await _json(request)
     try:
-        person = records.person_from_row(body, "body")
-        records.check_dates(person, "body", utcnow().date())
-        records.check_account_conflicts([person], await store.records.people())
-    except records.RecordError as exc:
+        person = record_input.person_from_row(body, "body")
+        record_input.check_dates(person, "body", utcnow().date())
+        record_input.check_account_conflicts([person], await store.records.people())
+    except record_input.RecordError as exc:
         raise Problem(400, "Bad body", str(exc)) from None
     known = await store.records.person(person.email)
     await store.records.upsert_person(person, "api", iso(utcnow()))
@@ -322,9 +322,9 @@ async def personnel_import(request: Request) -> Response:
     if (name == "upload.json" or data.lstrip()[:1] in (b"[", b"{")) and too_deep(data):
         raise Problem(400, "Nothing imported", f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        people = records.parse_personnel(data, name)
-        records.check_account_conflicts(people, await store.records.people())
-    except records.RecordError as exc:
+        people = record_input.parse_personnel(data, name)
+        record_input.check_account_conflicts(people, await store.records.people())
+    except record_input.RecordError as exc:
         raise Problem(400, "Nothing imported", str(exc)) from None
     known = {p.email for p in await store.records.people()}
     n = await store.records.import_people(people, "api", iso(utcnow()))
@@ -380,7 +380,7 @@ async def evidence(request: Request) -> Response:
     max_bytes = request.app.state.settings.evidence_max_bytes
     try:
         form = await upload_form(request, max_bytes)
-    except records.TooLarge as exc:
+    except record_input.TooLarge as exc:
         raise Problem(413, "Evidence too large", str(exc), headers={"Connection": "close"}) from None
     except BadUpload as exc:
         raise Problem(400, "Bad upload", str(exc)) from None
@@ -389,8 +389,8 @@ async def evidence(request: Request) -> Response:
         check = str(form.get("check") or "")
         if upload is None or isinstance(upload, str):
             raise Problem(400, "Bad upload", "file is required")
-        if check not in ("member-mfa-enabled", "workspace-mfa-enforced"):
-            raise Problem(400, "Bad upload", "check must be member-mfa-enabled or workspace-mfa-enforced")
+        if check not in EVIDENCE_CHECKS:
+            raise Problem(400, "Bad upload", f"check must be {' or '.join(EVIDENCE_CHECKS)}")
         member = str(form.get("member") or "") or None
         ws = str(form.get("workspace") or "")
         if not ws:
@@ -407,11 +407,11 @@ async def evidence(request: Request) -> Response:
             max_age_days=request.app.state.settings.evidence_max_age_days,
             max_bytes=max_bytes,
         )
-    except records.TooLarge as exc:
+    except record_input.TooLarge as exc:
         raise Problem(413, "Evidence too large", str(exc)) from None
     except NoMemberList as exc:
         raise Problem(409, "No member list yet", str(exc)) from None
-    except records.RecordError as exc:
+    except record_input.RecordError as exc:
         raise Problem(400, "Bad upload", str(exc)) from None
     finally:
         await form.close()
@@ -479,7 +479,7 @@ async def exceptions(request: Request) -> Response:
         )
     except UnknownSubject as exc:
         raise Problem(422, "Unknown subject", str(exc).replace("--", "")) from None
-    except records.RecordError as exc:
+    except record_input.RecordError as exc:
         raise Problem(400, "Bad body", str(exc).replace("--", "")) from None
     req = done.request
     ids = await _internal(request, "lp:exception", {"check": req.check, "subject": done.subject.key})

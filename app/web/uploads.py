@@ -1,7 +1,7 @@
 """Multipart uploads with the size limit enforced while the body is read.
 
 The request body is counted as it streams in: a ``Content-Length`` over the limit is refused before
-reading, and a body (chunked or not) that grows past it stops at once (:class:`app.records.TooLarge`,
+reading, and a body (chunked or not) that grows past it stops at once (:class:`app.record_input.TooLarge`,
 HTTP 413). The file part is spooled to a temporary file on disk (at most 1 MiB in memory) and
 then streamed into the evidence folder, so memory stays flat whatever the upload's size.
 """
@@ -14,13 +14,10 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from app.records import RecordError, TooLarge
+from app.errors import BadUpload as BadUpload
+from app.errors import TooLarge
 
 FORM_OVERHEAD = 64 * 1024  # part headers and the small fields beside the file
-
-
-class BadUpload(RecordError):
-    """Not a multipart/form-data body."""
 
 
 async def upload_form(request: Request, max_bytes: int) -> FormData:

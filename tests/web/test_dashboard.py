@@ -180,4 +180,4 @@ async def test_forms_need_the_csrf_token(product: RunningApp, browser: Browser) 
     response = await page.request.post(
         product.url + "/repositories/classify", form={"one": "x|production", "csrf": "forged"}
     )
-    assert response.status == 400 and "CSRF" in await response.text()
+    assert response.status == 403 and "CSRF" in await response.text()

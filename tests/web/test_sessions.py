@@ -59,8 +59,8 @@ async def test_logout_revokes_the_session(product: RunningApp) -> None:
 
     # Not a logout: GET, and POST without (or with a wrong) CSRF token.
     assert await _post(product, cookie, "/logout", {}, method="GET") == 405
-    assert await _post(product, cookie, "/logout", {}) == 400
-    assert await _post(product, cookie, "/logout", {"csrf": "forged"}) == 400
+    assert await _post(product, cookie, "/logout", {}) == 403
+    assert await _post(product, cookie, "/logout", {"csrf": "forged"}) == 403
     assert (await _get(product, cookie))[0] == 200
 
     assert await _post(product, cookie, "/logout", {"csrf": csrf.group(1)}) == 303

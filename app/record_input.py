@@ -15,7 +15,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from app.checks.base import Person
-from app.errors import LowerplaneError
+from app.errors import RecordError as RecordError
+from app.errors import TooLarge as TooLarge
+from app.errors import size_text as size_text
 
 KINDS = ("employee", "contractor", "service-account", "external")
 STATUSES = ("active", "offboarded")
@@ -23,26 +25,6 @@ COLUMNS = ("email", "name", "kind", "status", "offboarded_on", "bitbucket_accoun
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EVIDENCE_BYTES = 10 * 1024 * 1024
 MAX_EXCEPTION_DAYS = 365
-
-
-class RecordError(LowerplaneError):
-    """Bad input from a person: one line that says where and what."""
-
-
-class TooLarge(RecordError):
-    """An evidence file over the size limit (HTTP 413); raised while reading, before the rest."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(f"evidence is larger than {size_text(max_bytes)} (LP_EVIDENCE_MAX_BYTES)")
-        self.max_bytes = max_bytes
-
-
-def size_text(n: int) -> str:
-    """``10485760`` → ``10 MiB``; sizes that are not whole MiB or KiB in bytes."""
-    for unit, factor in (("MiB", 1024 * 1024), ("KiB", 1024)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor} {unit}"
-    return f"{n} bytes"
 
 
 def _date(value: str, where: str) -> str:
@@ -93,7 +75,7 @@ def person_from_row(row: dict[str, Any], where: str) -> Person:
 
 
 def check_dates(p: Person, where: str, today: date) -> None:
-    """checks.md: ``offboarded_on`` only with ``status=offboarded`` (a future date schedules it)."""
+    """docs/checks.md: ``offboarded_on`` only with ``status=offboarded`` (a future date schedules it)."""
     if p.offboarded_on is None or p.status == "offboarded":
         return
     if p.offboarded_on < today.isoformat():

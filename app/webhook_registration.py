@@ -93,7 +93,7 @@ async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any
             entry = await _one(client, ws, None, hooks, url, described, ws_events, secret, new_secret)
             state.append(_registered(entry, stored, now))
         except errors.ForbiddenError:
-            # Workspace hooks need a workspace owner (bitbucket-facts.md): fall back to repositories.
+            # Workspace hooks need a workspace owner (docs/bitbucket-facts.md): fall back to repositories.
             repo_events = repo_events or await _desired(client, "repository")
             for repo in await client.repositories(ws):
                 stored = _stored(conn, ws, repo.full_name)

@@ -1,6 +1,6 @@
 """Pure: which branch restrictions cover a repository's protected (main) branch.
 
-checks.md "Which branch is protected": a ``glob`` restriction covers the branch when its pattern
+docs/checks.md "Which branch is protected": a ``glob`` restriction covers the branch when its pattern
 matches, ``*`` matching any run of characters including ``/`` and everything else literal; a
 ``branching_model`` restriction covers it through the branching model (development with
 ``use_mainbranch``, production only when enabled, other types by prefix).
