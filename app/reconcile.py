@@ -11,19 +11,21 @@ fetch that fails marks its snapshot stale and never produces a ``fail`` (checks.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from app import errors
 from app.bitbucket.client import BitbucketClient
+from app.bitbucket.models import Repository
 from app.evaluate import Alerts, record
 from app.fetch import Fetcher, Row, fetch_all
 from app.findings import Delta
 from app.logs import get_logger
 from app.models import iso, utcnow
-from app.planner import MEMBER_CHECKS, REPO_CHECKS, KnownRepo, full_pass
+from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, full_pass, repo_fetches
 from app.settings import Settings
 from app.store import Store
+from app.store.outbox import Entry
 from app.store.snapshots import k_repo, k_repos
 
 log = get_logger("reconcile")
@@ -40,6 +42,9 @@ class PassReport:
     delta: Delta = field(default_factory=Delta)
 
 
+CHUNK = 200  # repositories fetched, evaluated and recorded together in a full pass
+
+
 async def reconcile_workspace(
     client: BitbucketClient,
     store: Store,
@@ -48,42 +53,41 @@ async def reconcile_workspace(
     now: datetime | None = None,
     alerts: Alerts | None = None,
     tier: str = "full",
+    chunk: int = CHUNK,
 ) -> PassReport:
     """One pass over a workspace: list its repositories (tier ``full``), plan every fetch
     (:func:`app.planner.full_pass`), then the same fetch and evaluate steps as any event.
 
-    When the repository list is unreadable, the repository results stand and are marked stale,
-    the member tests are still read and written, and then the error is raised (the pass is
-    retried)."""
+    Tier ``full`` streams the listed repositories through fetch → evaluate → record ``chunk`` at
+    a time, so memory stays bounded however large the workspace; the results of repositories
+    that left are retired once at the end, from the listed set; the member and workspace tests
+    come last. When the repository list is unreadable, the repository results stand and are
+    marked stale, the member tests are still read and written, and then the error is raised
+    (the pass is retried)."""
     started = time.perf_counter()
     now = now or utcnow()
     stamp = iso(now)
     calls_before = client.calls()
     enabled = frozenset(settings.enabled_checks)
     report = PassReport(workspace=ws)
-    listed: list[KnownRepo] = []
-    if tier == "full":
+    cause = "reconcile" if tier == "full" else f"reconcile:{tier}"
+    if tier != "full":
+        plan = full_pass(ws, tier, (), enabled)
+        outcome = await fetch_all(
+            client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency
+        )
+        report.snapshots_changed, report.fetch_failures = outcome.changed, outcome.failures
+        report.delta, report.rows_written = await record(
+            store, settings, ws, now, cause, only_checks=plan.checks or None, alerts=alerts
+        )
+    else:
         try:
             repos = await client.repositories(ws)
         except errors.BitbucketError as exc:
             await Fetcher(client, store, stamp).failed(k_repos(ws), ws, "repos", exc)
             await _members_only(client, store, settings, ws, now, alerts)
             raise
-        rows: list[Row] = [(k_repos(ws), ws, "repos", [r.uuid for r in repos])]
-        rows += [(k_repo(r.uuid), ws, "repo", r.model_dump(mode="json")) for r in repos]
-        report.snapshots_changed = await store.snapshots.put_many(rows, stamp)
-        listed = [KnownRepo(uuid=r.uuid, mainbranch=r.mainbranch, slug=r.slug) for r in repos]
-    plan = full_pass(ws, tier, listed, enabled)
-    outcome = await fetch_all(client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency)
-    report.snapshots_changed += outcome.changed
-    report.fetch_failures = outcome.failures
-    if tier == "full":
-        # Repositories that left the workspace: drop their snapshots (their results retire below).
-        await store.snapshots.keep_repos(ws, {r.uuid for r in listed})
-    cause = "reconcile" if tier == "full" else f"reconcile:{tier}"
-    report.delta, report.rows_written = await record(
-        store, settings, ws, now, cause, only_checks=plan.checks or None, alerts=alerts
-    )
+        await _full(client, store, settings, ws, now, repos, report, alerts, max(1, chunk))
     report.api_calls = client.calls() - calls_before
     report.seconds = time.perf_counter() - started
     log.info(
@@ -100,12 +104,109 @@ async def reconcile_workspace(
     return report
 
 
+async def _full(
+    client: BitbucketClient,
+    store: Store,
+    settings: Settings,
+    ws: str,
+    now: datetime,
+    repos: list[Repository],
+    report: PassReport,
+    alerts: Alerts | None,
+    chunk: int,
+) -> None:
+    """The full pass, ``chunk`` repositories at a time, then retirement, then the rest."""
+    stamp = iso(now)
+    enabled = frozenset(settings.enabled_checks)
+    listed = {r.uuid for r in repos}
+    report.snapshots_changed = await store.snapshots.put_many(
+        [(k_repos(ws), ws, "repos", [r.uuid for r in repos])], stamp
+    )
+    # Repositories that left the workspace: drop their snapshots (their results retire below).
+    await store.snapshots.keep_repos(ws, listed)
+    # The "first assessment" summary alert is a decision about the whole pass: a workspace's
+    # first pass writes its chunks without alerts and the summary with the last step (a marker
+    # keeps that decision across a crash and retry); any later pass alerts chunk by chunk.
+    marker = f"baseline_pending:{ws}"
+    first = alerts is not None and (bool(await store.meta.get(marker)) or not await store.results.exist(ws))
+    if first:
+        await store.meta.set(marker, stamp)
+    chunk_alerts = None if first or alerts is None else _chunk_alerts(alerts)
+    for start in range(0, len(repos), chunk):
+        part = repos[start : start + chunk]
+        rows: list[Row] = [(k_repo(r.uuid), ws, "repo", r.model_dump(mode="json")) for r in part]
+        report.snapshots_changed += await store.snapshots.put_many(rows, stamp)
+        known = [KnownRepo(uuid=r.uuid, mainbranch=r.mainbranch, slug=r.slug) for r in part]
+        fetches = [f for r in known for f in repo_fetches(ws, r, enabled)]
+        outcome = await fetch_all(client, store, fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency)
+        report.snapshots_changed += outcome.changed
+        report.fetch_failures += outcome.failures
+        delta, written = await record(
+            store, settings, ws, now, "reconcile", subjects={r.uuid for r in part}, alerts=chunk_alerts
+        )
+        _merge(report.delta, delta)
+        report.rows_written += written
+    del repos
+    # Results of repositories that are no longer listed: retired once, against the listed set.
+    gone = await store.results.subject_keys(ws, "repository") - listed
+    if gone:
+        delta, written = await record(store, settings, ws, now, "reconcile", subjects=gone, alerts=chunk_alerts)
+        _merge(report.delta, delta)
+        report.rows_written += written
+    # The members (a member test on), then every test of a subject other than a repository.
+    if MEMBER_CHECKS & enabled:
+        outcome = await fetch_all(
+            client, store, [Fetch("members", ws)], enabled=enabled, now=stamp, concurrency=settings.concurrency
+        )
+        report.snapshots_changed += outcome.changed
+        report.fetch_failures += outcome.failures
+    final: Alerts | None = chunk_alerts
+    if first and alerts is not None:
+        whole = report.delta
+
+        def final(delta: Delta) -> list[Entry]:
+            merged = _merge(_merge(Delta(), whole), delta)
+            return alerts(merged)
+
+    delta, written = await record(store, settings, ws, now, "reconcile", alerts=final, repositories=False)
+    _merge(report.delta, delta)
+    report.rows_written += written
+    if first:
+        await store.meta.set(marker, "")
+
+
+def _merge(into: Delta, delta: Delta) -> Delta:
+    """Add one step's delta to the pass's (what was unchanged is not kept: it is not reported)."""
+    into.opened += delta.opened
+    into.resolved += delta.resolved
+    into.changed += delta.changed
+    into.stale += delta.stale
+    into.retired += delta.retired
+    return into
+
+
+def _chunk_alerts(alerts: Alerts) -> Alerts:
+    """Alerts for one chunk of a pass that is not the workspace's first: one alert per change.
+    The "first assessment" summary is a decision about a whole first pass, never one chunk's
+    (a chunk of only new repositories is not a first assessment), so a chunk's delta is shown
+    to ``alerts`` as part of a pass that kept earlier results."""
+
+    def rows(delta: Delta) -> list[Entry]:
+        if delta.unchanged or not delta.writes:
+            return alerts(delta)
+        return alerts(replace(delta, unchanged=[delta.writes[0].result]))
+
+    return rows
+
+
 async def _members_only(
     client: BitbucketClient, store: Store, settings: Settings, ws: str, now: datetime, alerts: Alerts | None
 ) -> None:
     """The pass without the repository list: repository results stale, member tests as usual."""
     stale = [
-        r for (check, _), r in (await store.results.load(ws)).items() if check in REPO_CHECKS and r.stale_since is None
+        r
+        for (check, _), r in (await store.results.load(ws, checks=REPO_CHECKS)).items()
+        if check in REPO_CHECKS and r.stale_since is None
     ]
     if stale:
         await store.results.apply(Delta(stale=stale), iso(now), "reconcile")
