@@ -11,15 +11,17 @@ fetch that fails marks its snapshot stale and never produces a ``fail`` (checks.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from app import errors
 from app.bitbucket.client import BitbucketClient
 from app.bitbucket.models import Repository
 from app.evaluate import Alerts, record
 from app.fetch import Fetcher, Row, fetch_all
-from app.findings import Delta
+from app.findings import Change, Delta
 from app.logs import get_logger
 from app.models import iso, utcnow
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, full_pass, repo_fetches
@@ -39,10 +41,41 @@ class PassReport:
     rows_written: int = 0
     fetch_failures: int = 0
     seconds: float = 0.0
+    # The pass's changes, each list cut at REPORT_CAP entries (memory stays bounded however
+    # many results a pass writes); ``counts`` has the whole numbers, per list.
     delta: Delta = field(default_factory=Delta)
+    counts: Counter[str] = field(default_factory=Counter)
 
 
 CHUNK = 200  # repositories fetched, evaluated and recorded together in a full pass
+REPORT_CAP = 1000  # changes of each kind a pass keeps to report
+FEW = 100  # a first pass's openings kept whole (each may be an alert); beyond, a summary alert
+
+
+@dataclass
+class _Opened:
+    """What a workspace's first pass opened, compactly: every change while they are few (each
+    may become an alert of its own), else per test a count and one example, all the "first
+    assessment" summary alert needs."""
+
+    few: list[Change] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    example: dict[str, Change] = field(default_factory=dict)
+
+    def add(self, delta: Delta) -> None:
+        for c in delta.opened:
+            self.counts[c.result.check] += 1
+            self.example.setdefault(c.result.check, c)
+            if len(self.few) < FEW:
+                self.few.append(c)
+
+    def whole(self, last: Delta) -> Delta:
+        """The delta of the whole pass, as the alerts see it."""
+        self.add(last)
+        if sum(self.counts.values()) <= len(self.few):
+            return replace(last, opened=list(self.few))
+        opened = [self.example[k] for k, n in sorted(self.counts.items()) for _ in range(n)]
+        return replace(last, opened=opened, unchanged=[], stale=[])
 
 
 async def reconcile_workspace(
@@ -77,9 +110,10 @@ async def reconcile_workspace(
             client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency
         )
         report.snapshots_changed, report.fetch_failures = outcome.changed, outcome.failures
-        report.delta, report.rows_written = await record(
+        delta, report.rows_written = await record(
             store, settings, ws, now, cause, only_checks=plan.checks or None, alerts=alerts
         )
+        _merge(report, delta)
     else:
         try:
             repos = await client.repositories(ws)
@@ -96,8 +130,8 @@ async def reconcile_workspace(
         tier=tier,
         calls=report.api_calls,
         written=report.rows_written,
-        opened=len(report.delta.opened),
-        resolved=len(report.delta.resolved),
+        opened=report.counts["opened"],
+        resolved=report.counts["resolved"],
         failures=report.fetch_failures,
         seconds=round(report.seconds, 2),
     )
@@ -132,6 +166,7 @@ async def _full(
     if first:
         await store.meta.set(marker, stamp)
     chunk_alerts = None if first or alerts is None else _chunk_alerts(alerts)
+    opened = _Opened() if first else None
     for start in range(0, len(repos), chunk):
         part = repos[start : start + chunk]
         rows: list[Row] = [(k_repo(r.uuid), ws, "repo", r.model_dump(mode="json")) for r in part]
@@ -144,14 +179,16 @@ async def _full(
         delta, written = await record(
             store, settings, ws, now, "reconcile", subjects={r.uuid for r in part}, alerts=chunk_alerts
         )
-        _merge(report.delta, delta)
+        _merge(report, delta)
+        if opened is not None:
+            opened.add(delta)
         report.rows_written += written
     del repos
     # Results of repositories that are no longer listed: retired once, against the listed set.
     gone = await store.results.subject_keys(ws, "repository") - listed
     if gone:
         delta, written = await record(store, settings, ws, now, "reconcile", subjects=gone, alerts=chunk_alerts)
-        _merge(report.delta, delta)
+        _merge(report, delta)
         report.rows_written += written
     # The members (a member test on), then every test of a subject other than a repository.
     if MEMBER_CHECKS & enabled:
@@ -161,28 +198,28 @@ async def _full(
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
     final: Alerts | None = chunk_alerts
-    if first and alerts is not None:
-        whole = report.delta
+    if opened is not None and alerts is not None:
+        first_pass, send = opened, alerts
 
         def final(delta: Delta) -> list[Entry]:
-            merged = _merge(_merge(Delta(), whole), delta)
-            return alerts(merged)
+            return send(first_pass.whole(delta))
 
     delta, written = await record(store, settings, ws, now, "reconcile", alerts=final, repositories=False)
-    _merge(report.delta, delta)
+    _merge(report, delta)
     report.rows_written += written
     if first:
         await store.meta.set(marker, "")
 
 
-def _merge(into: Delta, delta: Delta) -> Delta:
-    """Add one step's delta to the pass's (what was unchanged is not kept: it is not reported)."""
-    into.opened += delta.opened
-    into.resolved += delta.resolved
-    into.changed += delta.changed
-    into.stale += delta.stale
-    into.retired += delta.retired
-    return into
+def _merge(report: PassReport, delta: Delta) -> None:
+    """Add one step's delta to the pass's report: whole counts, lists cut at ``REPORT_CAP``
+    (what was unchanged is only counted)."""
+    report.counts["unchanged"] += len(delta.unchanged)
+    for name in ("opened", "resolved", "changed", "stale", "retired"):
+        kept: list[Any] = getattr(report.delta, name)
+        new: list[Any] = getattr(delta, name)
+        report.counts[name] += len(new)
+        kept += new[: max(0, REPORT_CAP - len(kept))]
 
 
 def _chunk_alerts(alerts: Alerts) -> Alerts:
