@@ -180,3 +180,46 @@ def test_chunked_pass_equals_unchunked(tmp_path_factory: pytest.TempPathFactory,
             assert len([k for k in small if k[0] == "repo-classified"]) == n
 
     asyncio.run(run())
+
+
+async def test_alerts_of_a_chunked_pass(big: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first pass in chunks sends one "first assessment" summary counting every opening; a
+    later pass alerts each opening on its own, even when a chunk holds only new repositories."""
+    from app import reconcile
+    from app.notify.rules import alerts_for
+
+    monkeypatch.setattr(reconcile, "REPORT_CAP", 50)
+
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    sent: list[dict[str, Any]] = []
+
+    def alerts(delta: Any) -> list[Any]:
+        sent.extend(alerts_for(delta))
+        return []
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = _client(session, big.api)
+            report = await reconcile_workspace(client, store, cfg, "bench", alerts=alerts, chunk=7)
+            assert [a["kind"] for a in sent] == ["baseline"]
+            assert f": {report.counts['opened']} results need attention" in sent[0]["message"]
+            assert (
+                report.counts["opened"] > 100 and len(report.delta.opened) == 50
+            )  # the report is cut, the count whole
+
+            # Eight new repositories (with no restriction: their branch tests fail), listed last,
+            # so that one chunk of 7 holds only new repositories.
+            sent.clear()
+            for i in range(8):
+                async with session.post(
+                    f"{big.url}/_sandbox/workspaces/bench/create-repo", json={"slug": f"new-{i}"}
+                ) as r:
+                    assert r.status == 200
+            report = await reconcile_workspace(client, store, cfg, "bench", alerts=alerts, chunk=7)
+            assert report.counts["opened"] >= 8
+            assert "baseline" not in {a["kind"] for a in sent}
+            assert len([a for a in sent if a["kind"] == "opened"]) == report.counts["opened"]
+            assert {a["subject"] for a in sent} == {f"bench/new-{i}" for i in range(8)}
+    finally:
+        await store.close()
