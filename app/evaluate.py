@@ -32,17 +32,19 @@ async def evaluate_workspace(
     now: datetime,
     repo_uuids: set[str] | None = None,
     only_checks: frozenset[str] | None = None,
+    members: bool = True,
 ) -> tuple[list[Result], bool]:
     """The enabled tests (or those of ``only_checks``) for one workspace, from stored snapshots alone.
 
-    ``repo_uuids`` narrows the repositories read (by key) to those; an empty set reads none."""
+    ``repo_uuids`` narrows the repositories read (by key) to those; an empty set reads none.
+    ``members=False`` reads no member (the subjects are repositories only)."""
     enabled = [c for c in settings.enabled_checks if not only_checks or c in only_checks]
     facts, members_read = await build_facts(
         store,
         ws,
         repo_uuids,
         with_repos=bool(REPO_CHECKS & set(enabled)) and repo_uuids != set(),
-        with_members=bool(MEMBER_CHECKS & set(enabled)),
+        with_members=members and bool(MEMBER_CHECKS & set(enabled)),
     )
     ctx = Context(
         workspace=ws,
@@ -71,17 +73,19 @@ async def record(
     alerts: Alerts | None = None,
     *,
     repositories: bool = True,
+    members: bool = True,
 ) -> tuple[Delta, int]:
     """Evaluate from snapshots, diff against stored results, write the delta.
 
     ``subjects`` and ``only_checks`` narrow the evaluation and the diff (and so what may be
     retired) to those subject keys and tests: only those subjects' snapshots and stored results
     are read. ``repositories=False`` leaves every repository subject out (the workspace and
-    member subjects of a pass whose repositories were recorded chunk by chunk). ``alerts`` turns
+    member subjects of a pass whose repositories were recorded chunk by chunk); ``members=False``
+    reads no member (``subjects`` are repositories: a chunk of a pass). ``alerts`` turns
     the delta into outbox rows, written in the same transaction as the results.
     """
     repo_uuids = subjects if repositories else set()
-    results, members_read = await evaluate_workspace(store, settings, ws, now, repo_uuids, only_checks)
+    results, members_read = await evaluate_workspace(store, settings, ws, now, repo_uuids, only_checks, members)
     if subjects is not None:
         results = [r for r in results if r.subject_key in subjects]
     if not repositories:

@@ -177,7 +177,7 @@ async def _full(
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
         delta, written = await record(
-            store, settings, ws, now, "reconcile", subjects={r.uuid for r in part}, alerts=chunk_alerts
+            store, settings, ws, now, "reconcile", subjects={r.uuid for r in part}, alerts=chunk_alerts, members=False
         )
         _merge(report, delta)
         if opened is not None:
@@ -187,7 +187,9 @@ async def _full(
     # Results of repositories that are no longer listed: retired once, against the listed set.
     gone = await store.results.subject_keys(ws, "repository") - listed
     if gone:
-        delta, written = await record(store, settings, ws, now, "reconcile", subjects=gone, alerts=chunk_alerts)
+        delta, written = await record(
+            store, settings, ws, now, "reconcile", subjects=gone, alerts=chunk_alerts, members=False
+        )
         _merge(report, delta)
         report.rows_written += written
     # The members (a member test on), then every test of a subject other than a repository.
