@@ -32,15 +32,19 @@ async def evaluate_workspace(
     now: datetime,
     repo_uuids: set[str] | None = None,
     only_checks: frozenset[str] | None = None,
+    members: bool = True,
 ) -> tuple[list[Result], bool]:
-    """The enabled tests (or those of ``only_checks``) for one workspace, from stored snapshots alone."""
+    """The enabled tests (or those of ``only_checks``) for one workspace, from stored snapshots alone.
+
+    ``repo_uuids`` narrows the repositories read (by key) to those; an empty set reads none.
+    ``members=False`` reads no member (the subjects are repositories only)."""
     enabled = [c for c in settings.enabled_checks if not only_checks or c in only_checks]
     facts, members_read = await build_facts(
         store,
         ws,
         repo_uuids,
-        with_repos=bool(REPO_CHECKS & set(enabled)),
-        with_members=bool(MEMBER_CHECKS & set(enabled)),
+        with_repos=bool(REPO_CHECKS & set(enabled)) and repo_uuids != set(),
+        with_members=members and bool(MEMBER_CHECKS & set(enabled)),
     )
     ctx = Context(
         workspace=ws,
@@ -53,6 +57,11 @@ async def evaluate_workspace(
     return checks.evaluate(facts, ctx, enabled), members_read
 
 
+def known_checks(settings: Settings) -> frozenset[str]:
+    """Every test a stored result may belong to: the registry's and the enabled ones."""
+    return frozenset(checks.REGISTRY) | frozenset(settings.enabled_checks)
+
+
 async def record(
     store: Store,
     settings: Settings,
@@ -62,17 +71,29 @@ async def record(
     subjects: set[str] | None = None,
     only_checks: frozenset[str] | None = None,
     alerts: Alerts | None = None,
+    *,
+    repositories: bool = True,
+    members: bool = True,
 ) -> tuple[Delta, int]:
     """Evaluate from snapshots, diff against stored results, write the delta.
 
     ``subjects`` and ``only_checks`` narrow the evaluation and the diff (and so what may be
-    retired) to those subject keys and tests. ``alerts`` turns the delta into outbox rows,
-    written in the same transaction as the results.
+    retired) to those subject keys and tests: only those subjects' snapshots and stored results
+    are read. ``repositories=False`` leaves every repository subject out (the workspace and
+    member subjects of a pass whose repositories were recorded chunk by chunk); ``members=False``
+    reads no member (``subjects`` are repositories: a chunk of a pass). ``alerts`` turns
+    the delta into outbox rows, written in the same transaction as the results.
     """
-    results, members_read = await evaluate_workspace(store, settings, ws, now, subjects, only_checks)
+    repo_uuids = subjects if repositories else set()
+    results, members_read = await evaluate_workspace(store, settings, ws, now, repo_uuids, only_checks, members)
     if subjects is not None:
         results = [r for r in results if r.subject_key in subjects]
-    previous = await store.results.load(ws)
+    if not repositories:
+        results = [r for r in results if r.subject_type != "repository"]
+    wanted_checks = only_checks or (known_checks(settings) if subjects is not None else None)
+    previous = await store.results.load(
+        ws, subjects=subjects, checks=wanted_checks, other_than=None if repositories else "repository"
+    )
 
     def in_scope(key: Key) -> bool:
         check, subject = key
@@ -145,7 +166,7 @@ async def evaluate_plans(
 
 async def mark_stale(store: Store, ws: str, subjects: set[str], now: datetime) -> None:
     """Keep the results of subjects that could not be read, marked stale (none is re-evaluated)."""
-    stored = await store.results.load(ws)
+    stored = await store.results.load(ws, subjects=subjects, checks=REPO_CHECKS | MEMBER_CHECKS | set(checks.REGISTRY))
     stale = [s for (_, subject), s in stored.items() if subject in subjects and s.stale_since is None]
     if stale:
         await store.results.apply(Delta(stale=stale), iso(now), "fetch_failed")

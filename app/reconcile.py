@@ -11,19 +11,23 @@ fetch that fails marks its snapshot stale and never produces a ``fail`` (docs/ch
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from app import errors
 from app.bitbucket.client import BitbucketClient
+from app.bitbucket.models import Repository
 from app.evaluate import Alerts, record
 from app.fetch import Fetcher, Row, fetch_all
-from app.findings import Delta
+from app.findings import Change, Delta
 from app.logs import get_logger
 from app.models import iso, utcnow
-from app.planner import MEMBER_CHECKS, REPO_CHECKS, KnownRepo, full_pass
+from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, full_pass, repo_fetches
 from app.settings import Settings
 from app.store import Store
+from app.store.outbox import Entry
 from app.store.snapshots import k_repo, k_repos
 
 log = get_logger("reconcile")
@@ -37,7 +41,41 @@ class PassReport:
     rows_written: int = 0
     fetch_failures: int = 0
     seconds: float = 0.0
+    # The pass's changes, each list cut at REPORT_CAP entries (memory stays bounded however
+    # many results a pass writes); ``counts`` has the whole numbers, per list.
     delta: Delta = field(default_factory=Delta)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+CHUNK = 200  # repositories fetched, evaluated and recorded together in a full pass
+REPORT_CAP = 1000  # changes of each kind a pass keeps to report
+FEW = 100  # a first pass's openings kept whole (each may be an alert); beyond, a summary alert
+
+
+@dataclass
+class _Opened:
+    """What a workspace's first pass opened, compactly: every change while they are few (each
+    may become an alert of its own), else per test a count and one example, all the "first
+    assessment" summary alert needs."""
+
+    few: list[Change] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    example: dict[str, Change] = field(default_factory=dict)
+
+    def add(self, delta: Delta) -> None:
+        for c in delta.opened:
+            self.counts[c.result.check] += 1
+            self.example.setdefault(c.result.check, c)
+            if len(self.few) < FEW:
+                self.few.append(c)
+
+    def whole(self, last: Delta) -> Delta:
+        """The delta of the whole pass, as the alerts see it."""
+        self.add(last)
+        if sum(self.counts.values()) <= len(self.few):
+            return replace(last, opened=list(self.few))
+        opened = [self.example[k] for k, n in sorted(self.counts.items()) for _ in range(n)]
+        return replace(last, opened=opened, unchanged=[], stale=[])
 
 
 async def reconcile_workspace(
@@ -48,45 +86,49 @@ async def reconcile_workspace(
     now: datetime | None = None,
     alerts: Alerts | None = None,
     tier: str = "full",
+    chunk: int = CHUNK,
 ) -> PassReport:
     """One pass over a workspace: list its repositories (tier ``full``), plan every fetch
     (:func:`app.planner.full_pass`), then the same fetch and evaluate steps as any event.
 
-    When the repository list is unreadable, the repository results stand and are marked stale,
-    the member tests are still read and written, and then the error is raised (the pass is
-    retried)."""
+    Tier ``full`` streams the listed repositories through fetch → evaluate → record ``chunk`` at
+    a time, so memory stays bounded however large the workspace; the results of repositories
+    that left are retired once at the end, from the listed set; the member and workspace tests
+    come last. When the repository list is unreadable, the repository results stand and are
+    marked stale, the member tests are still read and written, and then the error is raised
+    (the pass is retried)."""
     started = time.perf_counter()
     now = now or utcnow()
     stamp = iso(now)
     calls_before = client.calls()
     enabled = frozenset(settings.enabled_checks)
     report = PassReport(workspace=ws)
-    listed: list[KnownRepo] = []
-    if tier == "full":
+    cause = "reconcile" if tier == "full" else f"reconcile:{tier}"
+    if tier != "full":
+        plan = full_pass(ws, tier, (), enabled)
+        outcome = await fetch_all(
+            client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency
+        )
+        report.snapshots_changed, report.fetch_failures = outcome.changed, outcome.failures
+        delta, report.rows_written = await record(
+            store, settings, ws, now, cause, only_checks=plan.checks or None, alerts=alerts
+        )
+        _merge(report, delta)
+    else:
         try:
             repos = await client.repositories(ws)
         except errors.BitbucketError as exc:
             await Fetcher(client, store, stamp).failed(k_repos(ws), ws, "repos", exc)
             await _members_only(client, store, settings, ws, now, alerts)
             raise
-        rows: list[Row] = [(k_repos(ws), ws, "repos", [r.uuid for r in repos])]
-        rows += [(k_repo(r.uuid), ws, "repo", r.model_dump(mode="json")) for r in repos]
-        report.snapshots_changed = await store.snapshots.put_many(rows, stamp)
-        listed = [KnownRepo(uuid=r.uuid, mainbranch=r.mainbranch, slug=r.slug) for r in repos]
         from app.tiers import pass_order  # issue 13 hook: oldest restrictions reading first (tiers imports us)
 
-        listed = await pass_order(store, ws, listed)
-    plan = full_pass(ws, tier, listed, enabled)
-    outcome = await fetch_all(client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency)
-    report.snapshots_changed += outcome.changed
-    report.fetch_failures = outcome.failures
-    if tier == "full":
-        # Repositories that left the workspace: drop their snapshots (their results retire below).
-        await store.snapshots.keep_repos(ws, {r.uuid for r in listed})
-    cause = "reconcile" if tier == "full" else f"reconcile:{tier}"
-    report.delta, report.rows_written = await record(
-        store, settings, ws, now, cause, only_checks=plan.checks or None, alerts=alerts
-    )
+        order = await pass_order(
+            store, ws, [KnownRepo(uuid=r.uuid, mainbranch=r.mainbranch, slug=r.slug) for r in repos]
+        )
+        by_uuid = {r.uuid: r for r in repos}
+        repos = [by_uuid[k.uuid] for k in order]
+        await _full(client, store, settings, ws, now, repos, report, alerts, max(1, chunk))
     report.api_calls = client.calls() - calls_before
     report.seconds = time.perf_counter() - started
     log.info(
@@ -95,12 +137,112 @@ async def reconcile_workspace(
         tier=tier,
         calls=report.api_calls,
         written=report.rows_written,
-        opened=len(report.delta.opened),
-        resolved=len(report.delta.resolved),
+        opened=report.counts["opened"],
+        resolved=report.counts["resolved"],
         failures=report.fetch_failures,
         seconds=round(report.seconds, 2),
     )
     return report
+
+
+async def _full(
+    client: BitbucketClient,
+    store: Store,
+    settings: Settings,
+    ws: str,
+    now: datetime,
+    repos: list[Repository],
+    report: PassReport,
+    alerts: Alerts | None,
+    chunk: int,
+) -> None:
+    """The full pass, ``chunk`` repositories at a time, then retirement, then the rest."""
+    stamp = iso(now)
+    enabled = frozenset(settings.enabled_checks)
+    listed = {r.uuid for r in repos}
+    report.snapshots_changed = await store.snapshots.put_many(
+        [(k_repos(ws), ws, "repos", [r.uuid for r in repos])], stamp
+    )
+    # Repositories that left the workspace: drop their snapshots (their results retire below).
+    await store.snapshots.keep_repos(ws, listed)
+    # The "first assessment" summary alert is a decision about the whole pass: a workspace's
+    # first pass writes its chunks without alerts and the summary with the last step (a marker
+    # keeps that decision across a crash and retry); any later pass alerts chunk by chunk.
+    marker = f"baseline_pending:{ws}"
+    first = alerts is not None and (bool(await store.meta.get(marker)) or not await store.results.exist(ws))
+    if first:
+        await store.meta.set(marker, stamp)
+    chunk_alerts = None if first or alerts is None else _chunk_alerts(alerts)
+    opened = _Opened() if first else None
+    for start in range(0, len(repos), chunk):
+        part = repos[start : start + chunk]
+        rows: list[Row] = [(k_repo(r.uuid), ws, "repo", r.model_dump(mode="json")) for r in part]
+        report.snapshots_changed += await store.snapshots.put_many(rows, stamp)
+        known = [KnownRepo(uuid=r.uuid, mainbranch=r.mainbranch, slug=r.slug) for r in part]
+        fetches = [f for r in known for f in repo_fetches(ws, r, enabled)]
+        outcome = await fetch_all(client, store, fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency)
+        report.snapshots_changed += outcome.changed
+        report.fetch_failures += outcome.failures
+        delta, written = await record(
+            store, settings, ws, now, "reconcile", subjects={r.uuid for r in part}, alerts=chunk_alerts, members=False
+        )
+        _merge(report, delta)
+        if opened is not None:
+            opened.add(delta)
+        report.rows_written += written
+    del repos
+    # Results of repositories that are no longer listed: retired once, against the listed set.
+    gone = await store.results.subject_keys(ws, "repository") - listed
+    if gone:
+        delta, written = await record(
+            store, settings, ws, now, "reconcile", subjects=gone, alerts=chunk_alerts, members=False
+        )
+        _merge(report, delta)
+        report.rows_written += written
+    # The members (a member test on), then every test of a subject other than a repository.
+    if MEMBER_CHECKS & enabled:
+        outcome = await fetch_all(
+            client, store, [Fetch("members", ws)], enabled=enabled, now=stamp, concurrency=settings.concurrency
+        )
+        report.snapshots_changed += outcome.changed
+        report.fetch_failures += outcome.failures
+    final: Alerts | None = chunk_alerts
+    if opened is not None and alerts is not None:
+        first_pass, send = opened, alerts
+
+        def final(delta: Delta) -> list[Entry]:
+            return send(first_pass.whole(delta))
+
+    delta, written = await record(store, settings, ws, now, "reconcile", alerts=final, repositories=False)
+    _merge(report, delta)
+    report.rows_written += written
+    if first:
+        await store.meta.set(marker, "")
+
+
+def _merge(report: PassReport, delta: Delta) -> None:
+    """Add one step's delta to the pass's report: whole counts, lists cut at ``REPORT_CAP``
+    (what was unchanged is only counted)."""
+    report.counts["unchanged"] += len(delta.unchanged)
+    for name in ("opened", "resolved", "changed", "stale", "retired"):
+        kept: list[Any] = getattr(report.delta, name)
+        new: list[Any] = getattr(delta, name)
+        report.counts[name] += len(new)
+        kept += new[: max(0, REPORT_CAP - len(kept))]
+
+
+def _chunk_alerts(alerts: Alerts) -> Alerts:
+    """Alerts for one chunk of a pass that is not the workspace's first: one alert per change.
+    The "first assessment" summary is a decision about a whole first pass, never one chunk's
+    (a chunk of only new repositories is not a first assessment), so a chunk's delta is shown
+    to ``alerts`` as part of a pass that kept earlier results."""
+
+    def rows(delta: Delta) -> list[Entry]:
+        if delta.unchanged or not delta.writes:
+            return alerts(delta)
+        return alerts(replace(delta, unchanged=[delta.writes[0].result]))
+
+    return rows
 
 
 async def _members_only(
@@ -108,7 +250,9 @@ async def _members_only(
 ) -> None:
     """The pass without the repository list: repository results stale, member tests as usual."""
     stale = [
-        r for (check, _), r in (await store.results.load(ws)).items() if check in REPO_CHECKS and r.stale_since is None
+        r
+        for (check, _), r in (await store.results.load(ws, checks=REPO_CHECKS)).items()
+        if check in REPO_CHECKS and r.stale_since is None
     ]
     if stale:
         await store.results.apply(Delta(stale=stale), iso(now), "reconcile")

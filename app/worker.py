@@ -295,7 +295,11 @@ class Worker:
         enabled = frozenset(self.settings.enabled_checks)
         workspaces = {str(r.payload.get("workspace") or r.workspace or "") for r in rows}
         # plan: each event -> the resources to read again and the (test, subject) pairs to re-run
-        known = {ws: await known_repos(self.store, ws) for ws in workspaces if ws}
+        asked: dict[str, set[str]] = defaultdict(set)  # the repositories the events name, by workspace
+        for r in rows:
+            if r.payload.get("repository_uuid"):
+                asked[str(r.payload.get("workspace") or r.workspace or "")].add(str(r.payload["repository_uuid"]))
+        known = {ws: await known_repos(self.store, ws, asked[ws]) for ws in workspaces if ws}
         plans: dict[int, Plan] = {}
         for r in rows:
             ws = str(r.payload.get("workspace") or r.workspace or "")

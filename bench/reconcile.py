@@ -1,43 +1,64 @@
-"""Benchmark: full reconcile of a generated workspace (1,000 repositories, 2,000 members), twice.
+"""Benchmark: full reconcile of generated workspaces at two sizes (1,000 and 10,000 repositories
+by default, two members per repository), two passes each, in ONE run.
 
-Prints, for each pass, wall time, API calls, result rows and snapshots written, and peak RSS; then
-the time to evaluate all tests from stored snapshots alone. Targets (issue 2/5): first pass < 30 s
-on loopback without injected latency, the second pass writes no result row, evaluation alone
-< 1 s, RSS < 200 MB. The sandbox runs in its own process; the database is a real SQLite file.
+For each size the product runs in its own process (this script re-run with ``--child``) and the
+sandbox in another, so the figures are the product's own: CPU seconds (user + system, from
+``getrusage``) and peak RSS per pass, wall time, API calls, result rows and snapshots written,
+and the time to evaluate all tests from stored snapshots alone. Then the ratios of the largest
+size to the smallest. Targets (issue 15): CPU ratio 10k/1k <= 12, peak RSS < 300 MB at 10,000,
+the second pass writes 0 rows. The database is a real SQLite file.
 
-Run: ``.venv/bin/python bench/reconcile.py [--repos N] [--members N]``
+Run: ``.venv/bin/python bench/reconcile.py [--sizes 1000,10000] [--members-per-repo 2]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import aiohttp
-from common import peak_rss_mb, sandbox_process, table
+from common import sandbox_process, table
 
-from app.bitbucket.client import BitbucketClient, Budget, StaticToken
-from app.evaluate import evaluate_workspace
-from app.logs import configure
-from app.models import utcnow
-from app.reconcile import reconcile_workspace
 from app.sandbox.scenario import generate
-from app.settings import Settings
-from app.store import Store
 
 
-async def main(repos: int, members: int) -> None:
-    scenario = generate(repos=repos, members=members)
-    with sandbox_process(scenario) as url, tempfile.TemporaryDirectory() as tmp:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def child(url: str, workspace: str) -> None:
+    """The product's side: two passes and an evaluation, each measured in this process only."""
+    import aiohttp
+
+    from app.bitbucket.client import BitbucketClient, Budget, StaticToken
+    from app.evaluate import evaluate_workspace
+    from app.logs import configure
+    from app.models import utcnow
+    from app.reconcile import reconcile_workspace
+    from app.settings import Settings
+    from app.store import Store
+
+    configure("warning")
+    out: dict[str, Any] = {"passes": []}
+    with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_env(
             {
                 "LP_DATABASE": str(Path(tmp) / "bench.sqlite3"),
                 "LP_BITBUCKET_API_URL": url + "/2.0",
                 "LP_BITBUCKET_TOKEN": "bench-token",
-                "LP_WORKSPACES": "bench",
+                "LP_WORKSPACES": workspace,
                 "LP_LOG_LEVEL": "warning",
                 "LP_CHECKS_ENABLED": "pipelines-enabled",
             },
@@ -49,43 +70,97 @@ async def main(repos: int, members: int) -> None:
                 session,
                 StaticToken("bench-token"),
                 api_url=settings.bitbucket_api_url,
-                budget=Budget(1_000_000),
+                budget=Budget(10_000_000),
                 concurrency=settings.concurrency,
             )
-            rows = []
-            for label in ("first pass", "second pass (nothing changed)"):
-                report = await reconcile_workspace(client, store, settings, "bench")
-                rows += [
-                    (
-                        f"{label}: wall time",
-                        f"{report.seconds:.2f} s" + ("  (target < 30 s)" if "first" in label else ""),
-                    ),
-                    (f"{label}: API calls", report.api_calls),
-                    (
-                        f"{label}: result rows written",
-                        report.rows_written if "first" in label else f"{report.rows_written}  (target 0)",
-                    ),
-                    (f"{label}: snapshots changed", report.snapshots_changed),
-                    (f"{label}: peak RSS so far", f"{peak_rss_mb():.0f} MB"),
-                ]
+            for _ in range(2):
+                cpu = cpu_seconds()
+                report = await reconcile_workspace(client, store, settings, workspace)
+                out["passes"].append(
+                    {
+                        "wall": report.seconds,
+                        "cpu": cpu_seconds() - cpu,
+                        "calls": report.api_calls,
+                        "rows": report.rows_written,
+                        "snapshots": report.snapshots_changed,
+                        "rss": peak_rss_mb(),
+                    }
+                )
         timings = []
         for _ in range(3):
             start = time.perf_counter()
-            results, _ = await evaluate_workspace(store, settings, "bench", utcnow())
+            results, _ = await evaluate_workspace(store, settings, workspace, utcnow())
             timings.append(time.perf_counter() - start)
+        out["results"] = len(results)
+        del results
+        out["evaluate"] = min(timings)
+        out["rss"] = peak_rss_mb()
         await store.close()
-    rows += [
-        ("results per pass", len(results)),
-        ("evaluate all tests from snapshots (best of 3)", f"{min(timings):.3f} s  (target < 1 s)"),
-        ("peak RSS", f"{peak_rss_mb():.0f} MB  (target < 200 MB)"),
-    ]
-    table(f"reconcile: {repos} repositories, {members} members (8 tests, pipelines on)", rows)
+    print(json.dumps(out))
+
+
+def measure(repos: int, members: int) -> dict[str, Any]:
+    scenario = generate(repos=repos, members=members)
+    with sandbox_process(scenario) as url:
+        proc = subprocess.run(  # noqa: S603 - our own interpreter and script
+            [sys.executable, __file__, "--child", url],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"product process failed:\n{proc.stderr[-3000:]}")
+    figures: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def main(sizes: list[int], per_repo: int) -> None:
+    measured: dict[int, dict[str, Any]] = {}
+    for repos in sizes:
+        members = repos * per_repo
+        m = measured[repos] = measure(repos, members)
+        rows: list[tuple[str, Any]] = []
+        for label, p in zip(("first pass", "second pass (nothing changed)"), m["passes"], strict=True):
+            rows += [
+                (f"{label}: wall time", f"{p['wall']:.2f} s"),
+                (f"{label}: product CPU", f"{p['cpu']:.2f} s"),
+                (f"{label}: API calls", p["calls"]),
+                (f"{label}: result rows written", p["rows"] if "first" in label else f"{p['rows']}  (target 0)"),
+                (f"{label}: snapshots changed", p["snapshots"]),
+                (f"{label}: product peak RSS so far", f"{p['rss']:.0f} MB"),
+            ]
+        rows += [
+            ("results per pass", m["results"]),
+            ("evaluate all tests from snapshots (best of 3)", f"{m['evaluate']:.3f} s"),
+            ("product peak RSS", f"{m['rss']:.0f} MB" + ("  (target < 300 MB)" if repos >= 10_000 else "")),
+        ]
+        table(f"reconcile: {repos} repositories, {members} members (8 tests, pipelines on)", rows)
+    if len(sizes) > 1:
+        small, large = measured[min(sizes)], measured[max(sizes)]
+        times = max(sizes) / min(sizes)
+        first_s, first_l = small["passes"][0], large["passes"][0]
+        second_s, second_l = small["passes"][1], large["passes"][1]
+        table(
+            f"ratio {max(sizes)}/{min(sizes)} ({times:.0f}x the repositories)",
+            [
+                ("first pass CPU", f"{first_l['cpu'] / first_s['cpu']:.1f}x  (target <= {1.2 * times:.0f})"),
+                ("second pass CPU", f"{second_l['cpu'] / second_s['cpu']:.1f}x  (target <= {1.2 * times:.0f})"),
+                ("first pass wall time", f"{first_l['wall'] / first_s['wall']:.1f}x"),
+                ("evaluate all", f"{large['evaluate'] / small['evaluate']:.1f}x"),
+                ("peak RSS", f"{large['rss'] / small['rss']:.1f}x ({large['rss']:.0f} MB; target < 300 MB)"),
+                ("second pass rows written", f"{second_s['rows']} / {second_l['rows']}  (target 0)"),
+            ],
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repos", type=int, default=1000)
-    parser.add_argument("--members", type=int, default=2000)
+    parser.add_argument("--sizes", default="1000,10000", help="repository counts, comma-separated")
+    parser.add_argument("--members-per-repo", type=int, default=2)
+    parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--workspace", default="bench", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    configure("warning")
-    asyncio.run(main(args.repos, args.members))
+    if args.child:
+        asyncio.run(child(args.child, args.workspace))
+    else:
+        main([int(s) for s in args.sizes.split(",")], args.members_per_repo)

@@ -23,7 +23,7 @@ import secrets
 import time
 import uuid as uuidlib
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -34,6 +34,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from app.sandbox import render
 from app.sandbox.delivery import REPOSITORY_EVENTS, WORKSPACE_EVENTS, Deliverer
 from app.sandbox.scenario import (
+    Members,
+    Repos,
     SCredential,
     SHook,
     SMember,
@@ -214,13 +216,17 @@ class Sandbox:
 
 def page_of(
     request: Request,
-    items: list[Any],
+    items: Sequence[Any],
     *,
     max_pagelen: int = 100,
     default: int = 10,
     include_size: bool = True,
+    render_item: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
-    """SPEC "Pagination": page-numbered collections with ``next`` as a full URL."""
+    """SPEC "Pagination": page-numbered collections with ``next`` as a full URL.
+
+    ``render_item`` renders only the items of the page asked for (a page costs the same
+    whatever the size of the collection)."""
     q = request.query_params
     try:
         pagelen = int(q.get("pagelen", default))
@@ -232,7 +238,10 @@ def page_of(
     if page < 1:
         raise ApiError(400, "Invalid page")
     start = (page - 1) * pagelen
-    body: dict[str, Any] = {"pagelen": pagelen, "page": page, "values": items[start : start + pagelen]}
+    values = list(items[start : start + pagelen])
+    if render_item is not None:
+        values = [render_item(v) for v in values]
+    body: dict[str, Any] = {"pagelen": pagelen, "page": page, "values": values}
     if include_size:
         body["size"] = len(items)
     if start + pagelen < len(items):
@@ -331,8 +340,8 @@ async def h_repositories(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str) -
     if sb.member_of(ctx, ws) is None:
         return page_of(request, [])  # Bitbucket lists only what the caller may see
     api = _api(request)
-    repos = sorted(ws.repos.values(), key=lambda r: r.created_on)
-    return page_of(request, [render.repository(ws, r, api) for r in repos])
+    repos = ws.repos.ordered() if isinstance(ws.repos, Repos) else sorted(ws.repos.values(), key=lambda r: r.created_on)
+    return page_of(request, repos, render_item=lambda r: render.repository(ws, r, api))
 
 
 async def h_repository(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str, slug: str) -> Any:
@@ -408,7 +417,7 @@ def _email_allowed(sb: Sandbox, ctx: Ctx, ws: SWorkspace) -> bool:
 
 async def h_members(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str) -> Any:
     ws = _ws_ctx(sb, ctx, ws_ref)
-    members = list(ws.members.values())
+    members: Sequence[SMember] = ws.members.listed() if isinstance(ws.members, Members) else list(ws.members.values())
     q = request.query_params.get("q")
     show_email = False
     if q:
@@ -418,16 +427,16 @@ async def h_members(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str) -> Any
         members = [m for m in members if sb.state.users[m.account_id].email.lower() in wanted]
         show_email = "+values.user.email" in request.query_params.get("fields", "")
     api = _api(request)
-    items = [
-        {
+
+    def item(m: SMember) -> dict[str, Any]:
+        return {
             "type": "workspace_membership",
             "user": render.user(sb.state.users[m.account_id], api, email=show_email),
             "workspace": render.workspace(ws, api),
             "links": {"self": render.link(f"{api}/workspaces/{ws.slug}/members/{m.account_id}")},
         }
-        for m in members
-    ]
-    return page_of(request, items)
+
+    return page_of(request, members, render_item=item)
 
 
 async def h_permissions(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str) -> Any:
@@ -436,16 +445,17 @@ async def h_permissions(sb: Sandbox, request: Request, ctx: Ctx, ws_ref: str) ->
         # bitbucket-facts.md: access tokens cannot query permission endpoints.
         raise ApiError(403, "Access tokens cannot be used to query permissions.")
     api = _api(request)
-    items = [
-        {
+    members = ws.members.listed() if isinstance(ws.members, Members) else list(ws.members.values())
+
+    def item(m: SMember) -> dict[str, Any]:
+        return {
             "type": "workspace_membership",
             "permission": m.permission,
             "user": render.user(sb.state.users[m.account_id], api),
             "workspace": render.workspace(ws, api),
         }
-        for m in ws.members.values()
-    ]
-    return page_of(request, items)
+
+    return page_of(request, members, render_item=item)
 
 
 async def h_hook_events(sb: Sandbox, request: Request, ctx: Ctx | None, subject: str) -> Any:

@@ -101,6 +101,72 @@ class SRepo:
     tags: dict[str, str] = field(default_factory=dict)  # name -> commit hash
 
 
+class Repos(dict[str, SRepo]):
+    """A workspace's repositories by slug, with an index by uuid and the list in creation order
+    kept beside it: a request finds a repository or a page of the list without a scan."""
+
+    def __init__(self, repos: dict[str, SRepo] | None = None) -> None:
+        super().__init__()
+        self.by_uuid: dict[str, SRepo] = {}
+        self._ordered: list[SRepo] | None = None
+        for slug, repo in (repos or {}).items():
+            self[slug] = repo
+
+    def __setitem__(self, slug: str, repo: SRepo) -> None:
+        old = self.get(slug)
+        if old is not None:
+            self.by_uuid.pop(old.uuid, None)
+        super().__setitem__(slug, repo)
+        self.by_uuid[repo.uuid] = repo
+        self._ordered = None
+
+    def __delitem__(self, slug: str) -> None:
+        repo = self[slug]
+        super().__delitem__(slug)
+        self.by_uuid.pop(repo.uuid, None)
+        self._ordered = None
+
+    def pop(self, slug: str, *default: Any) -> Any:
+        if slug in self:
+            repo = self[slug]
+            del self[slug]
+            return repo
+        if default:
+            return default[0]
+        raise KeyError(slug)
+
+    def ordered(self) -> list[SRepo]:
+        """By creation time (the listing order), sorted once per change of the set."""
+        if self._ordered is None:
+            self._ordered = sorted(self.values(), key=lambda r: r.created_on)
+        return self._ordered
+
+
+class Members(dict[str, "SMember"]):
+    """A workspace's members by account id, with their list kept for paging."""
+
+    def __init__(self, members: dict[str, SMember] | None = None) -> None:
+        super().__init__(members or {})
+        self._listed: list[SMember] | None = None
+
+    def __setitem__(self, key: str, member: SMember) -> None:
+        super().__setitem__(key, member)
+        self._listed = None
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._listed = None
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._listed = None
+        return super().pop(key, *default)
+
+    def listed(self) -> list[SMember]:
+        if self._listed is None:
+            self._listed = list(self.values())
+        return self._listed
+
+
 @dataclass
 class SWorkspace:
     slug: str
@@ -117,6 +183,12 @@ class SWorkspace:
     # Project-level branching models (project key -> model in the repository model's shape); a
     # repository without its own model uses its project's (effective-branching-model).
     project_models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.repos, Repos):
+            self.repos = Repos(self.repos)
+        if not isinstance(self.members, Members):
+            self.members = Members(self.members)
 
 
 @dataclass
@@ -165,12 +237,11 @@ class State:
         return None
 
     def repo(self, ws: SWorkspace, ref: str) -> SRepo | None:
+        """By slug or ``{uuid}``, through the indexes (no scan)."""
         if ref in ws.repos:
             return ws.repos[ref]
-        for repo in ws.repos.values():
-            if repo.uuid == ref:
-                return repo
-        return None
+        repos = ws.repos
+        return repos.by_uuid.get(ref) if isinstance(repos, Repos) else None
 
 
 def _restriction(raw: dict[str, Any], rid: int) -> dict[str, Any]:

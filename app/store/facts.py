@@ -7,7 +7,7 @@ A snapshot that was never fetched, whose latest fetch failed, or that holds a 40
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,8 +31,10 @@ from app.store.snapshots import (
     k_model,
     k_pipelines,
     k_prs,
+    k_repo,
+    k_repos,
     k_restrictions,
-    listed_repos,
+    repo_keys,
 )
 
 if TYPE_CHECKING:
@@ -79,16 +81,20 @@ async def build_facts(
 
     ``repo_uuids`` limits the repositories read; ``with_repos``/``with_members`` skip whole parts.
     """
-    snaps = await store.snapshots.load(ws)
-    explicit = await store.records.classes(ws)
-    rules = await store.records.rules()
-    people = await store.records.people()
+    snaps = await _snapshots(store, ws, repo_uuids, with_repos, with_members)
+    explicit = await store.records.classes(ws) if with_repos else {}
+    rules = await store.records.rules() if with_repos else []
+    people = await store.records.people() if with_members else []
     exceptions = await store.records.exceptions()
+    repo_list = snaps.get(k_repos(ws))
+    listed = repo_list.content if repo_list and isinstance(repo_list.content, list) and with_repos else []
     repos: list[RepoFacts] = []
-    for uuid, content in listed_repos(snaps, ws) if with_repos else ():
-        if repo_uuids is not None and uuid not in repo_uuids:
+    # The listed order, narrowed to ``repo_uuids`` when given (a set lookup per listed uuid).
+    for uuid in listed if repo_uuids is None else [u for u in listed if u in repo_uuids]:
+        snap = snaps.get(k_repo(uuid))
+        if snap is None or snap.content is None:
             continue
-        repo = Repository.model_validate(content)
+        repo = Repository.model_validate(snap.content)
         cls, source = classify(repo, explicit, rules)
         r_snap = snaps.get(k_restrictions(uuid))
         restrictions: tuple[BranchRestriction, ...] | Unreadable = _unreadable(r_snap) or tuple(
@@ -123,6 +129,22 @@ async def build_facts(
     # a failed or absent one leaves the stored member results alone.
     members_read = not isinstance(members, Unreadable) or members.reason in ("missing_scope", "missing_permission")
     return facts, members_read
+
+
+async def _snapshots(
+    store: Store, ws: str, repo_uuids: set[str] | None, with_repos: bool, with_members: bool
+) -> dict[str, Snapshot]:
+    """The snapshots an evaluation reads: by key when it is narrowed to some repositories or
+    skips them (a webhook's re-evaluation reads its subjects' snapshots only); the whole
+    workspace when every repository is evaluated."""
+    if with_repos and repo_uuids is None:
+        return await store.snapshots.load(ws)
+    keys = [k_repos(ws)] if with_repos else []
+    if with_repos and repo_uuids:
+        keys += [k for uuid in repo_uuids for k in repo_keys(uuid)]
+    if with_members:
+        keys += [k_members(ws), k_emails(ws), k_member_since(ws)]
+    return await store.snapshots.load_keys(keys) if keys else {}
 
 
 async def _member_facts(
@@ -188,12 +210,26 @@ async def _member_facts(
     return tuple(out)
 
 
-async def known_repos(store: Store, ws: str) -> dict[str, KnownRepo]:
-    """What the planner may know of the workspace's repositories: main branch, branching-model branches."""
-    snaps = await store.snapshots.load(ws, kinds=("repos", "repo", "branching_model"))
+async def known_repos(store: Store, ws: str, uuids: Iterable[str] | None = None) -> dict[str, KnownRepo]:
+    """What the planner may know of the workspace's repositories: main branch, branching-model
+    branches. With ``uuids``, of those repositories only (read by key: an event's plan costs the
+    same in a workspace of ten repositories or of ten thousand)."""
+    if uuids is None:
+        snaps = await store.snapshots.load(ws, kinds=("repos", "repo", "branching_model"))
+        listed = snaps.get(k_repos(ws))
+        wanted = list(listed.content) if listed and isinstance(listed.content, list) else []
+    else:
+        asked = set(uuids)
+        listed = await store.snapshots.get(k_repos(ws))
+        members = set(listed.content) if listed and isinstance(listed.content, list) else set()
+        wanted = sorted(asked & members)
+        snaps = await store.snapshots.load_keys([k for u in wanted for k in (k_repo(u), k_model(u))])
     out: dict[str, KnownRepo] = {}
-    for uuid, content in listed_repos(snaps, ws):
-        main = content.get("mainbranch")
+    for uuid in wanted:
+        snap = snaps.get(k_repo(uuid))
+        if snap is None or snap.content is None:
+            continue
+        main = snap.content.get("mainbranch")
         branches: set[str] = set()
         model = snaps.get(k_model(uuid))
         if model is not None and isinstance(model.content, dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from app.findings import Delta, Key, fingerprint
@@ -39,10 +39,56 @@ class Results:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def load(self, workspace: str | None = None) -> dict[Key, StoredResult]:
-        sql = "SELECT * FROM results" + (" WHERE workspace = ?" if workspace else "")
-        rows = await self.db.fetchall(sql, (workspace,) if workspace else ())
+    async def load(
+        self,
+        workspace: str | None = None,
+        *,
+        subjects: Collection[str] | None = None,
+        checks: Collection[str] | None = None,
+        subject_type: str | None = None,
+        other_than: str | None = None,
+    ) -> dict[Key, StoredResult]:
+        """Stored results, narrowed to a workspace, subject keys, tests, a subject type (or every
+        type ``other_than`` one). With ``subjects`` and ``checks`` both given the rows are read by
+        primary key, so the cost follows the subjects asked for, not the size of the workspace."""
+        where: list[str] = []
+        params: list[Any] = []
+        if workspace:
+            where.append("workspace = ?")
+            params.append(workspace)
+        if checks is not None:
+            where.append("check_id IN (" + ",".join("?" * len(checks)) + ")")
+            params += sorted(checks)
+        if subject_type is not None:
+            where.append("subject_type = ?")
+            params.append(subject_type)
+        if other_than is not None:
+            where.append("subject_type <> ?")
+            params.append(other_than)
+        sql = "SELECT * FROM results" + (" WHERE " + " AND ".join(where) if where else "")
+        if subjects is None:
+            rows = list(await self.db.fetchall(sql, params))
+        else:
+            wanted = sorted(set(subjects))
+            rows = []
+            joiner = " AND " if where else " WHERE "
+            for start in range(0, len(wanted), 400):
+                chunk = wanted[start : start + 400]
+                marks = ",".join("?" * len(chunk))
+                rows += await self.db.fetchall(f"{sql}{joiner}subject_key IN ({marks})", [*params, *chunk])
         return {(r["check_id"], r["subject_key"]): _result(r) for r in rows}
+
+    async def exist(self, workspace: str) -> bool:
+        """Whether the workspace has any stored result."""
+        return await self.db.fetchone("SELECT 1 FROM results WHERE workspace = ? LIMIT 1", (workspace,)) is not None
+
+    async def subject_keys(self, workspace: str, subject_type: str) -> set[str]:
+        """The subject keys of a workspace's stored results of one subject type (keys only)."""
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT subject_key FROM results WHERE workspace = ? AND subject_type = ?",
+            (workspace, subject_type),
+        )
+        return {str(r[0]) for r in rows}
 
     async def query(
         self,

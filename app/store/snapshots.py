@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +91,22 @@ def content_hash(content: Any) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _snapshot(r: Any) -> Snapshot:
+    return Snapshot(
+        key=r["key"],
+        workspace=r["workspace"],
+        kind=r["kind"],
+        content=json.loads(r["content"]) if r["content"] is not None else None,
+        fetched_at=r["fetched_at"],
+        stale_since=r["stale_since"],
+        error=r["error"],
+    )
+
+
 class Snapshots:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.rows_loaded = 0  # snapshot rows read with their content (a gauge of what evaluation costs)
 
     async def put_many(self, rows: list[tuple[str, str, str, Any]], now: str) -> int:
         """Store (key, workspace, kind, content); rows whose hash is unchanged only get fetched_at.
@@ -155,32 +168,28 @@ class Snapshots:
         if kinds:
             sql += " AND kind IN (" + ",".join("?" * len(kinds)) + ")"
         rows = await self.db.fetchall(sql, (workspace, *kinds))
-        return {
-            r["key"]: Snapshot(
-                key=r["key"],
-                workspace=r["workspace"],
-                kind=r["kind"],
-                content=json.loads(r["content"]) if r["content"] is not None else None,
-                fetched_at=r["fetched_at"],
-                stale_since=r["stale_since"],
-                error=r["error"],
-            )
-            for r in rows
-        }
+        self.rows_loaded += len(rows)
+        return {r["key"]: _snapshot(r) for r in rows}
+
+    async def load_keys(self, keys: Iterable[str]) -> dict[str, Snapshot]:
+        """The snapshots of these keys (those that exist), by primary key: the cost follows the
+        keys asked for, not the size of the workspace."""
+        wanted = sorted(set(keys))
+        out: dict[str, Snapshot] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.fetchall(f"SELECT * FROM snapshots WHERE key IN ({marks})", chunk)
+            self.rows_loaded += len(rows)
+            out.update((r["key"], _snapshot(r)) for r in rows)
+        return out
 
     async def get(self, key: str) -> Snapshot | None:
         r = await self.db.fetchone("SELECT * FROM snapshots WHERE key = ?", (key,))
         if r is None:
             return None
-        return Snapshot(
-            key=r["key"],
-            workspace=r["workspace"],
-            kind=r["kind"],
-            content=json.loads(r["content"]) if r["content"] is not None else None,
-            fetched_at=r["fetched_at"],
-            stale_since=r["stale_since"],
-            error=r["error"],
-        )
+        self.rows_loaded += 1
+        return _snapshot(r)
 
     async def update_repo_list(self, workspace: str, adds: set[str], gone: set[str], now: str) -> None:
         """Repositories that arrived (once their metadata is stored) join the workspace's list;
@@ -197,7 +206,15 @@ class Snapshots:
             await self.delete([k for u in sorted(gone) for k in repo_keys(u)])
 
     async def keep_repos(self, workspace: str, listed: set[str]) -> None:
-        """A pass listed these repositories: drop the snapshots of every other one."""
-        snaps = await self.load(workspace)
-        gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and repo_of(k) not in (None, *listed)]
+        """A pass listed these repositories: drop the snapshots of every other one.
+
+        Reads keys only (no content), and tests each against the set: linear in the workspace."""
+        rows = await self.db.fetchall("SELECT key, kind FROM snapshots WHERE workspace = ?", (workspace,))
+        gone = []
+        for key, kind in rows:
+            if kind == "repos" or ":" not in key:
+                continue
+            repo = repo_of(key)
+            if repo is not None and repo not in listed:
+                gone.append(key)
         await self.delete(gone)

@@ -1,0 +1,225 @@
+"""Scale: a webhook's re-evaluation reads only its subjects' snapshots; a pass streamed in chunks
+records what an unchunked one does, and retires the results of repositories that left.
+
+Real sandbox on loopback, real store on a SQLite file, the real client, worker and pass."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.bitbucket.client import BitbucketClient, Budget, StaticToken
+from app.reconcile import reconcile_workspace
+from app.sandbox.scenario import generate
+from app.sandbox.serve import RunningSandbox, running_sandbox
+from app.settings import Settings
+from app.store import Store
+from app.store.events import NewEvent
+from app.worker import Worker
+
+TOKEN = "bench-token"
+
+
+def _settings(api: str, db: Path, **extra: str) -> Settings:
+    return Settings.from_env(
+        {
+            "LP_DATABASE": str(db),
+            "LP_BITBUCKET_API_URL": api,
+            "LP_BITBUCKET_TOKEN": TOKEN,
+            "LP_WORKSPACES": "bench",
+            "LP_LOG_LEVEL": "warning",
+            "LP_CHECKS_ENABLED": "pipelines-enabled",
+            **extra,
+        },
+        env_file=None,
+    )
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+def _client(session: aiohttp.ClientSession, api: str) -> BitbucketClient:
+    return BitbucketClient(session, StaticToken(TOKEN), api_url=api, budget=Budget(1_000_000), sleep=_no_sleep)
+
+
+@pytest.fixture
+async def big() -> AsyncIterator[RunningSandbox]:
+    async with running_sandbox(generate(repos=300, members=40)) as sb:
+        yield sb
+
+
+async def _results(store: Store) -> dict[tuple[str, str], tuple[str, str]]:
+    return {
+        (r.result.check, r.result.subject_key): (r.result.status, r.fingerprint) for r in await store.results.query()
+    }
+
+
+async def test_webhook_reads_only_its_subjects_snapshots(big: RunningSandbox, tmp_path: Path) -> None:
+    """After a pass over 300 repositories, a main-branch move re-evaluates one repository: the
+    worker reads a handful of snapshot rows (its repository's, the list), not the workspace's."""
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = _client(session, big.api)
+            await reconcile_workspace(client, store, cfg, "bench")
+            total = len(await store.snapshots.load("bench"))
+            assert total > 300 * 3  # the workspace holds several snapshots per repository
+
+            repo = big.sandbox.state.workspaces["bench"].repos["repo-0001"]
+            repo.mainbranch = None  # an empty repository now: its branch tests turn not_applicable
+            before = await store.results.query(check="branch-protection-enforced", subject=repo.uuid)
+            assert before[0].result.status == "pass"
+
+            async def clients(_: str) -> BitbucketClient:
+                return client
+
+            worker = Worker(store, cfg, clients, coalesce_window=0)
+            await store.events.append(
+                NewEvent(
+                    connection_id="env",
+                    source="webhook",
+                    event_key="repo:updated",
+                    payload={"workspace": "bench", "repository_uuid": repo.uuid},
+                    workspace="bench",
+                )
+            )
+            store.snapshots.rows_loaded = 0
+            await worker.drain()
+            read = store.snapshots.rows_loaded
+            after = await store.results.query(check="branch-protection-enforced", subject=repo.uuid)
+            assert after[0].result.status == "not_applicable"
+            # O(subjects): the repository list and this repository's few snapshots, read a few
+            # times (plan, repository list update, evaluation), never the workspace's hundreds.
+            assert read <= 30, read
+            assert read < total / 20
+    finally:
+        await store.close()
+
+
+async def test_retirement_across_chunks(big: RunningSandbox, tmp_path: Path) -> None:
+    """Repositories that left (in the first, a middle and the last chunk) have their results
+    retired once, with a transition, and their snapshots dropped; the others' results stand."""
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = _client(session, big.api)
+            await reconcile_workspace(client, store, cfg, "bench", chunk=7)
+            repos = big.sandbox.state.workspaces["bench"].repos
+            leaving = ["repo-0000", "repo-0150", "repo-0299"]
+            uuids = {repos[s].uuid for s in leaving}
+            for slug in leaving:
+                del repos[slug]
+            report = await reconcile_workspace(client, store, cfg, "bench", chunk=7)
+            stored = await store.results.query()
+            assert not [r for r in stored if r.result.subject_key in uuids]
+            assert len({r.result.subject_key for r in stored if r.result.subject_type == "repository"}) == 297
+            retired = {s.result.subject_key for s in report.delta.retired}
+            assert retired == uuids
+            history = await store.results.history(limit=100_000)
+            assert {h["subject_key"] for h in history if h["new_status"] == "retired"} == uuids
+            snaps = await store.snapshots.load("bench")
+            assert not [k for k in snaps if any(u in k for u in uuids)]
+            # Nothing else changed: a third pass writes no row.
+            again = await reconcile_workspace(client, store, cfg, "bench", chunk=7)
+            assert again.rows_written == 0
+    finally:
+        await store.close()
+
+
+def _scenario(n: int, seed: int) -> dict[str, Any]:
+    data = generate(repos=n, members=6)
+    for i, r in enumerate(data["workspaces"][0]["repositories"]):
+        if (i + seed) % 4 == 0:
+            r["branch_restrictions"] = []
+        if (i * seed) % 5 == 1:
+            r["mainbranch"] = None
+    return data
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    n=st.integers(min_value=0, max_value=23),
+    seed=st.integers(min_value=0, max_value=50),
+    chunk=st.sampled_from([1, 2, 5]),
+)
+def test_chunked_pass_equals_unchunked(tmp_path_factory: pytest.TempPathFactory, n: int, seed: int, chunk: int) -> None:
+    """Chunk size 1 (or a few) and one chunk for the whole workspace write the same results,
+    and both leave nothing to write for the next pass."""
+    import asyncio
+
+    async def run() -> None:
+        tmp = tmp_path_factory.mktemp("chunks")
+        data = _scenario(n, seed)
+        async with running_sandbox(json.loads(json.dumps(data))) as sb, aiohttp.ClientSession() as session:
+            client = _client(session, sb.api)
+            out = []
+            for size, name in ((chunk, "small"), (10_000, "whole")):
+                cfg = _settings(sb.api, tmp / f"{name}.sqlite3")
+                store = await Store.open(cfg.database)
+                try:
+                    report = await reconcile_workspace(client, store, cfg, "bench", chunk=size)
+                    assert report.fetch_failures == 0
+                    out.append((await _results(store), report.rows_written))
+                    again = await reconcile_workspace(client, store, cfg, "bench", chunk=size)
+                    assert again.rows_written == 0
+                finally:
+                    await store.close()
+            (small, small_written), (whole, whole_written) = out
+            assert small == whole
+            assert small_written == whole_written
+            assert len([k for k in small if k[0] == "repo-classified"]) == n
+
+    asyncio.run(run())
+
+
+async def test_alerts_of_a_chunked_pass(big: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first pass in chunks sends one "first assessment" summary counting every opening; a
+    later pass alerts each opening on its own, even when a chunk holds only new repositories."""
+    from app import reconcile
+    from app.notify.rules import alerts_for
+
+    monkeypatch.setattr(reconcile, "REPORT_CAP", 50)
+
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    sent: list[dict[str, Any]] = []
+
+    def alerts(delta: Any) -> list[Any]:
+        sent.extend(alerts_for(delta))
+        return []
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = _client(session, big.api)
+            report = await reconcile_workspace(client, store, cfg, "bench", alerts=alerts, chunk=7)
+            assert [a["kind"] for a in sent] == ["baseline"]
+            assert f": {report.counts['opened']} results need attention" in sent[0]["message"]
+            assert (
+                report.counts["opened"] > 100 and len(report.delta.opened) == 50
+            )  # the report is cut, the count whole
+
+            # Eight new repositories (with no restriction: their branch tests fail), listed last,
+            # so that one chunk of 7 holds only new repositories.
+            sent.clear()
+            for i in range(8):
+                async with session.post(
+                    f"{big.url}/_sandbox/workspaces/bench/create-repo", json={"slug": f"new-{i}"}
+                ) as r:
+                    assert r.status == 200
+            report = await reconcile_workspace(client, store, cfg, "bench", alerts=alerts, chunk=7)
+            assert report.counts["opened"] >= 8
+            assert "baseline" not in {a["kind"] for a in sent}
+            assert len([a for a in sent if a["kind"] == "opened"]) == report.counts["opened"]
+            assert {a["subject"] for a in sent} == {f"bench/new-{i}" for i in range(8)}
+    finally:
+        await store.close()
