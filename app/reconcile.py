@@ -43,8 +43,17 @@ log = get_logger("reconcile")
 Alerts = Callable[[Delta], list[Entry]]  # a delta -> the outbox rows it causes (notify.Dispatcher)
 
 
-def utcnow() -> datetime:
+def _wall_clock() -> datetime:
     return datetime.now(UTC)
+
+
+# The product's one reading of "now" (evaluation, expiries, record stamps). A seam for tests that
+# move time forward (tests/test_state_machine.py); nothing in the product assigns it.
+clock: Callable[[], datetime] = _wall_clock
+
+
+def utcnow() -> datetime:
+    return clock()
 
 
 def iso(dt: datetime) -> str:
