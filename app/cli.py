@@ -195,18 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--expires",
         metavar=DATE,
-        help="last day it is valid (default: LP_EVIDENCE_MAX_AGE_DAYS after today)",
+        help="valid through that day; at most LP_EVIDENCE_MAX_AGE_DAYS from now (the default)",
     )
     r.add_argument("file", type=Path, metavar="FILE", help="PNG, JPEG or PDF file")
 
     p = sub.add_parser("exceptions", help="accepted risks")
     ex = p.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
-    r = ex.add_parser("add", help="accept a failing result until a date (at most one year)")
+    r = ex.add_parser("add", help="accept a failing result through a date (at most 365 days ahead)")
     r.add_argument("--check", required=True, choices=CHECK_IDS, metavar="CHECK", help=", ".join(CHECK_IDS))
     r.add_argument("--subject", required=True, help="workspace/repo, member account id, or workspace slug")
     r.add_argument("--owner", required=True, help="who accepted the risk (name or e-mail)")
     r.add_argument("--reason", required=True, help="why the risk is accepted")
-    r.add_argument("--expires", required=True, metavar=DATE, help="the day it ends, at most one year away")
+    r.add_argument("--expires", required=True, metavar=DATE, help="valid through that day, at most 365 days ahead")
     return parser
 
 

@@ -19,8 +19,10 @@ import aiohttp
 
 from app import errors, exports, records
 from app.checks import REGISTRY
+from app.checks.base import valid_through
 from app.crypto import Crypto
 from app.evidence import record_evidence
+from app.exceptions import record_exception
 from app.findings import to_json
 from app.main import Services, build_services
 from app.models import SEVERITY_ORDER
@@ -250,7 +252,12 @@ async def cmd_personnel_import(settings: Settings, path: Path, out: TextIO = sys
         raise errors.ConfigError(str(exc)) from None
     async with running(settings) as services:
         store = services.service.store
-        known = {p.email for p in await store.records.people()}
+        directory = await store.records.people()
+        try:
+            records.check_account_conflicts(people, directory)
+        except records.RecordError as exc:
+            raise errors.ConfigError(str(exc)) from None
+        known = {p.email for p in directory}
         n = await store.records.import_people(people, "cli", iso(utcnow()))
         new_emails = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
         lines = await through_log(services, "lp:personnel", {"new_emails": new_emails})
@@ -301,8 +308,8 @@ async def cmd_evidence_add(
         else (f"{len(done.covered)} members" if done.covered is not None else f"workspace {ws}")
     )
     print(
-        f"evidence {done.id} ({done.media_type}) for {check}, {scope}, valid until "
-        f"{done.expires_at.date().isoformat()}",
+        f"evidence {done.id} ({done.media_type}) for {check}, {scope}, valid through "
+        f"{valid_through(done.expires_at).isoformat()}",
         file=out,
     )
     for line in lines:
@@ -313,17 +320,28 @@ async def cmd_evidence_add(
 async def cmd_exception_add(
     settings: Settings, check: str, subject: str, owner: str, reason: str, expires: str, out: TextIO = sys.stdout
 ) -> int:
-    now = utcnow()
-    try:
-        req = records.check_exception(check, subject, owner, reason, expires, now, CHECK_IDS)
-    except records.RecordError as exc:
-        raise errors.ConfigError(str(exc)) from None
+    async with open_store(settings) as store:
+        try:
+            done = await record_exception(
+                store,
+                check=check,
+                subject=subject,
+                owner=owner,
+                reason=reason,
+                expires=expires,
+                actor="cli",
+                known_checks=CHECK_IDS,
+            )
+        except records.RecordError as exc:
+            raise errors.ConfigError(str(exc)) from None
+    req = done.request
     async with running(settings) as services:
-        xid = await services.service.store.records.add_exception(
-            req.check, req.subject, req.owner, req.reason, req.expires_at, "cli", iso(now)
-        )
-        lines = await through_log(services, "lp:exception", {"check": req.check, "subject": req.subject})
-    print(f"exception {xid}: {check} for {subject} until {req.expires_at.date().isoformat()} (owner {owner})", file=out)
+        lines = await through_log(services, "lp:exception", {"check": req.check, "subject": done.subject.key})
+    print(
+        f"exception {done.id}: {check} for {done.subject.name} ({done.subject.key}) valid through "
+        f"{valid_through(req.expires_at).isoformat()} (owner {req.owner})",
+        file=out,
+    )
     for line in lines:
         print(line, file=out)
     return 0

@@ -97,6 +97,10 @@ def k_emails(ws: str) -> str:
     return f"email_links:{ws}"
 
 
+def k_member_since(ws: str) -> str:
+    return f"member_since:{ws}"
+
+
 @dataclass
 class PassReport:
     workspace: str
@@ -204,10 +208,12 @@ async def fetch_members(fetcher: Fetcher, ws: str, people: Sequence[Person]) -> 
             roles = {}  # access tokens cannot read permissions (bitbucket-facts.md)
         return [_dump(m.model_copy(update={"permission": roles.get(m.user.key)})) for m in found]
 
+    previous = await fetcher.store.snapshots.get(k_members(ws))
     listed = await fetcher.get(k_members(ws), ws, "members", members)
-    if listed is None:
-        return
+    if not isinstance(listed, list):
+        return  # failed (the snapshot is marked stale) or refused (a scope marker is stored)
     member_keys = {Member.model_validate(m).user.key for m in listed}
+    await _track_membership(fetcher, ws, member_keys, previous)
     wanted = [p.email for p in people if not p.bitbucket_account_id or p.bitbucket_account_id not in member_keys]
     if not wanted:
         fetcher.rows.append((k_emails(ws), ws, "email_links", {"available": None, "links": {}}))
@@ -221,6 +227,21 @@ async def fetch_members(fetcher: Fetcher, ws: str, people: Sequence[Person]) -> 
         return {"available": True, "links": {e: u.key for e, u in sorted(found.items())}}
 
     await fetcher.get(k_emails(ws), ws, "email_links", emails)
+
+
+async def _track_membership(fetcher: Fetcher, ws: str, keys: set[str], previous: Snapshot | None) -> None:
+    """Keep when each membership began (first seen in the list): someone who leaves and comes back
+    starts a new membership, which an earlier workspace-wide 2SV report does not cover. Members
+    already listed when tracking began are recorded with no start (``null``)."""
+    snap = await fetcher.store.snapshots.get(k_member_since(ws))
+    if snap is not None and isinstance(snap.content, dict):
+        known: dict[str, str | None] = snap.content
+    else:
+        before = previous.content if previous is not None and isinstance(previous.content, list) else []
+        known = {Member.model_validate(m).user.key: None for m in before}
+    seen_at = utcnow().isoformat()  # to the microsecond: compared with evidence upload times
+    since = {key: known[key] if key in known else seen_at for key in sorted(keys)}
+    fetcher.rows.append((k_member_since(ws), ws, "member_since", since))
 
 
 def _unreadable(snap: Snapshot | None) -> Unreadable | None:
@@ -305,50 +326,75 @@ async def build_facts(
                 open_pullrequests=_count(snaps.get(k_prs(uuid))),
             )
         )
-    members_snap = snaps.get(k_members(ws))
-    members: tuple[MemberFacts, ...] | Unreadable
-    unreadable = _unreadable(members_snap) if with_members else Unreadable("not_fetched")
-    if unreadable is not None:
-        members = unreadable
-    else:
-        assert members_snap is not None
-        by_account = {p.bitbucket_account_id: p for p in people if p.bitbucket_account_id}
-        by_email = {p.email: p for p in people}
-        email_snap = snaps.get(k_emails(ws))
-        links = email_snap.content if email_snap and email_snap.content and not email_snap.stale_since else {}
-        account_to_email = {acct: email for email, acct in (links.get("links") or {}).items()}
-        lookup = {True: "available", False: "unavailable", None: "not_needed"}[links.get("available")]
-        marks = await store.records.marks(ws)
-        out = []
-        for raw in members_snap.content:
-            m = Member.model_validate(raw)
-            person, how = by_account.get(m.user.key), "account_id"
-            if person is None and m.user.key in account_to_email:
-                person, how = by_email.get(account_to_email[m.user.key]), "email"
-            if person is None and m.user.key in marks:
-                kind, owner = marks[m.user.key]
-                person, how = (
-                    Person(
-                        email=f"{m.user.key} ({kind})",
-                        name=m.user.display_name or m.user.key,
-                        kind=kind,
-                        status="active",
-                        owner=owner,
-                    ),
-                    "mark",
-                )
-            out.append(
-                MemberFacts(
-                    user=m.user,
-                    permission=m.permission,
-                    person=person,
-                    linked_by=how if person else None,
-                    email_lookup=lookup,
-                )
-            )
-        members = tuple(out)
+    members = await _member_facts(store, ws, snaps, people) if with_members else Unreadable("not_fetched")
     facts = WorkspaceFacts(workspace=ws, repositories=tuple(repos), members=members, exceptions=tuple(exceptions))
-    return facts, not isinstance(members, Unreadable)
+    # A member list refused for want of a scope or permission is data (its results are `unknown`);
+    # a failed or absent one leaves the stored member results alone.
+    members_read = not isinstance(members, Unreadable) or members.reason in ("missing_scope", "missing_permission")
+    return facts, members_read
+
+
+async def _member_facts(
+    store: Store, ws: str, snaps: dict[str, Snapshot], people: Sequence[Person]
+) -> tuple[MemberFacts, ...] | Unreadable:
+    """Members linked to people (by account id, else email, else a mark). A member list or email
+    lookup that failed leaves its earlier content in place: members whose result rests on it are
+    marked ``stale`` so the findings diff keeps their last result (checks.md "A fetch that fails")."""
+    members_snap = snaps.get(k_members(ws))
+    why = _unreadable(members_snap)
+    listed = members_snap.content if members_snap is not None and isinstance(members_snap.content, list) else None
+    if listed is None or (why is not None and why.reason != "fetch_failed"):
+        if why is not None and why.reason == "missing_scope":
+            return Unreadable("missing_scope", scope=why.scope or "account", detail=why.detail)
+        return why or Unreadable("not_fetched")
+    members_stale = why is not None
+    by_account = {p.bitbucket_account_id: p for p in people if p.bitbucket_account_id}
+    by_email = {p.email: p for p in people}
+    email_snap = snaps.get(k_emails(ws))
+    links = email_snap.content if email_snap is not None and isinstance(email_snap.content, dict) else {}
+    emails_stale = email_snap is not None and email_snap.stale_since is not None
+    account_to_email = {acct: email for email, acct in (links.get("links") or {}).items()}
+    lookup = {True: "available", False: "unavailable", None: "not_needed"}[links.get("available")]
+    since_snap = snaps.get(k_member_since(ws))
+    since: dict[str, Any] = since_snap.content if since_snap and isinstance(since_snap.content, dict) else {}
+    marks = await store.records.marks(ws)
+    out = []
+    for raw in listed:
+        m = Member.model_validate(raw)
+        person, how = by_account.get(m.user.key), "account_id"
+        if person is None and m.user.key in account_to_email:
+            person, how = by_email.get(account_to_email[m.user.key]), "email"
+        if person is None and m.user.key in marks:
+            kind, owner = marks[m.user.key]
+            person, how = (
+                Person(
+                    email=f"{m.user.key} ({kind})",
+                    name=m.user.display_name or m.user.key,
+                    kind=kind,
+                    status="active",
+                    owner=owner,
+                ),
+                "mark",
+            )
+        linked_by = how if person else None
+        stale: str | None = None
+        if members_stale:
+            stale = "members"
+        elif emails_stale and linked_by in (None, "email"):
+            stale = "email_links"
+        began = since.get(m.user.key)
+        out.append(
+            MemberFacts(
+                user=m.user,
+                permission=m.permission,
+                person=person,
+                linked_by=linked_by,
+                email_lookup=lookup,
+                stale=stale,
+                member_since=datetime.fromisoformat(began) if isinstance(began, str) else None,
+            )
+        )
+    return tuple(out)
 
 
 async def evaluate_workspace(

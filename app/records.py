@@ -22,7 +22,7 @@ STATUSES = ("active", "offboarded")
 COLUMNS = ("email", "name", "kind", "status", "offboarded_on", "bitbucket_account_id")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EVIDENCE_BYTES = 10 * 1024 * 1024
-MAX_EXCEPTION_DAYS = 366
+MAX_EXCEPTION_DAYS = 365
 
 
 class RecordError(LowerplaneError):
@@ -92,13 +92,45 @@ def person_from_row(row: dict[str, Any], where: str) -> Person:
     )
 
 
-def parse_personnel(data: bytes, filename: str) -> list[Person]:
-    """CSV (header row with the COLUMNS) or JSON (a list of objects, or {"people": [...]})."""
+def check_dates(p: Person, where: str, today: date) -> None:
+    """checks.md: ``offboarded_on`` only with ``status=offboarded`` (a future date schedules it)."""
+    if p.offboarded_on is None or p.status == "offboarded":
+        return
+    if p.offboarded_on < today.isoformat():
+        raise RecordError(
+            f"{where}, field offboarded_on: status={p.status} with an offboarded_on in the past "
+            f"({p.offboarded_on}): set status=offboarded, or clear the date"
+        )
+    raise RecordError(
+        f"{where}, field offboarded_on: {p.offboarded_on} without status=offboarded (an offboarding "
+        "scheduled ahead is status=offboarded with a future offboarded_on)"
+    )
+
+
+def check_account_conflicts(people: list[Person], directory: list[Person]) -> None:
+    """An account id already linked to someone else in the directory (not in this import) is refused."""
+    incoming = {p.email for p in people}
+    owner = {d.bitbucket_account_id: d.email for d in directory if d.bitbucket_account_id and d.email not in incoming}
+    for p in people:
+        if p.bitbucket_account_id and p.bitbucket_account_id in owner:
+            raise RecordError(
+                f"{p.email}, field bitbucket_account_id: {p.bitbucket_account_id} is already linked to "
+                f"{owner[p.bitbucket_account_id]} in the personnel directory"
+            )
+
+
+def parse_personnel(data: bytes, filename: str, today: date | None = None) -> list[Person]:
+    """CSV (header row with the COLUMNS) or JSON (a list of objects, or {"people": [...]}).
+
+    All or nothing: refuses, naming line and field, two records with the same email or the same
+    ``bitbucket_account_id``, and an ``offboarded_on`` without ``status=offboarded``."""
+    today = today or datetime.now(UTC).date()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise RecordError(f"{filename}: not UTF-8 text") from None
     people: list[Person] = []
+    places: list[str] = []
     stripped = text.lstrip()
     if filename.lower().endswith(".json") or stripped.startswith(("[", "{")):
         try:
@@ -112,6 +144,7 @@ def parse_personnel(data: bytes, filename: str) -> list[Person]:
             if not isinstance(row, dict):
                 raise RecordError(f"{filename}: entry {i}: expected an object")
             people.append(person_from_row(row, f"{filename}: entry {i}"))
+            places.append(f"{filename}: entry {i}")
     else:
         reader = csv.DictReader(io.StringIO(text))
         header = [f.strip() for f in reader.fieldnames or []]
@@ -122,11 +155,22 @@ def parse_personnel(data: bytes, filename: str) -> list[Person]:
         for row in reader:
             clean = {(k or "").strip(): v for k, v in row.items()}
             people.append(person_from_row(clean, f"{filename}:{reader.line_num}"))
+            places.append(f"{filename}:{reader.line_num}")
     seen: dict[str, int] = {}
     for i, p in enumerate(people, 1):
         if p.email in seen:
             raise RecordError(f"{filename}: {p.email} appears twice (entries {seen[p.email]} and {i})")
         seen[p.email] = i
+    accounts: dict[str, str] = {}
+    for p, where in zip(people, places, strict=True):
+        check_dates(p, where, today)
+        if p.bitbucket_account_id:
+            if p.bitbucket_account_id in accounts:
+                raise RecordError(
+                    f"{where}, field bitbucket_account_id: {p.bitbucket_account_id} also appears at "
+                    f"{accounts[p.bitbucket_account_id]}"
+                )
+            accounts[p.bitbucket_account_id] = where
     if not people:
         raise RecordError(f"{filename}: no people in the file")
     return people
@@ -153,14 +197,28 @@ def check_evidence(data: bytes, size: int | None = None, max_bytes: int = MAX_EV
     return media_type(data)
 
 
+def end_of_day(day: date) -> datetime:
+    """A date given as an expiry means valid through that day: it ends at 00:00 UTC the day after."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+
+
 def evidence_expiry(uploaded: datetime, explicit: str | None, max_age_days: int) -> datetime:
+    """``LP_EVIDENCE_MAX_AGE_DAYS`` from upload; an explicit expiry (valid through that date) may be
+    shorter, never longer."""
+    latest = uploaded + timedelta(days=max_age_days)
     if explicit:
         day = date.fromisoformat(_date(explicit, "--expires"))
-        expires = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        expires = end_of_day(day)
         if expires <= uploaded:
             raise RecordError(f"--expires: {explicit} is not in the future")
+        if expires > latest:
+            last = (latest - timedelta(days=1)).date().isoformat()
+            raise RecordError(
+                f"--expires: {explicit} is too far: evidence is valid at most {max_age_days} days from upload "
+                f"(LP_EVIDENCE_MAX_AGE_DAYS); the latest date allowed today is {last}"
+            )
         return expires
-    return uploaded + timedelta(days=max_age_days)
+    return latest
 
 
 @dataclass(frozen=True)
@@ -181,9 +239,12 @@ def check_exception(
         if not value.strip():
             raise RecordError(f"{name}: required")
     day = date.fromisoformat(_date(expires, "--expires"))
-    expires_at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    expires_at = end_of_day(day)  # valid through the given date
     if expires_at <= now:
         raise RecordError(f"--expires: {expires} is not in the future")
-    if expires_at > now + timedelta(days=MAX_EXCEPTION_DAYS):
-        raise RecordError(f"--expires: {expires} is more than one year away; exceptions last at most a year")
+    if day > now.date() + timedelta(days=MAX_EXCEPTION_DAYS):
+        raise RecordError(
+            f"--expires: {expires} is more than one year away: an exception is valid through a date at most "
+            f"{MAX_EXCEPTION_DAYS} days ahead"
+        )
     return ExceptionRequest(check, subject.strip(), owner.strip(), reason.strip(), expires_at)

@@ -28,8 +28,10 @@ def test_findings_help_lists_choices_and_defaults(capsys: pytest.CaptureFixture[
 
 
 def test_dates_are_shown_with_their_format(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "--expires YYYY-MM-DD the day it ends, at most one year away" in help_of(["exceptions", "add"], capsys)
-    assert "--expires YYYY-MM-DD last day it is valid" in help_of(["evidence", "add"], capsys)
+    assert "--expires YYYY-MM-DD valid through that day, at most 365 days ahead" in help_of(
+        ["exceptions", "add"], capsys
+    )
+    assert "--expires YYYY-MM-DD valid through that day" in help_of(["evidence", "add"], capsys)
     assert "offboarded_on (YYYY-MM-DD)" in help_of(["personnel", "import"], capsys)
 
 

@@ -82,14 +82,14 @@ async def test_not_a_repository_admin_is_unknown_for_want_of_permission_not_scop
         by_repo = {r.result.subject: r.result for r in await service.store.results.query(check=check)}
         billing = by_repo["acme/billing"]
         assert billing.status == "unknown", check
-        assert billing.details["reason"] == "permission missing"
+        assert billing.details["reason"] == "permission_missing"
         assert "missing_scope" not in billing.details or billing.details["missing_scope"] is None
         assert "not an admin of this repository" in billing.message and "lacks the" not in billing.message
         assert by_repo["acme/api"].status in ("pass", "fail")  # bob administers the others
         assert "admin of the repository" in how_to_fix(billing)  # what an alert tells to do
     pipelines = {r.result.subject: r.result for r in await service.store.results.query(check="pipelines-enabled")}
     if pipelines:
-        assert pipelines["acme/billing"].details["reason"] == "permission missing"
+        assert pipelines["acme/billing"].details["reason"] == "permission_missing"
 
     [conn] = await connections_data(services)
     admin = next(s for s in conn["scope_report"] if s["scope"] == "repository:admin")

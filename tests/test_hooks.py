@@ -227,7 +227,10 @@ async def test_failing_events_back_off_then_die_and_old_ones_are_purged(
         row = await service.store.events.get(eid)
         assert row is not None and row.tries == attempt
         assert row.state == ("dead" if attempt == MAX_TRIES else "failed") and "ServerError" in (row.error or "")
-    assert await service.store.results.query() == []  # an outage never produces a result, least of all a fail
+    # An outage never decides a result: with no earlier data, only `unknown` naming the failed fetch
+    # (checks.md), never a fail or a pass.
+    during = await service.store.results.query()
+    assert all(r.result.status == "unknown" and r.result.details["reason"] == "fetch_failed" for r in during)
     await service.store.db.execute("UPDATE events SET changed_at = changed_at - 40 * 86400")
     assert await service.store.events.purge(30) == 1
     assert await service.store.events.get(eid) is None

@@ -68,7 +68,7 @@ EXPECTED = {
         "acme/billing": "fail",
         "acme/docs": "pass",
         "acme/playground": "not_applicable",
-        "acme/empty-repo": "fail",
+        "acme/empty-repo": "not_applicable",  # no main branch
     },
     "workspace-mfa-enforced": {"acme": "pass"},
     "member-mfa-enabled": {
@@ -85,7 +85,7 @@ EXPECTED = {
         "557058:bob": "pass",
         "557058:carol": "fail",
         "557058:dave": "unknown",
-        "557058:cibot": "pass",
+        "557058:cibot": "unknown",  # a service account without an owner
         "557058:frank": "fail",
         "557058:gina": "unknown",
     },
@@ -261,8 +261,11 @@ async def test_missing_admin_scope_is_unknown_naming_it(
     assert {i["subject"] for i in items} == {"acme/api", "acme/web", "acme/billing", "acme/docs", "acme/playground"}
     assert all(i["details"]["missing_scope"] == "repository:admin" for i in items)
     pipelines = await findings(settings, check="pipelines-enabled")
-    assert len(pipelines) == 6 and all(i["status"] == "unknown" for i in pipelines)
-    assert all("repository:admin" in i["message"] for i in pipelines)
+    assert len(pipelines) == 6
+    assert {i["subject"]: i["status"] for i in pipelines if i["status"] != "unknown"} == {
+        "acme/empty-repo": "not_applicable"
+    }
+    assert all("repository:admin" in i["message"] for i in pipelines if i["status"] == "unknown")
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def test_evidence_refused(data: bytes, message: str) -> None:
 
 def test_evidence_expiry() -> None:
     assert records.evidence_expiry(NOW, None, 90) == NOW + timedelta(days=90)
-    assert records.evidence_expiry(NOW, "2027-01-01", 90).date().isoformat() == "2027-01-01"
+    assert records.evidence_expiry(NOW, "2027-01-01", 90) == datetime(2027, 1, 2, tzinfo=UTC)  # through 2027-01-01
     with pytest.raises(records.RecordError, match="not in the future"):
         records.evidence_expiry(NOW, "2020-01-01", 90)
 

@@ -7,6 +7,7 @@ never the secret value).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from app import errors
 from app.settings import Settings
+from app.store import Store
 from tests.conftest import SHARED
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
@@ -124,6 +126,11 @@ def test_other_programs_variables_are_left_alone(tmp_path: Path) -> None:
     assert s.database == Path("lp.sqlite3")
 
 
+async def _create_database(path: Path) -> None:
+    store = await Store.open(path)
+    await store.close()
+
+
 def test_good_settings_start_the_console_script(tmp_path: Path) -> None:
     env = {
         "LP_DATABASE": str(tmp_path / "lp.sqlite3"),
@@ -136,6 +143,7 @@ def test_good_settings_start_the_console_script(tmp_path: Path) -> None:
         "LP_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/xyz",
         "LP_WORKSPACES": "",  # empty means not set
     }
+    asyncio.run(_create_database(tmp_path / "lp.sqlite3"))  # read-only commands refuse a missing database
     proc = run_cli(env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""

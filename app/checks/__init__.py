@@ -1,7 +1,9 @@
 """Pure: the eight security tests of checks.md, one module each, and the registry.
 
 ``evaluate(facts, ctx, enabled)`` runs the enabled tests on one workspace and applies exceptions:
-a ``fail`` covered by an unexpired exception reads ``excepted``.
+a ``fail`` covered by an unexpired exception reads ``excepted``. An exception is matched by the
+subject's key (repository uuid, member account id, workspace slug), never by its name, so it
+follows a renamed repository and never covers a new one that takes the old name.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from app.checks import (
     repo_classified,
     workspace_mfa_enforced,
 )
-from app.checks.base import Check, Context, ExceptionGrant, WorkspaceFacts
+from app.checks.base import Check, Context, ExceptionGrant, WorkspaceFacts, valid_through
 from app.models import Result
 
 REGISTRY: dict[str, Check] = {
@@ -41,7 +43,7 @@ def apply_exceptions(result: Result, grants: Iterable[ExceptionGrant], ctx: Cont
     if result.status != "fail":
         return result
     for g in grants:
-        if g.check == result.check and g.subject in (result.subject, result.subject_key) and g.expires_at > ctx.now:
+        if g.check == result.check and g.subject == result.subject_key and g.expires_at > ctx.now:
             details = dict(result.details)
             details["exception"] = {
                 "id": g.id,
@@ -53,8 +55,8 @@ def apply_exceptions(result: Result, grants: Iterable[ExceptionGrant], ctx: Cont
             return result.model_copy(
                 update={
                     "status": "excepted",
-                    "message": f"Accepted risk until {g.expires_at.date().isoformat()} ({g.owner}: {g.reason}). "
-                    + result.message,
+                    "message": f"Accepted risk, valid through {valid_through(g.expires_at).isoformat()} "
+                    f"({g.owner}: {g.reason}). " + result.message,
                     "details": details,
                 }
             )

@@ -3,16 +3,31 @@
 Control: each workspace member uses two-step verification. Bitbucket's API does not expose other
 members' 2FA status, so the test rests on uploaded evidence: evidence for that member, or a
 workspace-wide 2SV report uploaded while they were already a member (someone who joined after the
-report is not covered). A non-null ``has_2fa_enabled`` from the API decides instead when present.
-Evidence expires after ``LP_EVIDENCE_MAX_AGE_DAYS`` (default 90) unless it carries its own expiry.
-``fail`` with ``details.reason`` = ``evidence_missing`` or ``evidence_expired``.
+report is not covered; membership is continuous: someone who left and came back after the report
+is not covered either, ``MemberFacts.member_since``). A non-null ``has_2fa_enabled`` from the API
+decides instead when present. Evidence expires after ``LP_EVIDENCE_MAX_AGE_DAYS`` (default 90)
+from upload, or earlier with an explicit expiry ("valid through" a date).
+``fail`` with ``details.reason`` = ``evidence_missing`` or ``evidence_expired``; ``unknown`` when
+the member list cannot be read (``scope_missing``: the ``account`` scope). A failed member list
+keeps the last result, marked stale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.checks.base import Check, Context, Evidence, MemberFacts, Unreadable, WorkspaceFacts, member_result
+from app.checks.base import (
+    Check,
+    Context,
+    Evidence,
+    MemberFacts,
+    Unreadable,
+    WorkspaceFacts,
+    member_result,
+    members_unreadable,
+    stale_member_result,
+    valid_through,
+)
 from app.models import Result
 
 HOW_TO = (
@@ -25,16 +40,22 @@ HOW_TO = (
 
 def covering_evidence(m: MemberFacts, evidence: Sequence[Evidence], check: str) -> list[Evidence]:
     key = m.user.key
-    return [
-        e
-        for e in evidence
-        if e.check == check
-        and (e.member == key or (e.member is None and e.covered_members is not None and key in e.covered_members))
-    ]
+
+    def report_covers(e: Evidence) -> bool:
+        # A member at upload time whose membership has not been broken since.
+        return (
+            e.covered_members is not None
+            and key in e.covered_members
+            and (m.member_since is None or m.member_since <= e.uploaded_at)
+        )
+
+    return [e for e in evidence if e.check == check and (e.member == key or (e.member is None and report_covers(e)))]
 
 
 def _one(ws: str, m: MemberFacts, ctx: Context) -> Result:
     name = m.user.display_name or m.user.key
+    if m.stale == "members":
+        return stale_member_result(CHECK, ws, m)
     if m.user.has_2fa_enabled is not None:
         ok = m.user.has_2fa_enabled
         return member_result(
@@ -56,7 +77,7 @@ def _one(ws: str, m: MemberFacts, ctx: Context) -> Result:
             m,
             "pass",
             f"{name}: two-step verification evidenced by {best.filename or 'evidence'} "
-            f"(valid until {best.expires_at.date().isoformat()}).",
+            f"(valid through {valid_through(best.expires_at).isoformat()}).",
             evidence_id=best.id,
             expires_at=best.expires_at.isoformat(),
             scope="member" if best.member else "workspace_report",
@@ -68,8 +89,8 @@ def _one(ws: str, m: MemberFacts, ctx: Context) -> Result:
             ws,
             m,
             "fail",
-            f"{name}: the two-step verification evidence expired on {latest.expires_at.date().isoformat()}. "
-            + HOW_TO.format(ws=ws),
+            f"{name}: the two-step verification evidence was valid through "
+            f"{valid_through(latest.expires_at).isoformat()} and has expired. " + HOW_TO.format(ws=ws),
             reason="evidence_expired",
             evidence_id=latest.id,
         )
@@ -78,15 +99,15 @@ def _one(ws: str, m: MemberFacts, ctx: Context) -> Result:
         ws,
         m,
         "fail",
-        f"{name}: no evidence of two-step verification (a member who joined after the last report is not "
-        "covered by it). " + HOW_TO.format(ws=ws),
+        f"{name}: no evidence of two-step verification (a member who joined, or left and rejoined, after the "
+        "last report is not covered by it). " + HOW_TO.format(ws=ws),
         reason="evidence_missing",
     )
 
 
 def evaluate(ws: WorkspaceFacts, ctx: Context) -> Sequence[Result]:
     if isinstance(ws.members, Unreadable):
-        return []  # no member list: earlier results stand (the reconcile marks them stale)
+        return members_unreadable(CHECK, ws.workspace, ws.members)
     return [_one(ws.workspace, m, ctx) for m in ws.members]
 
 

@@ -3,7 +3,8 @@
 Control: ``pipelines_config.enabled`` is true, so vulnerability scanning can run in CI.
 Evidence: the switch, and ``details.last_build``: the newest pipeline on the main branch (state,
 result, build number, when). ``fail`` when disabled or never configured (the endpoint answers
-404); ``unknown`` without ``repository:admin``. Settings: switched on by
+404); ``not_applicable`` for an empty repository (no main branch); ``unknown`` without
+``repository:admin`` (``details.reason`` = ``scope_missing``). Settings: switched on by
 ``LP_CHECKS_ENABLED=pipelines-enabled``.
 """
 
@@ -28,6 +29,14 @@ from app.models import Result
 def _one(facts: RepoFacts, ctx: Context) -> Result:
     if (na := out_of_scope(CHECK, facts)) is not None:
         return na
+    if facts.repo.mainbranch is None:
+        return repo_result(
+            CHECK,
+            facts,
+            "not_applicable",
+            f"{facts.repo.full_name} is empty: it has no main branch to build yet.",
+            reason="no_main_branch",
+        )
     if isinstance(facts.pipelines, Unreadable):
         return unreadable_result(CHECK, facts, facts.pipelines, "Pipelines settings")
     build = facts.last_build

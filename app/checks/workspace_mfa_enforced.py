@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.checks.base import Check, Context, WorkspaceFacts
+from app.checks.base import Check, Context, WorkspaceFacts, valid_through
 from app.models import Result
 
 HOW_TO = (
@@ -41,7 +41,7 @@ def evaluate(ws: WorkspaceFacts, ctx: Context) -> Sequence[Result]:
                 **base,
                 status="pass",
                 message=f"Workspace {ws.workspace}: enforced two-step verification evidenced by "
-                f"{best.filename or 'evidence'} (valid until {best.expires_at.date().isoformat()}).",
+                f"{best.filename or 'evidence'} (valid through {valid_through(best.expires_at).isoformat()}).",
                 details={"evidence_id": best.id, "expires_at": best.expires_at.isoformat()},
             )
         ]
@@ -51,8 +51,8 @@ def evaluate(ws: WorkspaceFacts, ctx: Context) -> Sequence[Result]:
             Result(
                 **base,
                 status="fail",
-                message=f"Workspace {ws.workspace}: the evidence of enforced two-step verification expired on "
-                f"{latest.expires_at.date().isoformat()}. " + HOW_TO.format(ws=ws.workspace),
+                message=f"Workspace {ws.workspace}: the evidence of enforced two-step verification was valid through "
+                f"{valid_through(latest.expires_at).isoformat()} and has expired. " + HOW_TO.format(ws=ws.workspace),
                 details={"reason": "evidence_expired", "evidence_id": latest.id},
             )
         ]

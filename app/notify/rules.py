@@ -34,6 +34,8 @@ def subject_url(r: Result, web_url: str) -> str:
 
 
 def how_to_fix(r: Result) -> str:
+    if r.status == "unknown" and r.details.get("fix"):
+        return str(r.details["fix"])  # why it is unknown and how to fix it (checks.md "Results")
     if r.check == "repo-classified":
         return f"Classify it: `lowerplane-bitbucket classify {r.subject} production` or on the dashboard."
     if r.check == "member-mfa-enabled":

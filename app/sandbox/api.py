@@ -107,7 +107,7 @@ class Faults:
     timeout_seconds: float = 60.0
     force_429: int = 0
     retry_after: int | None = None
-    force_status: dict[str, int] = field(default_factory=dict)  # path regex -> status
+    force_status: dict[str, int] = field(default_factory=dict)  # regex on path (and ?query) -> status
 
 
 @dataclass
@@ -571,16 +571,18 @@ async def rest(request: Request) -> Response:
     return response
 
 
-async def inject_fault(sb: Sandbox, path: str) -> Response | None:
+async def inject_fault(sb: Sandbox, path: str, query: str = "") -> Response | None:
     """The configured fault for ``path`` (a forced status, a timeout, a random error), or None.
 
     Used by the REST API and the OAuth token endpoint alike (``force_status`` patterns are
-    searched in the REST path after ``/2.0`` or in ``/site/oauth2/access_token``)."""
+    searched in the REST path after ``/2.0`` or in ``/site/oauth2/access_token``, with and without
+    the query string)."""
     f = sb.faults
     if f.latency_ms:
         await asyncio.sleep(f.latency_ms / 1000)
+    target = f"{path}?{query}" if query else path
     for pattern, status in f.force_status.items():
-        if re.search(pattern, path):
+        if re.search(pattern, path) or re.search(pattern, target):
             return error_response(status, f"Injected HTTP {status}")
     if f.timeout_rate and sb.rng.random() < f.timeout_rate:
         await asyncio.sleep(f.timeout_seconds)
@@ -606,7 +608,7 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
         if method_seen:
             return error_response(405, f"Method {request.method} not allowed")
         return error_response(404, f"Resource not found: {path}")
-    injected = await inject_fault(sb, path)
+    injected = await inject_fault(sb, path, request.url.query)
     if injected is not None:
         return injected
     headers: dict[str, str] = {}

@@ -277,13 +277,23 @@ class Records:
 
     # -- exceptions --------------------------------------------------------------------------
     async def add_exception(
-        self, check: str, subject: str, owner: str, reason: str, expires_at: datetime, actor: str, now: str
+        self,
+        check: str,
+        subject: str,
+        owner: str,
+        reason: str,
+        expires_at: datetime,
+        actor: str,
+        now: str,
+        *,
+        subject_key: str,
     ) -> int:
+        """Record an accepted risk for (test, ``subject_key``); ``subject`` is the name it was given by."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                """INSERT INTO exceptions (check_id, subject, owner, reason, created_by, created_at, expires_at)
-                   VALUES (?,?,?,?,?,?,?)""",
-                (check, subject, owner, reason, actor, now, expires_at.isoformat()),
+                """INSERT INTO exceptions (check_id, subject, subject_key, owner, reason, created_by, created_at,
+                   expires_at) VALUES (?,?,?,?,?,?,?,?)""",
+                (check, subject, subject_key, owner, reason, actor, now, expires_at.isoformat()),
             )
             xid = cur.lastrowid or 0
             await self._audit(
@@ -296,6 +306,7 @@ class Records:
                 {
                     "check": check,
                     "subject": subject,
+                    "subject_key": subject_key,
                     "owner": owner,
                     "reason": reason,
                     "expires_at": expires_at.isoformat(),
@@ -307,12 +318,16 @@ class Records:
         return [dict(r) for r in await self.db.fetchall("SELECT * FROM exceptions ORDER BY id")]
 
     async def exceptions(self) -> list[ExceptionGrant]:
-        rows = await self.db.fetchall("SELECT * FROM exceptions WHERE revoked_at IS NULL ORDER BY id")
+        """Exceptions in force: not revoked, and keyed (rows migrated without a key stay inactive)."""
+        rows = await self.db.fetchall(
+            "SELECT * FROM exceptions WHERE revoked_at IS NULL AND subject_key IS NOT NULL"
+            " AND inactive_reason IS NULL ORDER BY id"
+        )
         return [
             ExceptionGrant(
                 id=r["id"],
                 check=r["check_id"],
-                subject=r["subject"],
+                subject=r["subject_key"],
                 owner=r["owner"],
                 reason=r["reason"],
                 expires_at=_dt(r["expires_at"]),

@@ -244,3 +244,26 @@ MIGRATIONS.append(
     CREATE INDEX results_ws ON results(workspace, check_id, status)
     """
 )
+
+MIGRATIONS.append(
+    # 5: exceptions keyed by the subject's stable key (repository uuid, member account id, workspace
+    # slug), not its name. Rows recorded by name are resolved to the repository that bears the name
+    # now (or to the key of a stored result of the same test); the others stay, inactive, with why.
+    """
+    ALTER TABLE exceptions ADD COLUMN subject_key TEXT;
+    ALTER TABLE exceptions ADD COLUMN inactive_reason TEXT;
+    UPDATE exceptions SET subject_key = coalesce(
+        (SELECT substr(s.key, 6) FROM snapshots s WHERE s.kind = 'repo' AND s.content IS NOT NULL
+            AND (json_extract(s.content, '$.full_name') = exceptions.subject
+                 OR json_extract(s.content, '$.uuid') = exceptions.subject)
+            ORDER BY s.fetched_at DESC LIMIT 1),
+        (SELECT r.subject_key FROM results r WHERE r.check_id = exceptions.check_id
+            AND (r.subject = exceptions.subject OR r.subject_key = exceptions.subject)
+            ORDER BY r.last_changed DESC LIMIT 1)
+    );
+    UPDATE exceptions SET inactive_reason = 'no repository, member or workspace known as ' || exceptions.subject
+        || ' when exceptions became keyed by id (schema 5); it covers nothing: record a new one'
+        WHERE subject_key IS NULL;
+    CREATE INDEX exceptions_key ON exceptions(check_id, subject_key)
+    """
+)

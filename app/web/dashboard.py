@@ -18,7 +18,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from app import errors, records
 from app.checks import REGISTRY
+from app.checks.base import valid_through
 from app.evidence import record_evidence
+from app.exceptions import record_exception
 from app.findings import to_json
 from app.models import FAILING, SEVERITY_ORDER, STATUSES
 from app.reconcile import iso, k_repo, utcnow
@@ -194,7 +196,8 @@ async def subject(request: Request) -> Response:
         for e in await store.records.evidence_rows()
         if e["member"] == (rows[0].result.subject_key if rows else subj) or e["workspace"] == subj
     ]
-    exceptions = [x for x in await store.records.exception_rows() if x["subject"] == subj]
+    key = rows[0].result.subject_key if rows else subj
+    exceptions = [x for x in await store.records.exception_rows() if key in (x["subject_key"], x["subject"])]
     return render(
         request,
         "subject.html",
@@ -310,7 +313,7 @@ async def evidence(request: Request) -> Response:
             await form.close()
         expires = done.expires_at
         await services.service.internal_event("lp:evidence", {"workspace": ws, "check": check})
-        return _back("/evidence", f"Evidence recorded for {check}; valid until {expires.date().isoformat()}.")
+        return _back("/evidence", f"Evidence recorded for {check}; valid through {valid_through(expires).isoformat()}.")
     return await _evidence_page(request)
 
 
@@ -329,21 +332,21 @@ async def exceptions(request: Request) -> Response:
     if request.method == "POST":
         form = await _form(request)
         try:
-            req = records.check_exception(
-                str(form.get("check", "")),
-                str(form.get("subject", "")),
-                str(form.get("owner", "")),
-                str(form.get("reason", "")),
-                str(form.get("expires", "")),
-                utcnow(),
-                CHECK_IDS,
+            done = await record_exception(
+                services.service.store,
+                check=str(form.get("check", "")),
+                subject=str(form.get("subject", "")),
+                owner=str(form.get("owner", "")),
+                reason=str(form.get("reason", "")),
+                expires=str(form.get("expires", "")),
+                actor="dashboard",
+                known_checks=CHECK_IDS,
             )
         except records.RecordError as exc:
             return _back("/exceptions", str(exc).replace("--", ""))
-        await services.service.store.records.add_exception(
-            req.check, req.subject, req.owner, req.reason, req.expires_at, "dashboard", iso(utcnow())
+        await services.service.internal_event(
+            "lp:exception", {"check": done.request.check, "subject": done.subject.key}
         )
-        await services.service.internal_event("lp:exception", {"check": req.check, "subject": req.subject})
         return _back("/exceptions", "Exception recorded.")
     rows = await resources.exceptions_data(services.service.store)
     return render(request, "exceptions.html", "Exceptions", "/exceptions", rows=rows, check_ids=CHECK_IDS)

@@ -14,8 +14,9 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from app import errors, exports, records
 from app.bitbucket.models import Repository
 from app.checks import REGISTRY, scope_report
-from app.checks.base import Person
+from app.checks.base import Person, valid_through
 from app.evidence import NoMemberList, record_evidence
+from app.exceptions import UnknownSubject, record_exception
 from app.findings import to_json
 from app.hooks import health, remove_hooks
 from app.reconcile import classify, iso, k_members, k_prs, k_repo, k_repos, utcnow
@@ -190,7 +191,7 @@ async def members_data(services: Any) -> list[dict[str, Any]]:
         for ws in conn.workspaces:
             snap = await store.snapshots.get(k_members(ws))
             marks = await store.records.marks(ws)
-            for raw in snap.content if snap and snap.content else []:
+            for raw in snap.content if snap and isinstance(snap.content, list) else []:
                 user = raw["user"]
                 key = user.get("account_id") or user.get("uuid")
                 person = people.get(key)
@@ -245,6 +246,8 @@ async def personnel(request: Request) -> Response:
     body = await _json(request)
     try:
         person = records.person_from_row(body, "body")
+        records.check_dates(person, "body", utcnow().date())
+        records.check_account_conflicts([person], await store.records.people())
     except records.RecordError as exc:
         raise Problem(400, "Bad body", str(exc)) from None
     known = await store.records.person(person.email)
@@ -257,11 +260,12 @@ async def personnel_import(request: Request) -> Response:
     services = _svc(request)
     data = await request.body()
     name = "upload.json" if request.headers.get("content-type", "").startswith("application/json") else "upload.csv"
+    store = services.service.store
     try:
         people = records.parse_personnel(data, name)
+        records.check_account_conflicts(people, await store.records.people())
     except records.RecordError as exc:
         raise Problem(400, "Nothing imported", str(exc)) from None
-    store = services.service.store
     known = {p.email for p in await store.records.people()}
     n = await store.records.import_people(people, "api", iso(utcnow()))
     new = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
@@ -298,6 +302,7 @@ def _evidence(r: dict[str, Any]) -> dict[str, Any]:
         "uploaded_by": r["uploaded_by"],
         "uploaded_at": r["uploaded_at"],
         "expires_at": r["expires_at"],
+        "valid_through": valid_through(datetime.fromisoformat(r["expires_at"])).isoformat(),
         "expired": r["expires_at"] <= utcnow().isoformat(),
         "covered_members": json.loads(r["covered_members"]) if r["covered_members"] else None,
     }
@@ -380,11 +385,15 @@ async def exceptions_data(store: Any) -> list[dict[str, Any]]:
             "id": r["id"],
             "check": r["check_id"],
             "subject": r["subject"],
+            "subject_key": r["subject_key"],
             "owner": r["owner"],
             "reason": r["reason"],
             "created_at": r["created_at"],
             "expires_at": r["expires_at"],
+            "valid_through": valid_through(datetime.fromisoformat(r["expires_at"])).isoformat(),
             "expired": r["expires_at"] <= now,
+            "active": r["inactive_reason"] is None and r["subject_key"] is not None and r["revoked_at"] is None,
+            "inactive_reason": r["inactive_reason"],
         }
         for r in rows
     ]
@@ -397,29 +406,32 @@ async def exceptions(request: Request) -> Response:
         return JSONResponse(await exceptions_data(store))
     body = await _json(request)
     try:
-        req = records.check_exception(
-            str(body.get("check") or ""),
-            str(body.get("subject") or ""),
-            str(body.get("owner") or ""),
-            str(body.get("reason") or ""),
-            str(body.get("expires") or ""),
-            utcnow(),
-            CHECK_IDS,
+        done = await record_exception(
+            store,
+            check=str(body.get("check") or ""),
+            subject=str(body.get("subject") or ""),
+            owner=str(body.get("owner") or ""),
+            reason=str(body.get("reason") or ""),
+            expires=str(body.get("expires") or ""),
+            actor="api",
+            known_checks=CHECK_IDS,
         )
+    except UnknownSubject as exc:
+        raise Problem(422, "Unknown subject", str(exc).replace("--", "")) from None
     except records.RecordError as exc:
         raise Problem(400, "Bad body", str(exc).replace("--", "")) from None
-    xid = await store.records.add_exception(
-        req.check, req.subject, req.owner, req.reason, req.expires_at, "api", iso(utcnow())
-    )
-    ids = await _internal(request, "lp:exception", {"check": req.check, "subject": req.subject})
+    req = done.request
+    ids = await _internal(request, "lp:exception", {"check": req.check, "subject": done.subject.key})
     return JSONResponse(
         {
-            "id": xid,
+            "id": done.id,
             "check": req.check,
-            "subject": req.subject,
+            "subject": done.subject.name,
+            "subject_key": done.subject.key,
             "owner": req.owner,
             "reason": req.reason,
             "expires_at": req.expires_at.isoformat(),
+            "valid_through": valid_through(req.expires_at).isoformat(),
             "events": ids,
         },
         status_code=201,

@@ -356,7 +356,7 @@ BOT = Person("bot@x.example", "CI bot", "service-account", "active", owner="plat
         (member(person=GONE, how="email"), "fail", "admin.atlassian.com"),  # linked by the email filter
         (member(person=ACTIVE, how="email"), "pass", "active employee"),
         (member(person=BOT, how="account_id"), "pass", "service-account"),  # service account
-        (member(), "unknown", "not linked"),  # unlinked
+        (member(), "unknown", "not linked"),  # not linked
         (member(lookup="unavailable"), "unknown", "email matching is unavailable"),
     ],
 )
@@ -365,13 +365,13 @@ def test_offboarded(m: MemberFacts, status: str, needle: str) -> None:
     assert r.status == status and needle in r.message
 
 
-def test_unreadable_members_yield_nothing() -> None:
-    assert run_members("offboarded-access-removed", Unreadable("fetch_failed")) == []  # type: ignore[arg-type]
+def test_members_not_read_yet_yield_nothing() -> None:
+    assert run_members("offboarded-access-removed", Unreadable("not_fetched")) == []  # type: ignore[arg-type]
 
 
 # -- exceptions -----------------------------------------------------------------------------------------
 def test_exception_turns_fail_into_excepted_until_expiry() -> None:
-    grant = ExceptionGrant(1, "branch-protection-enforced", "acme/api", "cto", "legacy", NOW + timedelta(days=10))
+    grant = ExceptionGrant(1, "branch-protection-enforced", "{r1}", "cto", "legacy", NOW + timedelta(days=10))
     ws = WorkspaceFacts("acme", (facts(()),), exceptions=(grant,))
     [r] = checks.evaluate(ws, Context("acme", NOW), ["branch-protection-enforced"])
     assert r.status == "excepted" and r.details["exception"]["owner"] == "cto"

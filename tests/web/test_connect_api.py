@@ -255,7 +255,23 @@ async def test_api_resources(product: RunningApp, sandbox: RunningSandbox) -> No
             },
         ) as r:
             assert r.status == 201
+            web_uuid = next(x["uuid"] for x in repos if x["full_name"] == "acme/web")
+            assert (await r.json())["subject_key"] == web_uuid
+        never = {
+            "check": "repo-classified",
+            "subject": "acme/nope",
+            "owner": "o",
+            "reason": "r",
+            "expires": "2027-03-01",
+        }
+        async with api.post(base + "/exceptions", json=never) as r:
+            assert r.status == 422 and "acme/nope" in (await r.json())["detail"]
         await product.services.worker.drain()
+
+        async def settled() -> bool:  # drain() does not wait for a batch the background worker holds
+            return not [e for e in await store.events.list(limit=20) if e.state in ("queued", "running")]
+
+        await wait_for(settled)
         findings = {(i["check"], i["subject"]): i["status"] for i in await (await api.get(base + "/findings")).json()}
         assert findings[("offboarded-access-removed", "557058:cibot")] == "pass"
         assert findings[("repo-classified", "acme/api")] == "pass"
