@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
@@ -380,10 +381,11 @@ def nth(items: Any, pick: int) -> Any:
     return items[pick % len(items)]
 
 
-faults = st.one_of(
-    st.none(),
-    st.tuples(st.sampled_from(sorted(FAULT_PATHS)), st.sampled_from([500, 503])),
-)
+STATUSES = st.sampled_from([500, 503, 429])
+# A fault in about one trigger of four (a webhook's trigger: on the per-repository reads it makes).
+faults = st.one_of(st.none(), st.none(), st.none(), st.tuples(st.sampled_from(sorted(FAULT_PATHS)), STATUSES))
+REPO_READS = ["repository", "branch-restrictions", "branching-model", "pipelines_config", "pipelines", "pullrequests"]
+repo_faults = st.one_of(st.none(), st.none(), st.tuples(st.sampled_from(REPO_READS), STATUSES))
 
 
 class ProductVsReference(RuleBasedStateMachine):
@@ -486,7 +488,7 @@ class ProductVsReference(RuleBasedStateMachine):
         self.sb.faults.force_status = {}
         if self._members_read(seq):
             self._observe_members()
-        self.compare(kind, fault is not None, before)
+        self.compare(kind, fault is not None, before, seq)
         if fault is not None:
             self.all_unsynced = True
         elif kind == "full":
@@ -528,7 +530,7 @@ class ProductVsReference(RuleBasedStateMachine):
             return False
         return check == "workspace-mfa-enforced" or subject not in self.unsynced_repos
 
-    def compare(self, kind: str, faulted: bool, before: dict[Any, Any]) -> None:
+    def compare(self, kind: str, faulted: bool, before: dict[Any, Any], seq: int = 0) -> None:
         stored = self.run(self.product.services.service.store.results.load(WS))
         self.seen |= {k[1] for k in stored}
         expected = self.ref.evaluate(self.sb, self.rec, self.now, self.since)
@@ -538,6 +540,17 @@ class ProductVsReference(RuleBasedStateMachine):
             for key in stored:
                 if key[0] in MEMBER_CHECKS:
                     expected[key] = Exp("unknown", "scope missing")
+        unread = self.unread(seq) if faulted else set()
+        for key in sorted(set(before) | set(stored)):
+            prev, got = before.get(key), stored.get(key)
+            # The branching model is needed only if the restrictions the product holds use it.
+            missed = self.needs(key, model=self.comparable(key, kind)) & unread
+            if prev is not None and got is not None and missed:
+                # A resource this result needs could not be read: it stands as it was, marked stale.
+                assert self.show(got) == self.show(prev) and got.stale_since is not None, (
+                    f"{key} after {kind}: {sorted(missed)} unread, yet {self.show(prev)} became "
+                    f"{self.show(got)} (stale since {got.stale_since})\n" + self.story()
+                )
         for key in sorted(set(expected) | set(stored)):
             if not self.comparable(key, kind):
                 continue
@@ -569,6 +582,45 @@ class ProductVsReference(RuleBasedStateMachine):
                 prev.result.details.get("reason"),
             ), f"{where}: a fault changed {self.show(prev)} to {self.show(got)} (expected {exp})\n" + self.story()
             assert got.stale_since is not None, f"{where}: kept but not marked stale\n" + self.story()
+
+    def unread(self, seq: int) -> set[tuple[str, str]]:
+        """The resources whose reads failed since ``seq`` (the sandbox's request log): (what, repo uuid)."""
+        out: set[tuple[str, str]] = set()
+        by_ref = {r.uuid: r.uuid for r in self.ws.repos.values()} | {r.slug: r.uuid for r in self.ws.repos.values()}
+        for r in self.sb.requests[seq:]:
+            if r["status"] < 429 or r["method"] != "GET":
+                continue
+            path = unquote(r["path"]).removeprefix("/2.0")
+            if path.rstrip("/") == f"/repositories/{WS}":
+                out.add(("list", "*"))
+            elif path.startswith(f"/workspaces/{WS}/members") and "q=" not in r["query"]:
+                out.add(("members", "*"))
+            elif m := re.fullmatch(rf"/repositories/{WS}/([^/]+)(/[^/]+)?/?", path):
+                what = {None: "meta", "/branch-restrictions": "restrictions", "/pipelines_config": "pipelines"}
+                what |= {"/effective-branching-model": "model", "/branching-model": "model"}
+                if m.group(2) in what and m.group(1) in by_ref:
+                    out.add((what[m.group(2)], by_ref[m.group(1)]))
+        return out
+
+    def needs(self, key: tuple[str, str], model: bool = True) -> set[tuple[str, str]]:
+        """The resources the product must have read to decide ``key`` (checks.md: only data read decides)."""
+        check, subject = key
+        if check in MEMBER_CHECKS:
+            return {("members", "*")} if "account" in self.scopes() else set()
+        repo = next((r for r in self.ws.repos.values() if r.uuid == subject), None)
+        if repo is None or check not in REPO_CHECKS:
+            return set()
+        out = {("list", "*"), ("meta", subject)}
+        if check == "repo-classified" or self.ref.classify(self.rec, repo) == "non-production":
+            return out
+        if repo.mainbranch is None or "repository:admin" not in self.scopes():
+            return out
+        if check == "pipelines-enabled":
+            return out | {("pipelines", subject)}
+        out.add(("restrictions", subject))
+        if model and any(r["branch_match_kind"] == "branching_model" for r in repo.restrictions):
+            out.add(("model", subject))
+        return out
 
     @staticmethod
     def show(got: Any) -> str:
@@ -677,7 +729,7 @@ class ProductVsReference(RuleBasedStateMachine):
         name=st.sampled_from(NAMES),
         project=st.sampled_from([*PROJECTS, None]),
         empty=st.booleans(),
-        fault=faults,
+        fault=repo_faults,
     )
     def create_repo(self, name: str, project: str | None, empty: bool, fault: tuple[str, int] | None) -> None:
         if name in self.ws.repos:
@@ -691,7 +743,7 @@ class ProductVsReference(RuleBasedStateMachine):
         self.webhook(f"workspaces/{WS}/create-repo", body, fault)
 
     @precondition(lambda self: bool(self.ws.repos))
-    @rule(pick=PICK, name=st.sampled_from(NAMES), fault=faults)
+    @rule(pick=PICK, name=st.sampled_from(NAMES), fault=repo_faults)
     def rename_repo(self, pick: int, name: str, fault: tuple[str, int] | None) -> None:
         repo = nth(self.repos(), pick)
         if name in self.ws.repos:
@@ -700,7 +752,7 @@ class ProductVsReference(RuleBasedStateMachine):
         self.webhook(f"repos/{WS}/{repo.slug}/update", {"name": name}, fault)
 
     @precondition(lambda self: bool(self.ws.repos))
-    @rule(pick=PICK, fault=faults)
+    @rule(pick=PICK, fault=repo_faults)
     def transfer_out(self, pick: int, fault: tuple[str, int] | None) -> None:
         repo = nth(self.repos(), pick)
         if repo.slug in self.sb.state.workspaces[OTHER].repos:
@@ -710,7 +762,7 @@ class ProductVsReference(RuleBasedStateMachine):
         self.webhook(f"repos/{WS}/{repo.slug}/transfer", {"to": OTHER}, fault)
 
     @precondition(lambda self: bool(self.sb.state.workspaces[OTHER].repos))
-    @rule(pick=PICK, fault=faults)
+    @rule(pick=PICK, fault=repo_faults)
     def transfer_in(self, pick: int, fault: tuple[str, int] | None) -> None:
         other = self.sb.state.workspaces[OTHER]
         repo = nth(sorted(other.repos.values(), key=lambda r: r.slug), pick)
@@ -720,7 +772,7 @@ class ProductVsReference(RuleBasedStateMachine):
         self.webhook(f"repos/{OTHER}/{repo.slug}/transfer", {"to": WS}, fault)
 
     @precondition(lambda self: bool(self.ws.repos))
-    @rule(pick=PICK, fault=faults)
+    @rule(pick=PICK, fault=repo_faults)
     def delete_repo(self, pick: int, fault: tuple[str, int] | None) -> None:
         repo = nth(self.repos(), pick)
         self.note(f"delete {repo.slug}" + (f" with {fault}" if fault else ""))
@@ -737,14 +789,14 @@ class ProductVsReference(RuleBasedStateMachine):
         self.unsynced_repos.add(repo.uuid)
 
     @precondition(lambda self: any(r.mainbranch is None for r in self.ws.repos.values()))
-    @rule(pick=PICK, fault=faults)
+    @rule(pick=PICK, fault=repo_faults)
     def first_push(self, pick: int, fault: tuple[str, int] | None) -> None:
         repo = nth([r for r in self.repos() if r.mainbranch is None], pick)
         self.note(f"first push to {repo.slug}{f' with {fault}' if fault else ''}")
         self.webhook(f"repos/{WS}/{repo.slug}/push", {"branch": "main"}, fault)
 
     @precondition(lambda self: any(r.mainbranch for r in self.ws.repos.values()))
-    @rule(pick=PICK, main=st.sampled_from(["main", "develop"]), fault=faults)
+    @rule(pick=PICK, main=st.sampled_from(["main", "develop"]), fault=repo_faults)
     def move_main_branch(self, pick: int, main: str, fault: tuple[str, int] | None) -> None:
         repo = nth([r for r in self.repos() if r.mainbranch], pick)
         if repo.mainbranch == main:
