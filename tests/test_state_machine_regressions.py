@@ -113,3 +113,10 @@ def test_review_group_approvals_count_as_peer_review(machine: ProductVsReference
         pick=1,
     )
     machine.trigger_full(fault=None)
+
+
+def test_failed_metadata_read_leaves_the_results_stale(machine: ProductVsReference) -> None:
+    """Not a counterexample: the fault rule pinned on one case (a rename whose repository read
+    fails keeps every result of that repository as it was, marked stale)."""
+    machine.rename_repo(name="docs", fault=("repository", 503), pick=1)
+    machine.trigger_full(fault=None)
