@@ -13,9 +13,14 @@ every stored result (status, and ``details.reason`` where checks.md names one) i
 
 What the product cannot have seen is not compared: drift Bitbucket sends no webhook for makes a
 subject *unsynced* until the next pass that reads it. A trigger under a fault may leave a result
-as it was (stale), never change it to anything but the reference's answer.
+as it was (stale), never change it to anything but the reference's answer; and a result whose
+needed read failed (the sandbox's request log says which) must stand as it was, marked stale.
 
-Bounded for ``make test``; ``SOAK=1`` runs the soak setting (200 examples of 30 steps).
+Not driven: an OAuth connection whose user is not a repository admin (``permission missing``);
+the product runs in token mode here.
+
+Bounded for ``make test`` (60 examples of at most 20 steps, under a minute); ``SOAK=1`` (or
+``STATE_MACHINE_SOAK=1``) runs the soak setting (200 examples of at most 30 steps).
 """
 
 from __future__ import annotations
