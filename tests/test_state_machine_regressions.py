@@ -120,3 +120,11 @@ def test_failed_metadata_read_leaves_the_results_stale(machine: ProductVsReferen
     fails keeps every result of that repository as it was, marked stale)."""
     machine.rename_repo(name="docs", fault=("repository", 503), pick=1)
     machine.trigger_full(fault=None)
+
+
+def test_repository_deleted_after_it_was_created_is_retired(machine: ProductVsReference) -> None:
+    """Found (soak run): ``repo:created`` and ``repo:deleted`` of one repository by one actor carry
+    the same body; the receiver's duplicate check hashed the body alone, so the deletion was taken
+    for a duplicate of the creation and dropped: the repository's results stayed."""
+    machine.create_repo(empty=False, fault=None, name="svc", project="CORE")
+    machine.delete_repo(fault=None, pick=1)  # svc
