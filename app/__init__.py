@@ -1,12 +1,16 @@
 """lowerplane-bitbucket: read-only Bitbucket Cloud compliance monitoring.
 
-The pipeline (see README and ../shared/docs/architecture.md)::
+One road for every trigger (see README and ../shared/docs/architecture.md)::
 
-    Bitbucket --webhook--> web --verify/parse (bitbucket.sansio)--> store.events --> 202
-    reconcile / CLI / API ------------------------------------------> store.events
-    worker: planner.plan(event) -> fetches (coalesced) -> bitbucket.client -> store.snapshots
-            -> checks (pure) -> findings.diff (pure) -> store.results + store.outbox (one transaction)
-            -> notify
+    receive   Bitbucket --webhook--> web (verify, parse: bitbucket.sansio) ---+
+              scheduler, reconcile (cron), CLI, API, expiries --(events)------+
+    log       store.events (the event log) <----------------------------------+
+    plan      worker claims -> planner.plan(event), or for a pass: reconcile lists the
+              repositories -> planner.full_pass -> [Fetch]
+    fetch     fetch.fetch_all -> bitbucket.client -> store.snapshots
+    evaluate  evaluate: store.facts (snapshots -> facts) -> checks (pure) -> findings.diff (pure)
+    record    store.results + history + store.outbox (one transaction)
+    notify    notify.dispatcher -> Slack, email
     supervise: writer, worker, scheduler and dispatcher restarted on a crash; /healthz tells
 
 ``bitbucket/`` talks to Bitbucket Cloud (read-only, allow-listed), ``sandbox/`` is an independent

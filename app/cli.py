@@ -324,7 +324,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
                 log_level="warning",
                 access_log=False,
                 loop="auto",
-                **SERVER_OPTIONS,  # h11 with a header size limit
+                **SERVER_OPTIONS,  # httptools with the request head bounded while it arrives
                 lifespan="on",
                 timeout_graceful_shutdown=SHUTDOWN_SECONDS,
             )

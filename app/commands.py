@@ -25,10 +25,10 @@ from app.evidence import record_evidence
 from app.exceptions import record_exception
 from app.findings import to_json
 from app.main import Services, build_services
-from app.models import SEVERITY_ORDER
-from app.reconcile import iso, k_repo, k_repos, utcnow
+from app.models import SEVERITY_ORDER, iso, utcnow
 from app.settings import CHECK_IDS, Settings
 from app.store import Store
+from app.store.snapshots import k_repo, k_repos
 
 
 def _unusable(path: Path, exc: sqlite3.Error | OSError) -> errors.ConfigError:

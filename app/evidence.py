@@ -14,8 +14,9 @@ from typing import BinaryIO
 
 from app import records
 from app.exceptions import UnknownSubject, resolve_subject
-from app.reconcile import k_members, utcnow
+from app.models import utcnow
 from app.store import Store
+from app.store.snapshots import k_members
 
 CHECKS = ("member-mfa-enabled", "workspace-mfa-enforced")
 

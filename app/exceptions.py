@@ -11,8 +11,9 @@ from datetime import datetime
 
 from app import records
 from app.checks import REGISTRY
-from app.reconcile import iso, k_members, k_repos, utcnow
+from app.models import iso, utcnow
 from app.store import Store
+from app.store.snapshots import k_members, k_repos
 
 
 class UnknownSubject(records.RecordError):

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import html
 import io
 import json
+import zipfile
 from datetime import datetime
 from typing import Any
 
@@ -113,3 +116,111 @@ def ocsf(transition: dict[str, Any]) -> dict[str, Any]:
 
 def ocsf_lines(history: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(ocsf(h), default=str) + "\n" for h in history)
+
+
+# -- the audit pack ----------------------------------------------------------------------------
+HISTORY_COLUMNS = [
+    "at",
+    "workspace",
+    "check_id",
+    "subject",
+    "subject_key",
+    "old_status",
+    "new_status",
+    "cause",
+    "message",
+]
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([csv_cell(r.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def controls_map() -> list[dict[str, Any]]:
+    """Each test with the controls it supports (SOC 2 TSC, ISO/IEC 27001:2022 Annex A)."""
+    return [
+        {"check": c.id, "title": c.title, "severity": c.severity, "controls": list(c.controls)}
+        for c in REGISTRY.values()
+    ]
+
+
+def summary_html(start: str, end: str, generated_at: str, findings: list[dict[str, Any]], files: dict[str, str]) -> str:
+    """The pack's front page: the period, each test's controls and counts, and every file's hash."""
+    esc = html.escape
+    rows = []
+    for c in controls_map():
+        mine = [f for f in findings if f["check"] == c["check"]]
+        counts = {s: sum(1 for f in mine if f["status"] == s) for s in ("pass", "fail", "unknown", "excepted")}
+        rows.append(
+            f"<tr><td>{esc(c['title'])}<br><small>{esc(c['check'])}</small></td><td>{esc(c['severity'])}</td>"
+            f"<td>{esc(', '.join(c['controls']))}</td>"
+            + "".join(f"<td>{counts[s]}</td>" for s in ("pass", "fail", "unknown", "excepted"))
+            + "</tr>"
+        )
+    listing = "".join(f"<tr><td>{esc(name)}</td><td><code>{digest}</code></td></tr>" for name, digest in files.items())
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Audit pack '
+        f"{esc(start)} to {esc(end)}</title><style>body{{font:14px system-ui,sans-serif;margin:24px}}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head>"
+        f"<body><h1>Bitbucket compliance audit pack</h1><p>Period: {esc(start)} to {esc(end)} (UTC). "
+        f"Generated {esc(generated_at)} by lowerplane-bitbucket {esc(__version__)}.</p>"
+        "<h2>Tests and the controls they support</h2><table><thead><tr><th>Test</th><th>Severity</th>"
+        "<th>Controls</th><th>Pass</th><th>Fail</th><th>Unknown</th><th>Excepted</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table><p>Counts are the results at generation time (findings.csv, findings.json); "
+        "history.csv lists every change of a result within the period.</p>"
+        "<h2>Files</h2><table><thead><tr><th>File</th><th>SHA-256</th></tr></thead><tbody>"
+        + listing
+        + "</tbody></table></body></html>"
+    )
+
+
+def audit_pack(
+    *,
+    start: str,
+    end: str,
+    generated_at: str,
+    findings: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+    exceptions: list[dict[str, Any]],
+    evidence: list[dict[str, Any]],
+    evidence_files: dict[int, bytes],
+    scope_report: list[dict[str, Any]],
+) -> bytes:
+    """One ZIP for an auditor: findings (CSV, JSON), the period's history, exceptions, evidence
+    with its files and SHA-256 hashes, the scope report, the test-to-control map and a summary
+    page; ``SHA256SUMS`` lists every file's hash."""
+    files: dict[str, bytes] = {
+        "findings.csv": findings_csv(findings).encode(),
+        "findings.json": json.dumps(findings, indent=2, default=str).encode(),
+        "history.csv": _table(history, HISTORY_COLUMNS).encode(),
+        "history.json": json.dumps(history, indent=2, default=str).encode(),
+        "exceptions.json": json.dumps(exceptions, indent=2, default=str).encode(),
+        "evidence.json": json.dumps(evidence, indent=2, default=str).encode(),
+        "scope-report.json": json.dumps(scope_report, indent=2, default=str).encode(),
+        "controls.json": json.dumps(controls_map(), indent=2).encode(),
+    }
+    for e in evidence:
+        data = evidence_files.get(int(e["id"]))
+        if data is not None:
+            files[f"evidence/{e['id']}-{_safe_name(str(e['filename']))}"] = data
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    files["summary.html"] = summary_html(start, end, generated_at, findings, digests).encode()
+    digests["summary.html"] = hashlib.sha256(files["summary.html"]).hexdigest()
+    files["SHA256SUMS"] = "".join(f"{d}  {n}\n" for n, d in digests.items()).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(f"audit-pack/{name}", date_time=(2000, 1, 1, 0, 0, 0))
+            zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+def _safe_name(name: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+    return keep.lstrip(".")[:100] or "evidence"

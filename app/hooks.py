@@ -17,9 +17,9 @@ from app.bitbucket.client import BitbucketClient
 from app.bitbucket.models import Webhook
 from app.logs import get_logger
 from app.planner import USED_EVENTS
-from app.reconcile import k_repo, k_repos
 from app.service import Service
 from app.store.connections import Connection
+from app.store.views import Views
 
 log = get_logger("hooks")
 SILENCE_GRACE = timedelta(minutes=15)
@@ -201,12 +201,7 @@ async def health(service: Service, conn: Connection, now: datetime | None = None
     for ws in conn.workspaces:
         marks = [e["registered_at"] for e in conn.hooks if e.get("workspace") == ws and e.get("registered_at")]
         registered = max((_when(m) for m in marks), default=None)
-        listed = await service.store.snapshots.get(k_repos(ws))
-        for uuid in listed.content if listed and listed.content else []:
-            snap = await service.store.snapshots.get(k_repo(uuid))
-            updated = snap.content.get("updated_on") if snap and snap.content else None
-            if not updated:
-                continue
+        for updated in await Views(service.store.db).repo_updates(ws):
             if newest is None or updated > newest:
                 newest = updated
             changed = _when(updated)

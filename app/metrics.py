@@ -31,6 +31,16 @@ class Metrics:
         self.task_restarts = Counter(
             "lp_task_restarts", "Restarts of a background task by its supervisor", ["task"], registry=r
         )
+        # issue 13: restriction freshness (age of the last good reading) per workspace and class.
+        self.restrictions_age = Gauge(
+            "lp_restrictions_age_seconds",
+            "Age of the last good branch-restrictions reading: max and mean per class",
+            ["workspace", "class", "stat"],
+            registry=r,
+        )
+        self.restrictions_unread = Gauge(
+            "lp_restrictions_never_read", "Repositories whose restrictions were never read", ["workspace"], registry=r
+        )
         self.results = Gauge("lp_results", "Current results by test and status", ["check", "status"], registry=r)
 
     def observe_ingest(self, seconds: float) -> None:

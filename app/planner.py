@@ -18,7 +18,7 @@ decides what to read again. Repositories are addressed by uuid, so renames are h
 | other ``pullrequest:*`` | nothing | nothing |
 | ``repo:commit_status_*`` on the main branch | newest pipeline on it (Pipelines test on) | ``pipelines-enabled`` |
 | ``project:updated`` | the repository list (project keys) | every repository test of the workspace |
-| ``lp:reconcile`` (tier ``full``) | everything (the full pass) | everything |
+| ``lp:reconcile`` (tier ``full``) | the repository list, then everything (:func:`full_pass`) | everything |
 | ``lp:reconcile`` (tier ``members``) | members, permissions, email links | the member tests |
 | ``lp:classification`` | nothing (restrictions if never read) | the repository's tests |
 | ``lp:personnel`` | email links when new emails need matching | ``offboarded-access-removed`` |
@@ -29,7 +29,7 @@ decides what to read again. Repositories are addressed by uuid, so renames are h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,10 +72,12 @@ INTERNAL_EVENTS = frozenset(
 class Fetch:
     """One resource to read again. ``key`` is what coalescing is by."""
 
-    kind: str  # repo_full | repo | restrictions | branching_model | last_build | pr_count | repos | members | emails
+    kind: str  # repo_full | repo | restrictions | branching_model | pipelines | last_build | pr_count | repos
+    #            | members | emails
     workspace: str
     repo_uuid: str | None = None
     branch: str | None = None
+    ref: str | None = field(default=None, compare=False)  # the repository in the path (slug); uuid if None
 
     @property
     def key(self) -> str:
@@ -89,6 +91,7 @@ class KnownRepo:
     uuid: str
     mainbranch: str | None
     model_branches: frozenset[str] = frozenset()
+    slug: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,33 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
     if not fetches:
         return Plan()
     return Plan(fetches=tuple(fetches), repos=(uuid,), checks=frozenset(checks & enabled))
+
+
+def repo_fetches(ws: str, repo: KnownRepo, enabled: frozenset[str]) -> list[Fetch]:
+    """What reading one repository in full means, beyond its metadata: its branch restrictions
+    (with a main branch and a branch test on) and its Pipelines (``pipelines-enabled`` on). A pass
+    does this for every listed repository; ``repo_full`` for one."""
+    # No test needs the open pull-request count: pull-request webhooks keep it current (issue 13).
+    fetches: list[Fetch] = []
+    if repo.mainbranch and BRANCH_CHECKS & enabled:
+        fetches.append(Fetch("restrictions", ws, repo.uuid, ref=repo.slug))
+    if "pipelines-enabled" in enabled:
+        fetches.append(Fetch("pipelines", ws, repo.uuid, repo.mainbranch, ref=repo.slug))
+    return fetches
+
+
+def full_pass(ws: str, tier: str, listed: Sequence[KnownRepo], enabled: frozenset[str]) -> Plan:
+    """A pass is just a plan: every fetch an enabled test needs, for the repositories ``listed``.
+
+    Tier ``members`` reads the members, permissions and email links and re-runs the member tests;
+    tier ``full`` reads every listed repository in full (:func:`repo_fetches`), then the members
+    (a member test on), and re-runs every test."""
+    if tier == "members":
+        return Plan(fetches=(Fetch("members", ws),), members=True, checks=MEMBER_CHECKS, tier=tier)
+    fetches = [f for r in listed for f in repo_fetches(ws, r, enabled)]
+    if MEMBER_CHECKS & enabled:
+        fetches.append(Fetch("members", ws))
+    return Plan(fetches=tuple(fetches), repos=tuple(r.uuid for r in listed), workspace_checks=True, tier=tier)
 
 
 def coalesce(plans: list[Plan]) -> tuple[list[Fetch], list[Plan]]:

@@ -9,7 +9,9 @@ decrypted webhook secrets in memory for the receiver.
 from __future__ import annotations
 
 import secrets as pysecrets
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from app import errors
@@ -24,6 +26,16 @@ from app.store.events import NewEvent
 log = get_logger("service")
 
 TOKEN_CONNECTION = "token"  # noqa: S105 - the id of the token-mode connection, not a secret
+HOOK_TARGET_TTL = 30.0  # seconds the receiver trusts its copy of a connection's secrets and workspaces
+
+
+@dataclass(frozen=True)
+class HookTarget:
+    """What the receiver needs of a connection: its webhook secrets and the workspaces it monitors."""
+
+    secrets: list[str]
+    workspaces: frozenset[str]
+    loaded_at: float
 
 
 class Service:
@@ -32,7 +44,7 @@ class Service:
         self.store = store
         self.pool = pool
         self.crypto = crypto
-        self._secrets: dict[str, list[str]] = {}
+        self._targets: dict[str, HookTarget] = {}
         self.token_sources: dict[str, TokenSource] = {}
         # Called when an OAuth connection's refresh fails (ops alert); set by the wiring.
         self.on_broken: Callable[[str, str], Awaitable[None]] | None = None
@@ -46,7 +58,9 @@ class Service:
         if not workspaces:
             client = await self.client(TOKEN_CONNECTION)
             workspaces = tuple(w.slug for w in await client.workspaces())
-        return await self.store.connections.upsert(TOKEN_CONNECTION, "token", workspaces)
+        conn = await self.store.connections.upsert(TOKEN_CONNECTION, "token", workspaces)
+        self.forget_secrets(TOKEN_CONNECTION)
+        return conn
 
     def token_source(self, conn_id: str) -> TokenSource:
         if conn_id in self.token_sources:
@@ -54,7 +68,7 @@ class Service:
         if conn_id == TOKEN_CONNECTION:
             if self.settings.bitbucket_token is None:
                 raise errors.ConfigError("LP_BITBUCKET_TOKEN is not set")
-            source: TokenSource = StaticToken(self.settings.bitbucket_token.get_secret_value(), TOKEN_CONNECTION)
+            source: TokenSource = StaticToken(self.settings.bitbucket_token.get_secret_value())
         else:
             source = self._oauth_source(conn_id)
         self.token_sources[conn_id] = source
@@ -91,21 +105,30 @@ class Service:
         register_secret(plain)
         return plain
 
-    async def webhook_secrets(self, conn_id: str) -> list[str] | None:
-        """Current and previous secret of a connection (rotation), or None for an unknown one."""
-        if conn_id in self._secrets:
-            return self._secrets[conn_id]
+    async def webhook_target(self, conn_id: str) -> HookTarget | None:
+        """Current and previous secret of a connection (rotation) and its workspaces, or None for an
+        unknown one; kept in memory for HOOK_TARGET_TTL so changes made by another process show."""
+        now = time.monotonic()
+        target = self._targets.get(conn_id)
+        if target is not None and now - target.loaded_at < HOOK_TARGET_TTL:
+            return target
         conn = await self.store.connections.get(conn_id)
         if conn is None or conn.webhook_secret is None or conn.status == "disconnected":
+            self._targets.pop(conn_id, None)
             return None
         found = [self.decrypt(conn.webhook_secret)]
         if conn.webhook_secret_previous is not None:
             found.append(self.decrypt(conn.webhook_secret_previous))
-        self._secrets[conn_id] = found
-        return found
+        target = HookTarget(found, frozenset(ws.lower() for ws in conn.workspaces), now)
+        self._targets[conn_id] = target
+        return target
+
+    async def webhook_secrets(self, conn_id: str) -> list[str] | None:
+        target = await self.webhook_target(conn_id)
+        return None if target is None else target.secrets
 
     def forget_secrets(self, conn_id: str) -> None:
-        self._secrets.pop(conn_id, None)
+        self._targets.pop(conn_id, None)
 
     def hook_url(self, conn_id: str) -> str:
         return f"{self.settings.public_url}/hooks/bitbucket/{conn_id}"

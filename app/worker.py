@@ -1,10 +1,12 @@
-"""Drains the event log: claim (lease) → plan → coalesced fetches → snapshots → re-evaluate → done.
+"""Drains the event log: claim (lease) → plan → fetch → evaluate → record → done.
 
-One code path for every trigger. A batch claims every runnable event, plans each, fetches each
-resource once however many events asked for it (at most one batch runs at a time, and the events
-arriving meanwhile form the next batch: at most one queued and one running fetch per resource),
-stores the snapshots and re-evaluates only the affected (test, subject) pairs. Reconcile passes
-(``lp:reconcile``) run beside the batches, under a lock, with low budget priority.
+One code path for every trigger. A batch claims every runnable event, plans each
+(:mod:`app.planner`), fetches each resource once however many events asked for it
+(:mod:`app.fetch`; at most one batch runs at a time, and the events arriving meanwhile form the
+next batch: at most one queued and one running fetch per resource) and re-evaluates only the
+affected (test, subject) pairs (:mod:`app.evaluate`). Passes (``lp:reconcile``) run beside the
+batches, under a lock, with low budget priority: :mod:`app.reconcile` plans them, and the same
+fetch and evaluate steps do the rest.
 
 Failure stays where it happened (checks.md "A fetch that fails"):
 
@@ -29,36 +31,21 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
-from app import errors
-from app.bitbucket.client import DEFER_AFTER, PRIORITY, BitbucketClient
+from app import errors, tiers
+from app.bitbucket.client import PRIORITY, BitbucketClient
+from app.evaluate import Alerts, evaluate_plans
+from app.fetch import Outcome, fetch_all
 from app.findings import Delta
 from app.logs import get_logger
-from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, Plan, coalesce, plan
-from app.reconcile import (
-    Alerts,
-    Fetcher,
-    fetch_members,
-    fetch_repository,
-    fetch_restrictions,
-    iso,
-    k_build,
-    k_emails,
-    k_model,
-    k_pipelines,
-    k_prs,
-    k_repo,
-    k_repos,
-    k_restrictions,
-    reconcile_workspace,
-    record,
-    utcnow,
-)
+from app.models import iso, utcnow
+from app.planner import Plan, coalesce, plan
+from app.reconcile import reconcile_workspace
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
+from app.store.facts import known_repos
 from app.supervise import describe
 
 log = get_logger("worker")
@@ -226,21 +213,12 @@ class Worker:
                     return
                 client = await self.clients(row.connection_id)
                 calls = client.calls()
-                if tier == "members":
-                    fetcher = Fetcher(client, self.store, iso(utcnow()))
-                    await fetch_members(fetcher, ws, await self.store.records.people())
-                    await self.store.snapshots.put_many(fetcher.rows, fetcher.now)
-                    delta, written = await record(
-                        self.store,
-                        self.settings,
-                        ws,
-                        utcnow(),
-                        "reconcile:members",
-                        only_checks=MEMBER_CHECKS,
-                        alerts=self.alerts,
-                    )
+                if tier in tiers.TIERS:  # issue 13: the repositories and restrictions tiers (app/tiers.py)
+                    delta, written = await tiers.run(tier, client, self.store, self.settings, ws, self.alerts)
                 else:
-                    report = await reconcile_workspace(client, self.store, self.settings, ws, alerts=self.alerts)
+                    report = await reconcile_workspace(
+                        client, self.store, self.settings, ws, alerts=self.alerts, tier=tier
+                    )
                     delta, written = report.delta, report.rows_written
                 hooks = await self._check_hooks(row.connection_id) if tier == "full" else None
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
@@ -309,28 +287,11 @@ class Worker:
         return {"actions": [e["action"] for e in state], "health": status["status"]}
 
     # -- event batches ---------------------------------------------------------------------------
-    async def _known(self, ws: str) -> dict[str, KnownRepo]:
-        snaps = await self.store.snapshots.load(ws, kinds=("repos", "repo", "branching_model"))
-        listed = snaps.get(k_repos(ws))
-        out: dict[str, KnownRepo] = {}
-        for uuid in listed.content if listed and listed.content else []:
-            snap = snaps.get(k_repo(uuid))
-            if snap is None or snap.content is None:
-                continue
-            main = snap.content.get("mainbranch")
-            branches: set[str] = set()
-            model = snaps.get(k_model(uuid))
-            if model is not None and isinstance(model.content, dict):
-                for part in ("development_name", "production_name"):
-                    if model.content.get(part):
-                        branches.add(model.content[part])
-            out[uuid] = KnownRepo(uuid=uuid, mainbranch=main, model_branches=frozenset(branches))
-        return out
-
     async def _batch(self, cid: str, rows: list[EventRow]) -> None:
         enabled = frozenset(self.settings.enabled_checks)
         workspaces = {str(r.payload.get("workspace") or r.workspace or "") for r in rows}
-        known = {ws: await self._known(ws) for ws in workspaces if ws}
+        # plan: each event -> the resources to read again and the (test, subject) pairs to re-run
+        known = {ws: await known_repos(self.store, ws) for ws in workspaces if ws}
         plans: dict[int, Plan] = {}
         for r in rows:
             ws = str(r.payload.get("workspace") or r.workspace or "")
@@ -349,6 +310,7 @@ class Worker:
             rows = [r for r in rows if r.id not in wait_until]
             if not rows:
                 return
+        # fetch: each resource once however many events asked for it
         fetches, _ = coalesce([plans[r.id] for r in rows])
         if len(self._fetched_at) > 10_000:
             self._fetched_at = {k: v for k, v in self._fetched_at.items() if clock - v < self.coalesce_window}
@@ -356,59 +318,47 @@ class Worker:
             self._fetched_at[f.key] = clock
         now = utcnow()
         calls = 0
-        failed: dict[str, str] = {}  # fetch key -> why it could not be read
-        tainted: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories whose metadata failed
-        deferred: dict[str, float] = {}  # fetch key -> seconds Bitbucket (or the budget) asks us to wait
-        waiting: dict[str, set[str]] = defaultdict(set)  # workspace -> repositories with a deferred fetch
+        outcome = Outcome()
         if fetches:
             client = await self.clients(cid)
             before = client.calls()
-            rows_read: list[tuple[str, str, str, Any]] = []
-            sem = asyncio.Semaphore(self.settings.concurrency)
-
-            async def one(f: Fetch) -> None:
-                # Each fetch has its own Fetcher: a failure is attributed to this fetch alone.
-                DEFER_AFTER.set(self.defer_after)  # this task only: a long wait re-queues, never blocks
-                fetcher = Fetcher(client, self.store, iso(now))
-                async with sem:
-                    try:
-                        await self._fetch(fetcher, f, enabled)
-                    except errors.Deferred as exc:
-                        deferred[f.key] = exc.retry_after or self.defer_after
-                        if f.repo_uuid:
-                            waiting[f.workspace].add(f.repo_uuid)
-                        self._fetched_at.pop(f.key, None)
-                        log.info("fetch.deferred", key=f.key, seconds=round(deferred[f.key], 1))
-                        return  # what it read so far is read again with the rest
-                    except Exception as exc:  # noqa: BLE001 - one resource never fails the others
-                        key, kind = _snapshot_of(f)
-                        await fetcher.failed(key, f.workspace, kind, exc)
-                        if f.repo_uuid and f.kind in ("repo", "repo_full"):
-                            tainted[f.workspace].add(f.repo_uuid)
-                rows_read.extend(fetcher.rows)
-                if fetcher.errors:
-                    failed[f.key] = next(iter(fetcher.errors.values()))
-                    self._fetched_at.pop(f.key, None)  # the retry reads it again at once
-
-            async with asyncio.TaskGroup() as tg:
-                for f in fetches:
-                    tg.create_task(one(f))
-            await self.store.snapshots.put_many(rows_read, iso(now))
+            outcome = await fetch_all(
+                client,
+                self.store,
+                fetches,
+                enabled=enabled,
+                now=iso(now),
+                concurrency=self.settings.concurrency,
+                defer_after=self.defer_after,
+            )
+            for key in (*outcome.failed, *outcome.deferred):
+                self._fetched_at.pop(key, None)  # the retry reads it again at once
             calls = client.calls() - before
+        failed, deferred, tainted, waiting = outcome.failed, outcome.deferred, outcome.tainted, outcome.waiting
         # Repositories that arrived or left.
         for ws in workspaces:
             adds = {u for r in rows for u in plans[r.id].repos if str(r.payload.get("workspace")) == ws}
             gone = {u for r in rows for u in plans[r.id].retire if str(r.payload.get("workspace")) == ws}
-            await self._update_repo_list(ws, adds, gone, iso(now))
+            await self.store.snapshots.update_repo_list(ws, adds, gone, iso(now))
+        # evaluate and record (results, history and outbox in one transaction), then notify
         changes: dict[str, list[str]] = {}
         for ws in workspaces:
             if not ws:
                 continue
             ws_plans = [plans[r.id] for r in rows if str(r.payload.get("workspace") or r.workspace or "") == ws]
-            deltas = await self._evaluate(
-                ws, ws_plans, rows[0].source, tainted.get(ws, set()), skip=waiting.get(ws, set())
+            deltas = await evaluate_plans(
+                self.store,
+                self.settings,
+                ws,
+                ws_plans,
+                f"event:{rows[0].source}",
+                tainted.get(ws, set()),
+                skip=waiting.get(ws, set()),
+                alerts=self.alerts,
             )
+            await self._notify(ws, deltas)
             changes[ws] = [line for d in deltas for line in _changes(d)]
+        # done: each event records what it caused; one that lacks a resource is retried or deferred
         done: dict[int, dict[str, Any]] = {}
         retry: list[EventRow] = []
         deferred_rows: dict[int, float] = {}
@@ -441,137 +391,10 @@ class Worker:
         if received:
             await self.store.connections.touch_delivery(cid, received)
 
-    async def _update_repo_list(self, ws: str, adds: set[str], gone: set[str], now: str) -> None:
-        if not adds and not gone:
-            return
-        snap = await self.store.snapshots.get(k_repos(ws))
-        current = list(snap.content) if snap and snap.content else []
-        have_meta = {u for u in adds if await self.store.snapshots.get(k_repo(u)) is not None}
-        new = [u for u in current if u not in gone] + [u for u in sorted(have_meta) if u not in current]
-        if new != current:
-            await self.store.snapshots.put_many([(k_repos(ws), ws, "repos", new)], now)
-        if gone:
-            keys = [k(u) for u in gone for k in (k_repo, k_restrictions, k_model, k_pipelines, k_build)]
-            await self.store.snapshots.delete(keys + [k_prs(u) for u in gone])
-
-    async def _evaluate(
-        self,
-        ws: str,
-        plans: list[Plan],
-        source: str,
-        tainted: set[str] | None = None,
-        skip: set[str] | None = None,
-    ) -> list[Delta]:
-        """Re-run the affected tests. Repositories in ``tainted`` could not be read: their
-        results are not re-evaluated but kept and marked stale (checks.md "A fetch that fails").
-        Repositories in ``skip`` wait for a deferred read: they are evaluated when it is done."""
-        now = utcnow()
-        cause = f"event:{source}"
-        deltas: list[Delta] = []
-        if tainted:
-            await self._mark_stale(ws, tainted, now)
-        if any(p.workspace_checks for p in plans):
-            checks = frozenset().union(*(p.checks for p in plans if p.workspace_checks))
-            all_checks = any(not p.checks for p in plans if p.workspace_checks)
-            delta, _ = await record(
-                self.store,
-                self.settings,
-                ws,
-                now,
-                cause,
-                only_checks=None if all_checks else checks,
-                alerts=self.alerts,
-            )
-            deltas.append(delta)
-            if all_checks:
-                return await self._notify(ws, deltas)
-        repos = {u for p in plans for u in (*p.repos, *p.retire)} - (tainted or set()) - (skip or set())
-        if repos:
-            checks = frozenset().union(*(p.checks for p in plans if p.repos or p.retire))
-            all_repo = any(not p.checks for p in plans if p.repos or p.retire)
-            delta, _ = await record(
-                self.store,
-                self.settings,
-                ws,
-                now,
-                cause,
-                subjects=repos,
-                only_checks=REPO_CHECKS if all_repo else checks,
-                alerts=self.alerts,
-            )
-            deltas.append(delta)
-        if any(p.members for p in plans):
-            checks = frozenset().union(*(p.checks for p in plans if p.members)) & MEMBER_CHECKS
-            delta, _ = await record(
-                self.store, self.settings, ws, now, cause, only_checks=checks or MEMBER_CHECKS, alerts=self.alerts
-            )
-            deltas.append(delta)
-        return await self._notify(ws, deltas)
-
-    async def _mark_stale(self, ws: str, subjects: set[str], now: datetime) -> None:
-        stored = await self.store.results.load(ws)
-        stale = [s for (_, subject), s in stored.items() if subject in subjects and s.stale_since is None]
-        if stale:
-            await self.store.results.apply(Delta(stale=stale), iso(now), "fetch_failed")
-
-    async def _notify(self, ws: str, deltas: list[Delta]) -> list[Delta]:
+    async def _notify(self, ws: str, deltas: list[Delta]) -> None:
         if self.on_delta:
             for d in deltas:
                 await self.on_delta(ws, d)
-        return deltas
-
-    async def _fetch(self, fetcher: Fetcher, f: Fetch, enabled: frozenset[str]) -> None:
-        client, ws, uuid = fetcher.client, f.workspace, f.repo_uuid or ""
-        if f.kind == "repo_full":
-            try:
-                repo = await client.repository(ws, uuid)
-            except errors.NotFoundError:
-                return  # gone again before we read it
-            await fetch_repository(fetcher, ws, repo, sorted(enabled))
-        elif f.kind == "repo":
-            try:
-                repo = await client.repository(ws, uuid)
-            except errors.NotFoundError:
-                return
-            fetcher.rows.append((k_repo(uuid), ws, "repo", repo.model_dump(mode="json")))
-        elif f.kind == "restrictions":
-            await fetch_restrictions(fetcher, ws, uuid, uuid)
-        elif f.kind == "branching_model":
-            await fetcher.get(k_model(uuid), ws, "branching_model", lambda: _dumped(client.branching_model(ws, uuid)))
-        elif f.kind == "last_build":
-            branch = f.branch or ""
-            await fetcher.get(
-                k_build(uuid), ws, "last_build", lambda: _dumped(client.latest_pipeline(ws, uuid, branch))
-            )
-        elif f.kind == "pr_count":
-            await fetcher.get(k_prs(uuid), ws, "pr_count", lambda: client.open_pullrequest_count(ws, uuid))
-        elif f.kind == "repos":
-            for repo in await client.repositories(ws):
-                fetcher.rows.append((k_repo(repo.uuid), ws, "repo", repo.model_dump(mode="json")))
-        elif f.kind == "emails":
-            await fetch_members(fetcher, ws, await self.store.records.people())
-        else:  # pragma: no cover - the planner emits only the kinds above
-            raise ValueError(f"unknown fetch kind {f.kind}")
-
-
-async def _dumped(aw: Awaitable[Any]) -> Any:
-    value = await aw
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-
-
-def _snapshot_of(f: Fetch) -> tuple[str, str]:
-    """The snapshot (key, kind) a fetch writes, which turns stale when the fetch fails."""
-    uuid = f.repo_uuid or ""
-    by_kind = {
-        "repo": (k_repo(uuid), "repo"),
-        "repo_full": (k_repo(uuid), "repo"),
-        "restrictions": (k_restrictions(uuid), "restrictions"),
-        "branching_model": (k_model(uuid), "branching_model"),
-        "last_build": (k_build(uuid), "last_build"),
-        "pr_count": (k_prs(uuid), "pr_count"),
-        "emails": (k_emails(f.workspace), "email_links"),
-    }
-    return by_kind.get(f.kind, (k_repos(f.workspace), "repos"))
 
 
 class ResourcesUnreadable(Exception):

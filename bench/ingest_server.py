@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.logs import configure
-from app.main import build_services, create_app
+from app.main import SERVER_OPTIONS, build_services, create_app
 from app.settings import Settings
 
 
@@ -44,7 +44,9 @@ async def main(mode: str, port: int, db: str, webhook_secret: str, secret_key: s
         await services.service.store.connections.set_webhook("bench", services.service.encrypt(webhook_secret), [])
         app = create_app(settings, services, background=False)
         await uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **SERVER_OPTIONS
+            )  # serve's HTTP stack: httptools with the request head bounded
         ).serve()
 
 

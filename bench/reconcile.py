@@ -20,8 +20,10 @@ import aiohttp
 from common import peak_rss_mb, sandbox_process, table
 
 from app.bitbucket.client import BitbucketClient, Budget, StaticToken
+from app.evaluate import evaluate_workspace
 from app.logs import configure
-from app.reconcile import evaluate_workspace, reconcile_workspace, utcnow
+from app.models import utcnow
+from app.reconcile import reconcile_workspace
 from app.sandbox.scenario import generate
 from app.settings import Settings
 from app.store import Store

@@ -53,13 +53,20 @@ async def test_a_long_retry_after_requeues_that_event_and_the_next_goes_on(
         assert deferred.state == "queued" and deferred.tries == 0 and deferred.error is None
         assert await status(app, "acme/api") == ("pass", None)  # a wait is not a failed read
 
+        # The 429 paused the whole credential (Bitbucket counts its requests together): the next
+        # event on it waits too, without a request sent and without blocking the worker.
+        sent = len(sandbox.sandbox.requests)
         await act(session, sandbox, "repos/acme/docs/update", {"mainbranch": "production"})
         assert await asyncio.wait_for(worker.step(), timeout=10) == 1  # only the docs event is runnable
         docs = [e for e in await store.events.list(event_key="repo:updated") if e.id != deferred.id]
-        assert [e.state for e in docs] == ["done"]
+        assert [(e.state, e.tries, e.error) for e in docs] == [("queued", 0, None)]
+        assert len(sandbox.sandbox.requests) == sent
 
-        await store.db.execute("UPDATE events SET next_attempt_at = 0 WHERE id = ?", (deferred.id,))
+        client = await service.client("token")
+        client.budget.paused_until = 0.0  # the pause is over
+        await store.db.execute("UPDATE events SET next_attempt_at = 0")
         await worker.drain()
+        assert [e.state for e in await store.events.list(event_key="repo:updated")] == ["done", "done"]
         assert (await store.events.get(deferred.id)).state == "done"  # type: ignore[union-attr]
         assert await status(app, "acme/api") == ("fail", None)
 
@@ -67,6 +74,7 @@ async def test_a_long_retry_after_requeues_that_event_and_the_next_goes_on(
 async def test_an_exhausted_budget_defers_without_sending(
     sandbox: RunningSandbox, session: aiohttp.ClientSession
 ) -> None:
+    sandbox.sandbox.state.rate_limit_per_hour = 1  # what X-RateLimit-Limit says, and the budget learns
     client = BitbucketClient(session, StaticToken(TOKEN), api_url=sandbox.api, budget=Budget(1))
     await client.repositories("acme")  # the one request of the hour
     sent = len(sandbox.sandbox.requests)

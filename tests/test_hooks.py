@@ -182,11 +182,14 @@ async def test_scheduler_tiers_with_jitter(services: Services) -> None:
             await service.store.events.finish({eid: {}})  # pretend it ran
         return sorted(out)
 
-    assert await tiers() == ["lp:reconcile:full"]  # first tick: a full pass (it covers the members)
-    now[0] += 60
+    # first tick: a full pass (it covers the members), and the repositories and restrictions tiers
+    assert await tiers() == ["lp:reconcile:full", "lp:reconcile:repos", "lp:reconcile:restrictions"]
+    now[0] += 30
     assert await tiers() == []
+    now[0] += 30
+    assert await tiers() == ["lp:reconcile:restrictions"]  # every minute, within the spare budget
     now[0] += 15 * 60
-    assert await tiers() == ["lp:reconcile:members"]
+    assert await tiers() == ["lp:reconcile:members", "lp:reconcile:repos", "lp:reconcile:restrictions"]
     # the full pass comes back after LP_RECONCILE_INTERVAL (6 h) ± 10 %
     full_at = []
     for minute in range(1, 8 * 60):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.planner import USED_EVENTS, Fetch, KnownRepo, Plan, coalesce, plan
+from app.planner import MEMBER_CHECKS, USED_EVENTS, Fetch, KnownRepo, Plan, coalesce, full_pass, plan
 
 KNOWN = {
     "{api}": KnownRepo("{api}", "main", frozenset({"develop"})),
@@ -103,3 +103,46 @@ def test_coalesce_one_fetch_per_resource_and_full_subsumes() -> None:
     full = Plan(fetches=(Fetch("repo_full", "acme", "{api}"),))
     fetches, _ = coalesce([push, plan("repo:updated", p(), KNOWN, ALL), full])
     assert [f.kind for f in fetches] == ["repo_full"]
+
+
+LISTED = [KnownRepo("{api}", "main", slug="api"), KnownRepo("{empty}", None, slug="empty")]
+
+
+@pytest.mark.parametrize(
+    ("tier", "enabled", "fetches"),
+    [
+        (
+            "full",
+            ALL,
+            [  # no open pull-request count: no test needs it (issue 13)
+                ("restrictions", "{api}", None),
+                ("pipelines", "{api}", "main"),
+                ("pipelines", "{empty}", None),  # no main branch: no restrictions, Pipelines config only
+                ("members", None, None),
+            ],
+        ),
+        (
+            "full",
+            frozenset({"repo-classified"}),
+            [],  # only what an enabled test needs
+        ),
+        (
+            "full",
+            NO_PIPELINES - MEMBER_CHECKS,
+            [("restrictions", "{api}", None)],
+        ),
+        ("members", ALL, [("members", None, None)]),
+    ],
+)
+def test_a_pass_is_a_plan_with_every_fetch(
+    tier: str, enabled: frozenset[str], fetches: list[tuple[str, str | None, str | None]]
+) -> None:
+    got = full_pass("acme", tier, LISTED if tier == "full" else [], enabled)
+    assert [(f.kind, f.repo_uuid, f.branch) for f in got.fetches] == fetches
+    assert got.tier == tier
+    # A pass names repositories by slug, as the listing gave them (the path Bitbucket logs).
+    assert {f.ref for f in got.fetches if f.repo_uuid} <= {"api", "empty"}
+    if tier == "full":
+        assert got.workspace_checks and not got.checks and got.repos == ("{api}", "{empty}")
+    else:
+        assert got.members and got.checks == MEMBER_CHECKS and not got.workspace_checks

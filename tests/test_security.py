@@ -4,6 +4,7 @@ limit on request header size."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -166,6 +167,36 @@ def test_serve_refuses_a_huge_header(served: Served) -> None:
     status = answer.split(b"\r\n", 1)[0]
     assert not status.startswith(b"HTTP/1.1 2"), status  # never processed
     assert answer == b"" or status.split(b" ")[1] in (b"400", b"431"), status
+
+
+def test_serve_cuts_off_an_endless_header_while_it_arrives(served: Served) -> None:
+    """A head that never ends is refused once it passes the limit, before it completes: the server
+    must not buffer an endless header (httptools alone would)."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        sent = 0
+        try:
+            while sent < 4 * 1024 * 1024:  # far past the 16 KiB limit, and never a complete head
+                sock.sendall(b"a" * 4096)
+                sent += 4096
+                time.sleep(0.001)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert sent < 4 * 1024 * 1024, "the server kept reading an endless header"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    assert _raw(served.port, HEALTH).startswith(b"HTTP/1.1 200")  # and it still serves others
+
+
+def test_serve_takes_a_large_body_behind_a_small_head(served: Served) -> None:
+    """Body bytes never count toward the head limit, even when they arrive in the head's chunk."""
+    body = b"x" * (200 * 1024)
+    request = b"POST /api/reconcile HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    answer = _raw(served.port, request + body)
+    assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 401 Unauthorized", answer[:80]  # routed: no token
 
 
 # -- evidence uploads: streamed, the limit enforced while reading ----------------------------

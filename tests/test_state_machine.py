@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import app.reconcile
+import app.models
 from app.sandbox.serve import RunningSandbox, free_port, running_sandbox
 from tests.helpers import ADMIN, RunningApp, product_settings, running_app
 
@@ -420,7 +420,7 @@ class ProductVsReference(RuleBasedStateMachine):
             if self.started:
                 self.run(self.stack.aclose())
         finally:
-            app.reconcile.clock = app.reconcile._wall_clock
+            app.models.clock = app.models._wall_clock
             self.runner.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -453,7 +453,7 @@ class ProductVsReference(RuleBasedStateMachine):
     @initialize(min_approvals=st.integers(1, 2), strict=st.booleans())
     def start(self, min_approvals: int, strict: bool) -> None:
         self.ref = Reference(min_approvals, strict)
-        app.reconcile.clock = lambda: self.now
+        app.models.clock = lambda: self.now
 
         async def up() -> None:
             self.session = await self.stack.enter_async_context(aiohttp.ClientSession())
@@ -857,7 +857,7 @@ class ProductVsReference(RuleBasedStateMachine):
         self.run(
             store.records.add_rule(
                 cls,
-                app.reconcile.iso(self.now),
+                app.models.iso(self.now),
                 project_key=key if by == "project" else None,
                 name_glob=key if by == "name" else None,
             )

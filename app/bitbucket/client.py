@@ -5,17 +5,23 @@ The only place that retries (architecture.md). Behaviour:
 - Every request is checked against :mod:`app.bitbucket.paths` first; anything else (source,
   commits, diffs, another host) raises EndpointNotAllowed before a byte is sent.
 - 5xx, timeouts and connection errors are retried with exponential backoff and jitter (tenacity);
-  429 waits for ``Retry-After`` when sent, else backs off the same way.
+  a 429 pauses the credential's :class:`Budget` (every connection using it) for ``Retry-After``
+  when sent, else for a doubling backoff, and the request is retried after the pause.
 - 401 asks the token source for a fresh token once, then retries; a second 401 raises AuthError.
-- Concurrency is bounded by a semaphore; every request first takes a slot from a rolling-hour
-  :class:`Budget` per credential, so a full read is paced instead of running into 429.
+- Concurrency is bounded by a semaphore; every request first takes a slot from the rolling-hour
+  :class:`Budget` of its credential (one per OAuth consumer or access token, shared by every
+  connection using it, see :class:`ClientPool`), so reads are paced instead of running into 429;
+  ``X-RateLimit-Limit`` and ``X-RateLimit-NearLimit`` adjust that budget.
 - ``counters`` counts calls per (endpoint, status); ``granted_scopes`` keeps ``X-OAuth-Scopes``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
+import hashlib
+import math
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -60,6 +66,9 @@ EMAIL_BATCH = 90
 # Work that may wait for budget (reconcile passes) runs with PRIORITY False, so a share of the
 # hourly budget always stays free for webhook-driven fetches.
 PRIORITY: contextvars.ContextVar[bool] = contextvars.ContextVar("bitbucket_priority", default=True)
+# Low-priority work that must leave more room still (the restrictions tier leaves what the
+# repositories and members tiers need): slots kept free below the low-priority cap.
+KEEP: contextvars.ContextVar[int] = contextvars.ContextVar("bitbucket_keep", default=0)
 # The longest a caller accepts to wait inside a request (a Retry-After, an exhausted budget);
 # longer raises errors.Deferred at once, so the worker re-queues that event instead of blocking.
 # None (passes, the CLI): wait as long as needed.
@@ -86,9 +95,11 @@ class TokenSource(Protocol):
 class StaticToken:
     """A workspace/repository access token: nothing to refresh."""
 
-    def __init__(self, token: str, credential_id: str = "access-token") -> None:
+    def __init__(self, token: str, credential_id: str | None = None) -> None:
         self._token = token
-        self._id = credential_id
+        # Bitbucket counts an access token's requests together: the budget key is the token's
+        # identity (a digest, never the token), so every connection using it shares one budget.
+        self._id = credential_id or "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
 
     @property
     def credential_id(self) -> str:
@@ -101,12 +112,40 @@ class StaticToken:
         raise errors.TokenError("the access token was rejected and cannot be refreshed")
 
 
+# Bitbucket's scaled rate limits go up to 10,000 requests an hour (bitbucket-facts.md "Rate limits").
+MAX_LEARNT_LIMIT = 10_000
+# X-RateLimit-NearLimit is "true when under about 20 % left" (bitbucket-facts.md).
+NEAR_LIMIT_USED = 0.8
+# A 429 without Retry-After pauses the credential for this long, doubling per 429 in a row.
+# Passes past half their share are paced over this many slices of the window.
+PACE_SLICES = 60
+PAUSE_INITIAL = 10.0
+PAUSE_MAX = 600.0
+# The pause a task set itself and already waits for through its own retry (see ``Budget.pause``).
+_OWN_PAUSE: contextvars.ContextVar[float] = contextvars.ContextVar("bitbucket_own_pause", default=0.0)
+
+
 class Budget:
-    """A rolling-hour request budget for one credential (Bitbucket limits per rolling hour).
+    """The rolling-hour request budget of one credential (Bitbucket counts an OAuth consumer's or an
+    access token's requests together, across every connection that uses it).
+
+    - ``limit``: requests per rolling hour; learnt from ``X-RateLimit-Limit`` when sent (:meth:`learn`,
+      at most 10,000).
+    - ``headroom``: the share of the limit never used (LP_BUDGET_HEADROOM), so the budget stays clear
+      of Bitbucket's count even when both clocks disagree a little.
+    - ``reserve``: the share kept for high-priority work (webhook-driven fetches,
+      LP_WEBHOOK_BUDGET_SHARE): low-priority callers (passes, tiers) wait once their own calls
+      reach ``limit * (1 - headroom - reserve)``, or less when webhook-driven work has used more
+      than its share; ``keep`` leaves further slots free below that. High-priority callers may
+      use everything up to the headroom.
+    - ``X-RateLimit-NearLimit: true`` (:meth:`learn`) means Bitbucket counts at least 80 % used (another
+      process may share the credential): usage is raised to that, spread over the window, which
+      slows passes down at once and webhooks near the cap.
+    - ``pace``: once passes have used half their share of the hour, they are spread evenly over it.
+    - A 429 (:meth:`pause`) pauses this credential, not the process, for ``Retry-After`` or a
+      doubling backoff; then requests resume.
 
     ``acquire`` waits until a slot is free, so callers are paced rather than refused.
-    ``reserve`` is a share kept free for high-priority work (webhook-driven fetches): low-priority
-    callers wait once usage reaches ``limit - reserve``.
     """
 
     def __init__(
@@ -115,53 +154,161 @@ class Budget:
         *,
         window: float = 3600.0,
         reserve: float = 0.0,
+        headroom: float = 0.0,
+        pace: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.limit = limit
+        self.configured = limit
+        self.pace = pace
+        self.learnt: int | None = None
         self.window = window
-        self.reserve = int(limit * reserve)
+        self.reserve_share = reserve
+        self.headroom = headroom
         self._clock = clock
         self._sleep = sleep
-        self._stamps: deque[float] = deque()
+        self._high: deque[float] = deque()  # high-priority calls in the window
+        self._low: deque[float] = deque()  # low-priority calls (and others' use, NearLimit)
         self._lock = asyncio.Lock()
         self.waited = 0.0
+        self.paused_until = 0.0
+        self.pauses = 0  # 429s met (every pause)
+        self._strikes = 0  # 429s in a row without Retry-After
+        self.near_limit = False
+
+    @property
+    def limit(self) -> int:
+        """Requests per rolling hour, as Bitbucket counts them."""
+        return self.learnt or self.configured
+
+    @property
+    def reserve(self) -> int:
+        """Slots kept for high-priority work."""
+        return int(self.limit * self.reserve_share)
+
+    def cap(self, *, priority: bool = True, keep: int = 0) -> int:
+        """The most requests in the window a caller of this priority may bring usage to."""
+        top = int(self.limit * (1.0 - self.headroom))
+        return max(0, top if priority else top - self.reserve - keep)
 
     def _trim(self, now: float) -> None:
-        while self._stamps and self._stamps[0] <= now - self.window:
-            self._stamps.popleft()
+        for stamps in (self._high, self._low):
+            while stamps and stamps[0] <= now - self.window:
+                stamps.popleft()
 
     @property
     def used(self) -> int:
         self._trim(self._clock())
-        return len(self._stamps)
+        return len(self._high) + len(self._low)
 
     @property
     def remaining(self) -> int:
-        return max(0, self.limit - self.used)
+        """Requests left in the rolling hour for high-priority work (headroom excluded)."""
+        return max(0, self.cap() - self.used)
 
-    def delay(self, *, priority: bool = True) -> float:
+    def _low_room(self, keep: int) -> int:
+        """Low-priority slots free now: the webhook share stays free as far as webhook-driven work
+        has not used it yet, so webhooks never eat into what passes may use (and the reverse).
+
+        Once passes have used half their share of the hour, they are paced evenly: at most a
+        sixtieth of their share per sixtieth of the window. Otherwise a burst (a first pass) comes
+        back as the same burst an hour later, every hour, and readings bunch up on the hour."""
+        room = self.cap() - keep - len(self._low) - max(len(self._high), self.reserve)
+        share = self.cap(priority=False)
+        if not self.pace or len(self._low) * 2 < share:
+            return room
+        per_slice = max(1, math.ceil(share / PACE_SLICES))
+        since = self._clock() - self.window / PACE_SLICES
+        recent = len(self._low) - bisect.bisect_right(self._low, since)
+        return min(room, per_slice - recent)
+
+    def spare(self, keep: int = 0) -> int:
+        """Requests low-priority work may still send now (0 while paused)."""
+        now = self._clock()
+        if self.paused_until > now:
+            return 0
+        self._trim(now)
+        return max(0, self._low_room(keep))
+
+    def delay(self, *, priority: bool = True, keep: int = 0) -> float:
         """Seconds until :meth:`acquire` would get a slot (0 when one is free now)."""
-        cap = self.limit if priority else self.limit - self.reserve
         now = self._clock()
         self._trim(now)
-        if len(self._stamps) < cap:
-            return 0.0
-        return max(0.0, self._stamps[len(self._stamps) - cap] + self.window - now)
+        paused = self.paused_until - now if self.paused_until > max(now, _OWN_PAUSE.get()) else 0.0
+        if priority:
+            need = len(self._high) + len(self._low) - self.cap() + 1
+            stamps = sorted([*self._high, *self._low]) if need > 0 else []
+        else:
+            need = 1 - self._low_room(keep)
+            stamps = list(self._low)  # passes wait for their own (and others') calls to leave the hour
+            if need > 0 and self.pace and self.cap() - keep - len(self._low) - max(len(self._high), self.reserve) > 0:
+                # paced: wait until the oldest call of the last slice leaves it
+                since = now - self.window / PACE_SLICES
+                first = bisect.bisect_right(self._low, since)
+                if first < len(self._low):
+                    return max(paused, self._low[first] + self.window / PACE_SLICES - now, 0.0)
+        if need <= 0:
+            return max(0.0, paused)
+        if need > len(stamps):
+            return max(paused, self.window)
+        return max(paused, stamps[need - 1] + self.window - now, 0.0)
 
-    async def acquire(self, *, priority: bool = True) -> None:
-        cap = self.limit if priority else self.limit - self.reserve
+    def _record(self, priority: bool) -> None:
+        (self._high if priority else self._low).append(self._clock())
+
+    def take(self, *, priority: bool = True, keep: int = 0) -> bool:
+        """Take a slot if one is free now (never waits); whether it did."""
+        if self.delay(priority=priority, keep=keep) > 0:
+            return False
+        self._record(priority)
+        return True
+
+    async def acquire(self, *, priority: bool = True, keep: int = 0) -> None:
         async with self._lock:
             while True:
-                now = self._clock()
-                self._trim(now)
-                if len(self._stamps) < cap:
-                    self._stamps.append(now)
+                wait = self.delay(priority=priority, keep=keep)
+                if wait <= 0:
+                    self._record(priority)
                     return
-                wait = self._stamps[len(self._stamps) - cap] + self.window - now
-                self.waited += max(wait, 0.0)
-                log.info("budget.wait", seconds=round(wait, 3), used=len(self._stamps))
+                self.waited += wait
+                log.info("budget.wait", seconds=round(wait, 3), used=self.used, priority=priority)
                 await self._sleep(max(wait, 0.001))
+
+    def learn(self, limit: int | None, near_limit: bool) -> None:
+        """What Bitbucket's ``X-RateLimit-*`` headers say (sent to access tokens)."""
+        if limit is not None and limit > 0:
+            self.learnt = min(limit, MAX_LEARNT_LIMIT)
+        self.near_limit = near_limit
+        if near_limit:
+            now = self._clock()
+            floor = int(self.limit * NEAR_LIMIT_USED + 0.999)
+            missing = floor - self.used
+            if missing > 0:
+                # Someone else spends this credential too: count their use as spread over the window
+                # (with the passes' calls, so that passes slow down first).
+                step = self.window / (missing + 1)
+                extra = [now - self.window + step * (i + 1) for i in range(missing)]
+                self._low = deque(sorted([*self._low, *extra]))
+                log.info("budget.near_limit", used=self.used, limit=self.limit)
+
+    def succeeded(self) -> None:
+        self._strikes = 0
+
+    def pause(self, retry_after: float | None) -> float:
+        """A 429: pause this credential for ``retry_after`` (else a doubling backoff); returns the
+        pause in seconds. The calling task retries on its own schedule (the client's), so the pause
+        holds every other task using this credential, not that one."""
+        if retry_after is None:
+            seconds = min(PAUSE_MAX, PAUSE_INITIAL * float(1 << min(self._strikes, 20)))
+            self._strikes += 1
+        else:
+            seconds = max(0.0, retry_after)
+        until = self._clock() + seconds
+        self.paused_until = max(self.paused_until, until)
+        self.pauses += 1
+        _OWN_PAUSE.set(until)
+        log.warning("budget.paused", seconds=round(seconds, 1))
+        return seconds
 
 
 class BitbucketClient:
@@ -222,9 +369,10 @@ class BitbucketClient:
         self, method: str, url: str, endpoint: paths.Endpoint, body: Any, token: str
     ) -> tuple[int, Mapping[str, str], bytes]:
         defer_after = DEFER_AFTER.get()
-        if defer_after is not None and (wait := self.budget.delay(priority=PRIORITY.get())) > defer_after:
+        priority, keep = PRIORITY.get(), KEEP.get()
+        if defer_after is not None and (wait := self.budget.delay(priority=priority, keep=keep)) > defer_after:
             raise errors.Deferred(f"{endpoint.name}: budget exhausted", endpoint=endpoint.name, retry_after=wait)
-        await self.budget.acquire(priority=PRIORITY.get())
+        await self.budget.acquire(priority=priority, keep=keep)
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         async with self._sem:
             try:
@@ -247,6 +395,9 @@ class BitbucketClient:
         limit = sansio.rate_limit(resp_headers)
         if limit is not None:
             self.rate_limit = limit
+            self.budget.learn(limit.limit, limit.near_limit)
+        if status != 429:
+            self.budget.succeeded()
         return status, resp_headers, data
 
     async def _attempt(self, method: str, url: str, endpoint: paths.Endpoint, body: Any) -> Any:
@@ -268,8 +419,10 @@ class BitbucketClient:
         try:
             sansio.raise_for_status(status, headers, data, endpoint.name)
         except errors.RateLimitedError as exc:
+            # The whole credential pauses (every connection using it); this task waits as long.
+            exc.retry_after = self.budget.pause(exc.retry_after)
             defer_after = DEFER_AFTER.get()
-            if defer_after is not None and exc.retry_after is not None and exc.retry_after > defer_after:
+            if defer_after is not None and exc.retry_after > defer_after:
                 raise errors.Deferred(
                     str(exc), status=429, endpoint=endpoint.name, retry_after=exc.retry_after
                 ) from None
@@ -514,7 +667,9 @@ class BitbucketClient:
 
 
 class ClientPool:
-    """One client (and one budget) per connection, all over the process's one aiohttp session."""
+    """One client per connection, all over the process's one aiohttp session, and one
+    :class:`Budget` per credential: connections that use the same OAuth consumer or the same access
+    token share it, as Bitbucket counts their requests together."""
 
     def __init__(
         self,
@@ -523,7 +678,8 @@ class ClientPool:
         api_url: str,
         budget_per_hour: int,
         concurrency: int,
-        reserve: float = 0.2,
+        reserve: float = 0.3,
+        headroom: float = 0.1,
         **client_options: Any,
     ) -> None:
         self.session = session
@@ -531,8 +687,17 @@ class ClientPool:
         self.budget_per_hour = budget_per_hour
         self.concurrency = concurrency
         self.reserve = reserve
+        self.headroom = headroom
         self.options = client_options
         self.clients: dict[str, BitbucketClient] = {}
+        self.budgets: dict[str, Budget] = {}  # credential id -> its budget
+
+    def budget(self, credential_id: str) -> Budget:
+        budget = self.budgets.get(credential_id)
+        if budget is None:
+            budget = Budget(self.budget_per_hour, reserve=self.reserve, headroom=self.headroom, pace=True)
+            self.budgets[credential_id] = budget
+        return budget
 
     def get(self, connection_id: str, tokens: TokenSource) -> BitbucketClient:
         client = self.clients.get(connection_id)
@@ -541,7 +706,7 @@ class ClientPool:
                 self.session,
                 tokens,
                 api_url=self.api_url,
-                budget=Budget(self.budget_per_hour, reserve=self.reserve),
+                budget=self.budget(tokens.credential_id),
                 concurrency=self.concurrency,
                 **self.options,
             )

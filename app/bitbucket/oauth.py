@@ -144,7 +144,9 @@ class StoredOAuthTokens:
 
     @property
     def credential_id(self) -> str:
-        return f"oauth:{self.conn_id}"
+        # Bitbucket counts an OAuth consumer's requests together, whichever user authorised it:
+        # every OAuth connection of this consumer shares one budget.
+        return f"oauth-consumer:{self.service.settings.oauth_client_id or self.conn_id}"
 
     async def _load(self) -> TokenSet:
         if self._cached is not None:

@@ -135,6 +135,9 @@ class Check:
     default_on: bool
     evaluate: Callable[[WorkspaceFacts, Context], Sequence[Result]]
     doc: str = ""
+    # The controls the test supports (a starting mapping: SOC 2 Trust Services Criteria and
+    # ISO/IEC 27001:2022 Annex A), shown on the dashboard and in the audit pack.
+    controls: tuple[str, ...] = ()
 
 
 def repo_result(check: Check, facts: RepoFacts, status: str, message: str, **details: Any) -> Result:

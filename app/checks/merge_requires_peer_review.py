@@ -34,4 +34,5 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    controls=("SOC 2 CC8.1", "ISO 27001:2022 A.8.4", "ISO 27001:2022 A.8.32"),
 )

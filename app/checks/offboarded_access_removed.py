@@ -128,4 +128,5 @@ CHECK = Check(
     default_on=True,
     evaluate=evaluate,
     doc=__doc__ or "",
+    controls=("SOC 2 CC6.2", "SOC 2 CC6.3", "ISO 27001:2022 A.5.18"),
 )

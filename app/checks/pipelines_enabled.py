@@ -80,4 +80,5 @@ CHECK = Check(
     default_on=False,
     evaluate=evaluate,
     doc=__doc__ or "",
+    controls=("SOC 2 CC7.1", "ISO 27001:2022 A.8.8", "ISO 27001:2022 A.8.29"),
 )

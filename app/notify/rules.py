@@ -80,7 +80,7 @@ def _alert(c: Change, web_url: str, kind: str) -> dict[str, Any]:
 
 def alerts_for(delta: Delta, web_url: str = "https://bitbucket.org") -> list[dict[str, Any]]:
     """Alerts for one written delta (one workspace)."""
-    opened = [c for c in delta.opened]
+    opened = [c for c in delta.opened if not _unread(c.result)]
     if (
         len(opened) >= BASELINE_MIN
         and all(c.previous is None for c in delta.writes)
@@ -110,6 +110,18 @@ def alerts_for(delta: Delta, web_url: str = "https://bitbucket.org") -> list[dic
     confirmed = [
         c for c in delta.changed if c.previous and c.previous.result.status == "unknown" and c.result.status == "fail"
     ]
-    out = [_alert(c, web_url, "opened") for c in [*opened, *confirmed]]
-    out += [_alert(c, web_url, "resolved") for c in delta.resolved if c.previous is not None]
+    # A fault alone never alerts (checks.md: only data that was read decides): a new subject whose
+    # data could not be read yet is recorded ``unknown`` (reason ``fetch_failed``) without an
+    # alert, and its first good reading is not a "resolution" either.
+    out = [_alert(c, web_url, "opened") for c in [*opened, *confirmed] if not _unread(c.result)]
+    out += [
+        _alert(c, web_url, "resolved")
+        for c in delta.resolved
+        if c.previous is not None and not _unread(c.previous.result)
+    ]
     return out
+
+
+def _unread(r: Result) -> bool:
+    """An ``unknown`` that says only that the data could not be read (no earlier good data)."""
+    return r.status == "unknown" and r.details.get("reason") == "fetch_failed"

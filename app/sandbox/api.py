@@ -22,7 +22,7 @@ import re
 import secrets
 import time
 import uuid as uuidlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +108,8 @@ class Faults:
     force_429: int = 0
     retry_after: int | None = None
     force_status: dict[str, int] = field(default_factory=dict)  # regex on path (and ?query) -> status
+    force_malformed: dict[str, str] = field(default_factory=dict)  # path regex -> body answered with 200
+    exempt_tokens: list[str] = field(default_factory=list)  # Bearer tokens no fault applies to
 
 
 @dataclass
@@ -129,10 +131,12 @@ class Sandbox:
         self.codes: dict[str, tuple[SCredential, float, str | None]] = {}
         self.windows: dict[str, deque[float]] = {}
         self.faults = Faults()
+        self.injected: Counter[str] = Counter()  # faults served, by kind (tests and benches report them)
         self.requests: list[dict[str, Any]] = []
         self.deliverer = Deliverer()
         self.rng = random.Random(seed)
         self.base_url = "http://127.0.0.1"
+        self.clock: Callable[[], float] = time.monotonic  # the rate-limit windows' clock
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # -- auth -----------------------------------------------------------------------------
@@ -151,15 +155,23 @@ class Sandbox:
             raise ApiError(401, "Access token expired. Use your refresh token to obtain a new access token.")
         return Ctx(issued.credential, effective_scopes(issued.scopes), set(issued.scopes))
 
-    def rate_limited(self, key: str) -> tuple[bool, int]:
-        now = time.monotonic()
-        window = self.windows.setdefault(key, deque())
+    def limit_of(self, cred: SCredential) -> int:
+        """Requests per rolling hour of a credential (an access token's scaled limit)."""
+        return cred.rate_limit or self.state.rate_limit_per_hour
+
+    def rate_limited(self, cred: SCredential) -> tuple[bool, int, float]:
+        """Count one request against the credential's rolling hour: (limited, left, seconds until
+        a slot frees). The window is per OAuth consumer or per access token, so every connection,
+        user and token issued for one consumer shares it (support.atlassian.com: API request limits)."""
+        now = self.clock()
+        limit = self.limit_of(cred)
+        window = self.windows.setdefault(cred.key, deque())
         while window and window[0] <= now - 3600:
             window.popleft()
-        if len(window) >= self.state.rate_limit_per_hour:
-            return True, 0
+        if len(window) >= limit:
+            return True, 0, window[len(window) - limit] + 3600 - now
         window.append(now)
-        return False, self.state.rate_limit_per_hour - len(window)
+        return False, limit - len(window), 0.0
 
     def repo_permission(self, ctx: Ctx, ws: SWorkspace, repo: SRepo) -> str | None:
         """The caller's permission on one repository: admin | write | read, or None.
@@ -571,23 +583,41 @@ async def rest(request: Request) -> Response:
     return response
 
 
-async def inject_fault(sb: Sandbox, path: str, query: str = "") -> Response | None:
-    """The configured fault for ``path`` (a forced status, a timeout, a random error), or None.
+def exempt(sb: Sandbox, request: Request) -> bool:
+    """A request bearing one of ``exempt_tokens`` sees no fault (a fault-free twin reading the
+    same state beside a faulted client)."""
+    header = request.headers.get("Authorization", "")
+    return bool(sb.faults.exempt_tokens) and header[7:].strip() in sb.faults.exempt_tokens
 
-    Used by the REST API and the OAuth token endpoint alike (``force_status`` patterns are
-    searched in the REST path after ``/2.0`` or in ``/site/oauth2/access_token``, with and without
-    the query string)."""
+
+async def inject_fault(sb: Sandbox, path: str, request: Request) -> Response | None:
+    """The configured fault for ``path`` (a forced status, a malformed body, a timeout, a random
+    error), or None.
+
+    Used by the REST API and the OAuth token endpoint alike (``force_status`` and
+    ``force_malformed`` patterns are searched in the REST path after ``/2.0`` or in
+    ``/site/oauth2/access_token``, with and without the query string)."""
     f = sb.faults
+    if exempt(sb, request):
+        return None
     if f.latency_ms:
         await asyncio.sleep(f.latency_ms / 1000)
+    query = request.url.query
     target = f"{path}?{query}" if query else path
     for pattern, status in f.force_status.items():
         if re.search(pattern, path) or re.search(pattern, target):
+            sb.injected[f"status {status}"] += 1
             return error_response(status, f"Injected HTTP {status}")
+    for pattern, body in f.force_malformed.items():
+        if re.search(pattern, path):
+            sb.injected["malformed"] += 1
+            return Response(body, status_code=200, media_type="application/json")
     if f.timeout_rate and sb.rng.random() < f.timeout_rate:
+        sb.injected["timeout"] += 1
         await asyncio.sleep(f.timeout_seconds)
         return error_response(504, "Gateway timeout")
     if f.error_rate and sb.rng.random() < f.error_rate:
+        sb.injected[f"status {f.error_status}"] += 1
         return error_response(f.error_status, "Something went wrong")
     return None
 
@@ -608,7 +638,7 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
         if method_seen:
             return error_response(405, f"Method {request.method} not allowed")
         return error_response(404, f"Resource not found: {path}")
-    injected = await inject_fault(sb, path, request.url.query)
+    injected = await inject_fault(sb, path, request)
     if injected is not None:
         return injected
     headers: dict[str, str] = {}
@@ -623,17 +653,22 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
             headers["X-OAuth-Scopes"] = ", ".join(sorted(ctx.granted))
             headers["X-Accepted-OAuth-Scopes"] = route.scope
         headers["X-Credential-Type"] = "repo_access_token" if ctx.credential.kind == "access_token" else "oauth2"
-        if f.force_429 > 0:
+        if f.force_429 > 0 and not exempt(sb, request):
             f.force_429 -= 1
+            sb.injected["429" if f.retry_after is None else "429 with Retry-After"] += 1
             h = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else {}
             return PlainTextResponse(RATE_LIMIT_BODY, status_code=429, headers=headers | h)
-        limited, remaining = sb.rate_limited(ctx.credential.key)
+        limited, remaining, free_in = sb.rate_limited(ctx.credential)
+        limit = sb.limit_of(ctx.credential)
         if ctx.credential.kind == "access_token" and route.rate_limited_resource == "api":
-            # Scaled rate-limit headers go to access tokens only (Bitbucket blog, 2025).
-            headers["X-RateLimit-Limit"] = str(sb.state.rate_limit_per_hour)
+            # Scaled rate-limit headers go to access tokens only (Bitbucket blog, 2025); NearLimit
+            # is true when under about 20 % is left.
+            headers["X-RateLimit-Limit"] = str(limit)
             headers["X-RateLimit-Resource"] = "api"
-            headers["X-RateLimit-NearLimit"] = str(remaining < sb.state.rate_limit_per_hour * 0.2).lower()
+            headers["X-RateLimit-NearLimit"] = str(remaining < limit * 0.2).lower()
         if limited:
+            if sb.state.rate_limit_retry_after:
+                headers["Retry-After"] = str(max(1, int(free_in + 0.999)))
             return PlainTextResponse(RATE_LIMIT_BODY, status_code=429, headers=headers)
         if route.scope not in ctx.scopes:
             # Recorded 403s: the detail is an object naming what was required and granted.
@@ -650,7 +685,34 @@ async def _rest(sb: Sandbox, request: Request, path: str) -> Response:
     if isinstance(result, Response):
         result.headers.update(headers)
         return result
-    return JSONResponse(result, headers=headers)
+    return JSONResponse(partial(result, request.query_params.get("fields")), headers=headers)
+
+
+def partial(body: Any, fields: str | None) -> Any:
+    """SPEC narrative "Partial responses": ``fields=a.b,c`` keeps only those paths (``next`` too is
+    dropped unless named, as on Bitbucket); ``+``/``-`` entries adjust the default shape and are
+    left to the handlers."""
+    wanted = [f.strip() for f in (fields or "").split(",") if f.strip()]
+    if not wanted or any(f[0] in "+-" for f in wanted):
+        return body
+    tree: dict[str, Any] = {}
+    for path in wanted:
+        node = tree
+        for part in path.split("."):
+            node = node.setdefault(part, {})
+    return _keep(body, tree)
+
+
+def _keep(value: Any, tree: dict[str, Any]) -> Any:
+    if not tree:
+        return value
+    if isinstance(value, list):
+        return [_keep(v, tree) for v in value]
+    if isinstance(value, dict):
+        if "*" in tree:
+            return value
+        return {k: _keep(value[k], sub) for k, sub in tree.items() if k in value}
+    return value
 
 
 # -- OAuth 2.0 ---------------------------------------------------------------------------------
@@ -740,7 +802,10 @@ def log_request(sb: Sandbox, request: Request, status: int) -> None:
 async def access_token(request: Request) -> Response:
     """The token endpoint, with the configured faults; logged with the REST requests."""
     sb: Sandbox = request.app.state.sandbox
-    response = await inject_fault(sb, request.url.path) or await _access_token(sb, request)
+    before = sum(sb.injected.values())
+    response = await inject_fault(sb, request.url.path, request) or await _access_token(sb, request)
+    if sum(sb.injected.values()) > before:
+        sb.injected["token endpoint"] += 1
     log_request(sb, request, response.status_code)
     return response
 

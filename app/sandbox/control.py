@@ -413,7 +413,11 @@ async def _dispatch(sb: Sandbox, request: Request) -> dict[str, Any]:
         repo.updated_on = now_iso()
         out["old_slug"] = old_slug
         payload = base(sb, ws, repo, actor) | {"changes": changes}
-        out["deliveries"] = await deliver(sb, ws, repo, "repo:updated", payload, request)
+        moves = {"mainbranch", "project", "is_private"}
+        if not sb.state.repo_updated_for_moves and changes and set(changes) <= moves:
+            out["deliveries"] = []  # the switch: no repo:updated for a main branch/project/visibility move
+        else:
+            out["deliveries"] = await deliver(sb, ws, repo, "repo:updated", payload, request)
     elif action == "transfer":
         target = sb.state.workspace(_need(body, "to"))
         if target is None:
@@ -535,11 +539,17 @@ async def settings(request: Request) -> Response:
         sb.deliverer.retry_delay = float(body["delivery_retry_delay"])
     if "scope_headers" in body:
         sb.state.scope_headers = bool(body["scope_headers"])
+    if "rate_limit_retry_after" in body:
+        sb.state.rate_limit_retry_after = bool(body["rate_limit_retry_after"])
+    if "repo_updated_for_moves" in body:
+        sb.state.repo_updated_for_moves = bool(body["repo_updated_for_moves"])
     return JSONResponse(
         {
             "rate_limit_per_hour": sb.state.rate_limit_per_hour,
             "oauth_expires_in": sb.state.oauth_expires_in,
             "scope_headers": sb.state.scope_headers,
+            "rate_limit_retry_after": sb.state.rate_limit_retry_after,
+            "repo_updated_for_moves": sb.state.repo_updated_for_moves,
         }
     )
 

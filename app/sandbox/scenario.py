@@ -132,6 +132,9 @@ class SCredential:
     user: str | None = None  # account_id the consumer acts for
     token: str | None = None
     workspace: str | None = None  # an access token's workspace
+    # Scaled limit of an access token on Standard/Premium (1,000 + 10 per paid seat above 100,
+    # capped at 10,000); None: the scenario's rate_limit_per_hour.
+    rate_limit: int | None = None
 
 
 @dataclass
@@ -144,6 +147,11 @@ class State:
     # Whether responses carry X-OAuth-Scopes / X-Accepted-OAuth-Scopes (some Bitbucket answers,
     # such as those to API tokens, do not: then only a scope 403's error.detail names the scopes).
     scope_headers: bool = True
+    # Whether a 429 of the rolling window carries Retry-After (absent in recorded real dumps).
+    rate_limit_retry_after: bool = False
+    # Whether repo:updated is delivered when only the main branch, project or visibility changed
+    # (Bitbucket's documented ``changes`` keys do not include them: it is uncertain that it is).
+    repo_updated_for_moves: bool = True
     next_restriction_id: int = 1000
     next_pr_id: int = 1000
 
@@ -252,6 +260,8 @@ def load(data: dict[str, Any]) -> State:
     state.rate_limit_per_hour = int(data.get("rate_limit_per_hour", 1000))
     state.oauth_expires_in = int(data.get("oauth_expires_in", 7200))
     state.scope_headers = bool(data.get("scope_headers", True))
+    state.rate_limit_retry_after = bool(data.get("rate_limit_retry_after", False))
+    state.repo_updated_for_moves = bool(data.get("repo_updated_for_moves", True))
     for u in data.get("users", []):
         user = SUser(
             account_id=u["account_id"],
@@ -305,6 +315,7 @@ def load(data: dict[str, Any]) -> State:
                     key="token:" + c.get("name", c["token"][:6]),
                     token=c["token"],
                     workspace=c["workspace"],
+                    rate_limit=min(int(c["rate_limit"]), 10_000) if c.get("rate_limit") else None,
                 )
             )
         else:

@@ -91,10 +91,9 @@ class Database:
 
     async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         """One statement in autocommit mode (atomic and, with synchronous=FULL, durable when this
-        returns), serialized with the transactions: two thread hops instead of four."""
+        returns), serialized with the transactions: one thread hop (execute and fetch together)."""
         async with self._write:
-            async with self.conn.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            return list(await self.conn.execute_fetchall(sql, params))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self.conn.execute(sql, params) as cur:

@@ -7,7 +7,8 @@ to the queue at start-up (``requeue_running``).
 
 Webhook inserts go through :class:`EventWriter`, a group commit: concurrent deliveries are written
 in one transaction and each answer waits for that commit (``synchronous=FULL``), so every 202 is
-durable while one fsync serves many deliveries.
+durable while one fsync serves many deliveries. A batch the database refuses is retried row by
+row, so one bad row fails only its own delivery.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.logs import get_logger
 from app.store.db import Database
+
+log = get_logger("store.events")
 
 MAX_TRIES = 5
 
@@ -353,18 +359,55 @@ class EventWriter:
             try:
                 ids = await self.events.append_many([e for e, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiting request must learn of the failure
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                if len(batch) == 1:
+                    _settle(batch[0][1], exc)
+                else:
+                    await self._one_by_one(batch)
                 continue
             for (_, fut), eid in zip(batch, ids, strict=True):
-                if not fut.done():
-                    fut.set_result(eid)
+                _settle(fut, eid)
             self.alive_at = time.time()
+
+    async def _one_by_one(self, batch: list[tuple[NewEvent, asyncio.Future[int | None]]]) -> None:
+        """A batch failed to insert (one bad row fails the whole statement): insert each row alone,
+        so only the deliveries that really cannot be stored are refused."""
+        failed = 0
+        for event, fut in batch:
+            try:
+                _settle(fut, await self.events.append(event))
+            except Exception as exc:  # noqa: BLE001 - this row's request answers 503, the others go on
+                failed += 1
+                _settle(fut, exc)
+        log.warning("events.batch_split", rows=len(batch), failed=failed)
+
+
+def _settle(fut: asyncio.Future[int | None], outcome: int | BaseException | None) -> None:
+    if fut.done():  # the request went away (client disconnected); the row is stored or not all the same
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
+
+
+def _gone(owner: str) -> bool:
+    """Whether a lock's owner (``host:pid``) is a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process, say)
+    return False
 
 
 class Locks:
-    """Named leases in SQLite, so two processes never run the same pass."""
+    """Named leases in SQLite, so two processes never run the same pass. A lock is free once it
+    expires, or at once when its owner (``host:pid``) is a process of this host that is gone: a
+    process killed mid-pass (SIGKILL, OOM) never keeps its successor from running passes."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -372,11 +415,14 @@ class Locks:
     async def acquire(self, name: str, owner: str, ttl: float) -> bool:
         now = time.time()
         async with self.db.transaction() as conn:
+            async with conn.execute("SELECT owner FROM locks WHERE name = ?", (name,)) as cur:
+                row = await cur.fetchone()
+            dead = str(row[0]) if row is not None and row[0] != owner and _gone(str(row[0])) else None
             cur = await conn.execute(
                 """INSERT INTO locks (name, owner, expires_at) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE SET
                    owner = excluded.owner, expires_at = excluded.expires_at
-                   WHERE locks.expires_at < ? OR locks.owner = excluded.owner""",
-                (name, owner, now + ttl, now),
+                   WHERE locks.expires_at < ? OR locks.owner = excluded.owner OR locks.owner = ?""",
+                (name, owner, now + ttl, now, dead),
             )
             return cur.rowcount == 1
 

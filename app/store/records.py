@@ -314,6 +314,19 @@ class Records:
             )
         return xid
 
+    async def revoke_exception(self, xid: int, actor: str, now: str) -> dict[str, Any] | None:
+        """Revoke an exception (it stops covering its result at the next evaluation); its row, or
+        None when there is no such unrevoked exception."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE exceptions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING *", (now, xid)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            await self._audit(conn, now, actor, "revoke", "exception", str(xid), {})
+            return dict(row)
+
     async def exception_rows(self) -> list[dict[str, Any]]:
         return [dict(r) for r in await self.db.fetchall("SELECT * FROM exceptions ORDER BY id")]
 

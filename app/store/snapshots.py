@@ -11,6 +11,60 @@ from typing import Any
 from app.store.db import Database
 
 
+# -- keys: one snapshot per resource ------------------------------------------------------------
+def k_repos(ws: str) -> str:
+    return f"repos:{ws}"
+
+
+def k_repo(uuid: str) -> str:
+    return f"repo:{uuid}"
+
+
+def k_prs(uuid: str) -> str:
+    return f"repo:{uuid}:prs"
+
+
+def k_restrictions(uuid: str) -> str:
+    return f"restrictions:{uuid}"
+
+
+def k_model(uuid: str) -> str:
+    return f"branching_model:{uuid}"
+
+
+def k_pipelines(uuid: str) -> str:
+    return f"pipelines:{uuid}"
+
+
+def k_build(uuid: str) -> str:
+    return f"last_build:{uuid}"
+
+
+def k_members(ws: str) -> str:
+    return f"members:{ws}"
+
+
+def k_emails(ws: str) -> str:
+    return f"email_links:{ws}"
+
+
+def k_member_since(ws: str) -> str:
+    return f"member_since:{ws}"
+
+
+def repo_keys(uuid: str) -> list[str]:
+    """Every snapshot that belongs to one repository (dropped when it leaves the workspace)."""
+    return [k(uuid) for k in (k_repo, k_prs, k_restrictions, k_model, k_pipelines, k_build)]
+
+
+def repo_of(key: str) -> str | None:
+    """The repository a snapshot key belongs to, or None for a workspace-wide snapshot."""
+    kind, _, rest = key.partition(":")
+    if kind in ("repo", "restrictions", "branching_model", "pipelines", "last_build"):
+        return rest.split(":")[0] if rest.startswith("{") else rest
+    return None
+
+
 @dataclass(frozen=True)
 class Snapshot:
     key: str
@@ -116,3 +170,23 @@ class Snapshots:
             stale_since=r["stale_since"],
             error=r["error"],
         )
+
+    async def update_repo_list(self, workspace: str, adds: set[str], gone: set[str], now: str) -> None:
+        """Repositories that arrived (once their metadata is stored) join the workspace's list;
+        those that left leave it, with every snapshot of theirs."""
+        if not adds and not gone:
+            return
+        snap = await self.get(k_repos(workspace))
+        current = list(snap.content) if snap and snap.content else []
+        have_meta = {u for u in adds if await self.get(k_repo(u)) is not None}
+        new = [u for u in current if u not in gone] + [u for u in sorted(have_meta) if u not in current]
+        if new != current:
+            await self.put_many([(k_repos(workspace), workspace, "repos", new)], now)
+        if gone:
+            await self.delete([k for u in sorted(gone) for k in repo_keys(u)])
+
+    async def keep_repos(self, workspace: str, listed: set[str]) -> None:
+        """A pass listed these repositories: drop the snapshots of every other one."""
+        snaps = await self.load(workspace)
+        gone = [k for k, s in snaps.items() if s.kind != "repos" and ":" in k and repo_of(k) not in (None, *listed)]
+        await self.delete(gone)

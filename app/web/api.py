@@ -17,6 +17,7 @@ from app.models import STATUSES
 from app.settings import CHECK_IDS
 from app.store.events import EventRow
 from app.web.auth import require_admin
+from app.web.jsonbody import json_object
 from app.web.problems import Problem
 
 EVENT_STATES = ("queued", "running", "done", "failed", "dead", "ignored")
@@ -116,14 +117,7 @@ async def findings(request: Request) -> Response:
 async def reconcile_now(request: Request) -> Response:
     require_admin(request)
     service = request.app.state.services.service
-    body: dict[str, Any] = {}
-    if await request.body():
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise Problem(400, "Bad body", "expected JSON") from None
-        if not isinstance(body, dict):
-            raise Problem(400, "Bad body", "expected a JSON object")
+    body: dict[str, Any] = await json_object(request) if await request.body() else {}
     tier = body.get("tier", "full")
     if tier not in ("full", "members"):
         raise Problem(400, "Bad body", "tier must be full or members")

@@ -23,6 +23,7 @@ from app import errors
 from app.bitbucket import oauth
 from app.bitbucket.client import BitbucketClient, StaticToken
 from app.logs import get_logger, register_secret
+from app.store.views import Views
 from app.web import session
 
 log = get_logger("web.connect")
@@ -90,19 +91,7 @@ async def not_admin_repositories(store: Any, workspaces: Iterable[str]) -> list[
     """Repositories whose admin-only reads (branch restrictions, Pipelines switch) Bitbucket refused
     because the connection's user is not an admin of them, although the scope is granted: the
     scope report shows them apart from missing scopes."""
-    out: set[str] = set()
-    for ws in workspaces:
-        snaps = await store.snapshots.load(ws)
-        for key, snap in snaps.items():
-            kind, _, uuid = key.partition(":")
-            if kind not in ("restrictions", "pipelines") or not isinstance(snap.content, dict):
-                continue
-            unreadable = snap.content.get("unreadable")
-            if isinstance(unreadable, dict) and unreadable.get("reason") == "missing_permission":
-                repo = snaps.get(f"repo:{uuid}")
-                name = repo.content.get("full_name") if repo and isinstance(repo.content, dict) else None
-                out.add(str(name or uuid))
-    return sorted(out)
+    return await Views(store.db).not_admin_repositories(list(workspaces))
 
 
 def callback_url(settings: Any) -> str:

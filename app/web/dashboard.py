@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
@@ -21,12 +21,47 @@ from app.checks import REGISTRY
 from app.checks.base import valid_through
 from app.evidence import record_evidence
 from app.exceptions import record_exception
-from app.findings import to_json
-from app.models import FAILING, SEVERITY_ORDER, STATUSES
-from app.reconcile import iso, k_repo, utcnow
+from app.models import FAILING, SEVERITY_ORDER, STATUSES, iso, utcnow
 from app.settings import CHECK_IDS
+from app.store.snapshots import k_repo
+from app.store.views import MEMBER_SORTS, REPO_SORTS, RESULT_SORTS, Page, Views
 from app.web import api, resources, session
 from app.web.uploads import upload_form
+
+PER_PAGE = 50
+SEVERITIES = ("critical", "high", "medium", "low")
+# How to fix each test, in one line, next to what is wrong (the message); the link goes to the page.
+FIX: dict[str, tuple[str, str]] = {
+    "repo-classified": ("Classify the repository as production or non-production.", "classify"),
+    "branch-protection-enforced": (
+        "Add branch restrictions on the main branch: prevent force pushes, prevent deletion, limit direct pushes.",
+        "{web}/{full_name}/admin/branch-restrictions",
+    ),
+    "merge-requires-peer-review": (
+        "Add a branch restriction requiring approvals before merging into the main branch.",
+        "{web}/{full_name}/admin/branch-restrictions",
+    ),
+    "merge-requires-passing-builds": (
+        "Add a branch restriction requiring passing builds (and no failed builds) before merging.",
+        "{web}/{full_name}/admin/branch-restrictions",
+    ),
+    "pipelines-enabled": (
+        "Enable Bitbucket Pipelines for the repository and add a scanning step.",
+        "{web}/{full_name}/admin/pipelines/settings",
+    ),
+    "member-mfa-enabled": (
+        "Upload the organization's two-step verification report, or have the member turn on 2SV.",
+        "https://admin.atlassian.com/",
+    ),
+    "workspace-mfa-enforced": (
+        "Upload the authentication policy that requires two-step verification.",
+        "https://admin.atlassian.com/",
+    ),
+    "offboarded-access-removed": (
+        "Remove the person from the workspace (user groups) or revoke their Atlassian account.",
+        "{web}/{workspace}/workspace/settings/groups",
+    ),
+}
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=select_autoescape(["html"])
@@ -38,10 +73,114 @@ NAV = [
     ("/members", "Members"),
     ("/evidence", "Evidence"),
     ("/exceptions", "Exceptions"),
+    ("/personnel", "Personnel"),
     ("/events", "Events"),
+    ("/operations", "Operations"),
     ("/connections", "Connections"),
     ("/alerts", "Alerts"),
+    ("/settings", "Settings"),
 ]
+
+
+def _views(request: Request) -> Views:
+    return Views(request.app.state.services.service.store.db)
+
+
+def _page_args(request: Request, sorts: dict[str, str], default: str) -> tuple[int, str, bool]:
+    q = request.query_params
+    try:
+        page = max(1, min(int(q.get("page") or 1), 10**6))
+    except ValueError:
+        page = 1
+    sort = q.get("sort") or default
+    return page, sort if sort in sorts else default, q.get("dir") == "desc"
+
+
+def _pager(request: Request, page: Page, number: int) -> dict[str, Any]:
+    """Page links that keep the filters and the sort."""
+    params = {k: v for k, v in request.query_params.items() if k not in ("page", "notice") and v}
+    last = max(1, (page.total + PER_PAGE - 1) // PER_PAGE)
+
+    def link(n: int) -> str:
+        return request.url.path + "?" + urlencode(params | {"page": str(n)})
+
+    return {
+        "number": number,
+        "last": last,
+        "total": page.total,
+        "first_item": (number - 1) * PER_PAGE + 1 if page.total else 0,
+        "last_item": min(number * PER_PAGE, page.total),
+        "prev": link(number - 1) if number > 1 else None,
+        "next": link(number + 1) if number < last else None,
+    }
+
+
+def _sorter(request: Request) -> Any:
+    """``sort_link(column)``: the URL that sorts by ``column`` (toggling the direction)."""
+    params = {k: v for k, v in request.query_params.items() if k not in ("page", "notice", "sort", "dir") and v}
+    current, desc = request.query_params.get("sort"), request.query_params.get("dir") == "desc"
+
+    def sort_link(column: str) -> str:
+        flip = "asc" if current == column and desc else ("desc" if current == column else "asc")
+        return request.url.path + "?" + urlencode(params | {"sort": column, "dir": flip})
+
+    return sort_link
+
+
+def _age(since: str | None, now: datetime) -> str:
+    if not since:
+        return ""
+    try:
+        delta = now - datetime.fromisoformat(since)
+    except ValueError:
+        return ""
+    days = delta.days
+    if days >= 1:
+        return f"{days} day{'s' if days != 1 else ''}"
+    hours = int(delta.total_seconds() // 3600)
+    return f"{hours} h" if hours else "< 1 h"
+
+
+def first_line(message: str) -> str:
+    """What is wrong, in one line: the message's first sentence."""
+    head = message.split(". ", 1)[0].strip()
+    return head if head.endswith((".", "?", "!")) else head + "."
+
+
+def todo(row: dict[str, Any], web_url: str, now: datetime) -> dict[str, Any]:
+    """A result as an item of the to-do list: title, severity, human subject, what, how, link, age."""
+    check = REGISTRY.get(row["check_id"])
+    fix, target = FIX.get(row["check_id"], ("", ""))
+    full_name = row["subject"] if row["subject_type"] == "repository" else ""
+    link = (
+        target.format(web=web_url.rstrip("/"), full_name=full_name, workspace=row["workspace"])
+        if target.startswith(("{web}", "http"))
+        else ""
+    )
+    failing = row["status"] in FAILING
+    details = row["details"]
+    return {
+        "check": row["check_id"],
+        "title": check.title if check else row["check_id"],
+        "controls": check.controls if check else (),
+        "severity": row["severity"],
+        "status": row["status"],
+        "workspace": row["workspace"],
+        "subject_type": row["subject_type"],
+        "subject": row["subject"],
+        "subject_key": row["subject_key"],
+        # the human name: a repository's full name, a member's display name; the id comes second
+        "name": row["subject"] if row["subject_type"] != "member" else (row["subject_name"] or row["subject"]),
+        "what": first_line(row["message"]),
+        "message": row["message"],
+        "fix": fix if failing else "",
+        "fix_link": link if failing else "",
+        "classify": failing and target == "classify",
+        "age": _age(row["last_changed"], now) if failing else "",
+        "since": row["last_changed"],
+        "stale_since": row.get("stale_since"),
+        "exception": details.get("exception"),
+    }
 
 
 def render(request: Request, name: str, title: str, active: str, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -89,13 +228,11 @@ async def login_page(request: Request) -> Response:
     return render(request, "login.html", "Sign in", "", next=target, error=error)
 
 
-def trend_svg(history: list[dict[str, Any]], current_failing: int, days: int = 30) -> str:
-    """Inline SVG: failing results at the end of each of the last ``days`` days (replayed history)."""
+def trend_svg(deltas: list[dict[str, Any]], current_failing: int, days: int = 30) -> str:
+    """Inline SVG: failing results at the end of each of the last ``days`` days (history replayed
+    backwards from today's count), with a date axis."""
     today = datetime.now(UTC).date()
-    changes: Counter[str] = Counter()
-    for h in history:
-        delta = (h["new_status"] in FAILING) - (h["old_status"] in FAILING if h["old_status"] else 0)
-        changes[h["at"][:10]] += delta
+    changes = {d["day"]: d["delta"] for d in deltas}
     points, count = [], current_failing
     for i in range(days):
         day = today - timedelta(days=i)
@@ -103,36 +240,46 @@ def trend_svg(history: list[dict[str, Any]], current_failing: int, days: int = 3
         count -= changes.get(day.isoformat(), 0)
     points.reverse()
     top = max([c for _, c in points] + [1])
-    width, height = 600, 140
-    coords = " ".join(
-        f"{10 + i * (width - 20) / (days - 1):.1f},{height - 10 - c * (height - 30) / top:.1f}"
-        for i, (_, c) in enumerate(points)
+    width, height, left, bottom = 600, 160, 40, 24
+
+    def x(i: int) -> float:
+        return left + i * (width - left - 10) / (days - 1)
+
+    def y(c: int) -> float:
+        return height - bottom - c * (height - bottom - 20) / top
+
+    coords = " ".join(f"{x(i):.1f},{y(c):.1f}" for i, (_, c) in enumerate(points))
+    ticks = "".join(
+        f'<text x="{x(i):.1f}" y="{height - 6}" font-size="11" text-anchor="middle" fill="#5b6475">'
+        f"{day.strftime('%b %d')}</text>"
+        f'<line x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{height - bottom}" y2="{height - bottom + 4}" stroke="#5b6475"/>'
+        for i, (day, _) in enumerate(points)
+        if i % 7 == 0 or i == days - 1
     )
     label = f"Failing results per day over {days} days; today {current_failing}"
     return (
         f'<svg class="trend" viewBox="0 0 {width} {height}" role="img" aria-label="{label}">'
-        f'<polyline fill="none" stroke="#c62828" stroke-width="2.5" points="{coords}"/>'
-        f'<text x="10" y="16" font-size="12" fill="#5b6475">max {top}</text>'
-        f'<text x="{width - 10}" y="{height - 2}" font-size="12" text-anchor="end" fill="#5b6475">today: '
-        f"{current_failing}</text></svg>"
+        f'<line x1="{left}" x2="{width - 10}" y1="{height - bottom}" y2="{height - bottom}" stroke="#c9ced8"/>'
+        f'<text x="{left - 4}" y="{y(top) + 4:.1f}" font-size="11" text-anchor="end" fill="#5b6475">{top}</text>'
+        f'<text x="{left - 4}" y="{y(0) + 4:.1f}" font-size="11" text-anchor="end" fill="#5b6475">0</text>'
+        f'<polyline fill="none" stroke="#c62828" stroke-width="2.5" points="{coords}"/>{ticks}</svg>'
     )
 
 
 async def overview(request: Request) -> Response:
     await _sid(request)
-    store = request.app.state.services.service.store
-    rows = await store.results.query()
+    services = request.app.state.services
+    store = services.service.store
     by_check: dict[str, Counter[str]] = {}
+    for cid, status, n in await store.results.counts():
+        by_check.setdefault(cid, Counter())[status] += n
     severities: Counter[str] = Counter()
-    for r in rows:
-        by_check.setdefault(r.result.check, Counter())[r.result.status] += 1
-        if r.result.status in FAILING:
-            severities[r.result.severity] += 1
     checks = []
     for cid, c in REGISTRY.items():
         if cid not in by_check:
             continue
         counts = by_check[cid]
+        severities[c.severity] += sum(counts.get(s, 0) for s in FAILING)
         relevant = sum(counts.values()) - counts.get("not_applicable", 0)
         ok = counts.get("pass", 0) + counts.get("excepted", 0)
         checks.append(
@@ -140,81 +287,165 @@ async def overview(request: Request) -> Response:
                 "id": cid,
                 "title": c.title,
                 "severity": c.severity,
+                "controls": c.controls,
                 "counts": counts,
                 "rate": round(100 * ok / relevant) if relevant else 100,
             }
         )
     checks.sort(key=lambda c: (SEVERITY_ORDER.get(str(c["severity"]), 9), c["rate"]))
-    history = await store.results.history(limit=100_000)
-    failing = sum(1 for r in rows if r.result.status in FAILING)
+    failing = sum(n for counts in by_check.values() for s, n in counts.items() if s in FAILING)
+    views = _views(request)
+    assessment = await _assessment(services)
+    steps = await views.first_steps()
+    first_steps = [
+        (
+            "Classify your repositories as production or non-production",
+            "/repositories?class=unclassified",
+            steps["unclassified"] == 0 and steps["classified"] > 0,
+        ),
+        ("Import the personnel directory (who works here, who left)", "/personnel", steps["people"] > 0),
+        (
+            "Upload the authentication policy that requires two-step verification",
+            "/evidence",
+            steps["policy_evidence"] > 0,
+        ),
+        (
+            "Upload the two-step verification report of the workspace's members",
+            "/evidence",
+            steps["report_evidence"] > 0,
+        ),
+    ]
     return render(
         request,
         "overview.html",
         "Overview",
         "/",
         checks=checks,
-        severities=sorted(severities.items(), key=lambda s: SEVERITY_ORDER.get(s[0], 9)),
-        trend=trend_svg(history, failing),
+        severities=sorted((s for s in severities.items() if s[1]), key=lambda s: SEVERITY_ORDER.get(s[0], 9)),
+        trend=trend_svg(await views.trend(30), failing),
+        assessing=[a for a in assessment if not a["assessed"]],
+        connected=bool(assessment),
+        first_steps=[] if all(done for _, _, done in first_steps) else first_steps,
     )
 
 
 async def findings(request: Request) -> Response:
     await _sid(request)
-    store = request.app.state.services.service.store
+    services = request.app.state.services
     q = request.query_params
+    number, sort, desc = _page_args(request, RESULT_SORTS, "status")
     f = {
         "check": q.get("check") if q.get("check") in CHECK_IDS else None,
         "status": q.get("status") if q.get("status") in STATUSES else None,
+        "severity": q.get("severity") if q.get("severity") in SEVERITIES else None,
         "workspace": q.get("workspace") or None,
+        "q": (q.get("q") or "").strip() or None,
     }
-    rows = await store.results.query(**f)
-    items = [to_json(r) for r in rows]
-    items.sort(
-        key=lambda i: (
-            str(i["status"]) not in FAILING,
-            SEVERITY_ORDER.get(str(i["severity"]), 9),
-            str(i["check"]),
-            str(i["subject"]),
-        )
-    )
+    page = await _views(request).results(**f, sort=sort, desc=desc, limit=PER_PAGE, offset=(number - 1) * PER_PAGE)
+    now = datetime.now(UTC)
+    web = services.service.settings.bitbucket_url
+    items = [todo(r, web, now) for r in page.items]
+    export = "/api/exports/findings.csv"
     return render(
-        request, "findings.html", "Findings", "/findings", items=items, f=f, check_ids=CHECK_IDS, statuses=STATUSES
+        request,
+        "findings.html",
+        "Findings",
+        "/findings",
+        items=items,
+        f=f,
+        checks=[(c.id, c.title) for c in REGISTRY.values()],
+        statuses=STATUSES,
+        severities=SEVERITIES,
+        counts=page.counts,
+        pager=_pager(request, page, number),
+        sort_link=_sorter(request),
+        export=export,
+        workspaces=sorted({w for c in await services.service.connections() for w in c.workspaces}),
     )
 
 
 async def subject(request: Request) -> Response:
     await _sid(request)
-    store = request.app.state.services.service.store
+    services = request.app.state.services
+    store = services.service.store
     check, subj = request.query_params.get("check"), request.query_params.get("subject", "")
     rows = await store.results.query(check=check, subject=subj)
     item = None
     if rows:
-        item = to_json(rows[0]) | {"title": REGISTRY[rows[0].result.check].title}
+        r = rows[0]
+        row = {
+            "check_id": r.result.check,
+            "subject_type": r.result.subject_type,
+            "subject": r.result.subject,
+            "subject_key": r.result.subject_key,
+            "subject_name": r.result.subject_name,
+            "workspace": r.result.workspace,
+            "severity": r.result.severity,
+            "status": r.result.status,
+            "message": r.result.message,
+            "details": r.result.details,
+            "last_changed": r.last_changed,
+            "stale_since": r.stale_since,
+        }
+        item = todo(row, services.service.settings.bitbucket_url, datetime.now(UTC))
     history = await store.results.history(check, subj)
-    evidence = [
-        e
-        for e in await store.records.evidence_rows()
-        if e["member"] == (rows[0].result.subject_key if rows else subj) or e["workspace"] == subj
-    ]
     key = rows[0].result.subject_key if rows else subj
-    exceptions = [x for x in await store.records.exception_rows() if key in (x["subject_key"], x["subject"])]
+    evidence = [e for e in await resources.evidence_data(store) if e["member"] == key or e["workspace"] == subj]
+    exceptions = [
+        x
+        for x in await resources.exceptions_data(store)
+        if (x.get("subject_key") in (subj, key) or x["subject"] in (subj, key)) and (not check or x["check"] == check)
+    ]
+    title = (item["name"] if item else subj) or subj
     return render(
         request,
         "subject.html",
-        subj,
+        title,
         "/findings",
         subject=subj,
         item=item,
         history=history,
         evidence=evidence,
         exceptions=exceptions,
+        today=datetime.now(UTC).date().isoformat(),
     )
 
 
 async def repositories(request: Request) -> Response:
     await _sid(request)
-    rows = await resources.repositories_data(request.app.state.services)
-    return render(request, "repositories.html", "Repositories", "/repositories", repos=rows)
+    services = request.app.state.services
+    q = request.query_params
+    number, sort, desc = _page_args(request, REPO_SORTS, "name")
+    workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
+    f = {
+        "workspace": q.get("workspace") or None,
+        "project": q.get("project") or None,
+        "cls": q.get("class") if q.get("class") in ("production", "non-production", "unclassified") else None,
+        "q": (q.get("q") or "").strip() or None,
+    }
+    views = _views(request)
+    page = await views.repositories(
+        workspaces,
+        await services.service.store.records.rules(),
+        **f,
+        sort=sort,
+        desc=desc,
+        limit=PER_PAGE,
+        offset=(number - 1) * PER_PAGE,
+    )
+    return render(
+        request,
+        "repositories.html",
+        "Repositories",
+        "/repositories",
+        repos=page.items,
+        f=f,
+        counts=page.counts,
+        workspaces=workspaces,
+        projects=await views.projects(workspaces),
+        pager=_pager(request, page, number),
+        sort_link=_sorter(request),
+    )
 
 
 async def classify(request: Request) -> Response:
@@ -244,9 +475,30 @@ async def classify(request: Request) -> Response:
 
 async def members(request: Request) -> Response:
     await _sid(request)
-    rows = await resources.members_data(request.app.state.services)
-    rows.sort(key=lambda m: (not (m["person"] and m["person"]["status"] == "offboarded"), m["display_name"] or ""))
-    return render(request, "members.html", "Members", "/members", members=rows)
+    services = request.app.state.services
+    q = request.query_params
+    number, sort, desc = _page_args(request, MEMBER_SORTS, "name")
+    workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
+    f = {
+        "workspace": q.get("workspace") or None,
+        "link": q.get("link") if q.get("link") in ("linked", "marked", "unlinked", "offboarded") else None,
+        "q": (q.get("q") or "").strip() or None,
+    }
+    page = await _views(request).members(
+        workspaces, **f, sort=sort, desc=desc, limit=PER_PAGE, offset=(number - 1) * PER_PAGE
+    )
+    return render(
+        request,
+        "members.html",
+        "Members",
+        "/members",
+        members=page.items,
+        f=f,
+        counts=page.counts,
+        workspaces=workspaces,
+        pager=_pager(request, page, number),
+        sort_link=_sorter(request),
+    )
 
 
 async def member_link(request: Request) -> Response:
@@ -323,7 +575,11 @@ async def _evidence_page(request: Request, notice: str | None = None, status: in
         request.scope["query_string"] = f"notice={quote(notice)}".encode()
     rows = await resources.evidence_data(services.service.store)
     workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
-    return render(request, "evidence.html", "Evidence", "/evidence", status, rows=rows, workspaces=workspaces)
+    q = request.query_params
+    prefill = {k: q.get(k, "") for k in ("check", "workspace", "member")}
+    return render(
+        request, "evidence.html", "Evidence", "/evidence", status, rows=rows, workspaces=workspaces, prefill=prefill
+    )
 
 
 async def exceptions(request: Request) -> Response:
@@ -349,13 +605,47 @@ async def exceptions(request: Request) -> Response:
         )
         return _back("/exceptions", "Exception recorded.")
     rows = await resources.exceptions_data(services.service.store)
-    return render(request, "exceptions.html", "Exceptions", "/exceptions", rows=rows, check_ids=CHECK_IDS)
+    prefill = {k: request.query_params.get(k, "") for k in ("check", "subject")}
+    return render(
+        request, "exceptions.html", "Exceptions", "/exceptions", rows=rows, check_ids=CHECK_IDS, prefill=prefill
+    )
 
 
 async def events(request: Request) -> Response:
     await _sid(request)
-    rows = await request.app.state.services.service.store.events.list(limit=50)
-    return render(request, "events.html", "Events", "/events", rows=[r.as_json() for r in rows])
+    store = request.app.state.services.service.store
+    q = request.query_params
+    number, _, _ = _page_args(request, {"id": "id"}, "id")
+    f = {
+        "state": q.get("state") if q.get("state") in api.EVENT_STATES else None,
+        "event_key": q.get("event_key") or None,
+        "workspace": q.get("workspace") or None,
+        "q": (q.get("q") or "").strip() or None,
+    }
+    views = _views(request)
+    page = await views.events(**f, limit=PER_PAGE, offset=(number - 1) * PER_PAGE)
+    rows = []
+    for ref in page.items:
+        row = await store.events.get(int(ref["id"]))
+        if row is not None:
+            rows.append(row.as_json())
+    return render(
+        request,
+        "events.html",
+        "Events",
+        "/events",
+        rows=rows,
+        f=f,
+        counts=page.counts,
+        states=api.EVENT_STATES,
+        keys=await views.event_keys(),
+        pager=_pager(request, page, number),
+        live=number == 1 and not any(f.values()),
+        fold=FOLD,
+    )
+
+
+FOLD = 10  # an event's change list is folded beyond this many lines
 
 
 async def event_stream(request: Request) -> Response:
@@ -374,9 +664,19 @@ async def connections(request: Request) -> Response:
 
 
 async def disconnect(request: Request) -> Response:
-    await _form(request)
-    await resources.disconnect_connection(request.app.state.services, request.path_params["id"])
-    return _back("/connections", f"Disconnected {request.path_params['id']}.")
+    """GET: a confirmation page; POST (CSRF, ``confirm=yes``): remove the hooks, forget the tokens."""
+    cid = request.path_params["id"]
+    if request.method == "GET":
+        await _sid(request)
+        conn = await request.app.state.services.service.store.connections.get(cid)
+        if conn is None:
+            return _back("/connections", f"Unknown connection {cid}.")
+        return render(request, "disconnect.html", f"Disconnect {cid}", "/connections", conn=conn)
+    form = await _form(request)
+    if form.get("confirm") != "yes":
+        return RedirectResponse(f"/connections/{quote(cid)}/disconnect", status_code=303)
+    await resources.disconnect_connection(request.app.state.services, cid)
+    return _back("/connections", f"Disconnected {cid}.")
 
 
 async def alerts(request: Request) -> Response:
@@ -405,3 +705,216 @@ async def alert_test(request: Request) -> Response:
         return _back("/alerts", "No alert channel: set LP_SLACK_WEBHOOK_URL or LP_SMTP_URL.")
     result = await resources.send_test_message(services)
     return _back("/alerts", "Test message: " + ", ".join(f"{k} {v}" for k, v in result.items()))
+
+
+async def _assessment(services: Any) -> list[dict[str, Any]]:
+    """Per connected workspace: whether its first full pass finished, and what runs now."""
+    views = Views(services.service.store.db)
+    out = []
+    for conn in await services.service.connections():
+        for ws in conn.workspaces:
+            passes = await views.passes(conn.id, ws)
+            out.append(
+                {
+                    "connection": conn.id,
+                    "workspace": ws,
+                    "assessed": await views.assessed(conn.id, ws),
+                    "current": passes["full"]["current"],
+                }
+            )
+    return out
+
+
+async def operations(request: Request) -> Response:
+    """The operator's panel: passes per connection and workspace, budget, queue, dead events."""
+    await _sid(request)
+    services = request.app.state.services
+    views = _views(request)
+    now = datetime.now(UTC).timestamp()
+    panels = []
+    for conn in await services.service.connections():
+        client = services.service.pool.clients.get(conn.id)
+        budget = None
+        if client is not None:
+            b = client.budget
+            wait = b.delay(priority=False)
+            budget = {
+                "remaining": b.remaining,
+                "limit": b.limit,
+                "waited": round(b.waited),
+                "wait_until": datetime.fromtimestamp(now + wait, UTC).isoformat(timespec="seconds") if wait else None,
+            }
+        for ws in conn.workspaces:
+            passes = await views.passes(conn.id, ws)
+            tiers = []
+            for tier, p in passes.items():
+                last = p["last"]
+                tiers.append(
+                    {
+                        "tier": tier,
+                        "last": last,
+                        "last_calls": (last["caused"] or {}).get("api_calls") if last else None,
+                        "current": p["current"],
+                        "next_at": datetime.fromtimestamp(p["next_at"], UTC).isoformat(timespec="seconds")
+                        if p["next_at"]
+                        else None,
+                    }
+                )
+            panels.append({"connection": conn.id, "workspace": ws, "tiers": tiers, "budget": budget})
+    return render(
+        request,
+        "operations.html",
+        "Operations",
+        "/operations",
+        panels=panels,
+        queue=await views.queue(),
+        dead=await views.dead_events(),
+    )
+
+
+async def reconcile(request: Request) -> Response:
+    form = await _form(request)
+    tier = "members" if form.get("tier") == "members" else "full"
+    payload: dict[str, Any] = {"tier": tier}
+    if form.get("workspace"):
+        payload["workspace"] = str(form["workspace"])
+    ids = await request.app.state.services.service.internal_event("lp:reconcile", payload)
+    where = f" of {payload['workspace']}" if "workspace" in payload else ""
+    return _back("/operations", f"Reconcile ({tier}){where} queued: event {', '.join(map(str, ids)) or 'joined'}.")
+
+
+async def event_retry(request: Request) -> Response:
+    await _form(request)
+    try:
+        eid = int(request.path_params["id"])
+    except ValueError:
+        return _back("/operations", "Unknown event.")
+    ok = await _views(request).retry_dead(eid, datetime.now(UTC).timestamp())
+    return _back("/operations", f"Event {eid} queued again." if ok else f"Event {eid} is not dead.")
+
+
+async def exception_revoke(request: Request) -> Response:
+    await _form(request)
+    services = request.app.state.services
+    try:
+        xid = int(request.path_params["id"])
+    except ValueError:
+        return _back("/exceptions", "Unknown exception.")
+    row = await services.service.store.records.revoke_exception(xid, "dashboard", iso(utcnow()))
+    if row is None:
+        return _back("/exceptions", "No such exception (or already revoked).")
+    await services.service.internal_event("lp:exception", {"check": row["check_id"], "subject": row["subject"]})
+    return _back("/exceptions", f"Exception {xid} revoked.")
+
+
+async def settings_page(request: Request) -> Response:
+    await _sid(request)
+    services = request.app.state.services
+    s = request.app.state.settings
+    secret = {"oauth_client_secret", "bitbucket_token", "secret_key", "admin_token", "slack_webhook_url", "smtp_url"}
+    rows = []
+    for name in type(s).model_fields:
+        value = getattr(s, name)
+        if name in secret:
+            shown = "set" if value is not None else "not set"
+        elif isinstance(value, tuple):
+            shown = ", ".join(map(str, value)) or "—"
+        else:
+            shown = "—" if value is None else str(value)
+        rows.append(("LP_" + name.upper(), shown))
+    checks = [
+        {"id": c.id, "title": c.title, "severity": c.severity, "controls": c.controls, "on": c.id in s.enabled_checks}
+        for c in REGISTRY.values()
+    ]
+    return render(
+        request,
+        "settings.html",
+        "Settings",
+        "/settings",
+        rows=rows,
+        checks=checks,
+        rules=await services.service.store.records.rules(),
+    )
+
+
+async def personnel_page(request: Request) -> Response:
+    sid = await _sid(request)
+    services = request.app.state.services
+    store = services.service.store
+    if request.method == "POST":
+        form = await request.form()
+        try:
+            if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
+                raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                return _back("/personnel", "Choose a CSV or JSON file.")
+            data = await upload.read()
+            name = upload.filename or "upload.csv"
+        finally:
+            await form.close()
+        try:
+            people = records.parse_personnel(data, name)
+        except records.RecordError as exc:
+            return _back("/personnel", f"Nothing imported: {exc}")
+        known = {p.email for p in await store.records.people()}
+        n = await store.records.import_people(people, "dashboard", iso(utcnow()))
+        new = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
+        await services.service.internal_event("lp:personnel", {"new_emails": new})
+        return _back("/personnel", f"Imported {n} people.")
+    q = request.query_params
+    number, _, _ = _page_args(request, {"name": "name"}, "name")
+    f = {
+        "status": q.get("status") if q.get("status") in ("active", "offboarded") else None,
+        "q": (q.get("q") or "").strip() or None,
+    }
+    page = await _views(request).people(**f, limit=PER_PAGE, offset=(number - 1) * PER_PAGE)
+    return render(
+        request,
+        "personnel.html",
+        "Personnel",
+        "/personnel",
+        people=page.items,
+        f=f,
+        counts=page.counts,
+        pager=_pager(request, page, number),
+    )
+
+
+async def rules_page(request: Request) -> Response:
+    await _sid(request)
+    services = request.app.state.services
+    store = services.service.store
+    if request.method == "POST":
+        form = await _form(request)
+        cls = str(form.get("class") or "")
+        project = str(form.get("project_key") or "").strip() or None
+        glob = str(form.get("name_glob") or "").strip() or None
+        ws = str(form.get("workspace") or "").strip() or None
+        if cls not in ("production", "non-production") or (project is None) == (glob is None):
+            return _back("/rules", "Give a class and either a project key or a name pattern (not both).")
+        await store.records.add_rule(cls, iso(utcnow()), project_key=project, name_glob=glob, workspace=ws)
+        await services.service.internal_event("lp:classification", {})
+        return _back("/rules", "Rule added.")
+    workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
+    return render(
+        request,
+        "rules.html",
+        "Classification rules",
+        "/rules",
+        rules=await store.records.rules(),
+        workspaces=workspaces,
+    )
+
+
+async def audit_pack_page(request: Request) -> Response:
+    await _sid(request)
+    today = datetime.now(UTC).date()
+    return render(
+        request,
+        "audit_pack.html",
+        "Audit pack",
+        "/findings",
+        start=(today - timedelta(days=90)).isoformat(),
+        end=today.isoformat(),
+    )

@@ -119,6 +119,17 @@ API_ROUTES: tuple[ApiRoute, ...] = (
     ),
     ApiRoute(
         "GET",
+        "/api/exports/audit-pack.zip",
+        resources.export_audit_pack,
+        "An audit pack (ZIP) for a period: findings, history, exceptions, evidence with hashes, scope report, "
+        "controls and a summary page. The Bearer token or a signed-in dashboard session.",
+        (q("from", {"type": "string", "format": "date"}), q("to", {"type": "string", "format": "date"})),
+        response={},
+        media="application/zip",
+        errors=("400", "401"),
+    ),
+    ApiRoute(
+        "GET",
         "/api/exports/transitions.ocsf.jsonl",
         resources.export_ocsf,
         "Result transitions as OCSF Compliance Finding (class 2003) JSON lines",

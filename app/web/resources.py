@@ -5,13 +5,13 @@ events, so the API and the CLI share one code path with webhooks and the reconci
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from app import errors, exports, records
+from app import errors, exports, records, tiers
 from app.bitbucket.models import Repository
 from app.checks import REGISTRY, scope_report
 from app.checks.base import Person, valid_through
@@ -19,10 +19,15 @@ from app.evidence import NoMemberList, record_evidence
 from app.exceptions import UnknownSubject, record_exception
 from app.findings import to_json
 from app.hooks import health, remove_hooks
-from app.reconcile import classify, iso, k_members, k_prs, k_repo, k_repos, utcnow
+from app.models import iso, utcnow
 from app.settings import CHECK_IDS
+from app.store.facts import classify
+from app.store.snapshots import k_members, k_prs, k_repo, k_repos
+from app.store.views import Views
+from app.web import session
 from app.web.auth import require_admin
 from app.web.connect import not_admin_repositories
+from app.web.jsonbody import MAX_DEPTH, json_object, too_deep
 from app.web.problems import Problem
 from app.web.uploads import BadUpload, upload_form
 
@@ -32,14 +37,15 @@ def _svc(request: Request) -> Any:
     return request.app.state.services
 
 
+async def _reader(request: Request) -> Any:
+    """Downloads (GET, nothing changes): the Bearer token, or a signed-in dashboard session."""
+    if request.headers.get("Authorization") or await session.session_id(request) is None:
+        require_admin(request)
+    return request.app.state.services
+
+
 async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise Problem(400, "Bad body", "expected a JSON object") from None
-    if not isinstance(body, dict):
-        raise Problem(400, "Bad body", "expected a JSON object")
-    return body
+    return await json_object(request)  # nesting limited: too deep is a 400, not a 500
 
 
 def _str(body: dict[str, Any], name: str, required: bool = True) -> str | None:
@@ -88,7 +94,7 @@ async def history(request: Request) -> Response:
 
 
 async def export_findings(request: Request) -> Response:
-    services = _svc(request)
+    services = await _reader(request)
     items = [to_json(r) for r in await services.service.store.results.query()]
     fmt = request.path_params["fmt"]
     if fmt == "csv":
@@ -102,8 +108,57 @@ async def export_findings(request: Request) -> Response:
     raise Problem(404, "Unknown export", "use csv or json")
 
 
+def _day(request: Request, name: str, default: str) -> str:
+    raw = request.query_params.get(name) or default
+    try:
+        return datetime.fromisoformat(raw).date().isoformat()
+    except ValueError:
+        raise Problem(400, "Bad parameter", f"{name} must be a date (YYYY-MM-DD)") from None
+
+
+async def export_audit_pack(request: Request) -> Response:
+    """One ZIP for a period (``from``, ``to``: dates, both included; the last 90 days by default)."""
+    services = await _reader(request)
+    store = services.service.store
+    today = utcnow().date()
+    start = _day(request, "from", (today - timedelta(days=90)).isoformat())
+    end = _day(request, "to", today.isoformat())
+    if end < start:
+        raise Problem(400, "Bad parameter", "to must not be before from")
+    end_excl = (datetime.fromisoformat(end) + timedelta(days=1)).date().isoformat()
+    findings = [to_json(r) for r in await store.results.query()]
+    history = await Views(store.db).history_between(start, end_excl)
+    exceptions = [x for x in await exceptions_data(store) if x["created_at"] < end_excl and x["expires_at"] >= start]
+    evidence = [e for e in await evidence_data(store) if e["uploaded_at"] < end_excl and e["expires_at"] >= start]
+    files: dict[int, bytes] = {}
+    for e in evidence:
+        path = store.records.evidence_path(e["sha256"])
+        if path.is_file():
+            files[int(e["id"])] = path.read_bytes()
+    scope = [
+        {"connection": c["id"], "workspaces": c["workspaces"], "scopes": c["scopes"], "scope_report": c["scope_report"]}
+        for c in await connections_data(services)
+    ]
+    data = exports.audit_pack(
+        start=start,
+        end=end,
+        generated_at=iso(utcnow()),
+        findings=findings,
+        history=history,
+        exceptions=exceptions,
+        evidence=evidence,
+        evidence_files=files,
+        scope_report=scope,
+    )
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f"attachment; filename=audit-pack-{start}-to-{end}.zip"},
+    )
+
+
 async def export_ocsf(request: Request) -> Response:
-    services = _svc(request)
+    services = await _reader(request)
     rows = await services.service.store.results.history(limit=1_000_000)
     return PlainTextResponse(
         exports.ocsf_lines(rows),
@@ -121,6 +176,7 @@ async def repositories_data(services: Any) -> list[dict[str, Any]]:
     for conn in await services.service.connections():
         for ws in conn.workspaces:
             explicit = await store.records.classes(ws)
+            fresh = await tiers.freshness(store, ws)  # issue 13: age of the last good restrictions reading
             listed = await store.snapshots.get(k_repos(ws))
             for uuid in listed.content if listed and listed.content else []:
                 snap = await store.snapshots.get(k_repo(uuid))
@@ -142,6 +198,8 @@ async def repositories_data(services: Any) -> list[dict[str, Any]]:
                         "class": cls,
                         "class_source": source,
                         "open_pullrequests": prs.content if prs else None,
+                        "restrictions_read_at": fresh.get(uuid, {}).get("read_at"),
+                        "restrictions_age_seconds": fresh.get(uuid, {}).get("age_seconds"),
                     }
                 )
     return out
@@ -261,6 +319,8 @@ async def personnel_import(request: Request) -> Response:
     data = await request.body()
     name = "upload.json" if request.headers.get("content-type", "").startswith("application/json") else "upload.csv"
     store = services.service.store
+    if (name == "upload.json" or data.lstrip()[:1] in (b"[", b"{")) and too_deep(data):
+        raise Problem(400, "Nothing imported", f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
         people = records.parse_personnel(data, name)
         records.check_account_conflicts(people, await store.records.people())
@@ -362,7 +422,7 @@ async def evidence(request: Request) -> Response:
 
 
 async def evidence_file(request: Request) -> Response:
-    services = _svc(request)
+    services = await _reader(request)
     store = services.service.store
     try:
         eid = int(request.path_params["id"])
@@ -394,6 +454,7 @@ async def exceptions_data(store: Any) -> list[dict[str, Any]]:
             "expired": r["expires_at"] <= now,
             "active": r["inactive_reason"] is None and r["subject_key"] is not None and r["revoked_at"] is None,
             "inactive_reason": r["inactive_reason"],
+            "revoked_at": r["revoked_at"],
         }
         for r in rows
     ]

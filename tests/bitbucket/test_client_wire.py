@@ -131,10 +131,9 @@ async def test_429_without_retry_after_backs_off_exponentially(
     sleeps = Sleeps()
     client = make(session, sleeps, backoff_initial=1.0, backoff_max=60)
     assert (await client.current_user()).account_id == "a4"
-    assert len(sleeps.calls) == 3
-    # exponential: 1, 2, 4 plus up to 1 s of jitter each
-    for expected, got in zip([1, 2, 4], sleeps.calls, strict=True):
-        assert expected <= got <= expected + 1
+    # The credential pauses 10 s, then 20 s, 40 s (doubling, capped at 10 min): the budget's pause.
+    assert sleeps.calls == [10.0, 20.0, 40.0]
+    assert client.budget.pauses == 3
 
 
 async def test_401_refreshes_once_and_retries(http: tuple[aioresponses, aiohttp.ClientSession]) -> None:

@@ -70,6 +70,29 @@ def test_rules(delta: Delta, kinds: list[str]) -> None:
             assert a["url"].endswith("/admin/branch-restrictions") and a["fix"]
 
 
+def unread(subject: str = "acme/new") -> Result:
+    r = res("unknown", subject)
+    return r.model_copy(update={"details": {"reason": "fetch_failed", "error": "ServerError"}})
+
+
+def prev_unread(subject: str = "acme/new") -> StoredResult:
+    r = unread(subject)
+    return StoredResult(result=r, fingerprint=fingerprint(r), first_seen="t0", last_changed="t1")
+
+
+def test_a_fault_alone_never_alerts() -> None:
+    """A new subject whose data could not be read is recorded ``unknown`` (fetch_failed) without an
+    alert (found by the chaos test); its first good reading is no "resolution"; a fail read later
+    is a new repository appearing failing, and alerts."""
+    assert alerts_for(Delta(opened=[Change(unread(), None)])) == []
+    assert alerts_for(Delta(resolved=[Change(res("pass", "acme/new"), prev_unread())])) == []
+    assert [a["kind"] for a in alerts_for(Delta(changed=[Change(res("fail", "acme/new"), prev_unread())]))] == [
+        "opened"
+    ]
+    many = Delta(opened=[Change(unread(f"acme/r{i}"), None) for i in range(8)])
+    assert alerts_for(many) == []  # not even a baseline made of unread subjects
+
+
 def test_expired_exception_is_said() -> None:
     [a] = alerts_for(Delta(opened=[Change(res("fail"), prev("excepted"))]))
     assert a["expired_exception"] and "exception expired" in slack_message([a])["blocks"][2]["text"]["text"]

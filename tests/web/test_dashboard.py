@@ -15,6 +15,7 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from app.sandbox.serve import RunningSandbox, free_port
+from app.web.dashboard import NAV
 from tests.conftest import ROOT
 from tests.helpers import ADMIN, RunningApp, product_settings, running_app, wait_for
 
@@ -140,9 +141,22 @@ async def test_dashboard_end_to_end(
     assert "branch-protection-enforced acme/api: pass → fail" in await page.inner_text("#events")
     await page.screenshot(path=str(shots / "events.png"), full_page=True)
 
-    for path in ("/members", "/exceptions", "/connections", "/alerts", "/findings"):
+    for path in (
+        "/members",
+        "/exceptions",
+        "/connections",
+        "/alerts",
+        "/findings",
+        "/operations",
+        "/personnel",
+        "/rules",
+        "/settings",
+        "/audit-pack",
+    ):
         await page.goto(product.url + path)
         assert await page.locator("h1").count() == 1
+        if path in ("/members", "/operations"):
+            await page.screenshot(path=str(shots / f"{path[1:]}.png"), full_page=True)
     await page.goto(product.url + "/connections")
     await page.screenshot(path=str(shots / "connections.png"), full_page=True)
     assert problems == [], problems
@@ -150,11 +164,11 @@ async def test_dashboard_end_to_end(
     # a phone-sized window still shows the navigation and the findings
     phone, phone_problems = await open_page(browser, width=390)
     await login(phone, product)
-    assert await phone.locator("header nav a").count() == 9
+    assert await phone.locator("header nav a").count() == len(NAV)
     await phone.screenshot(path=str(shots / "phone-findings.png"), full_page=False)
     assert phone_problems == []
 
-    taken = ["overview", "repositories", "findings", "events", "connections", "phone-findings"]
+    taken = ["overview", "repositories", "findings", "events", "connections", "members", "operations", "phone-findings"]
     assert all((shots / f"{name}.png").read_bytes().startswith(b"\x89PNG") for name in taken)
     if not updating:  # a plain test run leaves the tracked screenshots alone
         assert (_files(DOCS_SHOTS) if DOCS_SHOTS.is_dir() else {}) == tracked_before

@@ -27,6 +27,8 @@ async def product(sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_p
     settings = product_settings(sandbox.api, tmp_path, port)
     async with running_app(settings, port, session, background=False) as app:
         service = app.services.service
+        # the recorded fixture PUSH comes from the workspace "brydzewski": monitored here too
+        await service.store.connections.upsert("token", "token", ("acme", "brydzewski"))
         await service.store.connections.set_webhook(
             "token",
             service.encrypt(VECTOR_SECRET),

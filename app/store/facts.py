@@ -1,0 +1,213 @@
+"""Snapshots → facts: what the checks read of one workspace, built from stored snapshots alone.
+
+A snapshot that was never fetched, whose latest fetch failed, or that holds a 403 marker becomes
+``Unreadable`` with its reason, so a test answers ``unknown`` (never ``fail``) for it (checks.md
+"A fetch that fails"). Classification (explicit class, else the first matching rule) happens here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from app.bitbucket.models import (
+    BranchingModel,
+    BranchRestriction,
+    Member,
+    Pipeline,
+    PipelinesConfig,
+    Repository,
+)
+from app.checks.base import MemberFacts, Person, RepoFacts, Unreadable, WorkspaceFacts
+from app.checks.coverage import glob_matches
+from app.planner import KnownRepo
+from app.store.snapshots import (
+    Snapshot,
+    k_build,
+    k_emails,
+    k_member_since,
+    k_members,
+    k_model,
+    k_pipelines,
+    k_prs,
+    k_repo,
+    k_repos,
+    k_restrictions,
+)
+
+if TYPE_CHECKING:
+    from app.store import Store
+
+
+def _unreadable(snap: Snapshot | None) -> Unreadable | None:
+    if snap is None:
+        return Unreadable("not_fetched")
+    if snap.stale_since is not None:
+        return Unreadable("fetch_failed", detail=snap.error or "fetch failed")
+    if isinstance(snap.content, dict) and "unreadable" in snap.content:
+        u = snap.content["unreadable"]
+        return Unreadable(u.get("reason", "missing_scope"), scope=u.get("scope"))
+    return None
+
+
+def _count(snap: Snapshot | None) -> int | None:
+    return snap.content if snap is not None and isinstance(snap.content, int) else None
+
+
+def classify(
+    repo: Repository, explicit: dict[str, str], rules: Sequence[dict[str, Any]]
+) -> tuple[str | None, str | None]:
+    """The explicit class wins; otherwise the first matching rule (project key or name glob)."""
+    if repo.uuid in explicit:
+        return explicit[repo.uuid], "explicit"
+    for rule in rules:
+        if rule.get("workspace") and rule["workspace"] != repo.workspace:
+            continue
+        if rule.get("project_key") and rule["project_key"] == repo.project_key:
+            return rule["class"], f"rule:{rule['id']}"
+        if rule.get("name_glob") and (
+            glob_matches(rule["name_glob"], repo.slug) or glob_matches(rule["name_glob"], repo.name)
+        ):
+            return rule["class"], f"rule:{rule['id']}"
+    return None, None
+
+
+async def build_facts(
+    store: Store, ws: str, repo_uuids: set[str] | None = None, with_repos: bool = True, with_members: bool = True
+) -> tuple[WorkspaceFacts, bool]:
+    """Facts for one workspace from stored snapshots; the flag says whether members were read.
+
+    ``repo_uuids`` limits the repositories read; ``with_repos``/``with_members`` skip whole parts.
+    """
+    snaps = await store.snapshots.load(ws)
+    explicit = await store.records.classes(ws)
+    rules = await store.records.rules()
+    people = await store.records.people()
+    exceptions = await store.records.exceptions()
+    repo_list = snaps.get(k_repos(ws))
+    repos: list[RepoFacts] = []
+    for uuid in repo_list.content if repo_list and repo_list.content and with_repos else []:
+        if repo_uuids is not None and uuid not in repo_uuids:
+            continue
+        snap = snaps.get(k_repo(uuid))
+        if snap is None or snap.content is None:
+            continue
+        repo = Repository.model_validate(snap.content)
+        cls, source = classify(repo, explicit, rules)
+        r_snap = snaps.get(k_restrictions(uuid))
+        restrictions: tuple[BranchRestriction, ...] | Unreadable = _unreadable(r_snap) or tuple(
+            BranchRestriction.model_validate(v)
+            for v in r_snap.content["values"]  # type: ignore[union-attr]
+        )
+        m_snap = snaps.get(k_model(uuid))
+        model: BranchingModel | Unreadable | None = None
+        if m_snap is not None:
+            model = _unreadable(m_snap) or BranchingModel.model_validate(m_snap.content)
+        p_snap = snaps.get(k_pipelines(uuid))
+        pipelines: PipelinesConfig | Unreadable = _unreadable(p_snap) or PipelinesConfig.model_validate(
+            p_snap.content  # type: ignore[union-attr]
+        )
+        b_snap = snaps.get(k_build(uuid))
+        build = Pipeline.model_validate(b_snap.content) if b_snap and b_snap.content else None
+        repos.append(
+            RepoFacts(
+                repo=repo,
+                repo_class=cls,
+                class_source=source,
+                restrictions=restrictions,
+                branching_model=model,
+                pipelines=pipelines,
+                last_build=build,
+                open_pullrequests=_count(snaps.get(k_prs(uuid))),
+            )
+        )
+    members = await _member_facts(store, ws, snaps, people) if with_members else Unreadable("not_fetched")
+    facts = WorkspaceFacts(workspace=ws, repositories=tuple(repos), members=members, exceptions=tuple(exceptions))
+    # A member list refused for want of a scope or permission is data (its results are `unknown`);
+    # a failed or absent one leaves the stored member results alone.
+    members_read = not isinstance(members, Unreadable) or members.reason in ("missing_scope", "missing_permission")
+    return facts, members_read
+
+
+async def _member_facts(
+    store: Store, ws: str, snaps: dict[str, Snapshot], people: Sequence[Person]
+) -> tuple[MemberFacts, ...] | Unreadable:
+    """Members linked to people (by account id, else email, else a mark). A member list or email
+    lookup that failed leaves its earlier content in place: members whose result rests on it are
+    marked ``stale`` so the findings diff keeps their last result (checks.md "A fetch that fails")."""
+    members_snap = snaps.get(k_members(ws))
+    why = _unreadable(members_snap)
+    listed = members_snap.content if members_snap is not None and isinstance(members_snap.content, list) else None
+    if listed is None or (why is not None and why.reason != "fetch_failed"):
+        if why is not None and why.reason == "missing_scope":
+            return Unreadable("missing_scope", scope=why.scope or "account", detail=why.detail)
+        return why or Unreadable("not_fetched")
+    members_stale = why is not None
+    by_account = {p.bitbucket_account_id: p for p in people if p.bitbucket_account_id}
+    by_email = {p.email: p for p in people}
+    email_snap = snaps.get(k_emails(ws))
+    links = email_snap.content if email_snap is not None and isinstance(email_snap.content, dict) else {}
+    emails_stale = email_snap is not None and email_snap.stale_since is not None
+    account_to_email = {acct: email for email, acct in (links.get("links") or {}).items()}
+    lookup = {True: "available", False: "unavailable", None: "not_needed"}[links.get("available")]
+    since_snap = snaps.get(k_member_since(ws))
+    since: dict[str, Any] = since_snap.content if since_snap and isinstance(since_snap.content, dict) else {}
+    marks = await store.records.marks(ws)
+    out = []
+    for raw in listed:
+        m = Member.model_validate(raw)
+        person, how = by_account.get(m.user.key), "account_id"
+        if person is None and m.user.key in account_to_email:
+            person, how = by_email.get(account_to_email[m.user.key]), "email"
+        if person is None and m.user.key in marks:
+            kind, owner = marks[m.user.key]
+            person, how = (
+                Person(
+                    email=f"{m.user.key} ({kind})",
+                    name=m.user.display_name or m.user.key,
+                    kind=kind,
+                    status="active",
+                    owner=owner,
+                ),
+                "mark",
+            )
+        linked_by = how if person else None
+        stale: str | None = None
+        if members_stale:
+            stale = "members"
+        elif emails_stale and linked_by in (None, "email"):
+            stale = "email_links"
+        began = since.get(m.user.key)
+        out.append(
+            MemberFacts(
+                user=m.user,
+                permission=m.permission,
+                person=person,
+                linked_by=linked_by,
+                email_lookup=lookup,
+                stale=stale,
+                member_since=datetime.fromisoformat(began) if isinstance(began, str) else None,
+            )
+        )
+    return tuple(out)
+
+
+async def known_repos(store: Store, ws: str) -> dict[str, KnownRepo]:
+    """What the planner may know of the workspace's repositories: main branch, branching-model branches."""
+    snaps = await store.snapshots.load(ws, kinds=("repos", "repo", "branching_model"))
+    listed = snaps.get(k_repos(ws))
+    out: dict[str, KnownRepo] = {}
+    for uuid in listed.content if listed and listed.content else []:
+        snap = snaps.get(k_repo(uuid))
+        if snap is None or snap.content is None:
+            continue
+        main = snap.content.get("mainbranch")
+        branches: set[str] = set()
+        model = snaps.get(k_model(uuid))
+        if model is not None and isinstance(model.content, dict):
+            for part in ("development_name", "production_name"):
+                if model.content.get(part):
+                    branches.add(model.content[part])
+        out[uuid] = KnownRepo(uuid=uuid, mainbranch=main, model_branches=frozenset(branches))
+    return out

@@ -1,0 +1,551 @@
+"""Read queries for the dashboard's lists: filtered, sorted and paged in SQL (LIMIT/OFFSET), each
+with the total and per-facet counts, so a page costs the same at 10 repositories or 10,000.
+
+Members and repositories are read from the stored snapshots (``json_each``/``json_extract``);
+members sort naturally ("User 2" before "User 10") through ``lp_natkey``, a SQL function
+registered on the connection the first time it is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.store.db import Database
+
+_DIGITS = re.compile(r"\d+")
+
+
+def natural_key(text: str | None) -> str:
+    """A sort key comparing digit runs as numbers: "user 2" < "user 10"; case-insensitive."""
+    if text is None:
+        return ""
+    return _DIGITS.sub(lambda m: m.group(0).lstrip("0").rjust(12, "0"), text.casefold())
+
+
+def _glob_regex(pattern: str) -> str:
+    """The classification rules' glob (``*`` spans anything, every other character is literal)."""
+    return "^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$"
+
+
+def _regexp(pattern: str, text: str | None) -> bool:
+    return text is not None and re.match(pattern, text, re.DOTALL) is not None
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    total: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _like(q: str) -> str:
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+SEVERITY_RANK = (
+    "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END"
+)
+STATUS_RANK = (
+    "CASE status WHEN 'fail' THEN 0 WHEN 'unknown' THEN 1 WHEN 'excepted' THEN 2 WHEN 'pass' THEN 3 ELSE 4 END"
+)
+
+RESULT_SORTS = {
+    "status": f"{STATUS_RANK}, {SEVERITY_RANK}, check_id, subject",
+    "severity": f"{SEVERITY_RANK}, {STATUS_RANK}, check_id, subject",
+    "test": "check_id, subject",
+    "subject": "subject, check_id",
+    "since": "last_changed, check_id, subject",
+    "workspace": "workspace, check_id, subject",
+}
+REPO_SORTS = {
+    "name": "full_name",
+    "project": "project, full_name",
+    "class": "cls IS NULL DESC, cls, full_name",
+    "workspace": "workspace, full_name",
+}
+MEMBER_SORTS = {
+    "name": "lp_natkey(display_name), account_id",
+    "workspace": "workspace, lp_natkey(display_name), account_id",
+    "permission": "permission, lp_natkey(display_name), account_id",
+    "status": "offboarded DESC, linked_by IS NULL DESC, lp_natkey(display_name), account_id",
+}
+
+
+def _order(sorts: dict[str, str], sort: str, desc: bool, default: str) -> str:
+    clause = sorts.get(sort) or sorts[default]
+    if not desc:
+        return clause
+    return ", ".join(part if part.endswith(" DESC") else f"{part} DESC" for part in clause.split(", "))
+
+
+class Views:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def _functions(self) -> None:
+        if getattr(self.db, "_lp_views_ready", False):
+            return
+        await self.db.conn.create_function("lp_natkey", 1, natural_key, deterministic=True)
+        await self.db.conn.create_function("lp_regexp", 2, _regexp, deterministic=True)
+        self.db._lp_views_ready = True  # type: ignore[attr-defined]
+
+    # -- results ------------------------------------------------------------------------------
+    async def results(
+        self,
+        *,
+        workspace: str | None = None,
+        check: str | None = None,
+        status: str | None = None,
+        severity: str | None = None,
+        q: str | None = None,
+        sort: str = "status",
+        desc: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """A page of results with the total and the count per status under the other filters."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("workspace", workspace), ("check_id", check), ("severity", severity)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if q:
+            where.append(
+                "(subject LIKE ? ESCAPE '\\' OR subject_name LIKE ? ESCAPE '\\' OR subject_key LIKE ? ESCAPE '\\')"
+            )
+            params += [_like(q)] * 3
+        base = " WHERE " + " AND ".join(where) if where else ""
+        counts = {
+            str(r[0]): int(r[1])
+            for r in await self.db.fetchall(f"SELECT status, count(*) FROM results{base} GROUP BY status", params)
+        }
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        filt = " WHERE " + " AND ".join(where) if where else ""
+        total = counts.get(status, 0) if status else sum(counts.values())
+        rows = await self.db.fetchall(
+            f"SELECT * FROM results{filt} ORDER BY {_order(RESULT_SORTS, sort, desc, 'status')} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        items = [dict(r) | {"details": json.loads(r["details"])} for r in rows]
+        return Page(items, total, counts)
+
+    # -- repositories ---------------------------------------------------------------------------
+    async def repositories(
+        self,
+        workspaces: Sequence[str],
+        rules: Sequence[dict[str, Any]],
+        *,
+        workspace: str | None = None,
+        project: str | None = None,
+        cls: str | None = None,
+        q: str | None = None,
+        sort: str = "name",
+        desc: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """A page of the connected workspaces' repositories with their class (explicit, else the
+        first matching rule, the same order as the evaluation uses); counts per class."""
+        await self._functions()
+        wss = [w for w in workspaces if not workspace or w == workspace]
+        if not wss:
+            return Page([], 0, {})
+        cls_cases, src_cases = [], []
+        cls_params: list[Any] = []
+        src_params: list[Any] = []
+        for rule in rules:
+            conds: list[str] = []
+            cond_params: list[Any] = []
+            if rule.get("workspace"):
+                conds.append("s.workspace = ?")
+                cond_params.append(rule["workspace"])
+            if rule.get("project_key"):
+                conds.append("json_extract(s.content, '$.project_key') = ?")
+                cond_params.append(rule["project_key"])
+            elif rule.get("name_glob"):
+                rx = _glob_regex(rule["name_glob"])
+                conds.append(
+                    "(lp_regexp(?, json_extract(s.content, '$.slug'))"
+                    " OR lp_regexp(?, json_extract(s.content, '$.name')))"
+                )
+                cond_params += [rx, rx]
+            else:
+                continue
+            cls_cases.append(f"WHEN {' AND '.join(conds)} THEN ?")
+            src_cases.append(f"WHEN {' AND '.join(conds)} THEN ?")
+            cls_params += [*cond_params, rule["class"]]
+            src_params += [*cond_params, f"rule:{rule['id']}"]
+        rule_cls = f"CASE {' '.join(cls_cases)} END" if cls_cases else "NULL"
+        rule_src = f"CASE {' '.join(src_cases)} END" if src_cases else "NULL"
+        marks = ",".join("?" * len(wss))
+        inner = f"""
+            SELECT s.key AS key, s.workspace AS workspace, json_extract(s.content, '$.uuid') AS uuid,
+                   json_extract(s.content, '$.full_name') AS full_name, json_extract(s.content, '$.name') AS name,
+                   json_extract(s.content, '$.project_key') AS project,
+                   json_extract(s.content, '$.mainbranch') AS mainbranch,
+                   json_extract(s.content, '$.is_private') AS is_private,
+                   json_extract(s.content, '$.language') AS language,
+                   coalesce(rc.class, {rule_cls}) AS cls,
+                   CASE WHEN rc.class IS NOT NULL THEN 'explicit' ELSE {rule_src} END AS class_source
+            FROM snapshots s LEFT JOIN repo_classes rc ON rc.repo_uuid = json_extract(s.content, '$.uuid')
+            WHERE s.kind = 'repo' AND s.content IS NOT NULL AND s.workspace IN ({marks})"""
+        inner_params = [*cls_params, *src_params, *wss]
+        where: list[str] = []
+        params: list[Any] = []
+        if project:
+            where.append("project = ?")
+            params.append(project)
+        if q:
+            where.append("full_name LIKE ? ESCAPE '\\'")
+            params.append(_like(q))
+        base = " WHERE " + " AND ".join(where) if where else ""
+        counts = {
+            str(r[0] or "unclassified"): int(r[1])
+            for r in await self.db.fetchall(
+                f"SELECT cls, count(*) FROM ({inner}){base} GROUP BY cls", [*inner_params, *params]
+            )
+        }
+        if cls:
+            where.append("cls IS NULL" if cls == "unclassified" else "cls = ?")
+            params += [] if cls == "unclassified" else [cls]
+        filt = " WHERE " + " AND ".join(where) if where else ""
+        total = counts.get(cls, 0) if cls else sum(counts.values())
+        rows = await self.db.fetchall(
+            f"""SELECT v.*, p.content AS prs FROM ({inner}) v LEFT JOIN snapshots p ON p.key = v.key || ':prs'
+                {filt}
+                ORDER BY {_order(REPO_SORTS, sort, desc, "name")} LIMIT ? OFFSET ?""",
+            [*inner_params, *params, limit, offset],
+        )
+        items = [
+            {
+                "uuid": r["uuid"],
+                "full_name": r["full_name"],
+                "workspace": r["workspace"],
+                "name": r["name"],
+                "project": r["project"],
+                "mainbranch": r["mainbranch"],
+                "is_private": bool(r["is_private"]),
+                "language": r["language"],
+                "class": r["cls"],
+                "class_source": r["class_source"] if r["cls"] else None,
+                "open_pullrequests": json.loads(r["prs"]) if r["prs"] is not None else None,
+            }
+            for r in rows
+        ]
+        return Page(items, total, counts)
+
+    async def projects(self, workspaces: Sequence[str]) -> list[str]:
+        if not workspaces:
+            return []
+        marks = ",".join("?" * len(workspaces))
+        rows = await self.db.fetchall(
+            f"""SELECT DISTINCT json_extract(content, '$.project_key') FROM snapshots
+                WHERE kind = 'repo' AND content IS NOT NULL AND workspace IN ({marks}) ORDER BY 1""",
+            list(workspaces),
+        )
+        return [str(r[0]) for r in rows if r[0]]
+
+    # -- members --------------------------------------------------------------------------------
+    async def members(
+        self,
+        workspaces: Sequence[str],
+        *,
+        workspace: str | None = None,
+        link: str | None = None,
+        q: str | None = None,
+        sort: str = "name",
+        desc: bool = False,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """A page of the connected workspaces' members with the person they are linked to (by
+        account id, else by the email the offboarding test matched) or their mark; counts per
+        link state (linked, marked, unlinked, offboarded)."""
+        await self._functions()
+        wss = [w for w in workspaces if not workspace or w == workspace]
+        if not wss:
+            return Page([], 0, {})
+        marks = ",".join("?" * len(wss))
+        inner = f"""
+            WITH m AS (
+                SELECT s.workspace AS workspace,
+                       coalesce(json_extract(j.value, '$.user.account_id'), json_extract(j.value, '$.user.uuid'))
+                           AS account_id,
+                       json_extract(j.value, '$.user.display_name') AS display_name,
+                       json_extract(j.value, '$.permission') AS permission
+                FROM snapshots s, json_each(s.content) j
+                WHERE s.kind = 'members' AND s.content IS NOT NULL AND s.workspace IN ({marks})
+            ), e AS (
+                SELECT s.workspace AS workspace, l.value AS account_id, min(l.key) AS email
+                FROM snapshots s, json_each(s.content, '$.links') l
+                WHERE s.kind = 'email_links' AND s.content IS NOT NULL AND s.stale_since IS NULL
+                  AND s.workspace IN ({marks})
+                GROUP BY 1, 2
+            ), v AS (
+                SELECT m.*, coalesce(pa.id, pe.id) AS person_id,
+                       CASE WHEN pa.id IS NOT NULL THEN 'account_id' WHEN pe.id IS NOT NULL THEN 'email' END
+                           AS linked_by
+                FROM m
+                LEFT JOIN personnel pa ON pa.id = (
+                    SELECT id FROM personnel WHERE bitbucket_account_id = m.account_id ORDER BY id LIMIT 1)
+                LEFT JOIN e ON e.workspace = m.workspace AND e.account_id = m.account_id
+                LEFT JOIN personnel pe ON pe.email = e.email
+            ), w AS MATERIALIZED (
+            SELECT v.*, p.email AS p_email, p.name AS p_name, p.kind AS p_kind, p.status AS p_status,
+                   p.offboarded_on AS p_offboarded_on, p.owner AS p_owner,
+                   mk.mark AS mark, mk.owner AS mark_owner,
+                   coalesce(p.status = 'offboarded', 0) AS offboarded,
+                   CASE WHEN p.status = 'offboarded' THEN 'offboarded' WHEN p.id IS NOT NULL THEN 'linked'
+                        WHEN mk.mark IS NOT NULL THEN 'marked' ELSE 'unlinked' END AS link
+            FROM v LEFT JOIN personnel p ON p.id = v.person_id
+            LEFT JOIN member_marks mk ON mk.workspace = v.workspace AND mk.account_id = v.account_id)"""
+        inner_params: list[Any] = [*wss, *wss]
+        where: list[str] = []
+        params: list[Any] = []
+        if q:
+            where.append(
+                "(display_name LIKE ? ESCAPE '\\' OR account_id LIKE ? ESCAPE '\\' OR p_email LIKE ? ESCAPE '\\')"
+            )
+            params += [_like(q)] * 3
+        base = " WHERE " + " AND ".join(where) if where else ""
+        columns = (
+            "workspace account_id display_name permission linked_by p_email p_name p_kind p_status "
+            "p_offboarded_on p_owner mark mark_owner link"
+        ).split()
+        row_json = "json_object(" + ", ".join(f"'{c}', {c}" for c in columns) + ")"
+        # one statement: the member list is built once (MATERIALIZED), then counted and paged
+        order = _order(MEMBER_SORTS, sort, desc, "name")
+        found = await self.db.fetchall(
+            f"""{inner}, f AS (SELECT * FROM w{base})
+                SELECT 'c', link, count(*), NULL FROM f GROUP BY link
+                UNION ALL
+                SELECT 'r', NULL, pos, row FROM (
+                    SELECT {row_json} AS row, row_number() OVER (ORDER BY {order}) AS pos
+                    FROM f{" WHERE link = ?" if link else ""} ORDER BY pos LIMIT ? OFFSET ?)""",
+            [*inner_params, *params, *([link] if link else []), limit, offset],
+        )
+        counts = {str(r[1]): int(r[2]) for r in found if r[0] == "c"}
+        total = counts.get(link, 0) if link else sum(counts.values())
+        rows = [json.loads(r[3]) for r in sorted((r for r in found if r[0] == "r"), key=lambda r: int(r[2]))]
+        items = [
+            {
+                "workspace": r["workspace"],
+                "account_id": r["account_id"],
+                "display_name": r["display_name"],
+                "permission": r["permission"],
+                "linked_by": r["linked_by"],
+                "person": {
+                    "email": r["p_email"],
+                    "name": r["p_name"],
+                    "kind": r["p_kind"],
+                    "status": r["p_status"],
+                    "offboarded_on": r["p_offboarded_on"],
+                    "owner": r["p_owner"],
+                }
+                if r["p_email"]
+                else None,
+                "mark": {"kind": r["mark"], "owner": r["mark_owner"]} if r["mark"] else None,
+                "link": r["link"],
+            }
+            for r in rows
+        ]
+        return Page(items, total, counts)
+
+    # -- events ---------------------------------------------------------------------------------
+    async def events(
+        self,
+        *,
+        state: str | None = None,
+        event_key: str | None = None,
+        workspace: str | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """A page of the event log, newest first, with the count per state under the other filters."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("event_key", event_key), ("workspace", workspace)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if q:
+            where.append("(error LIKE ? ESCAPE '\\' OR caused LIKE ? ESCAPE '\\')")
+            params += [_like(q)] * 2
+        base = " WHERE " + " AND ".join(where) if where else ""
+        counts = {
+            str(r[0]): int(r[1])
+            for r in await self.db.fetchall(f"SELECT state, count(*) FROM events{base} GROUP BY state", params)
+        }
+        if state:
+            where.append("state = ?")
+            params.append(state)
+        filt = " WHERE " + " AND ".join(where) if where else ""
+        total = counts.get(state, 0) if state else sum(counts.values())
+        rows = await self.db.fetchall(
+            f"SELECT id FROM events{filt} ORDER BY id DESC LIMIT ? OFFSET ?", [*params, limit, offset]
+        )
+        return Page([{"id": int(r[0])} for r in rows], total, counts)
+
+    async def event_keys(self) -> list[str]:
+        return [str(r[0]) for r in await self.db.fetchall("SELECT DISTINCT event_key FROM events ORDER BY 1")]
+
+    async def queue(self) -> dict[str, Any]:
+        """Queue depth, the oldest queued event's time, and the dead events (operator's panel)."""
+        depth = await self.db.fetchone(
+            "SELECT count(*), min(received_at) FROM events WHERE state IN ('queued', 'running', 'failed')"
+        )
+        return {"depth": int(depth[0]) if depth else 0, "oldest": depth[1] if depth else None}
+
+    async def dead_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall(
+            "SELECT id, event_key, workspace, error, tries, received_at, finished_at FROM events "
+            "WHERE state = 'dead' ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(r) for r in rows]
+
+    async def retry_dead(self, eid: int, now: float) -> bool:
+        """Put a dead event back in the queue (operator's retry); False if it is not dead."""
+        rows = await self.db.write_returning(
+            "UPDATE events SET state = 'queued', tries = 0, next_attempt_at = 0, lease_until = NULL, "
+            "changed_at = ? WHERE id = ? AND state = 'dead' RETURNING id",
+            (now, eid),
+        )
+        return bool(rows)
+
+    async def passes(self, connection: str, workspace: str) -> dict[str, dict[str, Any]]:
+        """Per tier of ``lp:reconcile``: the last finished pass and the one queued or running."""
+        out: dict[str, dict[str, Any]] = {}
+        for tier in ("members", "full"):
+            last = await self.db.fetchone(
+                "SELECT id, state, started_at, finished_at, error, caused FROM events "
+                "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
+                "AND state IN ('done', 'dead', 'failed') AND json_extract(payload, '$.tier') = ? "
+                "ORDER BY id DESC LIMIT 1",
+                (connection, workspace, tier),
+            )
+            now = await self.db.fetchone(
+                "SELECT id, state, received_at, started_at, caused FROM events "
+                "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
+                "AND state IN ('queued', 'running') AND json_extract(payload, '$.tier') = ? "
+                "ORDER BY id LIMIT 1",
+                (connection, workspace, tier),
+            )
+            nxt = await self.db.fetchone(
+                "SELECT value FROM meta WHERE key = ?", (f"next:{tier}:{connection}:{workspace}",)
+            )
+            out[tier] = {
+                "last": dict(last) | {"caused": json.loads(last["caused"]) if last["caused"] else None}
+                if last
+                else None,
+                # a running pass's progress ({"done": n, "total": m, "waiting_until": ..., "why": ...})
+                # when the worker records it in ``caused`` while it runs; None until then
+                "current": dict(now) | {"progress": (json.loads(now["caused"]) or {}).get("progress")}
+                if now and now["caused"]
+                else (dict(now) | {"progress": None} if now else None),
+                "next_at": float(nxt[0]) if nxt else None,
+            }
+        return out
+
+    async def assessed(self, connection: str, workspace: str) -> bool:
+        """Whether a full pass of this workspace has finished (the first assessment is done)."""
+        row = await self.db.fetchone(
+            "SELECT 1 FROM events WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
+            "AND state = 'done' AND coalesce(json_extract(payload, '$.tier'), 'full') = 'full' LIMIT 1",
+            (connection, workspace),
+        )
+        return row is not None
+
+    async def first_steps(self) -> dict[str, int]:
+        """What the guided first steps look at: people imported, explicit classes and rules, 2SV evidence."""
+        row = await self.db.fetchone(
+            """SELECT (SELECT count(*) FROM personnel),
+                      (SELECT count(*) FROM repo_classes) + (SELECT count(*) FROM class_rules),
+                      (SELECT count(*) FROM evidence WHERE revoked_at IS NULL AND check_id = 'workspace-mfa-enforced'),
+                      (SELECT count(*) FROM evidence WHERE revoked_at IS NULL AND check_id = 'member-mfa-enabled'),
+                      (SELECT count(*) FROM results WHERE check_id = 'repo-classified' AND status = 'fail')"""
+        )
+        assert row is not None
+        return {
+            "people": int(row[0]),
+            "classified": int(row[1]),
+            "policy_evidence": int(row[2]),
+            "report_evidence": int(row[3]),
+            "unclassified": int(row[4]),
+        }
+
+    async def history_between(self, start: str, end: str) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall("SELECT * FROM result_history WHERE at >= ? AND at < ? ORDER BY id", (start, end))
+        return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
+
+    async def trend(self, days: int) -> list[dict[str, Any]]:
+        """Transitions into or out of failing per day (the Overview's chart), summed in SQL."""
+        rows = await self.db.fetchall(
+            """SELECT substr(at, 1, 10) AS day,
+                      sum((new_status IN ('fail', 'unknown')) - coalesce(old_status IN ('fail', 'unknown'), 0))
+               FROM result_history WHERE at >= date('now', ?) GROUP BY 1""",
+            (f"-{days} days",),
+        )
+        return [{"day": str(r[0]), "delta": int(r[1] or 0)} for r in rows]
+
+    async def people(
+        self, *, status: str | None = None, q: str | None = None, limit: int = 50, offset: int = 0
+    ) -> Page:
+        """A page of the personnel directory (offboarded first, then by name), counts per status."""
+        await self._functions()
+        where: list[str] = []
+        params: list[Any] = []
+        if q:
+            where.append(
+                "(name LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\' OR bitbucket_account_id LIKE ? ESCAPE '\\')"
+            )
+            params += [_like(q)] * 3
+        base = " WHERE " + " AND ".join(where) if where else ""
+        counts = {
+            str(r[0]): int(r[1])
+            for r in await self.db.fetchall(f"SELECT status, count(*) FROM personnel{base} GROUP BY status", params)
+        }
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        filt = " WHERE " + " AND ".join(where) if where else ""
+        total = counts.get(status, 0) if status else sum(counts.values())
+        rows = await self.db.fetchall(
+            f"SELECT * FROM personnel{filt} ORDER BY status = 'active', lp_natkey(name), email LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return Page([dict(r) for r in rows], total, counts)
+
+    async def repo_updates(self, workspace: str) -> list[str]:
+        """``updated_on`` of every listed repository of a workspace (webhook health), one query."""
+        rows = await self.db.fetchall(
+            """SELECT json_extract(s.content, '$.updated_on') FROM snapshots l, json_each(l.content) j
+               JOIN snapshots s ON s.key = 'repo:' || j.value
+               WHERE l.key = ? AND l.content IS NOT NULL AND s.content IS NOT NULL""",
+            (f"repos:{workspace}",),
+        )
+        return [str(r[0]) for r in rows if r[0]]
+
+    async def not_admin_repositories(self, workspaces: Sequence[str]) -> list[str]:
+        """Repositories whose admin-only reads were refused for want of the admin permission."""
+        if not workspaces:
+            return []
+        marks = ",".join("?" * len(workspaces))
+        rows = await self.db.fetchall(
+            f"""SELECT DISTINCT coalesce(json_extract(r.content, '$.full_name'), substr(s.key, instr(s.key, ':') + 1))
+                FROM snapshots s LEFT JOIN snapshots r ON r.key = 'repo:' || substr(s.key, instr(s.key, ':') + 1)
+                WHERE s.workspace IN ({marks}) AND (s.key LIKE 'restrictions:%' OR s.key LIKE 'pipelines:%')
+                  AND json_valid(s.content) AND json_type(s.content) = 'object'
+                  AND json_extract(s.content, '$.unreadable.reason') = 'missing_permission'
+                ORDER BY 1""",
+            list(workspaces),
+        )
+        return [str(r[0]) for r in rows]
