@@ -5,14 +5,24 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 
-def utcnow() -> datetime:
+def _wall_clock() -> datetime:
     return datetime.now(UTC)
+
+
+# The product's one reading of "now" (evaluation, expiries, record stamps). A seam for tests that
+# move time forward (tests/test_state_machine.py); nothing in the product assigns it.
+clock: Callable[[], datetime] = _wall_clock
+
+
+def utcnow() -> datetime:
+    return clock()
 
 
 def iso(dt: datetime) -> str:

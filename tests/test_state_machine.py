@@ -1,569 +1,1021 @@
-"""A differential state machine (issue "right or unknown, never wrong", deliver 2; a start).
+"""Differential state machine: the product against a reference evaluator written from checks.md.
 
-Hypothesis drives the sandbox through random user actions (restrictions added and removed with
-several kinds and patterns, Pipelines switched, repositories created, renamed and emptied, members
-added and removed) and the product through random user actions (classification, personnel imports
-with past and future offboarding dates and owner-less service accounts, workspace 2SV reports and
-member evidence (membership continuity), exceptions, faults on an
-endpoint class, the credential's `account` and `repository:admin` scopes removed and granted
-again), triggers full passes and members tiers, and compares every stored result with a reference evaluator
-written here from checks.md alone (it does not import ``app.checks``). A fault may only ever leave
-a result stale, never change it.
+Rules drive the sandbox as Bitbucket users would (branch restrictions of every kind and match
+kind added and removed, branching models of repositories and projects changed, repositories
+created, renamed, transferred in and out, emptied and pushed to; members added, removed and
+re-added; the Pipelines switch; the credential's scopes edited) and the product as its users would
+(classes and class rules, personnel imports with past and future dates, evidence with expiries,
+exceptions, the clock moved forward). Triggers (the sandbox's own webhook deliveries, the members
+tier, the full pass), optionally with a fault on one endpoint, then make the product work, and
+every stored result (status, and ``details.reason`` where checks.md names one) is compared with
+:class:`Reference`, which reads the sandbox's state and the user's records and knows nothing of
+``app.checks``.
 
-Bounded for ``make test`` (60 examples of 20 steps, about 25 s); ``STATE_MACHINE_SOAK=1`` runs
-200 examples of 30 steps (about 95 s). Not covered yet: the workspace MFA test, explicit evidence
-expiries, transfers, webhook deliveries, the clock moved forward.
+What the product cannot have seen is not compared: drift Bitbucket sends no webhook for makes a
+subject *unsynced* until the next pass that reads it. A trigger under a fault may leave a result
+as it was (stale), never change it to anything but the reference's answer; and a result whose
+needed read failed (the sandbox's request log says which) must stand as it was, marked stale.
+
+Not driven: an OAuth connection whose user is not a repository admin (``permission missing``);
+the product runs in token mode here.
+
+Bounded for ``make test`` (60 examples of at most 20 steps, under a minute); ``SOAK=1`` (or
+``STATE_MACHINE_SOAK=1``) runs the soak setting (200 examples of at most 30 steps).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
+import copy
 import os
+import re
+import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from app import record_input
-from app.evidence import record_evidence
-from app.exceptions import record_exception
-from app.main import build_services
-from app.sandbox.scenario import SRepo
-from app.sandbox.serve import running_sandbox
-from app.settings import CHECK_IDS, Settings
-from app.store import Store
-from tests.conftest import TOKEN
+import app.models
+from app.sandbox.serve import RunningSandbox, free_port, running_sandbox
+from tests.helpers import ADMIN, RunningApp, product_settings, running_app
 
-pytestmark = pytest.mark.state_machine
+pytestmark = [pytest.mark.statemachine, pytest.mark.state_machine]
 
-SOAK = os.environ.get("STATE_MACHINE_SOAK") == "1"
+SOAK = "1" in (os.environ.get("SOAK"), os.environ.get("STATE_MACHINE_SOAK"))
+EXAMPLES, STEPS = (200, 30) if SOAK else (60, 20)
+
 WS = "acme"
-KINDS = (
+OTHER = "other"
+TOKEN = "sandbox-acme-token"
+ALL_SCOPES = ["account", "repository", "repository:admin", "pullrequest", "pipeline", "webhook", "project"]
+MAX_AGE_DAYS = 90
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+ACCOUNTS = [f"acct-{i}" for i in range(1, 7)]
+NAMES = ["api", "web", "svc", "lib", "docs", "ops", "core-tools", "main-app"]
+PROJECTS = ["CORE", "WEB"]
+KINDS = [
     "force",
     "delete",
     "push",
+    "restrict_merges",
     "require_approvals_to_merge",
     "require_default_reviewer_approvals_to_merge",
     "require_review_group_approvals_to_merge",
     "require_passing_builds_to_merge",
-)
-PATTERNS = ("main", "*", "ma*", "release/*", "develop", "")
-MODELS = (
+    "enforce_merge_checks",
+    "require_tasks_to_be_completed",
+]
+VALUED = {
+    "require_approvals_to_merge",
+    "require_default_reviewer_approvals_to_merge",
+    "require_review_group_approvals_to_merge",
+    "require_passing_builds_to_merge",
+}
+PATTERNS = ["main", "*", "ma*", "*n", "m*n", "develop", "release/*", "main/*", "*-app", "Main"]
+BRANCH_TYPES = ["development", "production", "feature", "bugfix", "release", "hotfix"]
+MODELS: list[dict[str, Any] | None] = [
     None,
     {"development": {"use_mainbranch": True}},
-    {"development": {"name": "develop"}},
-    {"development": {"name": "develop"}, "production": {"use_mainbranch": True, "enabled": True}},
-    {"development": {"name": "develop"}, "production": {"name": "main", "enabled": False}},
-    {"development": {"name": "develop"}, "branch_types": [{"kind": "release", "prefix": "ma"}]},
-)
-FAULTS = {
-    "restrictions": r"/branch-restrictions",
-    "pipelines": r"/pipelines_config",
-    "members": r"/workspaces/acme/members",
-}
-PDF = b"%PDF-1.4 2SV report\n"
-MEMBER_TESTS = ("offboarded-access-removed", "member-mfa-enabled")
-REPO_TESTS = (
+    {"development": {"use_mainbranch": False, "name": "develop"}},
+    {"development": {"use_mainbranch": False, "name": "develop"}, "production": {"use_mainbranch": True}},
+    {"development": {"use_mainbranch": True}, "production": {"enabled": False, "use_mainbranch": True}},
+    {"development": {"use_mainbranch": False, "name": "main"}, "production": {"name": "develop"}},
+    {"development": {"use_mainbranch": True}, "branch_types": [{"kind": "release", "prefix": "ma"}]},
+    {"development": {"use_mainbranch": False, "name": "nope"}, "branch_types": [{"kind": "hotfix", "prefix": ""}]},
+]
+REPO_CHECKS = [
     "repo-classified",
     "merge-requires-passing-builds",
     "merge-requires-peer-review",
     "branch-protection-enforced",
     "pipelines-enabled",
-)
-BRANCH_TESTS = ("merge-requires-passing-builds", "merge-requires-peer-review", "branch-protection-enforced")
-APPROVALS = (
-    "require_approvals_to_merge",
-    "require_default_reviewer_approvals_to_merge",
-    "require_review_group_approvals_to_merge",
-)
+]
+BRANCH_CHECKS = REPO_CHECKS[1:4]
+MEMBER_CHECKS = ["member-mfa-enabled", "offboarded-access-removed"]
+FAULT_PATHS = {
+    "repositories": rf"^/repositories/{WS}/?$",
+    "repository": rf"^/repositories/{WS}/[^/]+/?$",
+    "branch-restrictions": r"/branch-restrictions",
+    "branching-model": r"branching-model",
+    "pipelines_config": r"/pipelines_config",
+    "pipelines": r"/pipelines/?$",
+    "pullrequests": r"/pullrequests",
+    "members": rf"^/workspaces/{WS}/members",
+    "permissions": rf"^/workspaces/{WS}/permissions",
+}
 
 
-# -- the reference evaluator: checks.md, read again ------------------------------------------------------
+def scenario() -> dict[str, Any]:
+    users = [{"account_id": a, "display_name": f"User {a[-1]}", "email": f"u{a[-1]}@example.com"} for a in ACCOUNTS]
+    return {
+        "users": users,
+        "workspaces": [
+            {
+                "slug": WS,
+                "projects": [{"key": k, "name": k.title()} for k in PROJECTS],
+                "members": [
+                    {"account_id": "acct-1", "permission": "owner"},
+                    {"account_id": "acct-2"},
+                    {"account_id": "acct-3"},
+                ],
+                "repositories": [
+                    {
+                        "slug": "api",
+                        "project": "CORE",
+                        "branch_restrictions": [
+                            {"kind": "force", "pattern": "main"},
+                            {"kind": "delete", "pattern": "main"},
+                            {"kind": "push", "pattern": "main"},
+                            {"kind": "require_approvals_to_merge", "pattern": "main", "value": 1},
+                        ],
+                        "pipelines": "enabled",
+                    },
+                    {"slug": "web", "project": "WEB"},
+                ],
+            },
+            {
+                "slug": OTHER,
+                "projects": [{"key": "CORE", "name": "Core"}],
+                "members": [{"account_id": "acct-1", "permission": "owner"}],
+                "repositories": [
+                    {"slug": "legacy", "project": "CORE", "branch_restrictions": [{"kind": "force", "pattern": "*"}]},
+                    {"slug": "tools", "mainbranch": None},
+                ],
+            },
+        ],
+        "credentials": [
+            {"type": "access_token", "token": TOKEN, "workspace": WS, "name": "acme", "scopes": list(ALL_SCOPES)}
+        ],
+    }
+
+
+# -- the reference evaluator (checks.md alone) ----------------------------------------------------
 def glob(pattern: str, branch: str) -> bool:
-    """``*`` matches any run of characters (``/`` included); everything else is literal."""
-    if "*" not in pattern:
-        return pattern == branch
-    parts = pattern.split("*")
-    if not branch.startswith(parts[0]) or not branch.endswith(parts[-1]):
-        return False
-    pos = len(parts[0])
-    end = len(branch) - len(parts[-1])
-    if end < pos:
-        return False
-    for middle in parts[1:-1]:
-        found = branch.find(middle, pos, end)
-        if found < 0:
-            return False
-        pos = found + len(middle)
-    return True
-
-
-DEFAULT_TYPES = [{"kind": k, "prefix": f"{k}/"} for k in ("feature", "bugfix", "release", "hotfix")]
-
-
-def in_model(repo: SRepo, branch_type: str, branch: str) -> bool:
-    """checks.md: development is the model's development branch (``use_mainbranch``: the main
-    branch); production only when enabled and it is this branch; other types by prefix. Without a
-    configured model Bitbucket applies its default (development on the main branch)."""
-    model = repo.branching_model or {}
-    if branch_type == "development":
-        dev = model.get("development", {"use_mainbranch": True})
-        return (repo.mainbranch if dev.get("use_mainbranch") else dev.get("name")) == branch
-    if branch_type == "production":
-        prod = model.get("production")
-        if not prod or not prod.get("enabled", True):
-            return False
-        return (repo.mainbranch if prod.get("use_mainbranch") else prod.get("name")) == branch
-    types = model.get("branch_types", DEFAULT_TYPES)
-    return any(t["kind"] == branch_type and t.get("prefix") and branch.startswith(t["prefix"]) for t in types)
-
-
-def covers(r: dict[str, Any], branch: str, repo: SRepo) -> bool:
-    if r.get("branch_match_kind", "glob") == "glob":
-        return glob(r.get("pattern") or "", branch)
-    return in_model(repo, r.get("branch_type") or "", branch)
-
-
-def covering(repo: SRepo, kind: str) -> list[dict[str, Any]]:
-    main = repo.mainbranch or ""
-    return [r for r in repo.restrictions if r["kind"] == kind and covers(r, main, repo)]
+    """checks.md: ``*`` matches any run of characters (``/`` included); everything else literal."""
+    return re.fullmatch(".*".join(re.escape(p) for p in pattern.split("*")), branch, re.DOTALL) is not None
 
 
 @dataclass(frozen=True)
-class Person:
+class Exp:
+    status: str
+    reason: str | None = None  # compared when set (normalised: lower case, "_"/"-" as spaces)
+
+
+ALIASES: dict[str, str] = {}
+
+
+def norm(reason: Any) -> str | None:
+    if reason is None:
+        return None
+    text = re.sub(r"[_\-]+", " ", str(reason)).strip().lower()
+    return ALIASES.get(text, text)
+
+
+@dataclass
+class PersonRec:
     email: str
-    account: str
     kind: str
     status: str
     offboarded_on: str | None
+    account: str | None
     owner: str | None
 
 
-def expected_repo(check: str, repo: SRepo, cls: str | None) -> str:
-    if check == "repo-classified":
-        return "pass" if cls else "fail"
-    if cls == "non-production" or repo.mainbranch is None:
-        return "not_applicable"
-    if check == "pipelines-enabled":
-        return "pass" if repo.pipelines == "enabled" else "fail"
-    if check == "merge-requires-passing-builds":
-        return (
-            "pass"
-            if any((r.get("value") or 0) >= 1 for r in covering(repo, "require_passing_builds_to_merge"))
-            else "fail"
+@dataclass
+class EvidenceRec:
+    check: str
+    member: str | None
+    uploaded: datetime
+    expires: datetime
+    covered: frozenset[str] | None  # a workspace-wide 2SV report: members then (continuously since)
+
+
+@dataclass
+class ExceptionRec:
+    check: str
+    subject: str  # the subject key it was resolved to
+    expires: datetime
+
+
+@dataclass
+class Records:
+    """What the user told the product, as the reference keeps it."""
+
+    classes: dict[str, str] = field(default_factory=dict)  # repo uuid -> class
+    rules: list[tuple[str, str, str]] = field(default_factory=list)  # (project|name, key or glob, class)
+    people: dict[str, PersonRec] = field(default_factory=dict)  # email -> person
+    evidence: list[EvidenceRec] = field(default_factory=list)
+    exceptions: list[ExceptionRec] = field(default_factory=list)
+
+
+def effective_model(ws: Any, repo: Any) -> dict[str, Any]:
+    """The branching model the repository applies: its own, else its project's, else the default."""
+    raw = repo.branching_model
+    if raw is None:
+        raw = ws.project_models.get(repo.project_key) if repo.project_key else None
+    return raw or {}
+
+
+def branch_types(branch: str, main: str, model: dict[str, Any]) -> set[str]:
+    out: set[str] = set()
+    dev = model.get("development", {"use_mainbranch": True})
+    if (main if dev.get("use_mainbranch") else dev.get("name")) == branch:
+        out.add("development")
+    prod = model.get("production")
+    if prod and prod.get("enabled", True) and (main if prod.get("use_mainbranch") else prod.get("name")) == branch:
+        out.add("production")
+    types = model.get(
+        "branch_types",
+        [{"kind": k, "prefix": f"{k}/"} for k in ("feature", "bugfix", "release", "hotfix")],
+    )
+    for t in types:
+        if branch.startswith(t["prefix"]):
+            out.add(t["kind"])
+    return out
+
+
+def covering(ws: Any, repo: Any, *kinds: str) -> list[dict[str, Any]]:
+    main = repo.mainbranch
+    model = effective_model(ws, repo)
+    out = []
+    for r in repo.restrictions:
+        if r["kind"] not in kinds:
+            continue
+        if r["branch_match_kind"] == "glob":
+            hit = glob(r.get("pattern") or "", main)
+        else:
+            hit = r.get("branch_type") in branch_types(main, main, model)
+        if hit:
+            out.append(r)
+    return out
+
+
+@dataclass
+class Reference:
+    """checks.md's eight tests over the sandbox's state and the user's records."""
+
+    min_approvals: int
+    strict: bool
+
+    def classify(self, rec: Records, repo: Any) -> str | None:
+        if repo.uuid in rec.classes:
+            return rec.classes[repo.uuid]
+        for what, key, cls in rec.rules:
+            if what == "project" and repo.project_key == key:
+                return cls
+            if what == "name" and (glob(key, repo.slug) or glob(key, repo.name)):
+                return cls
+        return None
+
+    def repo_results(self, ws: Any, repo: Any, rec: Records, scopes: set[str]) -> dict[str, Exp]:
+        out: dict[str, Exp] = {}
+        cls = self.classify(rec, repo)
+        out["repo-classified"] = Exp("pass" if cls else "fail")
+        if cls == "non-production":
+            return out | {c: Exp("not_applicable") for c in REPO_CHECKS[1:]}
+        if repo.mainbranch is None:
+            return out | {c: Exp("not_applicable") for c in REPO_CHECKS[1:]}
+        if "repository:admin" not in scopes:
+            return out | {c: Exp("unknown", "scope missing") for c in REPO_CHECKS[1:]}
+        builds = [r for r in covering(ws, repo, "require_passing_builds_to_merge") if (r["value"] or 0) >= 1]
+        enforced = bool(covering(ws, repo, "enforce_merge_checks"))
+        out["merge-requires-passing-builds"] = Exp("pass" if builds and (enforced or not self.strict) else "fail")
+        review = covering(
+            ws,
+            repo,
+            "require_approvals_to_merge",
+            "require_default_reviewer_approvals_to_merge",
+            "require_review_group_approvals_to_merge",
         )
-    if check == "merge-requires-peer-review":
-        best = max(((r.get("value") or 0) for k in APPROVALS for r in covering(repo, k)), default=0)
-        return "pass" if best >= 1 else "fail"
-    assert check == "branch-protection-enforced"
-    return "pass" if all(covering(repo, k) for k in ("force", "delete", "push")) else "fail"
+        best = max((r["value"] or 0 for r in review), default=0)
+        # "As above": the same enforcement rule as passing builds applies in strict mode.
+        ok = review and best >= self.min_approvals and (enforced or not self.strict)
+        out["merge-requires-peer-review"] = Exp("pass" if ok else "fail")
+        have = {r["kind"] for r in covering(ws, repo, "force", "delete", "push")}
+        out["branch-protection-enforced"] = Exp("pass" if have == {"force", "delete", "push"} else "fail")
+        out["pipelines-enabled"] = Exp("pass" if repo.pipelines == "enabled" else "fail")
+        return out
+
+    def member_results(
+        self, account: str, email: str, rec: Records, now: datetime, since: dict[str, datetime]
+    ) -> dict[str, Exp]:
+        out: dict[str, Exp] = {}
+        mine = [e for e in rec.evidence if e.check == "member-mfa-enabled" and e.member == account]
+        reports = [
+            e
+            for e in rec.evidence
+            if e.check == "member-mfa-enabled"
+            and e.member is None
+            and e.covered is not None
+            and account in e.covered
+            and since.get(account, now) <= e.uploaded
+        ]
+        evidence = mine + reports
+        if any(e.expires > now for e in evidence):
+            out["member-mfa-enabled"] = Exp("pass")
+        else:
+            out["member-mfa-enabled"] = Exp("fail", "evidence expired" if evidence else "evidence missing")
+        person = next((p for p in rec.people.values() if p.account == account), None)
+        if person is None:
+            person = rec.people.get(email)
+        today = now.date().isoformat()
+        if person is None:
+            out["offboarded-access-removed"] = Exp("unknown", "not linked")
+        elif person.status == "offboarded" and (person.offboarded_on is None or person.offboarded_on <= today):
+            out["offboarded-access-removed"] = Exp("fail")
+        elif person.status == "offboarded":
+            # Ahead: pass. checks.md also asks an owner of a service-account / external entry; for
+            # one whose offboarding is scheduled it is ambiguous, and the product lets the date decide.
+            out["offboarded-access-removed"] = Exp("pass")
+        elif person.kind in ("service-account", "external") and not person.owner:
+            out["offboarded-access-removed"] = Exp("unknown", "owner missing")
+        else:
+            out["offboarded-access-removed"] = Exp("pass")
+        return out
+
+    def workspace_result(self, rec: Records, now: datetime) -> Exp:
+        evidence = [e for e in rec.evidence if e.check == "workspace-mfa-enforced"]
+        if any(e.expires > now for e in evidence):
+            return Exp("pass")
+        return Exp("fail", "evidence expired" if evidence else "evidence missing")
+
+    def evaluate(self, sb: Any, rec: Records, now: datetime, since: dict[str, datetime]) -> dict[tuple[str, str], Exp]:
+        ws = sb.state.workspaces[WS]
+        cred = next(c for c in sb.state.credentials if c.token == TOKEN)
+        scopes = set(cred.scopes)
+        out: dict[tuple[str, str], Exp] = {}
+        for repo in ws.repos.values():
+            for check, exp in self.repo_results(ws, repo, rec, scopes).items():
+                out[(check, repo.uuid)] = exp
+        if "account" in scopes:
+            for account in ws.members:
+                email = sb.state.users[account].email.lower()
+                for check, exp in self.member_results(account, email, rec, now, since).items():
+                    out[(check, account)] = exp
+        out[("workspace-mfa-enforced", WS)] = self.workspace_result(rec, now)
+        for key, exp in list(out.items()):
+            if exp.status == "fail" and any(
+                x.check == key[0] and x.subject == key[1] and x.expires > now for x in rec.exceptions
+            ):
+                out[key] = Exp("excepted")
+        return out
 
 
-def expected_member(account: str, people: dict[str, Person], today: date) -> tuple[str, str | None]:
-    p = people.get(account)
-    if p is None:
-        return "unknown", "not_linked"
-    if p.status == "offboarded":
-        if p.offboarded_on is not None and p.offboarded_on > today.isoformat():
-            return "pass", None
-        return "fail", None
-    if p.kind in ("service-account", "external") and not p.owner:
-        return "unknown", "owner_missing"
-    return "pass", None
+def through(day: date) -> datetime:
+    """checks.md: a date given as an expiry means valid through it: it ends at 00:00 UTC the day after."""
+    nxt = day + timedelta(days=1)
+    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=UTC)
 
 
-# -- the machine ----------------------------------------------------------------------------------------------
-class ProductAgainstReference(RuleBasedStateMachine):
+# -- the machine -----------------------------------------------------------------------------------
+PICK = st.integers(0, 29)  # which of the candidates a rule acts on (plain ints: shrunk steps read as code)
+
+
+def nth(items: Any, pick: int) -> Any:
+    items = list(items)
+    return items[pick % len(items)]
+
+
+STATUSES = st.sampled_from([500, 503, 429])
+# A fault in about one trigger of four (a webhook's trigger: on the per-repository reads it makes).
+faults = st.one_of(st.none(), st.none(), st.none(), st.tuples(st.sampled_from(sorted(FAULT_PATHS)), STATUSES))
+REPO_READS = ["repository", "branch-restrictions", "branching-model", "pipelines_config", "pipelines", "pullrequests"]
+repo_faults = st.one_of(st.none(), st.none(), st.tuples(st.sampled_from(REPO_READS), STATUSES))
+
+
+class ProductVsReference(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
+        self.runner = asyncio.Runner()
         self.stack = contextlib.AsyncExitStack()
-        self.tmp = tempfile.TemporaryDirectory()
-        self.sandbox = self.run(self.stack.enter_async_context(running_sandbox()))
-        self.session = self.run(self._session())
-        env = {
-            "LP_DATABASE": str(Path(self.tmp.name) / "lp.sqlite3"),
-            "LP_BITBUCKET_API_URL": self.sandbox.api,
-            "LP_BITBUCKET_TOKEN": TOKEN,
-            "LP_WORKSPACES": WS,
-            "LP_CHECKS_ENABLED": "pipelines-enabled",
-        }
-        self.settings = Settings.from_env(env, env_file=None)
-        self.classes: dict[str, str] = {}  # repo uuid -> class
-        self.people: dict[str, Person] = {}  # account id -> person
-        self.exceptions: set[tuple[str, str]] = set()  # (check, repo uuid)
-        self.fault: str | None = None
-        self.faulted_last_pass: str | None = None
-        self.previous: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-        self.counter = 0
-        self.pass_no = 0
-        self.since: dict[str, int] = {}  # account -> the pass that first saw its current membership
-        self.listed: set[str] | None = None  # the member list the product holds
-        self.reports: list[tuple[int, set[str]]] = []  # (uploaded after pass n, members listed then)
-        self.member_evidence: set[str] = set()
-        self.full_pass()
+        self.tmp = Path(tempfile.mkdtemp(prefix="lp-sm-"))
+        self.rec = Records()
+        # Noon today, and a second more at every trigger: time moves on (never across midnight by
+        # itself), so "before" and "after" are never the same instant.
+        self.now = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+        self.since: dict[str, datetime] = {}  # member -> when the product first saw this membership
+        self.unsynced_repos: set[str] = set()  # repositories with drift the product has not read
+        self.members_unsynced = False
+        self.all_unsynced = False  # a faulted trigger or the clock moved: only a full pass compares
+        self.started = False
+        self.seen: set[str] = set()  # subject keys the product has had results for
+        self.log: list[str] = []
 
-    # plumbing
-    async def _session(self) -> aiohttp.ClientSession:
-        return await self.stack.enter_async_context(aiohttp.ClientSession())
-
-    def run(self, aw: Any) -> Any:
-        return self.loop.run_until_complete(aw)
+    # -- plumbing ------------------------------------------------------------------------------
+    def run(self, coro: Any) -> Any:
+        return self.runner.run(coro)
 
     def teardown(self) -> None:
-        self.run(self.stack.aclose())
-        self.loop.close()
-        self.tmp.cleanup()
+        try:
+            if self.started:
+                self.run(self.stack.aclose())
+        finally:
+            app.models.clock = app.models._wall_clock
+            self.runner.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @property
+    def sb(self) -> Any:
+        return self.sandbox.sandbox
 
     @property
     def ws(self) -> Any:
-        return self.sandbox.sandbox.state.workspaces[WS]
+        return self.sb.state.workspaces[WS]
 
-    def act(self, path: str, body: dict[str, Any]) -> None:
-        async def post() -> None:
-            async with self.session.post(f"{self.sandbox.url}/_sandbox/{path}", json=body) as resp:
-                assert resp.status == 200, await resp.text()
-
-        self.run(post())
-
-    def with_store(self, fn: Any) -> Any:
-        async def go() -> Any:
-            store = await Store.open(self.settings.database)
-            try:
-                return await fn(store)
-            finally:
-                await store.close()
-
-        return self.run(go())
-
-    def full_pass(self, tier: str = "full") -> None:
-        self.pass_no += 1
-        faults = self.sandbox.sandbox.faults
-        faults.force_status = {FAULTS[self.fault]: 503} if self.fault else {}
-
-        async def go() -> None:
-            services = await build_services(
-                self.settings, self.session, max_attempts=1, backoff_initial=0.0, backoff_max=0.0
-            )
-            try:
-                await services.service.ensure_token_connection()
-                [eid] = await services.service.internal_event("lp:reconcile", {"workspace": WS, "tier": tier})
-                await services.worker.drain()
-                row = await services.service.store.events.get(eid)
-                assert row is not None and row.state == "done", (row.state if row else None, row and row.error)
-            finally:
-                await services.service.store.close()
-
-        try:
-            self.run(go())
-        finally:
-            faults.force_status = {}
-        self.faulted_last_pass = self.fault
-        self.fault = None
-        [cred] = [c for c in self.sandbox.sandbox.state.credentials if c.token == TOKEN]
-        if self.faulted_last_pass != "members":
-            if "account" in cred.scopes:  # the product read the list: memberships begin or end
-                current = set(self.ws.members)
-                self.since = {a: self.since.get(a, self.pass_no) for a in current}
-                self.listed = current
-            else:
-                self.listed = None  # the stored list is a scope marker: no 2SV report can be recorded
-        self.compare(tier)
-
-    # sandbox actions
-    def repos(self) -> list[SRepo]:
+    def repos(self) -> list[Any]:
         return sorted(self.ws.repos.values(), key=lambda r: r.slug)
 
-    @rule(
-        data=st.data(),
-        kind=st.sampled_from(KINDS),
-        pattern=st.sampled_from(PATTERNS),
-        value=st.integers(0, 2),
-        branch_type=st.sampled_from((None, "development", "production", "release")),
-    )
-    def add_restriction(
-        self, data: st.DataObject, kind: str, pattern: str, value: int, branch_type: str | None
-    ) -> None:
-        repo = data.draw(st.sampled_from(self.repos()))
-        body: dict[str, Any] = {"kind": kind, "pattern": pattern}
-        if branch_type is not None:
-            body = {"kind": kind, "branch_match_kind": "branching_model", "branch_type": branch_type}
-        if kind.startswith("require_"):
-            body["value"] = value
-        self.act(f"repos/{WS}/{repo.slug}/add-restriction", body)
+    async def act(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        async with self.session.post(f"{self.sandbox.url}/_sandbox/{path}", json=body or {}) as resp:
+            assert resp.status == 200, await resp.text()
+            data: dict[str, Any] = await resp.json()
+            return data
 
-    @precondition(lambda self: any(r.restrictions for r in self.ws.repos.values()))
-    @rule(data=st.data())
-    def remove_restriction(self, data: st.DataObject) -> None:
-        repo = data.draw(st.sampled_from([r for r in self.repos() if r.restrictions]))
-        rid = data.draw(st.sampled_from([r["id"] for r in repo.restrictions]))
-        self.act(f"repos/{WS}/{repo.slug}/remove-restriction", {"id": rid})
+    async def api(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {ADMIN}"} | kw.pop("headers", {})
+        async with self.session.request(method, f"{self.product.url}{path}", headers=headers, **kw) as resp:
+            body = await resp.json(content_type=None) if resp.content_type == "application/json" else await resp.text()
+            return resp.status, body
 
-    @rule(data=st.data(), model=st.sampled_from(MODELS))
-    def set_branching_model(self, data: st.DataObject, model: dict[str, Any] | None) -> None:
-        repo = data.draw(st.sampled_from(self.repos()))
-        self.act(f"repos/{WS}/{repo.slug}/set-branching-model", {"model": model})
+    def note(self, line: str) -> None:
+        self.log.append(line)
 
-    @rule(data=st.data(), enabled=st.booleans())
-    def switch_pipelines(self, data: st.DataObject, enabled: bool) -> None:
-        repo = data.draw(st.sampled_from(self.repos()))
-        self.act(f"repos/{WS}/{repo.slug}/set-pipelines", {"enabled": enabled})
+    @initialize(min_approvals=st.integers(1, 2), strict=st.booleans())
+    def start(self, min_approvals: int, strict: bool) -> None:
+        self.ref = Reference(min_approvals, strict)
+        app.models.clock = lambda: self.now
 
-    @rule(empty=st.booleans())
-    def create_repository(self, empty: bool) -> None:
-        self.counter += 1
-        body: dict[str, Any] = {"slug": f"new-{self.counter}"}
-        if empty:
-            body["mainbranch"] = None
-        self.act(f"workspaces/{WS}/create-repo", body)
+        async def up() -> None:
+            self.session = await self.stack.enter_async_context(aiohttp.ClientSession())
+            self.sandbox: RunningSandbox = await self.stack.enter_async_context(running_sandbox(scenario()))
+            port = free_port()
+            settings_ = product_settings(
+                self.sandbox.api,
+                self.tmp,
+                port,
+                LP_CHECKS_ENABLED="pipelines-enabled",
+                LP_MIN_APPROVALS=str(min_approvals),
+                LP_STRICT_MERGE_CHECKS=str(strict).lower(),
+                LP_EVIDENCE_MAX_AGE_DAYS=str(MAX_AGE_DAYS),
+            )
 
-    @rule(data=st.data())
-    def rename_repository(self, data: st.DataObject) -> None:
-        repo = data.draw(st.sampled_from(self.repos()))
-        self.counter += 1
-        self.act(f"repos/{WS}/{repo.slug}/update", {"name": f"renamed-{self.counter}"})
+            async def no_sleep(_: float) -> None:
+                return None
 
-    @precondition(lambda self: len(self.ws.repos) > 1)
-    @rule(data=st.data())
-    def delete_repository(self, data: st.DataObject) -> None:
-        repo = data.draw(st.sampled_from(self.repos()))
-        self.act(f"repos/{WS}/{repo.slug}/delete-repo", {})
+            self.product: RunningApp = await self.stack.enter_async_context(
+                running_app(settings_, port, self.session, background=False, sleep=no_sleep, max_attempts=2)
+            )
+            self.product.services.worker.coalesce_window = 0.0
 
-    @rule(data=st.data())
-    def toggle_member(self, data: st.DataObject) -> None:
-        users = sorted(self.sandbox.sandbox.state.users)
-        account = data.draw(st.sampled_from(users))
-        if account in self.ws.members and len(self.ws.members) > 1:
-            self.act(f"workspaces/{WS}/remove-member", {"account_id": account})
-        elif account not in self.ws.members:
-            self.act(f"workspaces/{WS}/add-member", {"account_id": account})
+        self.run(up())
+        self.started = True
+        self.trigger_full(None)
 
-    # product actions
-    @rule(data=st.data(), cls=st.sampled_from(("production", "non-production")))
-    def classify(self, data: st.DataObject, cls: str) -> None:
-        repo = data.draw(st.sampled_from(self.repos()))
+    # -- triggers --------------------------------------------------------------------------------
+    async def drain(self) -> None:
+        await self.product.services.worker.drain()
 
-        async def go(store: Store) -> bool:
-            snap = await store.snapshots.get(f"repo:{repo.uuid}")
-            if snap is None:
-                return False  # not seen by the product yet: the CLI would refuse it
-            await store.records.set_class(repo.uuid, WS, f"{WS}/{repo.slug}", cls, "test", "2026-01-01T00:00:00Z")
-            return True
+    def fault(self, fault: tuple[str, int] | None) -> None:
+        self.sb.faults.force_status = {FAULT_PATHS[fault[0]]: fault[1]} if fault else {}
 
-        if self.with_store(go):
-            self.classes[repo.uuid] = cls
+    def triggered(self, kind: str, fault: tuple[str, int] | None, before: dict[Any, Any], seq: int) -> None:
+        """After a trigger: record what the product saw, clear the fault, compare."""
+        self.sb.faults.force_status = {}
+        if self._members_read(seq):
+            self._observe_members()
+        self.compare(kind, fault is not None, before, seq)
+        if fault is not None:
+            self.all_unsynced = True
+        elif kind == "full":
+            self.all_unsynced = False
+            self.unsynced_repos.clear()
+            self.members_unsynced = False
+        elif kind == "members":
+            self.members_unsynced = False
 
-    @rule(
-        data=st.data(),
-        kind=st.sampled_from(("employee", "contractor", "service-account", "external")),
-        status=st.sampled_from(("active", "offboarded")),
-        days=st.sampled_from((None, -30, 0, 30)),
-        owner=st.sampled_from((None, "platform")),
-    )
-    def import_person(self, data: st.DataObject, kind: str, status: str, days: int | None, owner: str | None) -> None:
-        account = data.draw(st.sampled_from(sorted(self.sandbox.sandbox.state.users)))
-        user = self.sandbox.sandbox.state.users[account]
-        today = datetime.now(UTC).date()
-        on = (today + timedelta(days=days)).isoformat() if days is not None else None
-        row = f"{user.email},{account},{kind},{status},{on or ''},{account},{owner or ''}\n"
-        text = "email,name,kind,status,offboarded_on,bitbucket_account_id,owner\n" + row
-        try:
-            people = record_input.parse_personnel(text.encode(), "people.csv")
-        except record_input.RecordError:
-            assert status == "active" and on is not None  # refused: offboarded_on without status=offboarded
+    def _members_read(self, seq: int) -> bool:
+        """Whether the product read the member list in the requests after ``seq`` (the sandbox's log)."""
+        members = [
+            r for r in self.sb.requests[seq:] if r["path"] == f"/2.0/workspaces/{WS}/members" and "q=" not in r["query"]
+        ]
+        roles = [r for r in self.sb.requests[seq:] if r["path"] == f"/2.0/workspaces/{WS}/permissions"]
+        return bool(members) and all(r["status"] == 200 for r in members) and all(r["status"] < 500 for r in roles)
+
+    def scopes(self) -> set[str]:
+        return set(next(c for c in self.sb.state.credentials if c.token == TOKEN).scopes)
+
+    def _observe_members(self) -> None:
+        if "account" not in self.scopes():
             return
-        self.with_store(lambda store: store.records.import_people(people, "test", "2026-01-01T00:00:00Z"))
-        previous = self.people.get(account)
-        self.people[account] = Person(
-            user.email.lower(), account, kind, status, on, owner or (previous.owner if previous else None)
+        current = set(self.ws.members)
+        self.since = {a: self.since.get(a, self.now) for a in current}
+
+    def snapshot(self) -> tuple[dict[Any, Any], int]:
+        self.now += timedelta(seconds=1)
+        return self.run(self.product.services.service.store.results.load(WS)), len(self.sb.requests)
+
+    def comparable(self, key: tuple[str, str], kind: str) -> bool:
+        """Whether the product has read everything the reference answers ``key`` from."""
+        check, subject = key
+        if kind == "full":
+            return True
+        if check in MEMBER_CHECKS:
+            return kind == "members" or not (self.members_unsynced or self.all_unsynced)
+        if kind == "members" or self.all_unsynced:
+            return False
+        return check == "workspace-mfa-enforced" or subject not in self.unsynced_repos
+
+    def compare(self, kind: str, faulted: bool, before: dict[Any, Any], seq: int = 0) -> None:
+        stored = self.run(self.product.services.service.store.results.load(WS))
+        self.seen |= {k[1] for k in stored}
+        expected = self.ref.evaluate(self.sb, self.rec, self.now, self.since)
+        if "account" not in self.scopes():
+            # No member list: checks.md says the member tests are unknown naming the scope; which
+            # subjects they are reported for is the product's choice (those it knew).
+            for key in stored:
+                if key[0] in MEMBER_CHECKS:
+                    expected[key] = Exp("unknown", "scope missing")
+        unread = self.unread(seq) if faulted else set()
+        for key in sorted(set(before) | set(stored)):
+            prev, got = before.get(key), stored.get(key)
+            # The branching model is needed only if the restrictions the product holds use it.
+            missed = self.needs(key, model=self.comparable(key, kind)) & unread
+            if prev is not None and got is not None and missed:
+                # A resource this result needs could not be read: it stands as it was, marked stale.
+                assert self.show(got) == self.show(prev) and got.stale_since is not None, (
+                    f"{key} after {kind}: {sorted(missed)} unread, yet {self.show(prev)} became "
+                    f"{self.show(got)} (stale since {got.stale_since})\n" + self.story()
+                )
+        for key in sorted(set(expected) | set(stored)):
+            if not self.comparable(key, kind):
+                continue
+            check, subject = key
+            exp, got = expected.get(key), stored.get(key)
+            where = f"{check} {subject} after {kind}{' (fault)' if faulted else ''}"
+            if (exp is None and got is None) or (exp is not None and got is not None and self.matches(got, exp)):
+                if not faulted and got is not None:
+                    assert got.stale_since is None, f"{where}: stale without a fault\n" + self.story()
+                continue
+            if not faulted:
+                raise AssertionError(
+                    f"{where}: product {self.show(got)}, reference {exp}"
+                    + (f": {got.result.message}" if got else "")
+                    + "\n"
+                    + self.story()
+                )
+            # Under a fault: the result as it was (marked stale), or unknown when there was none.
+            prev = before.get(key)
+            if prev is None:
+                assert got is None or (
+                    got.result.status == "unknown"
+                    and (norm(got.result.details.get("reason")) or "").startswith("fetch failed")
+                ), f"{where}: {self.show(got)} from a failed fetch (expected {exp})\n" + self.story()
+                continue
+            assert got is not None, f"{where}: a fault removed {self.show(prev)}\n" + self.story()
+            assert (got.result.status, got.result.details.get("reason")) == (
+                prev.result.status,
+                prev.result.details.get("reason"),
+            ), f"{where}: a fault changed {self.show(prev)} to {self.show(got)} (expected {exp})\n" + self.story()
+            assert got.stale_since is not None, f"{where}: kept but not marked stale\n" + self.story()
+
+    def unread(self, seq: int) -> set[tuple[str, str]]:
+        """The resources whose reads failed since ``seq`` (the sandbox's request log): (what, repo uuid)."""
+        out: set[tuple[str, str]] = set()
+        by_ref = {r.uuid: r.uuid for r in self.ws.repos.values()} | {r.slug: r.uuid for r in self.ws.repos.values()}
+        for r in self.sb.requests[seq:]:
+            if r["status"] < 429 or r["method"] != "GET":
+                continue
+            path = unquote(r["path"]).removeprefix("/2.0")
+            if path.rstrip("/") == f"/repositories/{WS}":
+                out.add(("list", "*"))
+            elif path.startswith(f"/workspaces/{WS}/members") and "q=" not in r["query"]:
+                out.add(("members", "*"))
+            elif m := re.fullmatch(rf"/repositories/{WS}/([^/]+)(/[^/]+)?/?", path):
+                what = {None: "meta", "/branch-restrictions": "restrictions", "/pipelines_config": "pipelines"}
+                what |= {"/effective-branching-model": "model", "/branching-model": "model"}
+                if m.group(2) in what and m.group(1) in by_ref:
+                    out.add((what[m.group(2)], by_ref[m.group(1)]))
+        return out
+
+    def needs(self, key: tuple[str, str], model: bool = True) -> set[tuple[str, str]]:
+        """The resources the product must have read to decide ``key`` (checks.md: only data read decides)."""
+        check, subject = key
+        if check in MEMBER_CHECKS:
+            return {("members", "*")} if "account" in self.scopes() else set()
+        repo = next((r for r in self.ws.repos.values() if r.uuid == subject), None)
+        if repo is None or check not in REPO_CHECKS:
+            return set()
+        out = {("list", "*"), ("meta", subject)}
+        if check == "repo-classified" or self.ref.classify(self.rec, repo) == "non-production":
+            return out
+        if repo.mainbranch is None or "repository:admin" not in self.scopes():
+            return out
+        if check == "pipelines-enabled":
+            return out | {("pipelines", subject)}
+        out.add(("restrictions", subject))
+        if model and any(r["branch_match_kind"] == "branching_model" for r in repo.restrictions):
+            out.add(("model", subject))
+        return out
+
+    @staticmethod
+    def show(got: Any) -> str:
+        return "nothing" if got is None else f"{got.result.status}/{got.result.details.get('reason')}"
+
+    @staticmethod
+    def matches(got: Any, exp: Exp) -> bool:
+        if got.result.status != exp.status:
+            return False
+        return exp.reason is None or norm(got.result.details.get("reason")) == exp.reason
+
+    def same(self, got: Any, exp: Exp, where: str) -> None:
+        assert self.matches(got, exp), (
+            f"{where}: product {self.show(got)}, reference {exp.status}/{exp.reason}: {got.result.message}\n"
+            + self.story()
         )
 
-    @rule(data=st.data(), check=st.sampled_from(REPO_TESTS))
-    def grant_exception(self, data: st.DataObject, check: str) -> None:
-        repo = data.draw(st.sampled_from(self.repos()))
-        through = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()
+    def story(self) -> str:
+        return "steps:\n  " + "\n  ".join(self.log)
 
-        async def go(store: Store) -> bool:
-            try:
-                await record_exception(
-                    store,
-                    check=check,
-                    subject=repo.uuid,
-                    owner="cto",
-                    reason="accepted",
-                    expires=through,
-                    actor="test",
-                    known_checks=CHECK_IDS,
-                )
-            except record_input.RecordError:
-                return False  # a repository the product has not seen yet
-            return True
+    @rule(fault=faults)
+    def trigger_full(self, fault: tuple[str, int] | None) -> None:
+        self.note(f"full pass{f' with {fault}' if fault else ''}")
+        before, seq = self.snapshot()
+        self.fault(fault)
+        self.run(self.product.services.service.internal_event("lp:reconcile", {"workspace": WS, "tier": "full"}))
+        self.run(self.drain())
+        self.triggered("full", fault, before, seq)
 
-        if self.with_store(go):
-            self.exceptions.add((check, repo.uuid))
+    @rule(fault=faults)
+    def trigger_members(self, fault: tuple[str, int] | None) -> None:
+        self.note(f"members tier{f' with {fault}' if fault else ''}")
+        before, seq = self.snapshot()
+        self.fault(fault)
+        self.run(self.product.services.service.internal_event("lp:reconcile", {"workspace": WS, "tier": "members"}))
+        self.run(self.drain())
+        self.triggered("members", fault, before, seq)
 
-    @rule()
-    def upload_2sv_report(self) -> None:
-        async def go(store: Store) -> bool:
-            try:
-                await record_evidence(
-                    store,
-                    io.BytesIO(PDF),
-                    check="member-mfa-enabled",
-                    workspace=WS,
-                    member=None,
-                    filename="2sv.pdf",
-                    uploaded_by="test",
-                    expires=None,
-                    max_age_days=90,
-                )
-            except record_input.RecordError:
-                return False
-            return True
+    def webhook(self, path: str, body: dict[str, Any], fault: tuple[str, int] | None) -> dict[str, Any]:
+        """A sandbox action whose webhooks the product receives, then processes."""
+        before, seq = self.snapshot()
+        self.fault(fault)
+        out = self.run(self.act(path, body))
+        self.run(self.drain())
+        self.triggered("webhook", fault, before, seq)
+        return out
 
-        if self.with_store(go):
-            assert self.listed is not None
-            self.reports.append((self.pass_no, set(self.listed)))
+    def product_action(self) -> None:
+        before, seq = self.snapshot()
+        self.run(self.drain())
+        self.triggered("action", None, before, seq)
+
+    # -- the sandbox: Bitbucket users at work ------------------------------------------------------
+    @precondition(lambda self: bool(self.ws.repos))
+    @rule(
+        pick=PICK,
+        kind=st.sampled_from(KINDS),
+        by_model=st.booleans(),
+        pattern=st.sampled_from(PATTERNS),
+        branch_type=st.sampled_from(BRANCH_TYPES),
+        value=st.integers(0, 3),
+    )
+    def add_restriction(self, pick: int, kind: str, by_model: bool, pattern: str, branch_type: str, value: int) -> None:
+        repo = nth(self.repos(), pick)
+        body: dict[str, Any] = {"kind": kind, "value": value if kind in VALUED else None}
+        body |= (
+            {"branch_match_kind": "branching_model", "branch_type": branch_type} if by_model else {"pattern": pattern}
+        )
+        self.note(f"add restriction {body} to {repo.slug}")
+        self.run(self.act(f"repos/{WS}/{repo.slug}/add-restriction", body))
+        self.unsynced_repos.add(repo.uuid)
+
+    @precondition(lambda self: any(r.restrictions for r in self.ws.repos.values()))
+    @rule(pick=PICK)
+    def remove_restriction(self, pick: int) -> None:
+        repo = nth([r for r in self.repos() if r.restrictions], pick)
+        r = nth(repo.restrictions, pick // 7)
+        self.note(f"remove restriction {r['kind']} #{r['id']} from {repo.slug}")
+        self.run(self.act(f"repos/{WS}/{repo.slug}/remove-restriction", {"id": r["id"]}))
+        self.unsynced_repos.add(repo.uuid)
+
+    @precondition(lambda self: bool(self.ws.repos))
+    @rule(pick=PICK, model=st.sampled_from(range(len(MODELS))))
+    def set_branching_model(self, pick: int, model: int) -> None:
+        repo = nth(self.repos(), pick)
+        self.note(f"branching model of {repo.slug}: {MODELS[model]}")
+        self.run(self.act(f"repos/{WS}/{repo.slug}/set-branching-model", {"model": copy.deepcopy(MODELS[model])}))
+        self.unsynced_repos.add(repo.uuid)
+
+    @rule(project=st.sampled_from(PROJECTS), model=st.sampled_from(range(len(MODELS))))
+    def set_project_model(self, project: str, model: int) -> None:
+        self.note(f"branching model of project {project}: {MODELS[model]}")
+        self.run(self.act(f"workspaces/{WS}/set-project-branching-model", {"key": project, "model": MODELS[model]}))
+        self.unsynced_repos |= {r.uuid for r in self.ws.repos.values() if r.project_key == project}
+
+    @precondition(lambda self: bool(self.ws.repos))
+    @rule(pick=PICK, enabled=st.booleans())
+    def switch_pipelines(self, pick: int, enabled: bool) -> None:
+        repo = nth(self.repos(), pick)
+        self.note(f"Pipelines of {repo.slug} {'on' if enabled else 'off'}")
+        self.run(self.act(f"repos/{WS}/{repo.slug}/set-pipelines", {"enabled": enabled}))
+        self.unsynced_repos.add(repo.uuid)
+
+    @precondition(lambda self: len(self.ws.repos) < 6)
+    @rule(
+        name=st.sampled_from(NAMES),
+        project=st.sampled_from([*PROJECTS, None]),
+        empty=st.booleans(),
+        fault=repo_faults,
+    )
+    def create_repo(self, name: str, project: str | None, empty: bool, fault: tuple[str, int] | None) -> None:
+        if name in self.ws.repos:
+            return
+        self.note(
+            f"create {'empty ' if empty else ''}repository {name} in {project}{f' with {fault}' if fault else ''}"
+        )
+        body: dict[str, Any] = {"slug": name, "project": project}
+        if empty:
+            body["mainbranch"] = None
+        self.webhook(f"workspaces/{WS}/create-repo", body, fault)
+
+    @precondition(lambda self: bool(self.ws.repos))
+    @rule(pick=PICK, name=st.sampled_from(NAMES), fault=repo_faults)
+    def rename_repo(self, pick: int, name: str, fault: tuple[str, int] | None) -> None:
+        repo = nth(self.repos(), pick)
+        if name in self.ws.repos:
+            return
+        self.note(f"rename {repo.slug} to {name}{f' with {fault}' if fault else ''}")
+        self.webhook(f"repos/{WS}/{repo.slug}/update", {"name": name}, fault)
+
+    @precondition(lambda self: bool(self.ws.repos))
+    @rule(pick=PICK, fault=repo_faults)
+    def transfer_out(self, pick: int, fault: tuple[str, int] | None) -> None:
+        repo = nth(self.repos(), pick)
+        if repo.slug in self.sb.state.workspaces[OTHER].repos:
+            return
+        self.note(f"transfer {repo.slug} to {OTHER}")
+        self.unsynced_repos.add(repo.uuid)  # the product hears of it, but reads it again only in a pass
+        self.webhook(f"repos/{WS}/{repo.slug}/transfer", {"to": OTHER}, fault)
+
+    @precondition(lambda self: bool(self.sb.state.workspaces[OTHER].repos))
+    @rule(pick=PICK, fault=repo_faults)
+    def transfer_in(self, pick: int, fault: tuple[str, int] | None) -> None:
+        other = self.sb.state.workspaces[OTHER]
+        repo = nth(sorted(other.repos.values(), key=lambda r: r.slug), pick)
+        if repo.slug in self.ws.repos:
+            return
+        self.note(f"transfer {repo.slug} from {OTHER}{f' with {fault}' if fault else ''}")
+        self.webhook(f"repos/{OTHER}/{repo.slug}/transfer", {"to": WS}, fault)
+
+    @precondition(lambda self: bool(self.ws.repos))
+    @rule(pick=PICK, fault=repo_faults)
+    def delete_repo(self, pick: int, fault: tuple[str, int] | None) -> None:
+        repo = nth(self.repos(), pick)
+        self.note(f"delete {repo.slug}" + (f" with {fault}" if fault else ""))
+        self.webhook(f"repos/{WS}/{repo.slug}/delete-repo", {}, fault)
+
+    @precondition(lambda self: any(r.mainbranch for r in self.ws.repos.values()))
+    @rule(pick=PICK)
+    def empty_repo(self, pick: int) -> None:
+        """The repository's branches all go (no webhook the product acts on): it has no main branch."""
+        repo = nth([r for r in self.repos() if r.mainbranch], pick)
+        self.note(f"empty {repo.slug}")
+        repo.mainbranch = None
+        repo.branches = {}
+        self.unsynced_repos.add(repo.uuid)
+
+    @precondition(lambda self: any(r.mainbranch is None for r in self.ws.repos.values()))
+    @rule(pick=PICK, fault=repo_faults)
+    def first_push(self, pick: int, fault: tuple[str, int] | None) -> None:
+        repo = nth([r for r in self.repos() if r.mainbranch is None], pick)
+        self.note(f"first push to {repo.slug}{f' with {fault}' if fault else ''}")
+        self.webhook(f"repos/{WS}/{repo.slug}/push", {"branch": "main"}, fault)
+
+    @precondition(lambda self: any(r.mainbranch for r in self.ws.repos.values()))
+    @rule(pick=PICK, main=st.sampled_from(["main", "develop"]), fault=repo_faults)
+    def move_main_branch(self, pick: int, main: str, fault: tuple[str, int] | None) -> None:
+        repo = nth([r for r in self.repos() if r.mainbranch], pick)
+        if repo.mainbranch == main:
+            return
+        if main not in repo.branches:
+            self.note(f"create branch {main} in {repo.slug}")
+            self.webhook(f"repos/{WS}/{repo.slug}/create-branch", {"name": main}, None)
+        self.note(f"main branch of {repo.slug} is {main}{f' with {fault}' if fault else ''}")
+        self.webhook(f"repos/{WS}/{repo.slug}/update", {"mainbranch": main}, fault)
+
+    @rule(account=st.sampled_from(ACCOUNTS[1:]))
+    def toggle_member(self, account: str) -> None:
+        if account in self.ws.members:
+            self.note(f"remove member {account}")
+            self.run(self.act(f"workspaces/{WS}/remove-member", {"account_id": account}))
         else:
-            assert self.listed is None
+            self.note(f"add member {account}")
+            self.run(self.act(f"workspaces/{WS}/add-member", {"account_id": account}))
+        self.members_unsynced = True
 
-    @rule(data=st.data())
-    def upload_member_evidence(self, data: st.DataObject) -> None:
-        account = data.draw(st.sampled_from(sorted(self.sandbox.sandbox.state.users)))
-
-        async def go(store: Store) -> bool:
-            try:
-                await record_evidence(
-                    store,
-                    io.BytesIO(PDF),
-                    check="member-mfa-enabled",
-                    workspace=WS,
-                    member=account,
-                    filename="mine.pdf",
-                    uploaded_by="test",
-                    expires=None,
-                    max_age_days=90,
-                )
-            except record_input.RecordError:
-                return False  # a member the product has not seen
-            return True
-
-        recorded = self.with_store(go)
-        assert recorded == (self.listed is not None and account in self.listed)
-        if recorded:
-            self.member_evidence.add(account)
-
-    def expected_mfa(self, account: str) -> str:
-        """checks.md member-mfa-enabled: evidence for the member, or a workspace report uploaded while
-        they were already a member, with their membership unbroken since."""
-        if account in self.member_evidence:
-            return "pass"
-        since = self.since.get(account)
-        covered = any(account in listed and since is not None and since <= after for after, listed in self.reports)
-        return "pass" if covered else "fail"
-
-    @rule(scope=st.sampled_from(("account", "repository:admin")))
+    @rule(scope=st.sampled_from(["account", "repository:admin"]))
     def toggle_scope(self, scope: str) -> None:
-        [cred] = [c for c in self.sandbox.sandbox.state.credentials if c.token == TOKEN]
-        if scope in cred.scopes:
-            cred.scopes.discard(scope)
+        """The consumer or token is edited (no webhook): the next reads get 403s, or no longer."""
+        cred = next(c for c in self.sb.state.credentials if c.token == TOKEN)
+        cred.scopes ^= {scope}
+        self.note(f"credential scopes now {sorted(cred.scopes)}")
+        self.all_unsynced = True
+
+    # -- the product: its users at work -------------------------------------------------------------
+    @rule(pick=PICK, cls=st.sampled_from(["production", "non-production"]))
+    def classify(self, pick: int, cls: str) -> None:
+        known = self.run(self.api("GET", "/api/repositories"))[1]
+        uuids = sorted(r["uuid"] for r in known if r.get("workspace", WS) == WS)
+        if not uuids:
+            return
+        uuid = nth(uuids, pick)
+        self.note(f"classify {uuid} {cls}")
+        status, body = self.run(self.api("PUT", f"/api/repositories/{uuid}/class", json={"class": cls}))
+        assert status == 200, body
+        self.rec.classes[uuid] = cls
+        self.product_action()
+
+    @rule(
+        by=st.sampled_from(["project", "name"]),
+        project=st.sampled_from(PROJECTS),
+        name=st.sampled_from(["a*", "*s", "web", "*-*", "m*"]),
+        cls=st.sampled_from(["production", "non-production"]),
+    )
+    def add_rule(self, by: str, project: str, name: str, cls: str) -> None:
+        key = project if by == "project" else name
+        self.note(f"class rule {by} {key} -> {cls}")
+        store = self.product.services.service.store
+        self.run(
+            store.records.add_rule(
+                cls,
+                app.models.iso(self.now),
+                project_key=key if by == "project" else None,
+                name_glob=key if by == "name" else None,
+            )
+        )
+        self.run(self.product.services.service.internal_event("lp:classification", {}))
+        self.rec.rules.append((by, key, cls))
+        self.product_action()
+
+    @rule(
+        rows=st.lists(
+            st.fixed_dictionaries(
+                {
+                    "n": st.sampled_from([1, 2, 3, 4, 5, 6, 7]),
+                    "linked": st.booleans(),
+                    "kind": st.sampled_from(["employee", "contractor", "service-account", "external"]),
+                    "status": st.sampled_from(["active", "offboarded"]),
+                    "days": st.one_of(st.none(), st.integers(-40, 40)),
+                    "owner": st.one_of(st.none(), st.just("ops@example.com")),
+                }
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    def import_personnel(self, rows: list[dict[str, Any]]) -> None:
+        people = []
+        for row in rows:
+            off = None if row["days"] is None else (self.now.date() + timedelta(days=row["days"])).isoformat()
+            people.append(
+                {
+                    "email": f"u{row['n']}@example.com",
+                    "name": f"Person {row['n']}",
+                    "kind": row["kind"],
+                    "status": row["status"],
+                    "offboarded_on": off,
+                    "bitbucket_account_id": f"acct-{row['n']}" if row["linked"] and row["n"] <= 6 else None,
+                    "owner": row["owner"],
+                }
+            )
+        emails = [p["email"] for p in people]
+        today = self.now.date().isoformat()
+        valid = (
+            len(set(emails)) == len(emails)
+            and not any(p["status"] == "active" and p["offboarded_on"] and p["offboarded_on"] < today for p in people)
+            and not any(p["offboarded_on"] and p["status"] != "offboarded" for p in people)
+        )
+        self.note(f"import personnel {people} ({'valid' if valid else 'refused'})")
+        status, body = self.run(self.api("POST", "/api/personnel/import", json=people))
+        if not valid:
+            assert status == 400, f"import should be refused: {status} {body}\n" + self.story()
+            return
+        assert status == 200, f"{body}\n" + self.story()
+        for p in people:
+            old = self.rec.people.get(p["email"])
+            self.rec.people[p["email"]] = PersonRec(
+                email=p["email"],
+                kind=p["kind"],
+                status=p["status"],
+                offboarded_on=p["offboarded_on"],
+                account=p["bitbucket_account_id"] or (old.account if old else None),
+                owner=p["owner"] or (old.owner if old else None),
+            )
+        self.product_action()
+
+    @precondition(lambda self: not self.members_unsynced and not self.all_unsynced)
+    @rule(
+        check=st.sampled_from(["member-mfa-enabled", "workspace-mfa-enforced"]),
+        member=st.one_of(st.none(), st.sampled_from(ACCOUNTS)),
+        days=st.one_of(st.none(), st.integers(-1, 120)),
+    )
+    def add_evidence(self, check: str, member: str | None, days: int | None) -> None:
+        if check == "workspace-mfa-enforced":
+            member = None
+        expires = None if days is None else (self.now.date() + timedelta(days=days))
+        end = self.now + timedelta(days=MAX_AGE_DAYS) if expires is None else through(expires)
+        valid = end > self.now and end <= self.now + timedelta(days=MAX_AGE_DAYS)
+        valid = valid and (member is None or member in self.ws.members)  # one who left: refused
+        report = check == "member-mfa-enabled" and member is None
+        no_list = report and "account" not in self.scopes()  # no member list to record the report against
+        self.note(f"evidence {check} member={member} expires={expires} ({'valid' if valid else 'refused'})")
+        form = aiohttp.FormData()
+        form.add_field("check", check)
+        form.add_field("workspace", WS)
+        if member:
+            form.add_field("member", member)
+        if expires is not None:
+            form.add_field("expires", expires.isoformat())
+        form.add_field("file", PNG, filename="report.png", content_type="image/png")
+        status, body = self.run(self.api("POST", "/api/evidence", data=form))
+        if valid and no_list:
+            assert status in (400, 409), f"a report without a member list: {status} {body}\n" + self.story()
+            return
+        if not valid:
+            assert status in (400, 422), f"evidence should be refused: {status} {body}\n" + self.story()
+            return
+        assert status == 201, f"{status} {body}\n" + self.story()
+        covered = frozenset(self.ws.members) if check == "member-mfa-enabled" and member is None else None
+        self.rec.evidence.append(EvidenceRec(check, member, self.now, end, covered))
+        self.product_action()
+
+    @rule(
+        pick=PICK,
+        check=st.sampled_from([*REPO_CHECKS, *MEMBER_CHECKS, "workspace-mfa-enforced"]),
+        days=st.integers(-1, 400),
+    )
+    def add_exception(self, pick: int, check: str, days: int) -> None:
+        if check in REPO_CHECKS:
+            if not self.ws.repos:
+                return
+            repo = nth(self.repos(), pick)
+            subject, key = f"{WS}/{repo.slug}", repo.uuid
+        elif check in MEMBER_CHECKS:
+            key = subject = nth(ACCOUNTS, pick)
         else:
-            cred.scopes.add(scope)
+            key = subject = WS
+        expires = self.now.date() + timedelta(days=days)
+        valid = through(expires) > self.now and days <= 365 and key in self.seen
+        self.note(f"exception {check} {subject} through {expires} ({'valid' if valid else 'refused'})")
+        status, body = self.run(
+            self.api(
+                "POST",
+                "/api/exceptions",
+                json={
+                    "check": check,
+                    "subject": subject,
+                    "owner": "cto",
+                    "reason": "r",
+                    "expires": expires.isoformat(),
+                },
+            )
+        )
+        if not valid:
+            assert status in (400, 422), f"exception should be refused: {status} {body}\n" + self.story()
+            return
+        assert status == 201, f"{status} {body}\n" + self.story()
+        self.rec.exceptions.append(ExceptionRec(check, key, through(expires)))
+        self.product_action()
 
-    @rule(fault=st.sampled_from(sorted(FAULTS)))
-    def fault_next_pass(self, fault: str) -> None:
-        self.fault = fault
-
-    @rule()
-    def reconcile(self) -> None:
-        self.full_pass()
-
-    @rule()
-    def members_tier(self) -> None:
-        self.full_pass("members")
-
-    # the comparison
-    def compare(self, tier: str) -> None:
-        stored = self.with_store(lambda store: store.results.load(WS))
-        today = datetime.now(UTC).date()
-        [cred] = [c for c in self.sandbox.sandbox.state.credentials if c.token == TOKEN]
-        admin, account = "repository:admin" in cred.scopes, "account" in cred.scopes
-        faulted = self.faulted_last_pass
-        expected: dict[tuple[str, str], str] = {}
-        if tier == "members":  # members and permissions only: repository results stand as they were
-            expected.update({k: v[0] for k, v in self.previous.items() if k[0] in REPO_TESTS})
-        for repo in self.ws.repos.values() if tier == "full" else ():
-            cls = self.classes.get(repo.uuid)
-            for check in REPO_TESTS:
-                status = expected_repo(check, repo, cls)
-                if status == "fail" and (check, repo.uuid) in self.exceptions:
-                    status = "excepted"
-                needs = (
-                    "restrictions" if check in BRANCH_TESTS else "pipelines" if check == "pipelines-enabled" else None
-                )
-                if (
-                    needs is not None
-                    and needs == faulted
-                    and status not in ("not_applicable",)
-                    and (repo.mainbranch is not None and cls != "non-production")
-                ):
-                    prev = self.previous.get((check, repo.uuid))
-                    if prev is None:  # fetch failed without earlier data
-                        assert stored[(check, repo.uuid)].result.details["reason"] == "fetch_failed"
-                        expected[(check, repo.uuid)] = "unknown"
-                        continue
-                    status = prev[0]
-                    assert stored[(check, repo.uuid)].stale_since is not None
-                elif needs is not None and not admin and repo.mainbranch is not None and cls != "non-production":
-                    status = "unknown"  # the restrictions and the Pipelines switch need repository:admin
-                    got = stored[(check, repo.uuid)].result.details
-                    assert got["reason"] == "scope_missing" and got["missing_scope"] == "repository:admin"
-                expected[(check, repo.uuid)] = status
-        if faulted == "members":
-            for key, (status, _) in self.previous.items():
-                if key[0] in MEMBER_TESTS:
-                    got = stored[key]
-                    assert got.result.status == status and got.stale_since is not None, (key, got.result.status)
-        elif not account:
-            for check in MEMBER_TESTS:
-                expected[(check, WS)] = "unknown"
-                details = stored[(check, WS)].result.details
-                assert details["reason"] == "scope_missing" and details["missing_scope"] == "account"
-        else:
-            for account_id in self.ws.members:
-                status, reason = expected_member(account_id, self.people, today)
-                expected[("offboarded-access-removed", account_id)] = status
-                if reason is not None:
-                    got = stored.get(("offboarded-access-removed", account_id))
-                    assert got is not None and got.result.details.get("reason") == reason
-                expected[("member-mfa-enabled", account_id)] = self.expected_mfa(account_id)
-        actual = {k: v.result.status for k, v in stored.items() if k[0] in (*REPO_TESTS, *MEMBER_TESTS)}
-        if faulted == "members":
-            actual = {k: v for k, v in actual.items() if k[0] not in MEMBER_TESTS}
-        assert actual == expected
-        self.previous = {k: (v.result.status, v.result.details) for k, v in stored.items()}
+    @rule(days=st.sampled_from([1, 2, 7, 30, 45, 91]))
+    def move_clock(self, days: int) -> None:
+        self.now += timedelta(days=days)
+        self.note(f"clock +{days} days: {self.now.date()}")
+        self.all_unsynced = True  # results age only when re-evaluated
 
     @invariant()
-    def unknown_always_says_why(self) -> None:
-        reasons = {"scope_missing", "permission_missing", "not_linked", "owner_missing", "fetch_failed"}
-        for status, details in self.previous.values():
-            if status == "unknown":
-                assert details.get("reason") in reasons
+    def nothing_stuck(self) -> None:
+        if not self.started:
+            return
+        counts = self.run(self.product.services.service.store.events.counts())
+        assert counts.get("running", 0) == 0, counts
 
 
-ProductAgainstReference.TestCase.settings = settings(
-    max_examples=200 if SOAK else 60,
-    stateful_step_count=30 if SOAK else 20,
+ProductVsReference.TestCase.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
     deadline=None,
     suppress_health_check=list(HealthCheck),
+    print_blob=True,
+    report_multiple_bugs=False,
 )
-TestProductAgainstReference = ProductAgainstReference.TestCase
+TestProductVsReference = ProductVsReference.TestCase

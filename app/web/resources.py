@@ -5,7 +5,7 @@ events, so the API and the CLI share one code path with webhooks and the reconci
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -336,7 +336,7 @@ async def personnel_import(request: Request) -> Response:
 async def offboard(request: Request) -> Response:
     services = _svc(request)
     body = await _json(request) if await request.body() else {}
-    on = _str(body, "offboarded_on", required=False) or datetime.now(UTC).date().isoformat()
+    on = _str(body, "offboarded_on", required=False) or utcnow().date().isoformat()
     try:
         on = datetime.fromisoformat(on).date().isoformat()
     except ValueError:

@@ -86,7 +86,9 @@ def event_from_delivery(
         request_uuid=delivery.request_uuid or None,
         hook_uuid=delivery.hook_uuid,
         attempt=delivery.attempt,
-        body_hash=hashlib.sha256(raw).hexdigest(),
+        # The event key is part of what makes a delivery unique: repo:created and repo:deleted of one
+        # repository by one actor carry byte-identical bodies (the key is only in X-Event-Key).
+        body_hash=hashlib.sha256(delivery.event_key.encode() + b"\n" + raw).hexdigest(),
         workspace=delivery.workspace,
     )
 

@@ -1,0 +1,130 @@
+"""Counterexamples the differential state machine found, kept as plain regression tests.
+
+Each test replays a shrunk sequence of steps of :class:`tests.test_state_machine.ProductVsReference`;
+every step compares every stored result with the reference evaluator, so a test fails at the first
+step where the product disagrees with checks.md. Repositories are picked by index in slug order
+(``api``, ``web`` at the start; ``legacy``, ``tools`` in the other workspace).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.test_state_machine import ProductVsReference
+
+pytestmark = [pytest.mark.statemachine, pytest.mark.state_machine]
+
+
+@pytest.fixture
+def machine() -> Iterator[ProductVsReference]:
+    state = ProductVsReference()
+    try:
+        state.start(min_approvals=1, strict=False)
+        yield state
+    finally:
+        state.teardown()
+
+
+def test_empty_repository_transferred_in_is_not_applicable_for_pipelines(machine: ProductVsReference) -> None:
+    """Found: an empty repository read ``fail`` for pipelines-enabled (checks.md: not_applicable)."""
+    machine.transfer_in(fault=None, pick=1)  # "tools", which has no main branch
+    machine.trigger_full(fault=None)
+
+
+def test_emptied_repository_is_not_applicable_for_pipelines(machine: ProductVsReference) -> None:
+    machine.switch_pipelines(enabled=True, pick=1)
+    machine.empty_repo(pick=0)
+    machine.trigger_full(fault=None)
+
+
+def test_external_entry_without_owner_is_unknown(machine: ProductVsReference) -> None:
+    """Found: a service-account or external entry passed without an owner."""
+    machine.import_personnel(
+        rows=[{"n": 1, "linked": True, "kind": "external", "status": "active", "days": None, "owner": None}]
+    )
+    machine.trigger_members(fault=None)
+
+
+def test_offboarding_ahead_passes_until_its_day(machine: ProductVsReference) -> None:
+    """Found: an offboarding scheduled for later failed at once (``offboarded_on`` was ignored)."""
+    machine.import_personnel(
+        rows=[{"n": 2, "linked": True, "kind": "service-account", "status": "offboarded", "days": 10, "owner": None}]
+    )
+    machine.import_personnel(
+        rows=[{"n": 3, "linked": False, "kind": "employee", "status": "offboarded", "days": 5, "owner": None}]
+    )
+    machine.move_clock(days=7)
+    machine.trigger_members(fault=None)
+    machine.move_clock(days=7)
+    machine.trigger_full(fault=None)
+
+
+def test_import_refuses_a_date_without_offboarded_status(machine: ProductVsReference) -> None:
+    """Found: ``offboarded_on`` with ``status=active`` (in the future) was accepted."""
+    machine.import_personnel(
+        rows=[{"n": 5, "linked": False, "kind": "service-account", "status": "active", "days": 33, "owner": None}]
+    )
+
+
+def test_evidence_expiry_longer_than_the_maximum_is_refused(machine: ProductVsReference) -> None:
+    """Found: an explicit evidence expiry beyond LP_EVIDENCE_MAX_AGE_DAYS was accepted."""
+    machine.add_evidence(check="workspace-mfa-enforced", member=None, days=100)
+    machine.trigger_full(fault=None)
+
+
+def test_exception_longer_than_a_year_is_refused(machine: ProductVsReference) -> None:
+    machine.add_exception(check="repo-classified", days=366, pick=1)
+
+
+def test_exception_follows_the_renamed_repository_only(machine: ProductVsReference) -> None:
+    """An exception is keyed by the repository's uuid: it follows a rename and never covers a new
+    repository that takes the old name."""
+    machine.add_exception(check="branch-protection-enforced", days=30, pick=1)  # web
+    machine.rename_repo(name="docs", fault=None, pick=1)
+    machine.create_repo(name="web", project=None, empty=False, fault=None)
+    machine.trigger_full(fault=None)
+
+
+def test_credential_without_account_scope(machine: ProductVsReference) -> None:
+    """Found: without ``account`` the whole pass crashed; a repository that had left stayed listed."""
+    machine.transfer_out(fault=None, pick=1)
+    machine.toggle_scope(scope="account")
+    machine.trigger_full(fault=None)
+    machine.trigger_members(fault=None)
+
+
+def test_report_does_not_cover_a_member_who_left_and_came_back(machine: ProductVsReference) -> None:
+    machine.add_evidence(check="member-mfa-enabled", member=None, days=None)
+    machine.toggle_member(account="acct-2")  # leaves
+    machine.trigger_members(fault=None)
+    machine.toggle_member(account="acct-2")  # comes back
+    machine.trigger_members(fault=None)
+
+
+def test_review_group_approvals_count_as_peer_review(machine: ProductVsReference) -> None:
+    machine.add_restriction(
+        kind="require_review_group_approvals_to_merge",
+        by_model=False,
+        pattern="main",
+        branch_type="development",
+        value=1,
+        pick=1,
+    )
+    machine.trigger_full(fault=None)
+
+
+def test_failed_metadata_read_leaves_the_results_stale(machine: ProductVsReference) -> None:
+    """Not a counterexample: the fault rule pinned on one case (a rename whose repository read
+    fails keeps every result of that repository as it was, marked stale)."""
+    machine.rename_repo(name="docs", fault=("repository", 503), pick=1)
+    machine.trigger_full(fault=None)
+
+
+def test_repository_deleted_after_it_was_created_is_retired(machine: ProductVsReference) -> None:
+    """Found (soak run): ``repo:created`` and ``repo:deleted`` of one repository by one actor carry
+    the same body; the receiver's duplicate check hashed the body alone, so the deletion was taken
+    for a duplicate of the creation and dropped: the repository's results stayed."""
+    machine.create_repo(empty=False, fault=None, name="svc", project="CORE")
+    machine.delete_repo(fault=None, pick=1)  # svc
