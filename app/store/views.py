@@ -218,7 +218,9 @@ class Views:
         filt = " WHERE " + " AND ".join(where) if where else ""
         total = counts.get(cls, 0) if cls else sum(counts.values())
         rows = await self.db.fetchall(
-            f"""SELECT v.*, p.content AS prs FROM ({inner}) v LEFT JOIN snapshots p ON p.key = v.key || ':prs'
+            f"""SELECT v.*, p.content AS prs, rs.fetched_at AS restrictions_read_at
+                FROM ({inner}) v LEFT JOIN snapshots p ON p.key = v.key || ':prs'
+                LEFT JOIN snapshots rs ON rs.key = 'restrictions:' || v.uuid
                 {filt}
                 ORDER BY {_order(REPO_SORTS, sort, desc, "name")} LIMIT ? OFFSET ?""",
             [*inner_params, *params, limit, offset],
@@ -236,6 +238,8 @@ class Views:
                 "class": r["cls"],
                 "class_source": r["class_source"] if r["cls"] else None,
                 "open_pullrequests": json.loads(r["prs"]) if r["prs"] is not None else None,
+                # the last good reading of its branch restrictions (freshness; a failed read keeps it)
+                "restrictions_read_at": r["restrictions_read_at"] if r["mainbranch"] else None,
             }
             for r in rows
         ]

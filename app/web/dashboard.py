@@ -402,6 +402,10 @@ async def repositories(request: Request) -> Response:
         limit=PER_PAGE,
         offset=(number - 1) * PER_PAGE,
     )
+    now = datetime.now(UTC)
+    for r in page.items:  # freshness: how old the last good reading of its branch restrictions is
+        read_at = r["restrictions_read_at"]
+        r["restrictions_age"] = (_age(read_at, now) or "< 1 h") if read_at else None
     return render(
         request,
         "repositories.html",

@@ -142,3 +142,27 @@ async def test_the_audit_pack_holds_findings_history_evidence_and_controls(produ
     assert (await _get(product, "/api/exports/audit-pack.zip?from=2020-02-01&to=2020-01-01", cookie))[0] == 400
     assert (await _get(product, "/api/exports/audit-pack.zip?from=yesterday", cookie))[0] == 400
     assert (await _get(product, "/api/exports/audit-pack.zip", {}))[0] == 401
+
+
+async def test_the_repositories_page_shows_restriction_freshness(product: RunningApp) -> None:
+    """Issue 13: each repository's restriction freshness (age of the last good reading) is on the
+    dashboard too, next to the API and /metrics: read repositories say how long ago; a repository
+    whose restrictions were never read says never; an empty one (no main branch) has none."""
+    store = product.services.service.store
+    cookie = await _cookie(product)
+    status, body, _ = await _get(product, "/repositories", {"Cookie": f"lp_session={cookie}"})
+    assert status == 200
+    cells = [c.decode() for c in _cells(body)]
+    assert cells and all(c in ("< 1 h ago", "never", "—") for c in cells), cells
+    assert "< 1 h ago" in cells  # the first pass read them just now
+    # Forget the restrictions readings: those repositories are shown as never read.
+    await store.db.execute("DELETE FROM snapshots WHERE key LIKE 'restrictions:%'")
+    status, body, _ = await _get(product, "/repositories", {"Cookie": f"lp_session={cookie}"})
+    cells = [c.decode() for c in _cells(body)]
+    assert "< 1 h ago" not in cells and "never" in cells, cells
+
+
+def _cells(html: bytes) -> list[bytes]:
+    import re
+
+    return [c.replace(b"&lt;", b"<") for c in re.findall(rb'<td class="restrictions-age">([^<]*)</td>', html)]
