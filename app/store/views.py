@@ -119,24 +119,33 @@ class Views:
                 "(subject LIKE ? ESCAPE '\\' OR subject_name LIKE ? ESCAPE '\\' OR subject_key LIKE ? ESCAPE '\\')"
             )
             params += [_like(q)] * 3
-        base = " WHERE " + " AND ".join(where) if where else ""
-        counts = {
-            str(r[0]): int(r[1])
-            for r in await self.db.fetchall(f"SELECT status, count(*) FROM results{base} GROUP BY status", params)
-        }
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        filt = " WHERE " + " AND ".join(where) if where else ""
-        total = counts.get(status, 0) if status else sum(counts.values())
-        rows = await self.db.fetchall(
-            f"SELECT * FROM results{filt} ORDER BY {_order(RESULT_SORTS, sort, desc, 'status')} LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+        rows, total, counts = await self._counted(
+            "results", where, params, status, _order(RESULT_SORTS, sort, desc, "status"), limit, offset
         )
         items = [dict(r) | {"details": json.loads(r["details"])} for r in rows]
         return Page(items, total, counts)
 
     # -- repositories ---------------------------------------------------------------------------
+    async def _counted(
+        self, table: str, where: list[str], params: list[Any], status: str | None, order: str, limit: int, offset: int
+    ) -> tuple[list[Any], int, dict[str, int]]:
+        """One page of ``table`` under ``where`` in ``order``, its total, and the count per status
+        under the other filters (the status filter narrows the page and the total, not the counts).
+        ``table`` and ``order`` are fixed fragments of this module; every value is a parameter."""
+        base = " WHERE " + " AND ".join(where) if where else ""
+        counts = {
+            str(r[0]): int(r[1])
+            for r in await self.db.fetchall(f"SELECT status, count(*) FROM {table}{base} GROUP BY status", params)
+        }
+        if status:
+            where, params = [*where, "status = ?"], [*params, status]
+        filt = " WHERE " + " AND ".join(where) if where else ""
+        total = counts.get(status, 0) if status else sum(counts.values())
+        rows = await self.db.fetchall(
+            f"SELECT * FROM {table}{filt} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]
+        )
+        return list(rows), total, counts
+
     async def repositories(
         self,
         workspaces: Sequence[str],
@@ -518,19 +527,8 @@ class Views:
                 "(name LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\' OR bitbucket_account_id LIKE ? ESCAPE '\\')"
             )
             params += [_like(q)] * 3
-        base = " WHERE " + " AND ".join(where) if where else ""
-        counts = {
-            str(r[0]): int(r[1])
-            for r in await self.db.fetchall(f"SELECT status, count(*) FROM personnel{base} GROUP BY status", params)
-        }
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        filt = " WHERE " + " AND ".join(where) if where else ""
-        total = counts.get(status, 0) if status else sum(counts.values())
-        rows = await self.db.fetchall(
-            f"SELECT * FROM personnel{filt} ORDER BY status = 'active', lp_natkey(name), email LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+        rows, total, counts = await self._counted(
+            "personnel", where, params, status, "status = 'active', lp_natkey(name), email", limit, offset
         )
         return Page([dict(r) for r in rows], total, counts)
 
