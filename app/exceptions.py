@@ -45,11 +45,20 @@ async def resolve_subject(store: Store, check: str, subject: str, workspace: str
                     return Subject(ws, "repository", str(content["uuid"]), str(content["full_name"]))
         else:
             members = snaps.get(k_members(ws))
-            for m in members.content if members is not None and isinstance(members.content, list) else []:
-                user = m.get("user") or {}
-                key = user.get("account_id") or user.get("uuid")
-                if key and text in (user.get("account_id"), user.get("uuid")):
-                    return Subject(ws, "member", str(key), str(user.get("display_name") or key))
+            if members is not None and isinstance(members.content, list):
+                for m in members.content:
+                    user = m.get("user") or {}
+                    key = user.get("account_id") or user.get("uuid")
+                    if key and text in (user.get("account_id"), user.get("uuid")):
+                        return Subject(ws, "member", str(key), str(user.get("display_name") or key))
+            else:
+                # The member list cannot be read now (a scope taken away, a failed read): a member
+                # the product has recorded results for was seen all the same (found by the state
+                # machine: an exception for a known member was refused while `account` was missing).
+                for c in (c for c in REGISTRY.values() if c.subject_type == "member"):
+                    for row in reversed(await store.results.history(c.id, text)):
+                        if row["workspace"] == ws and row["subject_key"] == text:
+                            return Subject(ws, "member", text, str(row["subject"]))
     kind = {"repository": "repository (workspace/slug)", "member": "member (account id)"}.get(wanted, wanted)
     where = f" in {workspace}" if workspace else ""
     raise UnknownSubject(

@@ -173,6 +173,28 @@ async def test_exception_for_a_member_by_account_id(
     assert items[("member-mfa-enabled", "557058:alice")]["status"] == "fail"
 
 
+async def test_exception_for_a_known_member_while_the_member_list_cannot_be_read(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Found by the state machine: with the `account` scope taken away after a pass had seen the
+    members, an exception for one of them was refused as "never seen". A member with recorded
+    results was seen; a member never seen is still refused."""
+    settings = settings_for(sandbox, tmp_path)
+    await reconcile(settings, session)
+    _scopes(sandbox, TOKEN).discard("account")
+    await reconcile(settings, session)
+    out = io.StringIO()
+    await commands.cmd_exception_add(settings, "member-mfa-enabled", "557058:bob", "cto", "on leave", "2027-01-01", out)
+    assert "557058:bob" in out.getvalue()
+    with pytest.raises(errors.ConfigError, match="has seen"):
+        await commands.cmd_exception_add(settings, "member-mfa-enabled", "557058:nobody", "cto", "r", "2027-01-01")
+    # The scope granted again: the exception covers the member as before.
+    _scopes(sandbox, TOKEN).add("account")
+    await reconcile(settings, session)
+    items = by_subject(await findings(settings, check="member-mfa-enabled"))
+    assert items[("member-mfa-enabled", "557058:bob")]["status"] == "excepted"
+
+
 # -- the migration of exceptions keyed by name ------------------------------------------------------------------
 def _old_database(path: Path) -> None:
     """A database as schema 4 left it, with exceptions recorded by name."""
