@@ -22,7 +22,7 @@ def rename_table(path: Path, old: str, new: str) -> None:
 
 
 def outbox_for(path: Path, subject: str) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(path, timeout=30)
     conn.row_factory = sqlite3.Row
     try:
         return [

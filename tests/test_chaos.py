@@ -149,7 +149,7 @@ async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
 
         await wait_for(first_done, within=20)
         # What a process killed mid-pass leaves behind: its lock, valid for another hour.
-        conn = sqlite3.connect(tmp_path / "lp.sqlite3")
+        conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)  # waits while the app writes
         with conn:
             conn.execute(
                 "UPDATE locks SET owner = ?, expires_at = ?",
@@ -496,7 +496,7 @@ async def replay(state: State, tmp: Path, n: int) -> dict[tuple[str, str], str]:
     async with running_sandbox(copy.deepcopy(state)) as sb:
         env = product_env(tmp, f"replay-{n}", free_port(), sb, LP_BITBUCKET_TOKEN=TOKEN, LP_WORKSPACES="acme")
         await cli(env, "reconcile")
-    conn = sqlite3.connect(db)
+    conn = sqlite3.connect(db, timeout=30)
     try:
         rows = conn.execute("SELECT check_id, subject_key, status FROM results").fetchall()
     finally:

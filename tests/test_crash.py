@@ -58,7 +58,7 @@ async def start(env: dict[str, str], port: int, session: aiohttp.ClientSession) 
 
 
 def db_rows(path: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(path, timeout=30)
     conn.row_factory = sqlite3.Row
     try:
         return list(conn.execute("SELECT * FROM events WHERE source = 'webhook'"))
@@ -83,7 +83,7 @@ async def test_sigkill_under_load_loses_nothing(
     )
     _, err = await reg.communicate()
     assert reg.returncode == 0, err.decode()
-    conn = sqlite3.connect(tmp_path / "lp.sqlite3")
+    conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)
     secret = Crypto(SECRET_KEY).decrypt(conn.execute("SELECT webhook_secret FROM connections").fetchone()[0])
     conn.close()
     api = sandbox.sandbox.state.workspaces["acme"].repos["api"]

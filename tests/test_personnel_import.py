@@ -69,7 +69,7 @@ def import_file(db: Path, path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def people(db: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(db) as conn:
+    with sqlite3.connect(db, timeout=30) as conn:
         return conn.execute("SELECT email, status FROM personnel ORDER BY email").fetchall()
 
 

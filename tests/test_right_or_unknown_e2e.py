@@ -198,7 +198,7 @@ async def test_exception_for_a_known_member_while_the_member_list_cannot_be_read
 # -- the migration of exceptions keyed by name ------------------------------------------------------------------
 def _old_database(path: Path) -> None:
     """A database as schema 4 left it, with exceptions recorded by name."""
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(path, timeout=30)
     for script in MIGRATIONS[:4]:
         db.executescript(script)
     db.execute("PRAGMA user_version=4")

@@ -162,7 +162,7 @@ async def test_sigterm_drains_within_ten_seconds_and_loses_nothing(
     )
     _, err = await reg.communicate()
     assert reg.returncode == 0, err.decode()
-    conn = sqlite3.connect(tmp_path / "lp.sqlite3")
+    conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)
     secret = Crypto(SECRET_KEY).decrypt(conn.execute("SELECT webhook_secret FROM connections").fetchone()[0])
     conn.close()
     api = sandbox.sandbox.state.workspaces["acme"].repos["api"]

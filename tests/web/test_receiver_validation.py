@@ -148,7 +148,7 @@ async def test_writer_splits_a_failed_batch(tmp_path: Path) -> None:
         assert all(isinstance(i, int) for i in ids) and len(set(ids)) == 9
     finally:
         await store.close()
-    conn = sqlite3.connect(tmp_path / "lp.sqlite3")
+    conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)
     try:
         stored = [r[0] for r in conn.execute("SELECT request_uuid FROM events ORDER BY id")]
     finally:

@@ -67,7 +67,7 @@ async def post(
 
 def rows(app: RunningApp) -> list[sqlite3.Row]:
     """Read the events table through a separate connection: what is on disk."""
-    conn = sqlite3.connect(app.settings.database)
+    conn = sqlite3.connect(app.settings.database, timeout=30)
     conn.row_factory = sqlite3.Row
     try:
         return list(conn.execute("SELECT * FROM events WHERE source = 'webhook' ORDER BY id"))
