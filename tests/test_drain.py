@@ -1,0 +1,43 @@
+"""``Worker.drain`` is what the CLI and the tests use to say "everything queued has been handled".
+With the service's own loop running beside it, an event that loop claimed a moment earlier is
+still being processed when ``drain`` finds nothing left to claim; ``drain`` must wait for it
+(CI once read the audit pack before the evidence upload's re-evaluation had been written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+from app.sandbox.serve import RunningSandbox, free_port
+from tests.helpers import product_settings, running_app, wait_for
+
+
+async def test_drain_waits_for_the_event_the_running_loop_is_processing(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    async with running_app(product_settings(sandbox.api, tmp_path, port), port, session) as app:
+        service, worker = app.services.service, app.services.worker
+        store = service.store
+
+        async def reconciled() -> bool:
+            return len(await store.results.query(check="repo-classified")) == 6
+
+        await wait_for(reconciled, within=30)
+        worker.coalesce_window = 0.0
+        # Every Bitbucket answer now takes 0.5 s, so the loop's handling of the next event is slow.
+        async with session.post(f"{sandbox.url}/_sandbox/faults", json={"latency_ms": 500}) as r:
+            assert r.status == 200
+        async with session.post(f"{sandbox.url}/_sandbox/repos/acme/api/update", json={"mainbranch": "develop"}) as r:
+            assert r.status == 200
+
+        async def claimed_by_the_loop() -> bool:
+            return any(e.state == "running" for e in await store.events.list(event_key="repo:updated"))
+
+        await wait_for(claimed_by_the_loop, within=10, interval=0.005)
+        await worker.drain()
+        [event] = await store.events.list(event_key="repo:updated")
+        assert event.state == "done"
+        [row] = await store.results.query(check="branch-protection-enforced", subject="acme/api")
+        assert row.result.status == "fail"  # develop carries no restriction in the scenario
