@@ -2,20 +2,22 @@
 
 Holds the store, the settings, the encryption keys and one Bitbucket client per connection (over
 the process's one aiohttp session, passed in). Knows how to get a token for a connection (token
-mode from ``LP_BITBUCKET_TOKEN``; OAuth connections through ``bitbucket.oauth``) and keeps the
-decrypted webhook secrets in memory for the receiver.
+mode from ``LP_BITBUCKET_TOKEN``; OAuth connections through ``bitbucket.oauth``, whose
+``TokenStore`` it implements) and keeps the decrypted webhook secrets in memory for the receiver.
 """
 
 from __future__ import annotations
 
+import json
 import secrets as pysecrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
 
 from app import errors
 from app.bitbucket.client import BitbucketClient, ClientPool, StaticToken, TokenSource
+from app.bitbucket.oauth import Consumer, StoredOAuthTokens, TokenSet
 from app.crypto import Crypto
 from app.logs import get_logger, register_secret
 from app.settings import Settings
@@ -75,11 +77,44 @@ class Service:
         return source
 
     def _oauth_source(self, conn_id: str) -> TokenSource:
-        from app.bitbucket.oauth import StoredOAuthTokens
-
         if self.crypto is None:
             raise errors.ConfigError("LP_SECRET_KEY: required to use OAuth connections")
-        return StoredOAuthTokens(self, conn_id)
+        secret = self.settings.oauth_client_secret
+        consumer = Consumer(
+            self.settings.bitbucket_url,
+            self.settings.oauth_client_id,
+            None if secret is None else secret.get_secret_value(),
+        )
+        return StoredOAuthTokens(self, conn_id, consumer, self.pool.session)
+
+    # -- OAuth tokens (app.bitbucket.oauth.TokenStore) ----------------------------------------
+    async def load_tokens(self, conn_id: str) -> TokenSet | None:
+        """The connection's tokens, decrypted; None when it has none (disconnected)."""
+        conn = await self.store.connections.get(conn_id)
+        if conn is None or conn.tokens is None:
+            return None
+        data = json.loads(self.decrypt(conn.tokens))
+        expires = datetime.fromisoformat(conn.token_expires_at) if conn.token_expires_at else datetime.now(UTC)
+        return TokenSet(data["access_token"], data.get("refresh_token"), expires, conn.scopes or ())
+
+    async def save_tokens(self, conn_id: str, tokens: TokenSet) -> None:
+        """Persist a token pair, encrypted, in one statement (the rotated refresh token is never lost)."""
+        blob = self.encrypt(json.dumps({"access_token": tokens.access_token, "refresh_token": tokens.refresh_token}))
+        await self.store.connections.set_tokens(conn_id, blob, tokens.expires_at.isoformat(), tokens.scopes or None)
+
+    async def refresh_failed(self, conn_id: str, reason: str) -> None:
+        """A refresh failed for good: the connection is broken, and the ops alert goes out."""
+        await self.store.connections.set_status(conn_id, "broken", f"token refresh failed: {reason}")
+        if self.on_broken is not None:
+            await self.on_broken(conn_id, reason)
+
+    async def refresh_worked(self, conn_id: str) -> bool:
+        """A connection marked broken by an earlier refresh is active again (True when it was)."""
+        conn = await self.store.connections.get(conn_id)
+        if conn is None or conn.status != "broken":
+            return False
+        await self.store.connections.set_status(conn_id, "active", None)
+        return True
 
     async def client(self, conn_id: str) -> BitbucketClient:
         return self.pool.get(conn_id, self.token_source(conn_id))
@@ -153,7 +188,7 @@ class Service:
         return f"{self.settings.public_url}/hooks/bitbucket/{conn_id}"
 
     # -- the event log ------------------------------------------------------------------------
-    async def internal_event(self, key: str, payload: dict[str, Any], conn_id: str | None = None) -> list[int]:
+    async def internal_event(self, key: str, payload: Mapping[str, object], conn_id: str | None = None) -> list[int]:
         """Append an internal event for every workspace it concerns (all when none is named); a
         pass joins the same workspace's pass of that tier when one is still queued."""
         ids: list[int] = []

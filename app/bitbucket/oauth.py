@@ -5,25 +5,25 @@ docs/bitbucket-facts.md "Authentication": authorize at ``{LP_BITBUCKET_URL}/site
 ``/site/oauth2/access_token`` with HTTP Basic ``client_id:secret``. Scopes are set on the
 consumer; ``expires_in`` is read from each answer; every refresh rotates the refresh token, so the
 new pair is persisted (encrypted) before it is used.
+
+The stored tokens are reached through :class:`TokenStore`, a protocol this module states and the
+product implements (``app.service.Service``): the adapter imports nothing of the product beyond
+the error tree and logging (tests/test_seams.py holds it to that).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 from urllib.parse import urlencode
 
 import aiohttp
 
 from app import errors
 from app.logs import get_logger, register_secret
-
-if TYPE_CHECKING:
-    from app.service import Service
 
 log = get_logger("bitbucket.oauth")
 REFRESH_MARGIN = 300.0  # refresh this many seconds before expiry
@@ -43,6 +43,37 @@ class TokenSet:
     refresh_token: str | None
     expires_at: datetime
     scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """The OAuth consumer the tokens were issued to (``LP_OAUTH_CLIENT_ID`` / ``_SECRET``) and the
+    Bitbucket site whose token endpoint refreshes them (``LP_BITBUCKET_URL``)."""
+
+    bitbucket_url: str
+    client_id: str | None
+    client_secret: str | None = field(repr=False)
+
+
+class TokenStore(Protocol):
+    """What a stored-token source needs of the product: one connection's token pair, kept
+    encrypted, and its state when a refresh fails for good or works again."""
+
+    async def load_tokens(self, conn_id: str) -> TokenSet | None:
+        """The connection's tokens, decrypted; None when it has none (disconnected)."""
+        ...
+
+    async def save_tokens(self, conn_id: str, tokens: TokenSet) -> None:
+        """Persist a token pair, encrypted, in one statement (the rotated refresh token is never lost)."""
+        ...
+
+    async def refresh_failed(self, conn_id: str, reason: str) -> None:
+        """A refresh failed for good: mark the connection broken and raise the ops alert."""
+        ...
+
+    async def refresh_worked(self, conn_id: str) -> bool:
+        """A refresh worked: a connection marked broken is active again (True when it was broken)."""
+        ...
 
 
 def authorize_url(bitbucket_url: str, client_id: str, state: str, redirect_uri: str | None = None) -> str:
@@ -66,7 +97,7 @@ async def _token_request(
         ) as resp:
             status = resp.status
             try:
-                body: Any = await resp.json(content_type=None)
+                body: object = await resp.json(content_type=None)
             except ValueError:
                 body = {}
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -120,9 +151,11 @@ class StoredOAuthTokens:
     is; only ``invalid_grant`` / ``invalid_client`` mark it broken (and alert). A successful
     refresh clears a broken state."""
 
-    def __init__(self, service: Service, conn_id: str) -> None:
-        self.service = service
+    def __init__(self, tokens: TokenStore, conn_id: str, consumer: Consumer, session: aiohttp.ClientSession) -> None:
+        self.tokens = tokens
         self.conn_id = conn_id
+        self.consumer = consumer
+        self.session = session
         self._lock = asyncio.Lock()
         self._cached: TokenSet | None = None
 
@@ -130,17 +163,15 @@ class StoredOAuthTokens:
     def credential_id(self) -> str:
         # Bitbucket counts an OAuth consumer's requests together, whichever user authorised it:
         # every OAuth connection of this consumer shares one budget.
-        return f"oauth-consumer:{self.service.settings.oauth_client_id or self.conn_id}"
+        return f"oauth-consumer:{self.consumer.client_id or self.conn_id}"
 
     async def _load(self) -> TokenSet:
         if self._cached is not None:
             return self._cached
-        conn = await self.service.store.connections.get(self.conn_id)
-        if conn is None or conn.tokens is None:
+        tokens = await self.tokens.load_tokens(self.conn_id)
+        if tokens is None:
             raise errors.TokenError("the connection has no tokens (disconnected?)")
-        data = json.loads(self.service.decrypt(conn.tokens))
-        expires = datetime.fromisoformat(conn.token_expires_at) if conn.token_expires_at else datetime.now(UTC)
-        self._cached = TokenSet(data["access_token"], data.get("refresh_token"), expires, conn.scopes or ())
+        self._cached = tokens
         return self._cached
 
     async def token(self) -> str:
@@ -161,8 +192,8 @@ class StoredOAuthTokens:
                 seconds=REFRESH_MARGIN
             ):
                 return tokens.access_token  # another task refreshed already
-            settings = self.service.settings
-            if not tokens.refresh_token or not settings.oauth_client_id or settings.oauth_client_secret is None:
+            consumer = self.consumer
+            if not tokens.refresh_token or not consumer.client_id or consumer.client_secret is None:
                 await self._broken("no refresh token or OAuth consumer configured")
                 raise errors.TokenError("cannot refresh: no refresh token or OAuth consumer configured")
             started = time.monotonic()
@@ -170,10 +201,10 @@ class StoredOAuthTokens:
             while True:
                 try:
                     new = await refresh(
-                        self.service.pool.session,
-                        settings.bitbucket_url,
-                        settings.oauth_client_id,
-                        settings.oauth_client_secret.get_secret_value(),
+                        self.session,
+                        consumer.bitbucket_url,
+                        consumer.client_id,
+                        consumer.client_secret,
                         tokens.refresh_token,
                     )
                     break
@@ -188,7 +219,7 @@ class StoredOAuthTokens:
                     else:
                         log.warning("oauth.refresh_refused", connection=self.conn_id, error=str(exc))
                     raise
-            await store_tokens(self.service, self.conn_id, new)
+            await self.tokens.save_tokens(self.conn_id, new)
             self._cached = new
             await self._recovered()
             log.info("oauth.refreshed", connection=self.conn_id, seconds=round(time.monotonic() - started, 3))
@@ -196,20 +227,15 @@ class StoredOAuthTokens:
 
     async def _recovered(self) -> None:
         """A refresh worked: a connection marked broken by an earlier refresh is active again."""
-        conn = await self.service.store.connections.get(self.conn_id)
-        if conn is not None and conn.status == "broken":
-            await self.service.store.connections.set_status(self.conn_id, "active", None)
+        if await self.tokens.refresh_worked(self.conn_id):
             log.info("oauth.connection_recovered", connection=self.conn_id)
 
     async def _broken(self, reason: str) -> None:
         self._cached = None
-        await self.service.store.connections.set_status(self.conn_id, "broken", f"token refresh failed: {reason}")
         log.error("oauth.connection_broken", connection=self.conn_id, reason=reason)
-        if self.service.on_broken is not None:
-            await self.service.on_broken(self.conn_id, reason)
+        await self.tokens.refresh_failed(self.conn_id, reason)
 
 
-async def store_tokens(service: Service, conn_id: str, tokens: TokenSet) -> None:
+async def store_tokens(store: TokenStore, conn_id: str, tokens: TokenSet) -> None:
     """Persist a token pair, encrypted, in one statement (the rotated refresh token is never lost)."""
-    blob = service.encrypt(json.dumps({"access_token": tokens.access_token, "refresh_token": tokens.refresh_token}))
-    await service.store.connections.set_tokens(conn_id, blob, tokens.expires_at.isoformat(), tokens.scopes or None)
+    await store.save_tokens(conn_id, tokens)
