@@ -44,7 +44,7 @@ from app.store.snapshots import (
 
 log = get_logger("fetch")
 
-Row = tuple[str, str, str, Any]  # snapshot key, workspace, kind, content
+Row = tuple[str, str, str, object]  # snapshot key, workspace, kind, content (JSON: a model dump, a marker)
 
 
 class Fetcher:
@@ -58,7 +58,9 @@ class Fetcher:
         self.failures = 0
         self.errors: dict[str, str] = {}  # snapshot key -> the error that left it stale
 
-    async def get(self, key: str, ws: str, kind: str, read: Callable[[], Awaitable[Any]], keep: bool = True) -> Any:
+    async def get(
+        self, key: str, ws: str, kind: str, read: Callable[[], Awaitable[object]], keep: bool = True
+    ) -> object:
         """Run ``read``; store its value (unless ``keep`` is false: the caller folds it into another
         snapshot), or a scope marker on 403; mark the snapshot stale on failure."""
         try:

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 from urllib.parse import quote
 
 import aiohttp
@@ -45,7 +45,7 @@ from app.store import Store
 from app.store.events import EventWriter
 from app.supervise import Supervisor
 from app.web import api, connect, dashboard, webhooks
-from app.web.openapi import API_ROUTES, serve_document
+from app.web.openapi import API_ROUTES, Handler, serve_document
 from app.web.problems import handle_error
 from app.worker import Worker
 
@@ -67,11 +67,9 @@ class BoundedHead(HttpToolsProtocol):
     limit plus one read chunk."""
 
     max_head = MAX_HEADER_BYTES
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._in_head = True
-        self._head_bytes = 0
+    # Per connection (each has its own protocol instance); these are the values a new one starts with.
+    _in_head = True
+    _head_bytes = 0
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
@@ -94,7 +92,13 @@ class BoundedHead(HttpToolsProtocol):
         super().on_message_complete()
 
 
-SERVER_OPTIONS: dict[str, Any] = {"http": BoundedHead}
+class ServerOptions(TypedDict):
+    """What ``serve`` passes to uvicorn besides host, port and app."""
+
+    http: type[HttpToolsProtocol]
+
+
+SERVER_OPTIONS: ServerOptions = {"http": BoundedHead}
 
 
 class HeaderLimit:
@@ -163,7 +167,7 @@ def senders(settings: Settings, session: aiohttp.ClientSession) -> list[Sender]:
 
 
 async def build_services(
-    settings: Settings, session: aiohttp.ClientSession, *, store: Store | None = None, **client_options: Any
+    settings: Settings, session: aiohttp.ClientSession, *, store: Store | None = None, **client_options: object
 ) -> Services:
     """The product's parts. With ``store`` given the caller owns (and closes) it; otherwise it is opened
     here, after everything that can refuse the settings, so a refusal leaves nothing open."""
@@ -307,7 +311,7 @@ async def _freshness_metrics(services: Services, m: Metrics) -> None:
 
 
 def routes() -> list[Route | Mount]:
-    by_path: dict[str, dict[str, Any]] = {}
+    by_path: dict[str, dict[str, Handler]] = {}
     for r in API_ROUTES:
         by_path.setdefault(r.path, {})[r.method] = r.handler
     api_routes = [Route(path, _dispatch(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
@@ -355,7 +359,7 @@ async def _to_login(request: Request, exc: Exception) -> Response:
     return RedirectResponse("/login?next=" + quote(request.url.path), status_code=303)
 
 
-def _dispatch(handlers: dict[str, Any]) -> Any:
+def _dispatch(handlers: dict[str, Handler]) -> Handler:
     async def endpoint(request: Request) -> Response:
         response: Response = await handlers[request.method](request)
         return response

@@ -32,9 +32,8 @@ pipeline), member tests (the member list).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from app.checks import (
     BRANCH_CHECKS as BRANCH_CHECKS,
@@ -110,7 +109,9 @@ def _full(ws: str, uuid: str) -> tuple[Fetch, ...]:
     return (Fetch("repo_full", ws, uuid),)
 
 
-def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRepo], enabled: frozenset[str]) -> Plan:
+def plan(
+    event_key: str, payload: Mapping[str, object], known: Mapping[str, KnownRepo], enabled: frozenset[str]
+) -> Plan:
     ws = str(payload.get("workspace") or "")
     uuid = payload.get("repository_uuid")
     builds_on = bool(BUILD_CHECKS & enabled)
@@ -157,7 +158,7 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
     if event_key.startswith("pullrequest:"):
         return Plan(fetches=(Fetch("pr_count", ws, uuid),))
     if event_key.startswith("repo:commit_status_"):
-        branches = set(payload.get("branches") or ())
+        branches = _names(payload.get("branches"))
         if builds_on and repo.mainbranch in branches:
             return Plan(
                 fetches=(Fetch("last_build", ws, uuid, repo.mainbranch),),
@@ -166,9 +167,9 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
             )
         return Plan()
     # repo:push
-    branches = set(payload.get("branches") or ())
-    created = set(payload.get("branches_created") or ())
-    deleted = set(payload.get("branches_deleted") or ())
+    branches = _names(payload.get("branches"))
+    created = _names(payload.get("branches_created"))
+    deleted = _names(payload.get("branches_deleted"))
     fetches: list[Fetch] = []
     checks: set[str] = set()
     if repo.mainbranch is None and (created or branches):
@@ -185,6 +186,16 @@ def plan(event_key: str, payload: Mapping[str, Any], known: Mapping[str, KnownRe
     if not fetches:
         return Plan()
     return Plan(fetches=tuple(fetches), repos=(uuid,), checks=frozenset(checks & enabled))
+
+
+def _names(value: object) -> set[object]:
+    """``set(value or ())`` for a list of names in a payload (``branches``...): a value that is not
+    a list raises, so a malformed event fails (retried, then dead) instead of planning nothing."""
+    if not value:
+        return set()
+    if not isinstance(value, Iterable):
+        raise TypeError(f"'{type(value).__name__}' object is not iterable")
+    return set(value)
 
 
 def repo_fetches(ws: str, repo: KnownRepo, enabled: frozenset[str]) -> list[Fetch]:

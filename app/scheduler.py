@@ -11,10 +11,10 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from app.logs import get_logger
 from app.models import iso
+from app.service import Service
 from app.settings import Settings
 from app.store import Store
 from app.tiers import schedule as scheduled_tiers  # issue 13
@@ -32,7 +32,7 @@ class Scheduler:
     sweeps expiries of evidence and exceptions; purges old events. Passes run at low budget
     priority, so a share of the hourly budget always stays free for webhook-driven fetches."""
 
-    def __init__(self, service: Any, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time):
+    def __init__(self, service: Service, *, rng: random.Random | None = None, clock: Callable[[], float] = time.time):
         self.service = service
         self.store: Store = service.store
         self.settings: Settings = service.settings
@@ -90,7 +90,7 @@ class Scheduler:
                 expired.add(("", x.check))
         ids: list[int] = []
         for ws, check in sorted(expired):
-            payload: dict[str, Any] = {"check": check}
+            payload: dict[str, object] = {"check": check}
             if ws:
                 payload["workspace"] = ws
             ids += await self.service.internal_event("lp:expiry", payload)

@@ -26,10 +26,10 @@ with a simulated clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 
 from app.bitbucket import paths
 from app.bitbucket.client import KEEP, MAX_PAGELEN, BitbucketClient
@@ -96,6 +96,11 @@ class Reading:
     read_at: str | None  # ISO time of the last good restrictions reading; None: never read
 
 
+# One repository's restriction freshness: ``freshness`` always gives every key; ``total=False`` lets a
+# reader take ``{}`` for a repository it has none for. "class" is a keyword, hence this spelling.
+Freshness = TypedDict("Freshness", {"class": str, "read_at": str | None, "age_seconds": float | None}, total=False)
+
+
 def restriction_order(readings: Sequence[Reading]) -> list[str]:
     """Which repositories to read next: never read first, then the oldest reading; production
     first among equals (a full pass stamps every reading with one time)."""
@@ -124,7 +129,7 @@ def tier_calls_per_hour(
     return repo_pages * 3600 / repos_interval + member_pages * 3600 / members_every
 
 
-def moved(old: dict[str, Any] | None, new: Repository) -> list[str]:
+def moved(old: Mapping[str, object] | None, new: Repository) -> list[str]:
     """The watched fields of a repository that changed since its last snapshot."""
     if old is None:
         return ["new"]
@@ -261,7 +266,7 @@ def age_seconds(read_at: str | None, now: datetime) -> float | None:
     return max(0.0, (now - datetime.fromisoformat(read_at.replace("Z", "+00:00"))).total_seconds())
 
 
-async def freshness(store: Store, ws: str, now: datetime | None = None) -> dict[str, dict[str, Any]]:
+async def freshness(store: Store, ws: str, now: datetime | None = None) -> dict[str, Freshness]:
     """uuid → {"class": "production" | "other", "read_at", "age_seconds"} for the repositories
     whose restrictions matter (a main branch). ``age_seconds`` is None when never read."""
     now = now or utcnow()

@@ -45,6 +45,7 @@ from app.logs import get_logger
 from app.models import iso, utcnow
 from app.planner import Plan, coalesce, plan
 from app.reconcile import reconcile_workspace
+from app.service import Service
 from app.settings import Settings
 from app.store import Store
 from app.store.events import EventRow
@@ -81,13 +82,13 @@ class Worker:
         batch: int = 500,
         on_delta: Callable[[str, Delta], Awaitable[None]] | None = None,
         coalesce_window: float = 2.0,
-        service: Any = None,
-        on_ops: Callable[[str, str], Awaitable[Any]] | None = None,
+        service: Service | None = None,
+        on_ops: Callable[[str, str], Awaitable[object]] | None = None,
         alerts: Alerts | None = None,
     ) -> None:
         self.alerts = alerts  # delta -> outbox rows, written with the results in one transaction
         self.on_ops = on_ops  # operational warnings (scope changes) to the alert channels
-        self.service = service  # app.service.Service, for webhook checks during full passes
+        self.service = service  # for webhook checks during full passes
         self._pass_slots = asyncio.Semaphore(2)
         self.store = store
         self.settings = settings
