@@ -79,12 +79,8 @@ class Service:
     def _oauth_source(self, conn_id: str) -> TokenSource:
         if self.crypto is None:
             raise errors.ConfigError("LP_SECRET_KEY: required to use OAuth connections")
-        secret = self.settings.oauth_client_secret
-        consumer = Consumer(
-            self.settings.bitbucket_url,
-            self.settings.oauth_client_id,
-            None if secret is None else secret.get_secret_value(),
-        )
+        settings = self.settings
+        consumer = Consumer(settings.bitbucket_url, settings.oauth_client_id, settings.oauth_client_secret)
         return StoredOAuthTokens(self, conn_id, consumer, self.pool.session)
 
     # -- OAuth tokens (app.bitbucket.oauth.TokenStore) ----------------------------------------

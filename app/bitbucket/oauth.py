@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlencode
 
 import aiohttp
+from pydantic import SecretStr
 
 from app import errors
 from app.logs import get_logger, register_secret
@@ -52,7 +53,7 @@ class Consumer:
 
     bitbucket_url: str
     client_id: str | None
-    client_secret: str | None = field(repr=False)
+    client_secret: SecretStr | None
 
 
 class TokenStore(Protocol):
@@ -204,7 +205,7 @@ class StoredOAuthTokens:
                         self.session,
                         consumer.bitbucket_url,
                         consumer.client_id,
-                        consumer.client_secret,
+                        consumer.client_secret.get_secret_value(),
                         tokens.refresh_token,
                     )
                     break
