@@ -3,6 +3,7 @@ between them cannot record a change without its alert (nor an alert without its 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -61,7 +62,7 @@ async def test_a_failed_alert_write_leaves_no_result_change_behind(
             assert await status() == "pass"
             history = await store.results.count_history()
             # The alert cannot be written (its table is gone) when the result changes.
-            rename_table(db, "outbox", "outbox_away")
+            await asyncio.to_thread(rename_table, db, "outbox", "outbox_away")
             try:
                 async with session.post(
                     f"{sandbox.url}/_sandbox/repos/acme/api/update", json={"mainbranch": "develop"}
@@ -73,7 +74,7 @@ async def test_a_failed_alert_write_leaves_no_result_change_behind(
                 assert await status() == "pass"  # no change recorded without its alert
                 assert await store.results.count_history() == history
             finally:
-                rename_table(db, "outbox_away", "outbox")
+                await asyncio.to_thread(rename_table, db, "outbox_away", "outbox")
             assert outbox_for(db, "acme/api") == []
             # The retry records the change and its alert together.
             await worker.drain()

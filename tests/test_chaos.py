@@ -125,6 +125,21 @@ async def test_a_new_repository_whose_restrictions_cannot_be_read_is_unknown_wit
         await wait_for(protected, within=30)
 
 
+def plant_lock(path: Path, owner: str, expires_at: float) -> None:
+    """Every pass lock held by ``owner`` until ``expires_at``, the full pass of acme among them."""
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE locks SET owner = ?, expires_at = ?", (owner, expires_at))
+        conn.execute(
+            "INSERT OR IGNORE INTO locks (name, owner, expires_at) VALUES (?, ?, ?)",
+            ("pass:token:acme:full", owner, expires_at),
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
     sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -149,17 +164,10 @@ async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
 
         await wait_for(first_done, within=20)
         # What a process killed mid-pass leaves behind: its lock, valid for another hour.
-        conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)  # waits while the app writes
-        with conn:
-            conn.execute(
-                "UPDATE locks SET owner = ?, expires_at = ?",
-                (f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO locks (name, owner, expires_at) VALUES (?, ?, ?)",
-                ("pass:token:acme:full", f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
-            )
-        conn.close()
+        # Written from a thread: a blocking write on the event loop would keep the app (same loop)
+        # from finishing a transaction it has open, and both would wait out the lock timeout.
+        owner = f"{socket.gethostname()}:{dead.pid}"
+        await asyncio.to_thread(plant_lock, tmp_path / "lp.sqlite3", owner, time.time() + 3600)
         async with session.post(app.url + "/api/reconcile", json={"workspace": "acme"}, headers=admin) as resp:
             assert resp.status == 202
             [queued] = (await resp.json())["queued"]

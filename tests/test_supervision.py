@@ -66,7 +66,7 @@ async def test_a_crashed_worker_is_restarted_counted_and_reported(
     supervisor.max_restarts = 1000
     assert await health(session, product.url) == (200, {"status": "ok"})
     db = tmp_path / "lp.sqlite3"
-    rename_table(db, "events", "events_away")
+    await asyncio.to_thread(rename_table, db, "events", "events_away")
     try:
 
         async def reported() -> bool:
@@ -78,7 +78,7 @@ async def test_a_crashed_worker_is_restarted_counted_and_reported(
         assert body["status"] == "failing" and "no such table" in body["tasks"]["worker"]
         assert supervisor.tasks["worker"].restarts >= 1 or not supervisor.tasks["worker"].running
     finally:
-        rename_table(db, "events_away", "events")
+        await asyncio.to_thread(rename_table, db, "events_away", "events")
 
     async def healthy() -> bool:
         status, _ = await health(session, product.url)
@@ -141,7 +141,7 @@ async def test_a_task_that_cannot_be_kept_alive_ends_the_process_non_zero(
     env = env_for(sandbox, tmp_path, port)
     proc = await start(env, port, session)
     try:
-        rename_table(tmp_path / "lp.sqlite3", "events", "events_away")
+        await asyncio.to_thread(rename_table, tmp_path / "lp.sqlite3", "events", "events_away")
         started = time.monotonic()
         code = await asyncio.wait_for(proc.wait(), timeout=40)
         assert code == 1
