@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from hashlib import sha256
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from app import errors, record_input
 from app.bitbucket import oauth
@@ -36,7 +36,7 @@ from app.store.connections import Connection
 from app.store.events import EventRow
 from app.store.snapshots import k_repo, listed_repos
 from app.store.views import Views
-from app.webhook_registration import ensure_hooks, remove_hooks
+from app.webhook_registration import ensure_hooks, health, remove_hooks
 
 if TYPE_CHECKING:
     from app.main import Services
@@ -438,6 +438,53 @@ async def send_test_alert(services: Services) -> dict[str, str]:
 
 
 # -- connections ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HooksRegistered:
+    connection: str
+    url: str
+    hooks: list[dict[str, Any]]  # per hook: workspace, repository, level, uuid, events, action
+
+
+@dataclass(frozen=True)
+class HookHealth:
+    connection: str
+    status: str  # ok | missing | silent | ...
+    message: str | None
+    hooks: int
+    last_delivery_at: str | None
+
+
+async def prepare_connections(services: Services) -> None:
+    """Before a one-shot uses the connections: the key must read what the database holds
+    (ConfigError), and the token-mode connection is brought up to date (BitbucketError)."""
+    await services.service.check_key()
+    await services.service.ensure_token_connection()
+
+
+async def webhook_connections(services: Services) -> list[Connection]:
+    """The connections whose webhooks a person can register or inspect: configured now."""
+    service = services.service
+    conns = [c for c in await service.connections() if service.configured(c)]
+    if not conns:
+        raise errors.ConfigError("no connection: set LP_BITBUCKET_TOKEN and LP_WORKSPACES, or connect with OAuth")
+    return conns
+
+
+async def register_webhooks(services: Services, conn: Connection) -> HooksRegistered:
+    """Register (or repair) the connection's webhooks; BitbucketError when Bitbucket refuses."""
+    state = await ensure_hooks(services.service, conn)
+    return HooksRegistered(conn.id, services.service.hook_url(conn.id), state)
+
+
+async def webhook_health(services: Services, conn_id: str) -> HookHealth:
+    """Registration and liveness of a connection's hooks, from what the database holds (no API call)."""
+    conn = await services.service.store.connections.get(conn_id)
+    if conn is None:
+        raise errors.NotFound(f"Unknown connection {conn_id}.", title="Unknown connection")
+    h = await health(services.service, conn)
+    return HookHealth(conn.id, str(h["status"]), h.get("message") or None, len(conn.hooks), conn.last_delivery_at)
+
+
 def _h(value: str) -> str:
     return sha256(value.encode()).hexdigest()
 
