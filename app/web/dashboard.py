@@ -7,9 +7,10 @@ Every page needs the session cookie from the login; every form carries a CSRF to
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -24,6 +25,9 @@ from app.settings import CHECK_IDS
 from app.store.views import MEMBER_SORTS, REPO_SORTS, RESULT_SORTS, Page, Views
 from app.web import api, resources, session
 from app.web.uploads import upload_form
+
+if TYPE_CHECKING:
+    from app.main import Services
 
 PER_PAGE = 50
 SEVERITIES = ("critical", "high", "medium", "low")
@@ -80,7 +84,7 @@ def _pager(request: Request, page: Page, number: int) -> dict[str, Any]:
     }
 
 
-def _sorter(request: Request) -> Any:
+def _sorter(request: Request) -> Callable[[str], str]:
     """``sort_link(column)``: the URL that sorts by ``column`` (toggling the direction)."""
     params = {k: v for k, v in request.query_params.items() if k not in ("page", "notice", "sort", "dir") and v}
     current, desc = request.query_params.get("sort"), request.query_params.get("dir") == "desc"
@@ -673,7 +677,7 @@ async def alert_test(request: Request) -> Response:
     return _back("/alerts", "Test message: " + ", ".join(f"{k} {v}" for k, v in result.items()))
 
 
-async def _assessment(services: Any) -> list[dict[str, Any]]:
+async def _assessment(services: Services) -> list[dict[str, Any]]:
     """Per connected workspace: whether its first full pass finished, and what runs now."""
     views = Views(services.service.store.db)
     out = []
