@@ -813,7 +813,7 @@ async def personnel_page(request: Request) -> Response:
         form = await request.form()
         try:
             if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
-                raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+                raise errors.CsrfError()
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 return _back("/personnel", "Choose a CSV or JSON file.")
