@@ -8,15 +8,11 @@ exchange, connection, webhooks, first reconcile) and renders its result or its e
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from app import actions, errors
 from app.logs import get_logger
-from app.store import Store
-from app.store.views import Views
 from app.web import session
 from app.web.state import services_of
 
@@ -71,13 +67,6 @@ async def start(request: Request) -> Response:
     except errors.OAuthNotConfigured as exc:
         return _page(exc.title, str(exc), exc.http_status)
     return RedirectResponse(url, status_code=302)
-
-
-async def not_admin_repositories(store: Store, workspaces: Iterable[str]) -> list[str]:
-    """Repositories whose admin-only reads (branch restrictions, Pipelines switch) Bitbucket refused
-    because the connection's user is not an admin of them, although the scope is granted: the
-    scope report shows them apart from missing scopes."""
-    return await Views(store.db).not_admin_repositories(list(workspaces))
 
 
 async def callback(request: Request) -> Response:

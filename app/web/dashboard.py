@@ -17,13 +17,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from app import actions, errors
+from app import actions, errors, queries
 from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.checks.base import valid_through
 from app.models import FAILING, SEVERITY_ORDER, STATUSES
 from app.settings import CHECK_IDS
 from app.store.views import MEMBER_SORTS, REPO_SORTS, RESULT_SORTS, Page, Views
-from app.web import api, resources, session
+from app.web import api, session
 from app.web.uploads import upload_form
 
 if TYPE_CHECKING:
@@ -360,10 +360,10 @@ async def subject(request: Request) -> Response:
         item = todo(row, services.service.settings.bitbucket_url, datetime.now(UTC))
     history = await store.results.history(check, subj)
     key = rows[0].result.subject_key if rows else subj
-    evidence = [e for e in await resources.evidence_data(store) if e["member"] == key or e["workspace"] == subj]
+    evidence = [e for e in await queries.evidence_data(store) if e["member"] == key or e["workspace"] == subj]
     exceptions = [
         x
-        for x in await resources.exceptions_data(store)
+        for x in await queries.exceptions_data(store)
         if (x.get("subject_key") in (subj, key) or x["subject"] in (subj, key)) and (not check or x["check"] == check)
     ]
     title = (item["name"] if item else subj) or subj
@@ -544,7 +544,7 @@ async def _evidence_page(request: Request, notice: str | None = None, status: in
     services = request.app.state.services
     if notice:
         request.scope["query_string"] = f"notice={quote(notice)}".encode()
-    rows = await resources.evidence_data(services.service.store)
+    rows = await queries.evidence_data(services.service.store)
     workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
     q = request.query_params
     prefill = {k: q.get(k, "") for k in ("check", "workspace", "member")}
@@ -571,7 +571,7 @@ async def exceptions(request: Request) -> Response:
         except errors.RecordError as exc:
             return _back("/exceptions", str(exc).replace("--", ""))
         return _back("/exceptions", "Exception recorded.")
-    rows = await resources.exceptions_data(services.service.store)
+    rows = await queries.exceptions_data(services.service.store)
     prefill = {k: request.query_params.get(k, "") for k in ("check", "subject")}
     return render(
         request, "exceptions.html", "Exceptions", "/exceptions", rows=rows, check_ids=CHECK_IDS, prefill=prefill
@@ -623,7 +623,7 @@ async def event_stream(request: Request) -> Response:
 
 async def connections(request: Request) -> Response:
     await _sid(request)
-    rows = await resources.connections_data(request.app.state.services)
+    rows = await queries.connections_data(request.app.state.services)
     notice = f"Connected {request.query_params['connected']}." if request.query_params.get("connected") else None
     if notice:
         request.scope["query_string"] = f"notice={quote(notice)}".encode()
@@ -703,17 +703,7 @@ async def operations(request: Request) -> Response:
     now = datetime.now(UTC).timestamp()
     panels = []
     for conn in await services.service.connections():
-        client = services.service.pool.clients.get(conn.id)
-        budget = None
-        if client is not None:
-            b = client.budget
-            wait = b.delay(priority=False)
-            budget = {
-                "remaining": b.remaining,
-                "limit": b.limit,
-                "waited": round(b.waited),
-                "wait_until": datetime.fromtimestamp(now + wait, UTC).isoformat(timespec="seconds") if wait else None,
-            }
+        budget = queries.budget(services, conn.id, now)
         for ws in conn.workspaces:
             passes = await views.passes(conn.id, ws)
             tiers = []

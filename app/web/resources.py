@@ -4,7 +4,6 @@ CLI and the dashboard): this module parses the request and renders the result or
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -13,25 +12,28 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from app import actions, errors, exports, tiers
-from app.bitbucket.models import Repository
-from app.checks import REGISTRY, scope_report
-from app.checks.base import Person, valid_through
+from app import actions, errors, exports
+from app.checks import REGISTRY
+from app.checks.base import valid_through
 from app.findings import to_json
 from app.models import iso, utcnow
+from app.queries import (
+    connections_data,
+    evidence_data,
+    evidence_json,
+    exceptions_data,
+    members_data,
+    person_json,
+    repositories_data,
+)
 from app.settings import CHECK_IDS
-from app.store import Store
-from app.store.facts import classify
-from app.store.snapshots import k_members, k_prs, k_repo, k_repos
 from app.store.views import Views
 from app.web import session
 from app.web.auth import require_admin
-from app.web.connect import not_admin_repositories
 from app.web.jsonbody import MAX_DEPTH, json_object, too_deep
 from app.web.problems import Problem
 from app.web.state import services_of, settings_of
 from app.web.uploads import upload_form
-from app.webhook_registration import health
 
 if TYPE_CHECKING:
     from app.main import Services
@@ -183,43 +185,6 @@ async def export_ocsf(request: Request) -> Response:
 
 
 # -- repositories and classes ------------------------------------------------------------------
-async def repositories_data(services: Services) -> list[dict[str, Any]]:
-    """Repositories of every connected workspace with their class (API and dashboard)."""
-    store = services.service.store
-    rules = await store.records.rules()
-    out = []
-    for conn in await services.service.connections():
-        for ws in conn.workspaces:
-            explicit = await store.records.classes(ws)
-            fresh = await tiers.freshness(store, ws)  # issue 13: age of the last good restrictions reading
-            listed = await store.snapshots.get(k_repos(ws))
-            for uuid in listed.content if listed and listed.content else []:
-                snap = await store.snapshots.get(k_repo(uuid))
-                if snap is None or snap.content is None:
-                    continue
-                repo = Repository.model_validate(snap.content)
-                cls, source = classify(repo, explicit, rules)
-                prs = await store.snapshots.get(k_prs(uuid))
-                out.append(
-                    {
-                        "uuid": repo.uuid,
-                        "full_name": repo.full_name,
-                        "workspace": ws,
-                        "name": repo.name,
-                        "project": repo.project_key,
-                        "mainbranch": repo.mainbranch,
-                        "is_private": repo.is_private,
-                        "language": repo.language,
-                        "class": cls,
-                        "class_source": source,
-                        "open_pullrequests": prs.content if prs else None,
-                        "restrictions_read_at": fresh.get(uuid, {}).get("read_at"),
-                        "restrictions_age_seconds": fresh.get(uuid, {}).get("age_seconds"),
-                    }
-                )
-    return out
-
-
 async def repositories(request: Request) -> Response:
     return JSONResponse(await repositories_data(_svc(request)))
 
@@ -238,44 +203,6 @@ async def set_class(request: Request) -> Response:
 
 
 # -- members and personnel ----------------------------------------------------------------------
-def _person(p: Person) -> dict[str, Any]:
-    return {
-        "email": p.email,
-        "name": p.name,
-        "kind": p.kind,
-        "status": p.status,
-        "offboarded_on": p.offboarded_on,
-        "bitbucket_account_id": p.bitbucket_account_id,
-        "owner": p.owner,
-    }
-
-
-async def members_data(services: Services) -> list[dict[str, Any]]:
-    """Members of every connected workspace with their link or mark (API and dashboard)."""
-    store = services.service.store
-    people = {p.bitbucket_account_id: p for p in await store.records.people() if p.bitbucket_account_id}
-    out = []
-    for conn in await services.service.connections():
-        for ws in conn.workspaces:
-            snap = await store.snapshots.get(k_members(ws))
-            marks = await store.records.marks(ws)
-            for raw in snap.content if snap and isinstance(snap.content, list) else []:
-                user = raw["user"]
-                key = user.get("account_id") or user.get("uuid")
-                person = people.get(key)
-                out.append(
-                    {
-                        "workspace": ws,
-                        "account_id": key,
-                        "display_name": user.get("display_name"),
-                        "permission": raw.get("permission"),
-                        "person": _person(person) if person else None,
-                        "mark": {"kind": marks[key][0], "owner": marks[key][1]} if key in marks else None,
-                    }
-                )
-    return out
-
-
 async def members(request: Request) -> Response:
     return JSONResponse(await members_data(_svc(request)))
 
@@ -305,11 +232,11 @@ async def mark_member(request: Request) -> Response:
 async def personnel(request: Request) -> Response:
     services = _svc(request)
     if request.method == "GET":
-        return JSONResponse([_person(p) for p in await services.service.store.records.people()])
+        return JSONResponse([person_json(p) for p in await services.service.store.records.people()])
     body = await _json(request)
     with _bad("Bad body"):
         done = await actions.save_person(services, body, "api")
-    return JSONResponse(_person(done.person) | {"events": done.events}, status_code=201 if done.created else 200)
+    return JSONResponse(person_json(done.person) | {"events": done.events}, status_code=201 if done.created else 200)
 
 
 async def personnel_import(request: Request) -> Response:
@@ -333,29 +260,6 @@ async def offboard(request: Request) -> Response:
 
 
 # -- evidence ----------------------------------------------------------------------------------
-def _evidence(r: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": r["id"],
-        "check": r["check_id"],
-        "workspace": r["workspace"],
-        "member": r["member"],
-        "filename": r["filename"],
-        "media_type": r["media_type"],
-        "size": r["size"],
-        "sha256": r["sha256"],
-        "uploaded_by": r["uploaded_by"],
-        "uploaded_at": r["uploaded_at"],
-        "expires_at": r["expires_at"],
-        "valid_through": valid_through(datetime.fromisoformat(r["expires_at"])).isoformat(),
-        "expired": r["expires_at"] <= utcnow().isoformat(),
-        "covered_members": json.loads(r["covered_members"]) if r["covered_members"] else None,
-    }
-
-
-async def evidence_data(store: Store) -> list[dict[str, Any]]:
-    return [_evidence(r) for r in await store.records.evidence_rows()]
-
-
 async def evidence(request: Request) -> Response:
     services = _svc(request)
     store = services.service.store
@@ -387,7 +291,7 @@ async def evidence(request: Request) -> Response:
         await form.close()
     eid = done.recorded.id
     row = next(r for r in await store.records.evidence_rows() if r["id"] == eid)
-    return JSONResponse(_evidence(row) | {"events": done.events}, status_code=201)
+    return JSONResponse(evidence_json(row) | {"events": done.events}, status_code=201)
 
 
 async def evidence_file(request: Request) -> Response:
@@ -406,29 +310,6 @@ async def evidence_file(request: Request) -> Response:
 
 
 # -- exceptions ----------------------------------------------------------------------------------
-async def exceptions_data(store: Store) -> list[dict[str, Any]]:
-    rows = await store.records.exception_rows()
-    now = utcnow().isoformat()
-    return [
-        {
-            "id": r["id"],
-            "check": r["check_id"],
-            "subject": r["subject"],
-            "subject_key": r["subject_key"],
-            "owner": r["owner"],
-            "reason": r["reason"],
-            "created_at": r["created_at"],
-            "expires_at": r["expires_at"],
-            "valid_through": valid_through(datetime.fromisoformat(r["expires_at"])).isoformat(),
-            "expired": r["expires_at"] <= now,
-            "active": r["inactive_reason"] is None and r["subject_key"] is not None and r["revoked_at"] is None,
-            "inactive_reason": r["inactive_reason"],
-            "revoked_at": r["revoked_at"],
-        }
-        for r in rows
-    ]
-
-
 async def exceptions(request: Request) -> Response:
     services = _svc(request)
     store = services.service.store
@@ -463,36 +344,6 @@ async def exceptions(request: Request) -> Response:
 
 
 # -- connections ---------------------------------------------------------------------------------
-async def connections_data(services: Services) -> list[dict[str, Any]]:
-    """Connections with scopes, the scope report and webhook health (API and dashboard)."""
-    out = []
-    for conn in await services.service.store.connections.all():
-        client = services.service.pool.clients.get(conn.id)
-        granted = conn.scopes or (tuple(sorted(client.granted_scopes)) if client and client.granted_scopes else None)
-        out.append(
-            {
-                "id": conn.id,
-                "kind": conn.kind,
-                "workspaces": list(conn.workspaces),
-                "status": conn.status,
-                "status_reason": conn.status_reason,
-                "user": conn.user,
-                "scopes": list(granted) if granted else None,
-                "scope_report": scope_report(
-                    granted,
-                    services.service.settings.enabled_checks,
-                    await not_admin_repositories(services.service.store, conn.workspaces),
-                ),
-                "webhook": await health(services.service, conn)
-                if conn.status != "disconnected"
-                else {"status": "none"},
-                "budget_remaining": client.budget.remaining if client else None,
-                "created_at": conn.created_at,
-            }
-        )
-    return out
-
-
 async def connections(request: Request) -> Response:
     return JSONResponse(await connections_data(_svc(request)))
 
