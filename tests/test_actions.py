@@ -354,3 +354,18 @@ async def test_connect_needs_the_oauth_consumer(
         assert info.value.http_status == 503
     finally:
         await plain.service.store.close()
+
+
+async def test_webhooks_register_and_report_health(services: Services) -> None:
+    with pytest.raises(errors.NotFound):
+        await actions.webhook_health(services, "nope")
+    [conn] = await actions.webhook_connections(services)
+    before = await actions.webhook_health(services, conn.id)
+    assert (before.status, before.hooks) == ("missing", 0)
+    done = await actions.register_webhooks(services, conn)
+    assert isinstance(done, actions.HooksRegistered) and done.url == "http://127.0.0.1:8999/hooks/bitbucket/token"
+    assert [(h["workspace"], h["level"], h["action"]) for h in done.hooks] == [("acme", "workspace", "created")]
+    after = await actions.webhook_health(services, conn.id)
+    assert after.hooks == 1 and after.status != "missing"
+    again = await actions.register_webhooks(services, conn)  # recognised, not registered twice
+    assert [h["action"] for h in again.hooks] != ["created"]
