@@ -184,7 +184,7 @@ async def test_evidence_is_validated_recorded_and_evaluated(services: Services) 
         await actions.add_evidence(
             services,
             io.BytesIO(PDF),
-            check="pipelines-enabled",
+            check="no-such-check",
             workspace="acme",
             member=None,
             filename="p.pdf",
