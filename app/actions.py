@@ -9,7 +9,8 @@ enforce it).
 
 Actions: classify a repository, add a classification rule, import or record personnel, offboard
 someone, link or mark a member, add evidence, add and revoke an exception, connect (OAuth) and
-disconnect, reconcile now, retry a dead event, send a test alert.
+disconnect, register webhooks (and read their health), reconcile now, retry a dead event, send a
+test alert. What a person sees (read models with a rule in them) is :mod:`app.queries`.
 """
 
 from __future__ import annotations
