@@ -5,81 +5,30 @@ Each function returns an exit status (0, 1) or raises ConfigError (exit 2).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-import aiohttp
-
-from app import errors, exports, record_input
+from app import actions, errors, exports
 from app.checks import REGISTRY
 from app.checks.base import valid_through
-from app.crypto import Crypto
-from app.evidence import record_evidence
-from app.exceptions import record_exception
 from app.findings import to_json
-from app.main import Services, build_services
-from app.models import SEVERITY_ORDER, iso, utcnow
-from app.settings import CHECK_IDS, Settings
-from app.store import Store
-from app.store.snapshots import listed_repos
+from app.models import SEVERITY_ORDER
+from app.runtime import backup, open_store, running
+from app.settings import Settings
 
 
-def _unusable(path: Path, exc: sqlite3.Error | OSError) -> errors.ConfigError:
-    reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
-    return errors.ConfigError(f"LP_DATABASE: cannot use {path}: {reason}")
-
-
-@asynccontextmanager
-async def open_store(settings: Settings, *, existing: bool = False) -> AsyncIterator[Store]:
-    """The one way commands open the database; it is always closed again, whatever happens.
-
-    ``existing``: a read-only command refuses a missing file instead of creating an empty database.
-    A file that is not an SQLite database (or cannot be opened) is a configuration error (exit 2).
-    """
-    path = settings.database
-    if existing and not path.is_file():
-        raise errors.ConfigError(f"no database at {path} (set LP_DATABASE to the product's database file)")
+@contextmanager
+def _as_config() -> Iterator[None]:
+    """A person's bad input (an action's RecordError) as the CLI's configuration error: one line, exit 2."""
     try:
-        store = await Store.open(path)
-    except (sqlite3.Error, OSError) as exc:
-        raise _unusable(path, exc) from None
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-@asynccontextmanager
-async def running(settings: Settings, *, existing: bool = False) -> AsyncIterator[Services]:
-    """The product's parts without the HTTP server: store, session, clients, worker.
-
-    Everything opened here is closed on the way out, on success, error or cancellation.
-    """
-    if settings.secret_key is not None:
-        Crypto(settings.secret_key.get_secret_value())  # a bad key is refused before anything is created
-    async with contextlib.AsyncExitStack() as stack:
-        session = await stack.enter_async_context(aiohttp.ClientSession())
-        store = await stack.enter_async_context(open_store(settings, existing=existing))
-        yield await build_services(settings, session, store=store)
-
-
-async def through_log(services: Services, key: str, payload: dict[str, Any]) -> list[str]:
-    """Append an internal event (one per connected workspace), drain the worker, return the changes."""
-    ids = await services.service.internal_event(key, payload)
-    await services.worker.drain()
-    lines: list[str] = []
-    for eid in ids:
-        row = await services.service.store.events.get(eid)
-        if row and row.caused:
-            lines += row.caused.get("changes", [])
-    return lines
+        yield
+    except errors.RecordError as exc:
+        raise errors.ConfigError(str(exc)) from None
 
 
 async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO = sys.stdout) -> int:
@@ -87,43 +36,20 @@ async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO =
     if settings.bitbucket_token is None and not settings.database.is_file():
         raise errors.ConfigError(f"{none} (no database at {settings.database})")
     async with running(settings) as services:
-        service = services.service
-        await service.check_key()
         try:
-            await service.ensure_token_connection()  # nothing without LP_BITBUCKET_TOKEN
+            await actions.prepare_connections(services)  # the token connection: nothing without LP_BITBUCKET_TOKEN
         except errors.BitbucketError as exc:
             print(f"error: reconcile could not finish: {exc}", file=sys.stderr)
             return 1
-        conns = []
-        for conn in await service.connections():
-            if conn.status != "active":
-                continue
-            if not service.configured(conn):
-                continue  # a token connection from an earlier run; its token is not configured now
-            if conn.kind == "oauth" and service.crypto is None:
-                raise errors.ConfigError("LP_SECRET_KEY: required to use the OAuth connections in the database")
-            conns.append(conn)
-        if not conns:
-            broken = [c.id for c in await service.connections() if c.status == "broken"]
-            if broken:
-                raise errors.ConfigError(f"every connection is broken ({', '.join(broken)}): reconnect with OAuth")
-            raise errors.ConfigError(none)
-        if workspace is not None and not any(workspace in c.workspaces for c in conns):
-            raise errors.ConfigError(f"--workspace: {workspace!r} is not a connected workspace")
         ids: list[int] = []
-        for conn in conns:
-            for ws in conn.workspaces:
-                if workspace in (None, ws):
-                    ids += await service.internal_event("lp:reconcile", {"workspace": ws, "tier": "full"}, conn.id)
-        await services.worker.drain()
+        for conn in await actions.reconcile_connections(services, workspace):
+            ids += (await actions.reconcile_now(services, workspace=workspace, connection=conn.id)).events
         status = 0
-        for eid in ids:
-            row = await service.store.events.get(eid)
-            assert row is not None
+        for row in await actions.settle(services, ids):
             ws = row.workspace or "?"
             if row.state != "done":
                 print(
-                    f"error: reconcile of {ws} could not finish: {row.error} (event {eid} will be retried)",
+                    f"error: reconcile of {ws} could not finish: {row.error} (event {row.id} will be retried)",
                     file=sys.stderr,
                 )
                 status = 1
@@ -187,26 +113,15 @@ def _table(items: list[dict[str, Any]], out: TextIO) -> None:
     print(f"\n{len(items)} results: {summary}", file=out)
 
 
-async def _known_workspaces(store: Store) -> list[str]:
-    return await store.snapshots.workspaces()
-
-
 async def cmd_classify(settings: Settings, target: str, cls: str, out: TextIO = sys.stdout) -> int:
     ws, _, slug = target.partition("/")
     if not ws or not slug:
         raise errors.ConfigError(f"expected WORKSPACE/REPO, not {target!r}")
     async with running(settings, existing=True) as services:
-        store = services.service.store
-        snaps = await store.snapshots.load(ws)
-        match = None
-        for _, content in listed_repos(snaps, ws):
-            if content["slug"] == slug or content["full_name"] == target:
-                match = content
-        if match is None:
-            raise errors.ConfigError(f"unknown repository {target!r} (run `reconcile` first so the product knows it)")
-        await store.records.set_class(match["uuid"], ws, match["full_name"], cls, "cli", iso(utcnow()))
-        lines = await through_log(services, "lp:classification", {"workspace": ws, "repository_uuid": match["uuid"]})
-    print(f"{match['full_name']} classified {cls}", file=out)
+        with _as_config():
+            done = await actions.classify(services, target, cls, "cli")
+        lines = actions.changes(await actions.settle(services, done.events))
+    print(f"{done.full_name} classified {cls}", file=out)
     for line in lines:
         print(line, file=out)
     return 0
@@ -218,13 +133,14 @@ async def cmd_rule_add(
     if (project is None) == (name is None):
         raise errors.ConfigError("give exactly one of --project KEY or --name GLOB")
     async with running(settings) as services:
-        rid = await services.service.store.records.add_rule(
-            cls, iso(utcnow()), project_key=project, name_glob=name, workspace=workspace
-        )
-        lines = await through_log(services, "lp:classification", {})
+        with _as_config():
+            done = await actions.add_rule(
+                services, cls, project_key=project, name_glob=name, workspace=workspace, actor="cli"
+            )
+        lines = actions.changes(await actions.settle(services, done.events))
     for line in lines:
         print(line, file=out)
-    print(f"rule {rid}: {'project ' + project if project else 'name ' + str(name)} → {cls}", file=out)
+    print(f"rule {done.id}: {'project ' + project if project else 'name ' + str(name)} → {cls}", file=out)
     return 0
 
 
@@ -245,22 +161,13 @@ async def cmd_personnel_import(settings: Settings, path: Path, out: TextIO = sys
         data = path.read_bytes()
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        people = record_input.parse_personnel(data, path.name)
-    except record_input.RecordError as exc:
-        raise errors.ConfigError(str(exc)) from None
+    with _as_config():
+        people = actions.read_personnel(data, path.name)  # a bad file is refused before anything is opened
     async with running(settings) as services:
-        store = services.service.store
-        directory = await store.records.people()
-        try:
-            record_input.check_account_conflicts(people, directory)
-        except record_input.RecordError as exc:
-            raise errors.ConfigError(str(exc)) from None
-        known = {p.email for p in directory}
-        n = await store.records.import_people(people, "cli", iso(utcnow()))
-        new_emails = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
-        lines = await through_log(services, "lp:personnel", {"new_emails": new_emails})
-    print(f"imported {n} people", file=out)
+        with _as_config():
+            done = await actions.import_personnel(services, people, "cli")
+        lines = actions.changes(await actions.settle(services, done.events))
+    print(f"imported {done.count} people", file=out)
     for line in lines:
         print(line, file=out)
     return 0
@@ -279,36 +186,29 @@ async def cmd_evidence_add(
         source = path.open("rb")  # streamed into the evidence folder, never read whole
     except OSError as exc:
         raise errors.ConfigError(f"{path}: {exc.strerror}") from None
-    async with running(settings, existing=True) as services:  # evidence belongs with the product's data
-        store = services.service.store
-        known = await _known_workspaces(store)
-        ws = workspace or (known[0] if len(known) == 1 else None)
-        if ws is None:
-            raise errors.ConfigError("--workspace: required (the product knows several or none yet)")
-        try:
-            done = await record_evidence(
-                store,
-                source,
-                check=check,
-                workspace=ws,
-                member=member,
-                filename=path.name,
-                uploaded_by="cli",
-                expires=expires,
-                max_age_days=settings.evidence_max_age_days,
-                max_bytes=settings.evidence_max_bytes,
-            )
-        except record_input.RecordError as exc:
-            raise errors.ConfigError(str(exc)) from None
-        lines = await through_log(services, "lp:evidence", {"workspace": ws, "check": check})
+    with source:
+        async with running(settings, existing=True) as services:  # evidence belongs with the product's data
+            with _as_config():
+                done = await actions.add_evidence(
+                    services,
+                    source,
+                    check=check,
+                    workspace=workspace,
+                    member=member,
+                    filename=path.name,
+                    expires=expires,
+                    actor="cli",
+                )
+            lines = actions.changes(await actions.settle(services, done.events))
+    rec = done.recorded
     scope = (
         f"member {member}"
         if member
-        else (f"{len(done.covered)} members" if done.covered is not None else f"workspace {ws}")
+        else (f"{len(rec.covered)} members" if rec.covered is not None else f"workspace {done.workspace}")
     )
     print(
-        f"evidence {done.id} ({done.media_type}) for {check}, {scope}, valid through "
-        f"{valid_through(done.expires_at).isoformat()}",
+        f"evidence {rec.id} ({rec.media_type}) for {check}, {scope}, valid through "
+        f"{valid_through(rec.expires_at).isoformat()}",
         file=out,
     )
     for line in lines:
@@ -319,25 +219,15 @@ async def cmd_evidence_add(
 async def cmd_exception_add(
     settings: Settings, check: str, subject: str, owner: str, reason: str, expires: str, out: TextIO = sys.stdout
 ) -> int:
-    async with open_store(settings, existing=True) as store:  # the subject must have been seen
-        try:
-            done = await record_exception(
-                store,
-                check=check,
-                subject=subject,
-                owner=owner,
-                reason=reason,
-                expires=expires,
-                actor="cli",
-                known_checks=CHECK_IDS,
+    async with running(settings, existing=True) as services:  # the subject must have been seen
+        with _as_config():
+            done = await actions.add_exception(
+                services, check=check, subject=subject, owner=owner, reason=reason, expires=expires, actor="cli"
             )
-        except record_input.RecordError as exc:
-            raise errors.ConfigError(str(exc)) from None
-    req = done.request
-    async with running(settings, existing=True) as services:
-        lines = await through_log(services, "lp:exception", {"check": req.check, "subject": done.subject.key})
+        lines = actions.changes(await actions.settle(services, done.events))
+    req, found = done.granted.request, done.granted.subject
     print(
-        f"exception {done.id}: {check} for {done.subject.name} ({done.subject.key}) valid through "
+        f"exception {done.granted.id}: {check} for {found.name} ({found.key}) valid through "
         f"{valid_through(req.expires_at).isoformat()} (owner {req.owner})",
         file=out,
     )
@@ -347,47 +237,38 @@ async def cmd_exception_add(
 
 
 async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout) -> int:
-    from app.webhook_registration import ensure_hooks, health
-
     if settings.secret_key is None:
         raise errors.ConfigError("LP_SECRET_KEY: required to store the webhook secret")
     async with running(settings, existing=action == "status") as services:
-        service = services.service
-        await service.check_key()
         try:
-            await service.ensure_token_connection()
+            await actions.prepare_connections(services)
         except errors.BitbucketError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        conns = [c for c in await service.connections() if service.configured(c)]
-        if not conns:
-            raise errors.ConfigError("no connection: set LP_BITBUCKET_TOKEN and LP_WORKSPACES, or connect with OAuth")
         status = 0
-        for conn in conns:
+        for conn in await actions.webhook_connections(services):
             if action == "register":
                 try:
-                    state = await ensure_hooks(service, conn)
+                    done = await actions.register_webhooks(services, conn)
                 except errors.BitbucketError as exc:
                     print(f"error: {conn.id}: {exc}", file=sys.stderr)
                     status = 1
                     continue
-                for entry in state:
+                for entry in done.hooks:
                     where = entry.get("repository") or entry["workspace"]
                     print(
                         f"{conn.id}: {entry['level']} hook on {where}: {entry['action']} "
-                        f"({len(entry['events'])} events) → {service.hook_url(conn.id)}",
+                        f"({len(entry['events'])} events) → {done.url}",
                         file=out,
                     )
             else:
-                fresh = await service.store.connections.get(conn.id)
-                assert fresh is not None
-                h = await health(service, fresh)
+                h = await actions.webhook_health(services, conn.id)
                 print(
-                    f"{conn.id}: {h['status']}, {len(fresh.hooks)} hooks, last delivery "
-                    f"{fresh.last_delivery_at or 'never'}" + (f" — {h['message']}" if h.get("message") else ""),
+                    f"{conn.id}: {h.status}, {h.hooks} hooks, last delivery "
+                    f"{h.last_delivery_at or 'never'}" + (f" — {h.message}" if h.message else ""),
                     file=out,
                 )
-                if h["status"] != "ok":
+                if h.status != "ok":
                     status = 1
     return status
 
@@ -426,11 +307,6 @@ async def check_key(settings: Settings) -> None:
 
 
 async def cmd_backup(settings: Settings, target: Path, out: TextIO = sys.stdout) -> int:
-    if target.exists():
-        raise errors.ConfigError(f"{target}: exists already; choose a new file")
-    if not settings.database.exists():
-        raise errors.ConfigError(f"{settings.database}: no database to back up")
-    async with open_store(settings) as store:
-        await store.db.backup(target)
+    await backup(settings, target)
     print(f"backed up {settings.database} to {target}", file=out)
     return 0

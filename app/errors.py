@@ -10,7 +10,12 @@
     │   ├── TooLarge             an evidence file over LP_EVIDENCE_MAX_BYTES    413   2
     │   ├── BadUpload            not a multipart/form-data body                 400   2
     │   ├── NoMemberList         2SV report before the members were listed      409   2
-    │   └── UnknownSubject       no repository, member or workspace seen        422   2
+    │   ├── UnknownSubject       no repository, member or workspace seen        422   2
+    │   └── NotFound             no such repository, person, exception, ...     404   2
+    ├── NoAlertChannel           a test alert with no channel configured        409   2
+    ├── OAuthNotConfigured       connect without LP_OAUTH_CLIENT_ID/SECRET      503   2
+    ├── ConnectRefused           an OAuth callback we refuse (state, session)   400   2
+    ├── ConnectedUnreadable      tokens granted, but Bitbucket could not be read 502  1
     ├── DeliveryError            a channel refused or failed an alert           502   1
     ├── ResourcesUnreadable      an event's resources could not be read         503   1
     ├── BitbucketError           anything Bitbucket answered or failed to answer 502  1
@@ -140,6 +145,49 @@ class UnknownSubject(RecordError):
 
     http_status = 422
     title = "Unknown subject"
+
+
+class NotFound(RecordError):
+    """What a person named does not exist (a repository, a person, an exception, a connection);
+    ``title`` says what was looked for."""
+
+    http_status = 404
+
+    def __init__(self, message: str, *, title: str = "Not found") -> None:
+        super().__init__(message)
+        self.title = title
+
+
+class NoAlertChannel(LowerplaneError):
+    """A test alert was asked for while no channel (Slack, e-mail) is configured."""
+
+    http_status = 409
+    title = "No alert channel"
+    exit_code = 2
+
+
+class OAuthNotConfigured(LowerplaneError):
+    """Connecting with OAuth needs LP_OAUTH_CLIENT_ID and LP_OAUTH_CLIENT_SECRET."""
+
+    http_status = 503
+    title = "OAuth is not configured"
+    exit_code = 2
+
+
+class ConnectRefused(LowerplaneError):
+    """An OAuth callback refused before any token is asked for: no code or state, a state unknown,
+    used, expired or begun in another browser session."""
+
+    http_status = 400
+    title = "Connection refused"
+    exit_code = 2
+
+
+class ConnectedUnreadable(LowerplaneError):
+    """Bitbucket granted tokens but the user or the workspaces could not be read with them."""
+
+    http_status = 502
+    title = "Connected, but Bitbucket could not be read"
 
 
 class DeliveryError(LowerplaneError):

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from app import actions, errors
 from app.findings import to_json
 from app.models import STATUSES
 from app.settings import CHECK_IDS
@@ -19,6 +20,7 @@ from app.store.events import EventRow
 from app.web.auth import require_admin
 from app.web.jsonbody import json_object
 from app.web.problems import Problem
+from app.web.state import services_of
 
 EVENT_STATES = ("queued", "running", "done", "failed", "dead", "ignored")
 
@@ -116,15 +118,16 @@ async def findings(request: Request) -> Response:
 
 async def reconcile_now(request: Request) -> Response:
     require_admin(request)
-    service = request.app.state.services.service
     body: dict[str, Any] = await json_object(request) if await request.body() else {}
     tier = body.get("tier", "full")
-    if tier not in ("full", "members"):
+    if not isinstance(tier, str):
         raise Problem(400, "Bad body", "tier must be full or members")
-    if body.get("workspace") is not None and not isinstance(body["workspace"], str):
+    workspace = body.get("workspace")
+    if workspace is not None and not isinstance(workspace, str):
         raise Problem(400, "Bad body", "workspace must be a string")
-    ids = await service.internal_event(
-        "lp:reconcile", {"tier": tier, **({"workspace": body["workspace"]} if body.get("workspace") else {})}
-    )
+    try:
+        done = await actions.reconcile_now(services_of(request), tier=tier, workspace=workspace)
+    except errors.RecordError as exc:
+        raise Problem(400, "Bad body", str(exc)) from None
     await asyncio.sleep(0)
-    return JSONResponse({"queued": ids}, status_code=202)
+    return JSONResponse({"queued": done.events}, status_code=202)

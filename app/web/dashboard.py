@@ -1,32 +1,33 @@
 """The dashboard: server-rendered Jinja2 pages and a little plain JavaScript (no build, no CDN).
 
-Every page needs the session cookie from the login; every form carries a CSRF token. Changes go
-through the same internal events as the API and the CLI.
+Every page needs the session cookie from the login; every form carries a CSRF token. Changes are
+:mod:`app.actions`, shared with the API and the CLI: a handler here parses the form and renders.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from app import errors, record_input
+from app import actions, errors, queries
 from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.checks.base import valid_through
-from app.evidence import record_evidence
-from app.exceptions import record_exception
-from app.models import FAILING, SEVERITY_ORDER, STATUSES, iso, utcnow
+from app.models import FAILING, SEVERITY_ORDER, STATUSES
 from app.settings import CHECK_IDS
-from app.store.snapshots import k_repo
 from app.store.views import MEMBER_SORTS, REPO_SORTS, RESULT_SORTS, Page, Views
-from app.web import api, resources, session
+from app.web import api, session
 from app.web.uploads import upload_form
+
+if TYPE_CHECKING:
+    from app.main import Services
 
 PER_PAGE = 50
 SEVERITIES = ("critical", "high", "medium", "low")
@@ -83,7 +84,7 @@ def _pager(request: Request, page: Page, number: int) -> dict[str, Any]:
     }
 
 
-def _sorter(request: Request) -> Any:
+def _sorter(request: Request) -> Callable[[str], str]:
     """``sort_link(column)``: the URL that sorts by ``column`` (toggling the direction)."""
     params = {k: v for k, v in request.query_params.items() if k not in ("page", "notice", "sort", "dir") and v}
     current, desc = request.query_params.get("sort"), request.query_params.get("dir") == "desc"
@@ -359,10 +360,10 @@ async def subject(request: Request) -> Response:
         item = todo(row, services.service.settings.bitbucket_url, datetime.now(UTC))
     history = await store.results.history(check, subj)
     key = rows[0].result.subject_key if rows else subj
-    evidence = [e for e in await resources.evidence_data(store) if e["member"] == key or e["workspace"] == subj]
+    evidence = [e for e in await queries.evidence_data(store) if e["member"] == key or e["workspace"] == subj]
     exceptions = [
         x
-        for x in await resources.exceptions_data(store)
+        for x in await queries.exceptions_data(store)
         if (x.get("subject_key") in (subj, key) or x["subject"] in (subj, key)) and (not check or x["check"] == check)
     ]
     title = (item["name"] if item else subj) or subj
@@ -425,24 +426,20 @@ async def classify(request: Request) -> Response:
     form = await _form(request)
     raw = await request.form()
     services = request.app.state.services
-    store = services.service.store
     if form.get("one"):
         uuid, _, cls = str(form["one"]).partition("|")
         targets = [uuid]
     else:
         targets = [str(u) for u in raw.getlist("uuid")]
         cls = str(form.get("class") or "")
-    if cls not in ("production", "non-production") or not targets:
+    if cls not in actions.CLASSES or not targets:
         return _back("/repositories", "Select repositories and a class.")
     done = []
     for uuid in targets:
-        snap = await store.snapshots.get(k_repo(uuid))
-        if snap is None or snap.content is None:
+        try:
+            done.append((await actions.classify(services, uuid, cls, "dashboard")).full_name)
+        except errors.NotFound:
             continue
-        ws = snap.content["workspace"]
-        await store.records.set_class(uuid, ws, snap.content["full_name"], cls, "dashboard", iso(utcnow()))
-        await services.service.internal_event("lp:classification", {"workspace": ws, "repository_uuid": uuid})
-        done.append(snap.content["full_name"])
     return _back("/repositories", f"Classified {', '.join(done)} as {cls}.")
 
 
@@ -477,25 +474,29 @@ async def members(request: Request) -> Response:
 async def member_link(request: Request) -> Response:
     form = await _form(request)
     services = request.app.state.services
-    ok = await services.service.store.records.link_member(
-        str(form.get("email", "")), str(form["account_id"]), "dashboard", iso(utcnow())
-    )
-    if not ok:
+    try:
+        await actions.link_member(
+            services, str(form["workspace"]), str(form["account_id"]), str(form.get("email", "")), "dashboard"
+        )
+    except errors.RecordError:
         return _back("/members", "No one with that email in the personnel directory.")
-    await services.service.internal_event("lp:personnel", {"workspace": str(form["workspace"])})
     return _back("/members", "Linked.")
 
 
 async def member_mark(request: Request) -> Response:
     form = await _form(request)
-    mark, owner = str(form.get("mark", "")), str(form.get("owner", "")).strip()
-    if mark not in ("service-account", "external") or not owner:
-        return _back("/members", "Choose a mark and name an owner.")
     services = request.app.state.services
-    await services.service.store.records.mark_member(
-        str(form["workspace"]), str(form["account_id"]), mark, owner, "dashboard", iso(utcnow())
-    )
-    await services.service.internal_event("lp:personnel", {"workspace": str(form["workspace"])})
+    try:
+        await actions.mark_member(
+            services,
+            str(form["workspace"]),
+            str(form["account_id"]),
+            str(form.get("mark", "")),
+            str(form.get("owner", "")),
+            "dashboard",
+        )
+    except errors.RecordError:
+        return _back("/members", "Choose a mark and name an owner.")
     return _back("/members", "Marked.")
 
 
@@ -506,9 +507,9 @@ async def evidence(request: Request) -> Response:
         settings = request.app.state.settings
         try:
             form = await upload_form(request, settings.evidence_max_bytes)
-        except record_input.TooLarge as exc:
+        except errors.TooLarge as exc:
             return await _evidence_page(request, str(exc), 413)
-        except record_input.RecordError as exc:
+        except errors.RecordError as exc:
             return _back("/evidence", str(exc))
         try:
             if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
@@ -516,29 +517,26 @@ async def evidence(request: Request) -> Response:
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 return _back("/evidence", "Choose a file.")
-            check, ws = str(form.get("check", "")), str(form.get("workspace", ""))
-            member = str(form.get("member") or "").strip() or None
-            done = await record_evidence(
-                services.service.store,
+            done = await actions.add_evidence(
+                services,
                 upload.file,
-                check=check,
-                workspace=ws,
-                member=member,
+                check=str(form.get("check", "")),
+                workspace=str(form.get("workspace", "")),
+                member=str(form.get("member") or "").strip() or None,
                 filename=upload.filename or "evidence",
-                uploaded_by="dashboard",
                 expires=str(form.get("expires") or "") or None,
-                max_age_days=settings.evidence_max_age_days,
-                max_bytes=settings.evidence_max_bytes,
+                actor="dashboard",
             )
-        except record_input.TooLarge as exc:
+        except errors.TooLarge as exc:
             return await _evidence_page(request, str(exc), 413)
-        except record_input.RecordError as exc:
+        except errors.RecordError as exc:
             return _back("/evidence", str(exc))
         finally:
             await form.close()
-        expires = done.expires_at
-        await services.service.internal_event("lp:evidence", {"workspace": ws, "check": check})
-        return _back("/evidence", f"Evidence recorded for {check}; valid through {valid_through(expires).isoformat()}.")
+        expires = done.recorded.expires_at
+        return _back(
+            "/evidence", f"Evidence recorded for {done.check}; valid through {valid_through(expires).isoformat()}."
+        )
     return await _evidence_page(request)
 
 
@@ -546,7 +544,7 @@ async def _evidence_page(request: Request, notice: str | None = None, status: in
     services = request.app.state.services
     if notice:
         request.scope["query_string"] = f"notice={quote(notice)}".encode()
-    rows = await resources.evidence_data(services.service.store)
+    rows = await queries.evidence_data(services.service.store)
     workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
     q = request.query_params
     prefill = {k: q.get(k, "") for k in ("check", "workspace", "member")}
@@ -561,23 +559,19 @@ async def exceptions(request: Request) -> Response:
     if request.method == "POST":
         form = await _form(request)
         try:
-            done = await record_exception(
-                services.service.store,
+            await actions.add_exception(
+                services,
                 check=str(form.get("check", "")),
                 subject=str(form.get("subject", "")),
                 owner=str(form.get("owner", "")),
                 reason=str(form.get("reason", "")),
                 expires=str(form.get("expires", "")),
                 actor="dashboard",
-                known_checks=CHECK_IDS,
             )
-        except record_input.RecordError as exc:
+        except errors.RecordError as exc:
             return _back("/exceptions", str(exc).replace("--", ""))
-        await services.service.internal_event(
-            "lp:exception", {"check": done.request.check, "subject": done.subject.key}
-        )
         return _back("/exceptions", "Exception recorded.")
-    rows = await resources.exceptions_data(services.service.store)
+    rows = await queries.exceptions_data(services.service.store)
     prefill = {k: request.query_params.get(k, "") for k in ("check", "subject")}
     return render(
         request, "exceptions.html", "Exceptions", "/exceptions", rows=rows, check_ids=CHECK_IDS, prefill=prefill
@@ -629,7 +623,7 @@ async def event_stream(request: Request) -> Response:
 
 async def connections(request: Request) -> Response:
     await _sid(request)
-    rows = await resources.connections_data(request.app.state.services)
+    rows = await queries.connections_data(request.app.state.services)
     notice = f"Connected {request.query_params['connected']}." if request.query_params.get("connected") else None
     if notice:
         request.scope["query_string"] = f"notice={quote(notice)}".encode()
@@ -648,7 +642,10 @@ async def disconnect(request: Request) -> Response:
     form = await _form(request)
     if form.get("confirm") != "yes":
         return RedirectResponse(f"/connections/{quote(cid)}/disconnect", status_code=303)
-    await resources.disconnect_connection(request.app.state.services, cid)
+    try:
+        await actions.disconnect(request.app.state.services, cid)
+    except errors.NotFound:
+        pass  # gone already (another tab): the page says so
     return _back("/connections", f"Disconnected {cid}.")
 
 
@@ -673,14 +670,14 @@ async def alerts(request: Request) -> Response:
 
 async def alert_test(request: Request) -> Response:
     await _form(request)
-    services = request.app.state.services
-    if not services.dispatcher.senders:
-        return _back("/alerts", "No alert channel: set LP_SLACK_WEBHOOK_URL or LP_SMTP_URL.")
-    result = await resources.send_test_message(services)
+    try:
+        result = await actions.send_test_alert(request.app.state.services)
+    except errors.NoAlertChannel as exc:
+        return _back("/alerts", f"{exc.title}: {exc}.")
     return _back("/alerts", "Test message: " + ", ".join(f"{k} {v}" for k, v in result.items()))
 
 
-async def _assessment(services: Any) -> list[dict[str, Any]]:
+async def _assessment(services: Services) -> list[dict[str, Any]]:
     """Per connected workspace: whether its first full pass finished, and what runs now."""
     views = Views(services.service.store.db)
     out = []
@@ -706,17 +703,7 @@ async def operations(request: Request) -> Response:
     now = datetime.now(UTC).timestamp()
     panels = []
     for conn in await services.service.connections():
-        client = services.service.pool.clients.get(conn.id)
-        budget = None
-        if client is not None:
-            b = client.budget
-            wait = b.delay(priority=False)
-            budget = {
-                "remaining": b.remaining,
-                "limit": b.limit,
-                "waited": round(b.waited),
-                "wait_until": datetime.fromtimestamp(now + wait, UTC).isoformat(timespec="seconds") if wait else None,
-            }
+        budget = queries.budget(services, conn.id, now)
         for ws in conn.workspaces:
             passes = await views.passes(conn.id, ws)
             tiers = []
@@ -748,12 +735,12 @@ async def operations(request: Request) -> Response:
 async def reconcile(request: Request) -> Response:
     form = await _form(request)
     tier = "members" if form.get("tier") == "members" else "full"
-    payload: dict[str, Any] = {"tier": tier}
-    if form.get("workspace"):
-        payload["workspace"] = str(form["workspace"])
-    ids = await request.app.state.services.service.internal_event("lp:reconcile", payload)
-    where = f" of {payload['workspace']}" if "workspace" in payload else ""
-    return _back("/operations", f"Reconcile ({tier}){where} queued: event {', '.join(map(str, ids)) or 'joined'}.")
+    done = await actions.reconcile_now(
+        request.app.state.services, tier=tier, workspace=str(form.get("workspace") or "") or None
+    )
+    where = f" of {done.workspace}" if done.workspace else ""
+    queued = ", ".join(map(str, done.events)) or "joined"
+    return _back("/operations", f"Reconcile ({tier}){where} queued: event {queued}.")
 
 
 async def event_retry(request: Request) -> Response:
@@ -762,21 +749,20 @@ async def event_retry(request: Request) -> Response:
         eid = int(request.path_params["id"])
     except ValueError:
         return _back("/operations", "Unknown event.")
-    ok = await _views(request).retry_dead(eid, datetime.now(UTC).timestamp())
+    ok = await actions.retry_event(request.app.state.services, eid)
     return _back("/operations", f"Event {eid} queued again." if ok else f"Event {eid} is not dead.")
 
 
 async def exception_revoke(request: Request) -> Response:
     await _form(request)
-    services = request.app.state.services
     try:
         xid = int(request.path_params["id"])
     except ValueError:
         return _back("/exceptions", "Unknown exception.")
-    row = await services.service.store.records.revoke_exception(xid, "dashboard", iso(utcnow()))
-    if row is None:
-        return _back("/exceptions", "No such exception (or already revoked).")
-    await services.service.internal_event("lp:exception", {"check": row["check_id"], "subject": row["subject"]})
+    try:
+        await actions.revoke_exception(request.app.state.services, xid, "dashboard")
+    except errors.NotFound as exc:
+        return _back("/exceptions", str(exc))
     return _back("/exceptions", f"Exception {xid} revoked.")
 
 
@@ -813,12 +799,11 @@ async def settings_page(request: Request) -> Response:
 async def personnel_page(request: Request) -> Response:
     sid = await _sid(request)
     services = request.app.state.services
-    store = services.service.store
     if request.method == "POST":
         form = await request.form()
         try:
             if not session.check_csrf(request, sid, str(form.get("csrf") or "")):
-                raise errors.ConfigError("The form expired or came from elsewhere (CSRF check). Reload the page.")
+                raise errors.CsrfError()
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 return _back("/personnel", "Choose a CSV or JSON file.")
@@ -827,15 +812,10 @@ async def personnel_page(request: Request) -> Response:
         finally:
             await form.close()
         try:
-            people = record_input.parse_personnel(data, name)
-            record_input.check_account_conflicts(people, await store.records.people())
-        except record_input.RecordError as exc:
+            done = await actions.import_personnel(services, actions.read_personnel(data, name), "dashboard")
+        except errors.RecordError as exc:
             return _back("/personnel", f"Nothing imported: {exc}")
-        known = {p.email for p in await store.records.people()}
-        n = await store.records.import_people(people, "dashboard", iso(utcnow()))
-        new = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
-        await services.service.internal_event("lp:personnel", {"new_emails": new})
-        return _back("/personnel", f"Imported {n} people.")
+        return _back("/personnel", f"Imported {done.count} people.")
     q = request.query_params
     number, _, _ = _page_args(request, {"name": "name"}, "name")
     f = {
@@ -861,14 +841,17 @@ async def rules_page(request: Request) -> Response:
     store = services.service.store
     if request.method == "POST":
         form = await _form(request)
-        cls = str(form.get("class") or "")
-        project = str(form.get("project_key") or "").strip() or None
-        glob = str(form.get("name_glob") or "").strip() or None
-        ws = str(form.get("workspace") or "").strip() or None
-        if cls not in ("production", "non-production") or (project is None) == (glob is None):
+        try:
+            await actions.add_rule(
+                services,
+                str(form.get("class") or ""),
+                project_key=str(form.get("project_key") or "").strip() or None,
+                name_glob=str(form.get("name_glob") or "").strip() or None,
+                workspace=str(form.get("workspace") or "").strip() or None,
+                actor="dashboard",
+            )
+        except errors.RecordError:
             return _back("/rules", "Give a class and either a project key or a name pattern (not both).")
-        await store.records.add_rule(cls, iso(utcnow()), project_key=project, name_glob=glob, workspace=ws)
-        await services.service.internal_event("lp:classification", {})
         return _back("/rules", "Rule added.")
     workspaces = sorted({w for c in await services.service.connections() for w in c.workspaces})
     return render(

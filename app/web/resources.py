@@ -1,47 +1,68 @@
 """``/api`` resources beyond events and findings: repositories, members, personnel, evidence,
-exceptions, connections, alerts, settings, exports. Changes go through the event log as internal
-events, so the API and the CLI share one code path with webhooks and the reconcile."""
+exceptions, connections, alerts, settings, exports. Changes are :mod:`app.actions` (shared with the
+CLI and the dashboard): this module parses the request and renders the result or the error."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from app import errors, exports, record_input, tiers
-from app.bitbucket.models import Repository
-from app.checks import EVIDENCE_CHECKS, REGISTRY, scope_report
-from app.checks.base import Person, valid_through
-from app.evidence import NoMemberList, record_evidence
-from app.exceptions import UnknownSubject, record_exception
+from app import actions, errors, exports
+from app.checks import REGISTRY
+from app.checks.base import valid_through
 from app.findings import to_json
 from app.models import iso, utcnow
+from app.queries import (
+    connections_data,
+    evidence_data,
+    evidence_json,
+    exceptions_data,
+    members_data,
+    person_json,
+    repositories_data,
+)
 from app.settings import CHECK_IDS
-from app.store.facts import classify
-from app.store.snapshots import k_members, k_prs, k_repo, k_repos
 from app.store.views import Views
 from app.web import session
 from app.web.auth import require_admin
-from app.web.connect import not_admin_repositories
 from app.web.jsonbody import MAX_DEPTH, json_object, too_deep
 from app.web.problems import Problem
-from app.web.uploads import BadUpload, upload_form
-from app.webhook_registration import health, remove_hooks
+from app.web.state import services_of, settings_of
+from app.web.uploads import upload_form
+
+if TYPE_CHECKING:
+    from app.main import Services
 
 
-def _svc(request: Request) -> Any:
+def _svc(request: Request) -> Services:
     require_admin(request)
-    return request.app.state.services
+    return services_of(request)
 
 
-async def _reader(request: Request) -> Any:
+async def _reader(request: Request) -> Services:
     """Downloads (GET, nothing changes): the Bearer token, or a signed-in dashboard session."""
     if request.headers.get("Authorization") or await session.session_id(request) is None:
         require_admin(request)
-    return request.app.state.services
+    return services_of(request)
+
+
+@contextmanager
+def _bad(title: str, *, dashes: bool = False) -> Iterator[None]:
+    """A person's bad input (:class:`errors.RecordError` answering 400) as a problem with this route's
+    ``title``; the other errors (404, 409, 413, 422) keep their own. ``dashes``: drop the CLI's
+    ``--`` from option names in the message."""
+    try:
+        yield
+    except errors.RecordError as exc:
+        detail = str(exc).replace("--", "") if dashes else str(exc)
+        if exc.http_status == 400:
+            raise Problem(400, title, detail) from None
+        raise Problem(exc.http_status, exc.title, detail, headers=exc.headers) from None
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -57,10 +78,6 @@ def _str(body: dict[str, Any], name: str, required: bool = True) -> str | None:
     if not isinstance(value, str):
         raise Problem(400, "Bad body", f"{name} must be a string")
     return value.strip()
-
-
-async def _internal(request: Request, key: str, payload: dict[str, Any]) -> list[int]:
-    return list(await request.app.state.services.service.internal_event(key, payload))
 
 
 # -- findings, history, exports --------------------------------------------------------------
@@ -168,43 +185,6 @@ async def export_ocsf(request: Request) -> Response:
 
 
 # -- repositories and classes ------------------------------------------------------------------
-async def repositories_data(services: Any) -> list[dict[str, Any]]:
-    """Repositories of every connected workspace with their class (API and dashboard)."""
-    store = services.service.store
-    rules = await store.records.rules()
-    out = []
-    for conn in await services.service.connections():
-        for ws in conn.workspaces:
-            explicit = await store.records.classes(ws)
-            fresh = await tiers.freshness(store, ws)  # issue 13: age of the last good restrictions reading
-            listed = await store.snapshots.get(k_repos(ws))
-            for uuid in listed.content if listed and listed.content else []:
-                snap = await store.snapshots.get(k_repo(uuid))
-                if snap is None or snap.content is None:
-                    continue
-                repo = Repository.model_validate(snap.content)
-                cls, source = classify(repo, explicit, rules)
-                prs = await store.snapshots.get(k_prs(uuid))
-                out.append(
-                    {
-                        "uuid": repo.uuid,
-                        "full_name": repo.full_name,
-                        "workspace": ws,
-                        "name": repo.name,
-                        "project": repo.project_key,
-                        "mainbranch": repo.mainbranch,
-                        "is_private": repo.is_private,
-                        "language": repo.language,
-                        "class": cls,
-                        "class_source": source,
-                        "open_pullrequests": prs.content if prs else None,
-                        "restrictions_read_at": fresh.get(uuid, {}).get("read_at"),
-                        "restrictions_age_seconds": fresh.get(uuid, {}).get("age_seconds"),
-                    }
-                )
-    return out
-
-
 async def repositories(request: Request) -> Response:
     return JSONResponse(await repositories_data(_svc(request)))
 
@@ -213,59 +193,16 @@ async def set_class(request: Request) -> Response:
     services = _svc(request)
     body = await _json(request)
     cls = _str(body, "class")
-    if cls not in ("production", "non-production"):
-        raise Problem(400, "Bad body", "class must be production or non-production")
     uuid = request.path_params["uuid"]
-    store = services.service.store
-    snap = await store.snapshots.get(k_repo(uuid))
-    if snap is None or snap.content is None:
-        raise Problem(404, "Unknown repository", "run a reconcile first")
-    await store.records.set_class(uuid, snap.content["workspace"], snap.content["full_name"], cls, "api", iso(utcnow()))
-    ids = await _internal(
-        request, "lp:classification", {"workspace": snap.content["workspace"], "repository_uuid": uuid}
-    )
-    return JSONResponse({"uuid": uuid, "class": cls, "events": ids})
+    try:
+        with _bad("Bad body"):
+            done = await actions.classify(services, uuid, cls or "", "api")
+    except errors.NotFound:
+        raise Problem(404, "Unknown repository", "run a reconcile first") from None
+    return JSONResponse({"uuid": done.uuid, "class": done.cls, "events": done.events})
 
 
 # -- members and personnel ----------------------------------------------------------------------
-def _person(p: Person) -> dict[str, Any]:
-    return {
-        "email": p.email,
-        "name": p.name,
-        "kind": p.kind,
-        "status": p.status,
-        "offboarded_on": p.offboarded_on,
-        "bitbucket_account_id": p.bitbucket_account_id,
-        "owner": p.owner,
-    }
-
-
-async def members_data(services: Any) -> list[dict[str, Any]]:
-    """Members of every connected workspace with their link or mark (API and dashboard)."""
-    store = services.service.store
-    people = {p.bitbucket_account_id: p for p in await store.records.people() if p.bitbucket_account_id}
-    out = []
-    for conn in await services.service.connections():
-        for ws in conn.workspaces:
-            snap = await store.snapshots.get(k_members(ws))
-            marks = await store.records.marks(ws)
-            for raw in snap.content if snap and isinstance(snap.content, list) else []:
-                user = raw["user"]
-                key = user.get("account_id") or user.get("uuid")
-                person = people.get(key)
-                out.append(
-                    {
-                        "workspace": ws,
-                        "account_id": key,
-                        "display_name": user.get("display_name"),
-                        "permission": raw.get("permission"),
-                        "person": _person(person) if person else None,
-                        "mark": {"kind": marks[key][0], "owner": marks[key][1]} if key in marks else None,
-                    }
-                )
-    return out
-
-
 async def members(request: Request) -> Response:
     return JSONResponse(await members_data(_svc(request)))
 
@@ -275,11 +212,10 @@ async def link_member(request: Request) -> Response:
     body = await _json(request)
     email = _str(body, "email")
     assert email is not None
-    account = request.path_params["account_id"]
-    if not await services.service.store.records.link_member(email, account, "api", iso(utcnow())):
-        raise Problem(404, "Unknown person", f"no one with email {email} in the personnel directory")
-    ids = await _internal(request, "lp:personnel", {"workspace": request.path_params["workspace"]})
-    return JSONResponse({"account_id": account, "email": email.lower(), "events": ids})
+    ws, account = request.path_params["workspace"], request.path_params["account_id"]
+    with _bad("Bad body"):
+        done = await actions.link_member(services, ws, account, email, "api")
+    return JSONResponse({"account_id": done.account_id, "email": done.email, "events": done.events})
 
 
 async def mark_member(request: Request) -> Response:
@@ -287,138 +223,75 @@ async def mark_member(request: Request) -> Response:
     body = await _json(request)
     mark = _str(body, "mark")
     owner = _str(body, "owner")
-    if mark not in ("service-account", "external"):
-        raise Problem(400, "Bad body", "mark must be service-account or external")
-    assert owner is not None
     ws, account = request.path_params["workspace"], request.path_params["account_id"]
-    await services.service.store.records.mark_member(ws, account, mark, owner, "api", iso(utcnow()))
-    ids = await _internal(request, "lp:personnel", {"workspace": ws})
-    return JSONResponse({"account_id": account, "mark": mark, "owner": owner, "events": ids})
+    with _bad("Bad body"):
+        done = await actions.mark_member(services, ws, account, mark or "", owner or "", "api")
+    return JSONResponse({"account_id": account, "mark": done.mark, "owner": done.owner, "events": done.events})
 
 
 async def personnel(request: Request) -> Response:
     services = _svc(request)
-    store = services.service.store
     if request.method == "GET":
-        return JSONResponse([_person(p) for p in await store.records.people()])
+        return JSONResponse([person_json(p) for p in await services.service.store.records.people()])
     body = await _json(request)
-    try:
-        person = record_input.person_from_row(body, "body")
-        record_input.check_dates(person, "body", utcnow().date())
-        record_input.check_account_conflicts([person], await store.records.people())
-    except record_input.RecordError as exc:
-        raise Problem(400, "Bad body", str(exc)) from None
-    known = await store.records.person(person.email)
-    await store.records.upsert_person(person, "api", iso(utcnow()))
-    ids = await _internal(request, "lp:personnel", {"new_emails": [person.email] if known is None else []})
-    return JSONResponse(_person(person) | {"events": ids}, status_code=201 if known is None else 200)
+    with _bad("Bad body"):
+        done = await actions.save_person(services, body, "api")
+    return JSONResponse(person_json(done.person) | {"events": done.events}, status_code=201 if done.created else 200)
 
 
 async def personnel_import(request: Request) -> Response:
     services = _svc(request)
     data = await request.body()
     name = "upload.json" if request.headers.get("content-type", "").startswith("application/json") else "upload.csv"
-    store = services.service.store
     if (name == "upload.json" or data.lstrip()[:1] in (b"[", b"{")) and too_deep(data):
         raise Problem(400, "Nothing imported", f"JSON nested deeper than {MAX_DEPTH} levels")
-    try:
-        people = record_input.parse_personnel(data, name)
-        record_input.check_account_conflicts(people, await store.records.people())
-    except record_input.RecordError as exc:
-        raise Problem(400, "Nothing imported", str(exc)) from None
-    known = {p.email for p in await store.records.people()}
-    n = await store.records.import_people(people, "api", iso(utcnow()))
-    new = sorted({p.email for p in people if not p.bitbucket_account_id} - known)
-    ids = await _internal(request, "lp:personnel", {"new_emails": new})
-    return JSONResponse({"imported": n, "events": ids})
+    with _bad("Nothing imported"):
+        done = await actions.import_personnel(services, actions.read_personnel(data, name), "api")
+    return JSONResponse({"imported": done.count, "events": done.events})
 
 
 async def offboard(request: Request) -> Response:
     services = _svc(request)
     body = await _json(request) if await request.body() else {}
-    on = _str(body, "offboarded_on", required=False) or utcnow().date().isoformat()
-    try:
-        on = datetime.fromisoformat(on).date().isoformat()
-    except ValueError:
-        raise Problem(400, "Bad body", "offboarded_on must be a date (YYYY-MM-DD)") from None
-    email = request.path_params["email"]
-    if not await services.service.store.records.offboard(email, on, "api", iso(utcnow())):
-        raise Problem(404, "Unknown person", f"no one with email {email}")
-    ids = await _internal(request, "lp:personnel", {})
-    return JSONResponse({"email": email.lower(), "status": "offboarded", "offboarded_on": on, "events": ids})
+    on = _str(body, "offboarded_on", required=False)
+    with _bad("Bad body"):
+        done = await actions.offboard(services, request.path_params["email"], on, "api")
+    return JSONResponse({"email": done.email, "status": "offboarded", "offboarded_on": done.on, "events": done.events})
 
 
 # -- evidence ----------------------------------------------------------------------------------
-def _evidence(r: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": r["id"],
-        "check": r["check_id"],
-        "workspace": r["workspace"],
-        "member": r["member"],
-        "filename": r["filename"],
-        "media_type": r["media_type"],
-        "size": r["size"],
-        "sha256": r["sha256"],
-        "uploaded_by": r["uploaded_by"],
-        "uploaded_at": r["uploaded_at"],
-        "expires_at": r["expires_at"],
-        "valid_through": valid_through(datetime.fromisoformat(r["expires_at"])).isoformat(),
-        "expired": r["expires_at"] <= utcnow().isoformat(),
-        "covered_members": json.loads(r["covered_members"]) if r["covered_members"] else None,
-    }
-
-
-async def evidence_data(store: Any) -> list[dict[str, Any]]:
-    return [_evidence(r) for r in await store.records.evidence_rows()]
-
-
 async def evidence(request: Request) -> Response:
     services = _svc(request)
     store = services.service.store
     if request.method == "GET":
         return JSONResponse(await evidence_data(store))
-    max_bytes = request.app.state.settings.evidence_max_bytes
-    try:
+    max_bytes = settings_of(request).evidence_max_bytes
+    with _bad("Bad upload"):
         form = await upload_form(request, max_bytes)
-    except record_input.TooLarge as exc:
-        raise Problem(413, "Evidence too large", str(exc), headers={"Connection": "close"}) from None
-    except BadUpload as exc:
-        raise Problem(400, "Bad upload", str(exc)) from None
     try:
         upload = form.get("file")
-        check = str(form.get("check") or "")
         if upload is None or isinstance(upload, str):
             raise Problem(400, "Bad upload", "file is required")
-        if check not in EVIDENCE_CHECKS:
-            raise Problem(400, "Bad upload", f"check must be {' or '.join(EVIDENCE_CHECKS)}")
-        member = str(form.get("member") or "") or None
+        check = str(form.get("check") or "")
         ws = str(form.get("workspace") or "")
         if not ws:
             raise Problem(400, "Bad upload", "workspace is required")
-        done = await record_evidence(
-            store,
-            upload.file,
-            check=check,
-            workspace=ws,
-            member=member,
-            filename=upload.filename or "evidence",
-            uploaded_by="api",
-            expires=str(form.get("expires") or "") or None,
-            max_age_days=request.app.state.settings.evidence_max_age_days,
-            max_bytes=max_bytes,
-        )
-    except record_input.TooLarge as exc:
-        raise Problem(413, "Evidence too large", str(exc)) from None
-    except NoMemberList as exc:
-        raise Problem(409, "No member list yet", str(exc)) from None
-    except record_input.RecordError as exc:
-        raise Problem(400, "Bad upload", str(exc)) from None
+        with _bad("Bad upload"):
+            done = await actions.add_evidence(
+                services,
+                upload.file,
+                check=check,
+                workspace=ws,
+                member=str(form.get("member") or "") or None,
+                filename=upload.filename or "evidence",
+                expires=str(form.get("expires") or "") or None,
+                actor="api",
+            )
     finally:
         await form.close()
-    eid = done.id
-    ids = await _internal(request, "lp:evidence", {"workspace": ws, "check": check})
+    eid = done.recorded.id
     row = next(r for r in await store.records.evidence_rows() if r["id"] == eid)
-    return JSONResponse(_evidence(row) | {"events": ids}, status_code=201)
+    return JSONResponse(evidence_json(row) | {"events": done.events}, status_code=201)
 
 
 async def evidence_file(request: Request) -> Response:
@@ -437,99 +310,40 @@ async def evidence_file(request: Request) -> Response:
 
 
 # -- exceptions ----------------------------------------------------------------------------------
-async def exceptions_data(store: Any) -> list[dict[str, Any]]:
-    rows = await store.records.exception_rows()
-    now = utcnow().isoformat()
-    return [
-        {
-            "id": r["id"],
-            "check": r["check_id"],
-            "subject": r["subject"],
-            "subject_key": r["subject_key"],
-            "owner": r["owner"],
-            "reason": r["reason"],
-            "created_at": r["created_at"],
-            "expires_at": r["expires_at"],
-            "valid_through": valid_through(datetime.fromisoformat(r["expires_at"])).isoformat(),
-            "expired": r["expires_at"] <= now,
-            "active": r["inactive_reason"] is None and r["subject_key"] is not None and r["revoked_at"] is None,
-            "inactive_reason": r["inactive_reason"],
-            "revoked_at": r["revoked_at"],
-        }
-        for r in rows
-    ]
-
-
 async def exceptions(request: Request) -> Response:
     services = _svc(request)
     store = services.service.store
     if request.method == "GET":
         return JSONResponse(await exceptions_data(store))
     body = await _json(request)
-    try:
-        done = await record_exception(
-            store,
+    with _bad("Bad body", dashes=True):
+        done = await actions.add_exception(
+            services,
             check=str(body.get("check") or ""),
             subject=str(body.get("subject") or ""),
             owner=str(body.get("owner") or ""),
             reason=str(body.get("reason") or ""),
             expires=str(body.get("expires") or ""),
             actor="api",
-            known_checks=CHECK_IDS,
         )
-    except UnknownSubject as exc:
-        raise Problem(422, "Unknown subject", str(exc).replace("--", "")) from None
-    except record_input.RecordError as exc:
-        raise Problem(400, "Bad body", str(exc).replace("--", "")) from None
-    req = done.request
-    ids = await _internal(request, "lp:exception", {"check": req.check, "subject": done.subject.key})
+    req, subject = done.granted.request, done.granted.subject
     return JSONResponse(
         {
-            "id": done.id,
+            "id": done.granted.id,
             "check": req.check,
-            "subject": done.subject.name,
-            "subject_key": done.subject.key,
+            "subject": subject.name,
+            "subject_key": subject.key,
             "owner": req.owner,
             "reason": req.reason,
             "expires_at": req.expires_at.isoformat(),
             "valid_through": valid_through(req.expires_at).isoformat(),
-            "events": ids,
+            "events": done.events,
         },
         status_code=201,
     )
 
 
 # -- connections ---------------------------------------------------------------------------------
-async def connections_data(services: Any) -> list[dict[str, Any]]:
-    """Connections with scopes, the scope report and webhook health (API and dashboard)."""
-    out = []
-    for conn in await services.service.store.connections.all():
-        client = services.service.pool.clients.get(conn.id)
-        granted = conn.scopes or (tuple(sorted(client.granted_scopes)) if client and client.granted_scopes else None)
-        out.append(
-            {
-                "id": conn.id,
-                "kind": conn.kind,
-                "workspaces": list(conn.workspaces),
-                "status": conn.status,
-                "status_reason": conn.status_reason,
-                "user": conn.user,
-                "scopes": list(granted) if granted else None,
-                "scope_report": scope_report(
-                    granted,
-                    services.service.settings.enabled_checks,
-                    await not_admin_repositories(services.service.store, conn.workspaces),
-                ),
-                "webhook": await health(services.service, conn)
-                if conn.status != "disconnected"
-                else {"status": "none"},
-                "budget_remaining": client.budget.remaining if client else None,
-                "created_at": conn.created_at,
-            }
-        )
-    return out
-
-
 async def connections(request: Request) -> Response:
     return JSONResponse(await connections_data(_svc(request)))
 
@@ -537,28 +351,11 @@ async def connections(request: Request) -> Response:
 async def disconnect(request: Request) -> Response:
     services = _svc(request)
     cid = request.path_params["id"]
-    removed = await disconnect_connection(services, cid)
-    if removed is None:
-        raise Problem(404, "Unknown connection")
-    return JSONResponse({"id": cid, "status": "disconnected", "hooks_removed": removed})
-
-
-async def disconnect_connection(services: Any, cid: str) -> int | None:
-    """Remove the webhooks and forget the tokens; the number of hooks removed, None if unknown."""
-    service = services.service
-    conn = await service.store.connections.get(cid)
-    if conn is None:
-        return None
-    removed = 0
     try:
-        removed = await remove_hooks(service, conn)
-    except (errors.BitbucketError, errors.TokenError):
-        pass  # the hooks may be gone already; the tokens are forgotten either way
-    await service.store.connections.forget(cid)
-    service.forget_secrets(cid)
-    service.token_sources.pop(cid, None)
-    service.pool.drop(cid)
-    return removed
+        done = await actions.disconnect(services, cid)
+    except errors.NotFound:
+        raise Problem(404, "Unknown connection") from None
+    return JSONResponse({"id": cid, "status": "disconnected", "hooks_removed": done.hooks_removed})
 
 
 # -- alerts and settings -------------------------------------------------------------------------
@@ -586,40 +383,12 @@ async def alerts(request: Request) -> Response:
 
 
 async def alert_test(request: Request) -> Response:
-    services = _svc(request)
-    if not services.dispatcher.senders:
-        raise Problem(409, "No alert channel", "set LP_SLACK_WEBHOOK_URL or LP_SMTP_URL")
-    return JSONResponse(await send_test_message(services))
-
-
-async def send_test_message(services: Any) -> dict[str, str]:
-    """A test message to every configured channel; per channel "sent" or why it failed."""
-    alert = {
-        "kind": "test",
-        "workspace": "test",
-        "check": "test",
-        "title": "Test message",
-        "severity": "info",
-        "subject": "lowerplane",
-        "subject_key": "test",
-        "new_status": "pass",
-        "message": "This is a test message from lowerplane-bitbucket.",
-        "fix": "",
-        "stamp": utcnow().isoformat(),
-    }
-    results = {}
-    for name, sender in services.dispatcher.senders.items():
-        try:
-            await sender.send([alert])
-            results[name] = "sent"
-        except errors.LowerplaneError as exc:
-            results[name] = f"failed: {exc}"
-    return results
+    return JSONResponse(await actions.send_test_alert(_svc(request)))
 
 
 async def settings_view(request: Request) -> Response:
     _svc(request)
-    s = request.app.state.settings
+    s = settings_of(request)
     secret_fields = {
         "oauth_client_secret",
         "bitbucket_token",

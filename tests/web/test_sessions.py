@@ -87,3 +87,25 @@ async def test_session_ids_are_stored_hashed(product: RunningApp) -> None:
     raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     assert sid.encode() not in raw
     assert hashlib.sha256(sid.encode()).hexdigest().encode() in raw
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/personnel",
+        "/exceptions",
+        "/rules",
+        "/members/link",
+        "/members/mark",
+        "/repositories/classify",
+        "/operations/reconcile",
+        "/alerts/test",
+        "/exceptions/1/revoke",
+        "/events/1/retry",
+        "/connections/token/disconnect",
+    ],
+)
+async def test_every_form_refuses_a_forged_csrf_token_with_403(product: RunningApp, path: str) -> None:
+    """One answer for one failure: the personnel upload used to call it a configuration error (400)."""
+    cookie = await _login(product)
+    assert await _post(product, cookie, path, {"csrf": "forged", "confirm": "yes"}) == 403
