@@ -40,7 +40,7 @@ from app.store.views import Views
 from app.webhook_registration import ensure_hooks, health, remove_hooks
 
 if TYPE_CHECKING:
-    from app.main import Services
+    from app.services import Services
 
 log = get_logger("actions")
 

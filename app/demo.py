@@ -26,9 +26,10 @@ from aiohttp import web
 
 from app.checks.workspace_mfa_enforced import CHECK as WORKSPACE_MFA
 from app.logs import configure
-from app.main import build_services, create_app
+from app.main import create_app
 from app.ports import listen
 from app.sandbox.serve import free_port, running_sandbox
+from app.services import build_services
 from app.settings import Settings
 
 PEOPLE = b"""email,name,kind,status,offboarded_on,bitbucket_account_id

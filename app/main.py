@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 from urllib.parse import quote
@@ -32,22 +31,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app import errors
-from app.bitbucket.client import ClientPool
-from app.crypto import Crypto
 from app.logs import get_logger
 from app.metrics import Metrics
-from app.notify.dispatcher import Dispatcher
-from app.notify.senders import EmailSender, Sender, SlackSender
-from app.scheduler import Scheduler
-from app.service import Service
+from app.services import Services, build_services
 from app.settings import Settings
-from app.store import Store
-from app.store.events import EventWriter
 from app.supervise import Supervisor
 from app.web import api, connect, dashboard, webhooks
 from app.web.openapi import API_ROUTES, Handler, serve_document
 from app.web.problems import handle_error
-from app.worker import Worker
 
 log = get_logger("main")
 
@@ -126,81 +117,7 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
-@dataclass
-class Services:
-    service: Service
-    writer: EventWriter
-    worker: Worker
-    scheduler: Scheduler
-    dispatcher: Dispatcher
-    metrics: Metrics = field(default_factory=Metrics)
-    started_at: float = field(default_factory=time.time)
-    supervisor: Supervisor | None = None  # made from ``metrics`` when not given
-    stall_after: float = 300.0  # seconds without progress, while there is work, that fail /healthz
-
-    def __post_init__(self) -> None:
-        if self.supervisor is None:
-            self.supervisor = Supervisor(self.metrics)
-
-
 SHUTDOWN_SECONDS = 10  # SIGTERM: in-flight requests get this long, then the process exits
-
-
-def senders(settings: Settings, session: aiohttp.ClientSession) -> list[Sender]:
-    out: list[Sender] = []
-    if settings.slack_webhook_url is not None:
-        out.append(
-            SlackSender(
-                session, settings.slack_webhook_url.get_secret_value(), validate=not settings.slack_allow_insecure_url
-            )
-        )
-    if settings.smtp_url is not None and settings.alert_email_from and settings.alert_email_to:
-        out.append(
-            EmailSender(
-                settings.smtp_url.get_secret_value(),
-                settings.alert_email_from,
-                settings.alert_email_to,
-                allow_plaintext=settings.smtp_allow_plaintext,
-            )
-        )
-    return out
-
-
-async def build_services(
-    settings: Settings, session: aiohttp.ClientSession, *, store: Store | None = None, **client_options: object
-) -> Services:
-    """The product's parts. With ``store`` given the caller owns (and closes) it; otherwise it is opened
-    here, after everything that can refuse the settings, so a refusal leaves nothing open."""
-    crypto = Crypto(settings.secret_key.get_secret_value()) if settings.secret_key else None
-    outputs = senders(settings, session)
-    store = store or await Store.open(settings.database)
-    pool = ClientPool(
-        session,
-        api_url=settings.bitbucket_api_url,
-        budget_per_hour=settings.budget_per_hour,
-        reserve=settings.webhook_budget_share,
-        headroom=settings.budget_headroom,
-        concurrency=settings.concurrency,
-        **client_options,
-    )
-    service = Service(settings, store, pool, crypto)
-    metrics = Metrics()
-    dispatcher = Dispatcher(
-        store,
-        outputs,
-        web_url=settings.bitbucket_url,
-        group_wait=settings.alert_group_wait,
-        group_interval=settings.alert_group_interval,
-        digest_every=settings.alert_digest_interval,
-        metrics=metrics,
-    )
-    worker = Worker(store, settings, service.client, service=service, alerts=dispatcher.rows_for, on_ops=dispatcher.ops)
-
-    async def broken(conn_id: str, reason: str) -> None:
-        await dispatcher.ops(f"Connection {conn_id} is broken", f"Token refresh failed: {reason}. Reconnect it.")
-
-    service.on_broken = broken
-    return Services(service, EventWriter(store.events), worker, Scheduler(service), dispatcher, metrics)
 
 
 async def start_up(services: Services) -> None:

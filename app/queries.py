@@ -23,7 +23,7 @@ from app.store.views import Views
 from app.webhook_registration import health
 
 if TYPE_CHECKING:
-    from app.main import Services
+    from app.services import Services
 
 
 async def repositories_data(services: Services) -> list[dict[str, Any]]:

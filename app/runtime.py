@@ -14,7 +14,7 @@ import aiohttp
 
 from app import errors
 from app.crypto import Crypto
-from app.main import Services, build_services
+from app.services import Services, build_services
 from app.settings import Settings
 from app.store import Store
 

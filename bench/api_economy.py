@@ -24,8 +24,8 @@ from common import sandbox_process, table
 
 from app.bitbucket import sansio
 from app.logs import configure
-from app.main import build_services
 from app.sandbox.scenario import generate
+from app.services import build_services
 from app.settings import Settings
 from app.web.webhooks import event_from_delivery
 

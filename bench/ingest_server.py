@@ -17,7 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.logs import configure
-from app.main import SERVER_OPTIONS, build_services, create_app
+from app.main import SERVER_OPTIONS, create_app
+from app.services import build_services
 from app.settings import Settings
 
 

@@ -96,7 +96,8 @@ from pathlib import Path  # noqa: E402
 import aiohttp  # noqa: E402
 import uvicorn  # noqa: E402
 
-from app.main import Services, build_services, create_app  # noqa: E402
+from app.main import create_app  # noqa: E402
+from app.services import Services, build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 SECRET_KEY = "test-secret-key-0123456789"

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from app import actions, errors
-from app.main import Services, build_services
 from app.sandbox.serve import RunningSandbox
+from app.services import Services, build_services
 from app.store.events import EventRow
 from tests.helpers import Receiver, product_settings
 

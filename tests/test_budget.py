@@ -20,8 +20,8 @@ from aioresponses import aioresponses
 
 from app import errors
 from app.bitbucket.client import DEFER_AFTER, BitbucketClient, Budget, ClientPool, StaticToken
-from app.main import build_services
 from app.sandbox.serve import RunningSandbox, free_port
+from app.services import build_services
 from tests.conftest import READONLY_TOKEN, TOKEN
 from tests.helpers import product_settings, wait_for
 

@@ -151,7 +151,7 @@ def test_opening_a_bad_database_leaves_no_thread_behind(tmp_path: Path) -> None:
 def test_build_services_refuses_a_bad_key_before_opening_the_store(tmp_path: Path) -> None:
     import aiohttp
 
-    from app.main import build_services
+    from app.services import build_services
     from app.settings import Settings
 
     async def attempt() -> None:

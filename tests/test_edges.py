@@ -15,12 +15,12 @@ import pytest
 from app import errors
 from app.bitbucket import oauth, sansio
 from app.checks import scope_report
-from app.main import Services, build_services
 from app.notify.rules import how_to_fix
 from app.queries import connections_data
 from app.reconcile import reconcile_workspace
 from app.sandbox.scenario import SAMPLE
 from app.sandbox.serve import RunningSandbox, running_sandbox
+from app.services import Services, build_services
 from app.webhook_registration import ensure_hooks, health
 from tests.helpers import product_settings
 

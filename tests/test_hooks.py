@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 
 from app.bitbucket import oauth
-from app.main import Services, build_services
 from app.planner import USED_EVENTS
 from app.sandbox.serve import RunningSandbox
+from app.services import Services, build_services
 from app.webhook_registration import ensure_hooks, health
 from tests.helpers import product_settings
 

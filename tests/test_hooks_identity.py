@@ -11,9 +11,9 @@ from typing import Any
 
 import aiohttp
 
-from app.main import Services, build_services
 from app.sandbox.scenario import SHook
 from app.sandbox.serve import RunningSandbox
+from app.services import Services, build_services
 from app.webhook_registration import DESCRIPTION, description, ensure_hooks
 from tests.helpers import SECRET_KEY, product_settings
 from tests.test_hooks import _oauth_connection

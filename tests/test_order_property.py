@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.bitbucket import sansio
-from app.main import build_services
 from app.sandbox.serve import free_port
+from app.services import build_services
 from app.settings import Settings
 from app.web.webhooks import event_from_delivery
 

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from app import commands
-from app.main import build_services
 from app.sandbox.serve import RunningSandbox
+from app.services import build_services
 from app.settings import Settings
 from app.store import Store
 from tests.conftest import READONLY_TOKEN, TOKEN

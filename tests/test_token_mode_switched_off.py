@@ -20,8 +20,8 @@ from pathlib import Path
 
 import aiohttp
 
-from app.main import build_services
 from app.sandbox.serve import free_port
+from app.services import build_services
 from app.settings import Settings
 from app.store import Store
 

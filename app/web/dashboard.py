@@ -27,7 +27,7 @@ from app.web import api, session
 from app.web.uploads import upload_form
 
 if TYPE_CHECKING:
-    from app.main import Services
+    from app.services import Services
 
 PER_PAGE = 50
 SEVERITIES = ("critical", "high", "medium", "low")

@@ -36,7 +36,7 @@ from app.web.state import services_of, settings_of
 from app.web.uploads import upload_form
 
 if TYPE_CHECKING:
-    from app.main import Services
+    from app.services import Services
 
 
 def _svc(request: Request) -> Services:

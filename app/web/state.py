@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, cast
 from starlette.requests import Request
 
 if TYPE_CHECKING:
-    from app.main import Services
+    from app.services import Services
     from app.settings import Settings
 
 

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from app.main import senders
 from app.notify.dispatcher import Dispatcher
 from app.notify.senders import EmailSender
 from app.sandbox.serve import free_port
+from app.services import senders
 from app.settings import Settings
 from app.store import Store
 from tests.notify.test_notify import Inbox
