@@ -26,6 +26,7 @@ SEAM_MODULES = (
     "worker.py",
     "tiers.py",
     "main.py",
+    "services.py",
     "fetch.py",
     "evaluate.py",
     "reconcile.py",
