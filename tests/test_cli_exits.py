@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from app import errors
+from app.findings import Change, Delta
+from app.models import Result
 from app.store import Store
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
@@ -223,3 +225,41 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(count: int, tmp_pat
         proc.stdout.close()
         assert proc.wait(timeout=20) == 0
         assert proc.stderr.read() == b""
+
+
+def test_findings_for_a_misspelt_workspace_is_refused_not_an_empty_report(tmp_path: Path) -> None:
+    """`findings --workspace acm --format json` printed `[]` and exit 0: to a script, a clean report."""
+    database = tmp_path / "lp.sqlite3"
+    failing = Result(
+        check="repo-classified",
+        severity="critical",
+        workspace="acme",
+        subject_type="repository",
+        subject_key="{api}",
+        subject="acme/api",
+        subject_name="api",
+        status="fail",
+        message="acme/api is not classified",
+    )
+
+    async def seed() -> None:
+        store = await Store.open(database)
+        await store.results.apply(Delta(opened=[Change(failing, None)]), "2026-11-28T12:00:00+00:00")
+        await store.close()
+
+    asyncio.run(seed())
+    env = {"LP_DATABASE": str(database)}
+    for fmt in ("json", "csv", "table"):
+        status, err = run_cli(["findings", "--workspace", "acm", "--format", fmt], tmp_path, env)
+        assert status == 2, fmt
+        assert_one_line(err, "--workspace: 'acm' is not a workspace the product knows (acme)")
+    out = subprocess.run(  # noqa: S603 - the project's own console script
+        [str(SCRIPT), "findings", "--workspace", "acme", "--status", "pass"],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "No results match --workspace, --check and --status."
