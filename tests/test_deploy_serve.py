@@ -11,6 +11,7 @@ must be a clean exit 0 (``Restart=on-failure`` would otherwise restart a stopped
 from __future__ import annotations
 
 import configparser
+import inspect
 import json
 import os
 import shlex
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.bitbucket.client import BitbucketClient
 from app.main import SHUTDOWN_SECONDS
 from app.sandbox.serve import free_port
 from tests.conftest import ROOT
@@ -200,3 +202,33 @@ def test_the_container_image_and_the_kubernetes_deployment_serve_and_stop_cleanl
     _stop_as_a_supervisor_does(proc, log, float(pod.get("terminationGracePeriodSeconds", 30)))
     ran = subprocess.run(health, capture_output=True, timeout=timeout, check=False)  # noqa: S603
     assert ran.returncode != 0
+
+
+def _worst_bitbucket_request() -> float:
+    """How long one Bitbucket request may take when Bitbucket hangs: every attempt times out, with
+    the longest backoff between attempts (the client's defaults)."""
+    defaults = inspect.signature(BitbucketClient.__init__).parameters
+    attempts = int(defaults["max_attempts"].default)
+    return float(attempts * defaults["timeout"].default + (attempts - 1) * defaults["backoff_max"].default)
+
+
+def _span(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return float(text[:-1]) * units[text[-1]]
+
+
+def test_start_up_waiting_for_bitbucket_is_not_taken_for_a_dead_process() -> None:
+    """serve answers its probes only once start-up is done, and start-up registers the webhooks
+    (the hook events and the hook list, one request each, before anything else can fail): with a
+    Bitbucket that hangs that is minutes, and a liveness probe counting from the start would kill
+    the pod again and again (three failures 20 s apart) while Bitbucket is slow."""
+    start_up = 2 * _worst_bitbucket_request()
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "lowerplane.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    probe = container["startupProbe"]
+    assert probe["httpGet"] == container["livenessProbe"]["httpGet"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= start_up
+    options = _containerfile()["HEALTHCHECK"].partition("CMD ")[0].split()
+    period = next(o for o in options if o.startswith("--start-period=")).split("=")[1]
+    assert _span(period) >= start_up
