@@ -232,3 +232,36 @@ def test_start_up_waiting_for_bitbucket_is_not_taken_for_a_dead_process() -> Non
     options = _containerfile()["HEALTHCHECK"].partition("CMD ")[0].split()
     period = next(o for o in options if o.startswith("--start-period=")).split("=")[1]
     assert _span(period) >= start_up
+
+
+def test_the_procfile_web_process_serves_on_the_platforms_port(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Platforms that read a Procfile run its line through a shell with ``PORT`` set, and reach the
+    process from outside its loopback."""
+    [line] = [x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:")]
+    command = line.removeprefix("web:").strip()
+    argv = shlex.split(command)
+    assert argv[:2] == ["lowerplane-bitbucket", "serve"] and argv[argv.index("--host") + 1] == "0.0.0.0"  # noqa: S104
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LP_", "VIRTUAL_ENV"))}
+    env = {
+        **base,
+        "PATH": f"{SCRIPT.parent}{os.pathsep}{base.get('PATH', '')}",
+        "PORT": str(port),
+        **_env_file(DEPLOY / "lowerplane.env.example"),
+        **_nowhere(),
+        "LP_DATABASE": str(tmp_path / "lp.sqlite3"),
+    }
+    log = tmp_path / "web.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - the Procfile's own line, loopback instead of every address
+            ["/bin/sh", "-c", "exec " + command.replace("0.0.0.0", "127.0.0.1")],  # noqa: S104
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+    processes.append(proc)
+    _wait_ready(f"http://127.0.0.1:{port}", proc, log)
+    _stop_as_a_supervisor_does(proc, log, 30)
