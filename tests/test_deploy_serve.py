@@ -32,7 +32,7 @@ from app.main import SHUTDOWN_SECONDS
 from app.sandbox.serve import free_port
 from tests.conftest import ROOT
 from tests.test_packaging import _instructions
-from tests.test_reconcile_command import _env_file
+from tests.test_reconcile_command import _env_file, unit_environment
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
 DEPLOY = ROOT / "deploy"
@@ -111,9 +111,8 @@ def test_the_systemd_service_unit_serves_and_stops_cleanly(
     service = unit["Service"]
     argv = shlex.split(service["ExecStart"])
     assert Path(argv[0]).name == "lowerplane-bitbucket" and argv[1] == "serve"
-    assert service["EnvironmentFile"] == "/etc/lowerplane/lowerplane.env"  # from deploy/lowerplane.env.example
     assert service["Restart"] == "on-failure"
-    env = _env_file(DEPLOY / "lowerplane.env.example")
+    env = unit_environment(service)
     workdir = tmp_path / "var-lib-lowerplane"  # WorkingDirectory=, the one ReadWritePaths=
     workdir.mkdir()
     assert service["ReadWritePaths"] == service["WorkingDirectory"]
@@ -265,3 +264,14 @@ def test_the_procfile_web_process_serves_on_the_platforms_port(
     processes.append(proc)
     _wait_ready(f"http://127.0.0.1:{port}", proc, log)
     _stop_as_a_supervisor_does(proc, log, 30)
+
+
+def test_the_env_example_keeps_the_images_database_on_its_volume() -> None:
+    """`docker run --env-file lowerplane.env` (as the example's first line says): the file's values
+    override the image's ENV, and the database must stay on the volume, or it is lost with the
+    container (or cannot be created at all by the image's non-root user)."""
+    image = _containerfile()
+    env = dict(word.split("=", 1) for word in shlex.split(image["ENV"]))
+    env |= _env_file(DEPLOY / "lowerplane.env.example")  # --env-file wins over ENV
+    [volume] = json.loads(image["VOLUME"])
+    assert env["LP_DATABASE"].startswith(volume + "/")

@@ -122,6 +122,14 @@ def _env_file(path: Path) -> dict[str, str]:
     return env
 
 
+def unit_environment(service: configparser.SectionProxy) -> dict[str, str]:
+    """A unit's environment: ``Environment=``, then ``EnvironmentFile=`` (it overrides), whose template
+    is deploy/lowerplane.env.example."""
+    assert service["EnvironmentFile"] == "/etc/lowerplane/lowerplane.env"
+    env = dict(shlex.split(word)[0].split("=", 1) for word in shlex.split(service.get("Environment", "")))
+    return env | _env_file(ROOT / "deploy" / "lowerplane.env.example")
+
+
 async def test_the_systemd_timer_unit_runs(
     sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -132,10 +140,11 @@ async def test_the_systemd_timer_unit_runs(
     assert Path(argv[0]).name == "lowerplane-bitbucket" and argv[1:] == ["reconcile"]
     # EnvironmentFile= names /etc/lowerplane/lowerplane.env, whose template is deploy/lowerplane.env.example
     assert service["EnvironmentFile"] == "/etc/lowerplane/lowerplane.env"
-    env = _env_file(ROOT / "deploy" / "lowerplane.env.example")
+    env = unit_environment(service)  # Environment=, then EnvironmentFile= (which wins)
     assert "LP_BITBUCKET_TOKEN" not in env  # set up for OAuth
     workdir = tmp_path / "var-lib-lowerplane"  # WorkingDirectory=/var/lib/lowerplane
     workdir.mkdir()
+    assert env["LP_DATABASE"].startswith(service["ReadWritePaths"] + "/")  # writable under ProtectSystem=strict
     database = Path(env["LP_DATABASE"].replace(service["WorkingDirectory"], str(workdir)))
     await connect_by_oauth(sandbox, session, tmp_path, database, env["LP_SECRET_KEY"])
     status, out, err = await run([str(SCRIPT), *argv[1:]], {**env, **towards(sandbox, database)}, workdir)
