@@ -9,6 +9,7 @@ warning: Bitbucket retries a failed delivery only twice, then gives up silently.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +32,7 @@ SILENCE_GRACE = timedelta(minutes=15)
 DESCRIPTION = "Lowerplane for Bitbucket: compliance monitoring"
 LEGACY_DESCRIPTION = "lowerplane"  # what earlier versions wrote; recognised together with the URL
 INSTALLATION_KEY = "installation_id"
+_DESCRIBED = re.compile(re.escape(DESCRIPTION) + r" \(.+, installation ([0-9a-f]+)\)")
 
 
 async def _desired(client: BitbucketClient, subject: str) -> list[str]:
@@ -78,13 +80,25 @@ def _ours(
     new description.
     """
     uuids = [e["uuid"] for e in stored]
-    known = [h for h in listed if h.uuid in uuids]
+    # A stored uuid whose hook carries another installation's id came with a copy of the database
+    # (production's restored into staging): that hook is the other installation's.
+    known = [h for h in listed if h.uuid in uuids and _installation(h) in (None, _installation_of(described))]
     others = [
         h
         for h in listed
         if h not in known and (h.description == described or (h.description in legacy and h.url == url))
     ]
     return known + others
+
+
+def _installation_of(text: str | None) -> str | None:
+    match = _DESCRIBED.fullmatch(text or "")
+    return match.group(1) if match else None
+
+
+def _installation(hook: Webhook) -> str | None:
+    """The installation id a hook's description carries (None: not described by an installation)."""
+    return _installation_of(hook.description)
 
 
 def _foreign(listed: list[Webhook], ours: list[Webhook], url: str, where: str) -> None:

@@ -3,6 +3,8 @@ URL alone; another installation's hook is left alone; status judges from registr
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -135,6 +137,32 @@ async def test_two_installations_on_one_workspace_keep_their_own_hooks(
     assert again["uuid"] == prod_hook.uuid and again["action"] == "ok" and prod_hook.secret == prod_secret
     assert len(hooks) == 2 and hooks[entry["uuid"]].description == description("token", staging_id)
     assert hooks[entry["uuid"]].url == "http://127.0.0.1:8002/hooks/bitbucket/token"
+
+
+async def test_a_copied_database_given_its_own_id_leaves_the_originals_hook_alone(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Production's database restored into staging carries production's stored hook uuids; once the
+    copy has its own installation id (README), the uuid alone does not make production's hook its own."""
+    hooks = sandbox.sandbox.state.workspaces["acme"].hooks
+    async with opener(sandbox, session, tmp_path / "production")(8001) as services:
+        conn = await services.service.ensure_token_connection()
+        assert conn is not None
+        [made] = await ensure_hooks(services.service, conn)
+        prod_id = await installation_id(services.service)
+    prod_hook = hooks[made["uuid"]]
+    (tmp_path / "staging").mkdir()
+    shutil.copy2(tmp_path / "production" / "lp.sqlite3", tmp_path / "staging" / "lp.sqlite3")
+    with sqlite3.connect(tmp_path / "staging" / "lp.sqlite3") as db:  # the README's step for a copy
+        db.execute("DELETE FROM meta WHERE key = 'installation_id'")
+    async with opener(sandbox, session, tmp_path / "staging")(8002) as services:
+        conn = await services.service.store.connections.get("token")
+        assert conn is not None and [e["uuid"] for e in conn.hooks] == [prod_hook.uuid]  # copied
+        [entry] = await ensure_hooks(services.service, conn)
+        staging_id = await installation_id(services.service)
+    assert staging_id != prod_id and entry["action"] == "created" and entry["uuid"] != prod_hook.uuid
+    assert prod_hook.url == "http://127.0.0.1:8001/hooks/bitbucket/token"
+    assert prod_hook.description == description("token", prod_id)
 
 
 async def test_another_installations_hook_at_our_url_is_left_alone_and_reported(
