@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -263,3 +265,51 @@ def test_findings_for_a_misspelt_workspace_is_refused_not_an_empty_report(tmp_pa
         check=False,
     )
     assert out.returncode == 0 and out.stdout.strip() == "No results match --workspace, --check and --status."
+
+
+def _a_database_of_some_size(database: Path) -> None:
+    async def seed() -> None:
+        store = await Store.open(database)
+        for i in range(40):
+            await store.meta.set(f"filler-{i}", "x" * 8000)
+        await store.close()
+
+    asyncio.run(seed())
+
+
+def test_a_backup_that_fails_half_way_leaves_no_file_that_looks_like_one(tmp_path: Path) -> None:
+    """The disk fills up during the copy (a file size limit makes it so): one line, exit 1, and no
+    file at the target (an empty or partial file there looked like a backup, and blocked a rerun)."""
+    database = tmp_path / "lp.sqlite3"
+    _a_database_of_some_size(database)
+    assert database.stat().st_size > 200_000
+    target = tmp_path / "backups" / "lp-2026-11-28.sqlite3"
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+
+    proc = subprocess.run(  # noqa: S603 - the project's own console script
+        [str(SCRIPT), "backup", str(target)],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LP_DATABASE": str(database)},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+        preexec_fn=small_disk,  # only resource limits, before exec
+    )
+    assert proc.returncode == 1
+    assert_one_line(proc.stderr, f"backup to {target} could not finish")
+    assert list(target.parent.iterdir()) == []
+    status, err = run_cli(["backup", str(target)], tmp_path, {"LP_DATABASE": str(database)})
+    assert status == 0, err  # the same name works once there is room
+    assert target.stat().st_size >= database.stat().st_size
+
+
+def test_a_backup_target_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    database = tmp_path / "lp.sqlite3"
+    _a_database_of_some_size(database)
+    status, err = run_cli(["backup", "/proc/lp-backup.sqlite3"], tmp_path, {"LP_DATABASE": str(database)})
+    assert status == 2
+    assert_one_line(err, "/proc/lp-backup.sqlite3: cannot write a backup there")
