@@ -313,3 +313,12 @@ def test_a_backup_target_that_cannot_be_written_is_one_line_and_exit_2(tmp_path:
     status, err = run_cli(["backup", "/proc/lp-backup.sqlite3"], tmp_path, {"LP_DATABASE": str(database)})
     assert status == 2
     assert_one_line(err, "/proc/lp-backup.sqlite3: cannot write a backup there")
+
+
+@pytest.mark.parametrize("text", ['{"workspaces": 5}', '["a list"]', '{"workspaces": {"acme": {"repos": 3}}}'])
+def test_a_sandbox_scenario_of_the_wrong_shape_is_one_line_and_exit_2(text: str, tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(text)
+    status, err = run_cli(["sandbox", "--scenario", str(scenario), "--port", "0"], tmp_path)
+    assert status == 2
+    assert_one_line(err, f"--scenario: cannot load {scenario}")
