@@ -298,9 +298,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(settings: Settings, host: str, port: int) -> int:
-    import uvicorn
-
-    from app.main import SERVER_OPTIONS, SHUTDOWN_SECONDS, create_app
+    from app.main import create_app, make_server
     from app.ports import listen
 
     if settings.secret_key is None:
@@ -316,19 +314,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
 
         asyncio.run(check_key(settings))  # a key changed without rotation: one line and exit 2
         app = create_app(settings)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                log_level="warning",
-                access_log=False,
-                loop="auto",
-                **SERVER_OPTIONS,  # httptools with the request head bounded while it arrives
-                lifespan="on",
-                timeout_graceful_shutdown=SHUTDOWN_SECONDS,
-            )
-        )
+        server = make_server(app, host, port)  # httptools with the request head bounded while it arrives
         # A background task that cannot be kept alive stops the server; the exit status says so.
         app.state.stop = lambda: setattr(server, "should_exit", True)
         # uvicorn drains on SIGTERM, then re-raises the signal under the handler that was there before

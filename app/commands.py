@@ -80,7 +80,15 @@ async def cmd_findings(
     out: TextIO = sys.stdout,
 ) -> int:
     async with open_store(settings, existing=True) as store:
+        if workspace is not None and not await store.results.exist(workspace):
+            # A misspelt workspace must not read as a clean report (an empty list, exit 0).
+            connected = {ws for c in await store.connections.all() for ws in c.workspaces}
+            if workspace not in connected:
+                known_set = connected | {r.result.workspace for r in await store.results.query()}
+                known = ", ".join(sorted(known_set | set(await store.snapshots.workspaces()))) or "none yet"
+                raise errors.ConfigError(f"--workspace: {workspace!r} is not a workspace the product knows ({known})")
         rows = await store.results.query(workspace=workspace, check=check, status=status)
+        anything = bool(rows) or bool(await store.results.counts())
     items = [to_json(r) for r in rows]
     items.sort(key=lambda i: (SEVERITY_ORDER.get(str(i["severity"]), 9), str(i["check"]), str(i["subject"])))
     if fmt == "json":
@@ -89,13 +97,16 @@ async def cmd_findings(
     elif fmt == "csv":
         out.write(exports.findings_csv(items))
     else:
-        _table(items, out)
+        _table(items, out, anything)
     return 0
 
 
-def _table(items: list[dict[str, Any]], out: TextIO) -> None:
+def _table(items: list[dict[str, Any]], out: TextIO, anything: bool = True) -> None:
     if not items:
-        print("No results yet. Run `lowerplane-bitbucket reconcile` first.", file=out)
+        if anything:
+            print("No results match --workspace, --check and --status.", file=out)
+        else:
+            print("No results yet. Run `lowerplane-bitbucket reconcile` first.", file=out)
         return
     counts = Counter(str(i["status"]) for i in items)
     current = None

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import uvicorn
 from aiohttp import web
 
 from app.checks.workspace_mfa_enforced import CHECK as WORKSPACE_MFA
 from app.logs import configure
-from app.main import create_app
+from app.main import create_app, make_server
 from app.ports import listen
 from app.sandbox.serve import free_port, running_sandbox
 from app.services import build_services
@@ -126,9 +125,7 @@ async def _run_demo(sock: socket.socket, *, port: int, once: bool, data_dir: Pat
             )
             services = await build_services(settings, session)
             app = create_app(settings, services)
-            server = uvicorn.Server(
-                uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
-            )
+            server = make_server(app, "127.0.0.1", port)  # as serve builds it (request head bounded)
             task = asyncio.create_task(server.serve(sockets=[sock]))
             try:
                 while not server.started:

@@ -21,6 +21,7 @@ from typing import TypedDict
 from urllib.parse import quote
 
 import aiohttp
+import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -90,6 +91,23 @@ class ServerOptions(TypedDict):
 
 
 SERVER_OPTIONS: ServerOptions = {"http": BoundedHead}
+
+
+def make_server(app: ASGIApp, host: str, port: int) -> uvicorn.Server:
+    """The one server construction ``serve`` and ``demo`` share: httptools under :class:`BoundedHead`
+    (the request head bounded while it arrives), no access log, a bounded graceful shutdown."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="auto",
+        **SERVER_OPTIONS,
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )
+    return uvicorn.Server(config)
 
 
 class HeaderLimit:

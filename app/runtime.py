@@ -64,5 +64,23 @@ async def backup(settings: Settings, target: Path) -> None:
         raise errors.ConfigError(f"{target}: exists already; choose a new file")
     if not settings.database.exists():
         raise errors.ConfigError(f"{settings.database}: no database to back up")
-    async with open_store(settings) as store:
-        await store.db.backup(target)
+    # Written beside the target under another name and renamed when complete: a backup that fails
+    # half-way (disk full) leaves no file that looks like a backup.
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.open("wb").close()
+    except OSError as exc:
+        raise errors.ConfigError(f"{target}: cannot write a backup there: {exc.strerror or exc}") from None
+    try:
+        async with open_store(settings) as store:
+            await store.db.backup(partial)
+        if target.exists():
+            raise errors.ConfigError(f"{target}: exists already; choose a new file")
+        partial.replace(target)
+    except (sqlite3.Error, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise errors.LowerplaneError(f"backup to {target} could not finish: {exc} (nothing was written)") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

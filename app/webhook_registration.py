@@ -9,6 +9,8 @@ warning: Bitbucket retries a failed delivery only twice, then gives up silently.
 
 from __future__ import annotations
 
+import re
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,10 +25,14 @@ from app.store.views import Views
 
 log = get_logger("hooks")
 SILENCE_GRACE = timedelta(minutes=15)
-# Hooks are recognised by this description (with the connection id) or by their stored uuid, never by
-# their URL, which changes with LP_PUBLIC_URL.
+# Hooks are recognised by their stored uuid or by this description, which names the connection and
+# this installation (a random id kept in the database's meta table), never by their URL alone, which
+# changes with LP_PUBLIC_URL. Two installations watching one workspace (staging and production, both
+# with connection id ``token``) therefore never adopt each other's hook.
 DESCRIPTION = "Lowerplane for Bitbucket: compliance monitoring"
 LEGACY_DESCRIPTION = "lowerplane"  # what earlier versions wrote; recognised together with the URL
+INSTALLATION_KEY = "installation_id"
+_DESCRIBED = re.compile(re.escape(DESCRIPTION) + r" \(.+, installation ([0-9a-f]+)\)")
 
 
 async def _desired(client: BitbucketClient, subject: str) -> list[str]:
@@ -37,9 +43,19 @@ async def _desired(client: BitbucketClient, subject: str) -> list[str]:
     return sorted(USED_EVENTS & available)
 
 
-def description(conn_id: str) -> str:
-    """The fixed description that marks a hook as this product's, for one connection."""
-    return f"{DESCRIPTION} ({conn_id})"
+def description(conn_id: str, installation: str) -> str:
+    """The fixed description that marks a hook as this installation's, for one connection."""
+    return f"{DESCRIPTION} ({conn_id}, installation {installation})"
+
+
+def _legacy(conn_id: str) -> set[str]:
+    """Descriptions earlier versions wrote, without an installation id."""
+    return {LEGACY_DESCRIPTION, f"{DESCRIPTION} ({conn_id})"}
+
+
+async def installation_id(service: Service) -> str:
+    """This installation's id: random, made once and kept in the database (meta ``installation_id``)."""
+    return await service.store.meta.setdefault(INSTALLATION_KEY, secrets.token_hex(6))
 
 
 def _needs_repair(hook: Webhook, url: str, events: list[str], described: str) -> bool:
@@ -52,21 +68,51 @@ def _needs_repair(hook: Webhook, url: str, events: list[str], described: str) ->
     )
 
 
-def _ours(listed: list[Webhook], stored: list[dict[str, Any]], described: str, url: str) -> list[Webhook]:
+def _ours(
+    listed: list[Webhook], stored: list[dict[str, Any]], described: str, legacy: set[str], url: str
+) -> list[Webhook]:
     """The product's hooks among those listed: the stored uuid first, then by description.
 
     Never by URL alone: the public URL can change (LP_PUBLIC_URL), and a second hook would then be
-    registered beside the old one. Hooks registered before descriptions identified them (description
-    ``lowerplane``) are still recognised by their URL, once, and take the new description.
+    registered beside the old one. A description must carry this installation's id: a hook of another
+    installation is left alone, even at the same URL. Hooks registered by earlier versions (a
+    description without an installation id) are recognised together with their URL, and take the
+    new description.
     """
     uuids = [e["uuid"] for e in stored]
-    known = [h for h in listed if h.uuid in uuids]
+    # A stored uuid whose hook carries another installation's id came with a copy of the database
+    # (production's restored into staging): that hook is the other installation's.
+    known = [h for h in listed if h.uuid in uuids and _installation(h) in (None, _installation_of(described))]
     others = [
         h
         for h in listed
-        if h not in known and (h.description == described or (h.description == LEGACY_DESCRIPTION and h.url == url))
+        if h not in known and (h.description == described or (h.description in legacy and h.url == url))
     ]
     return known + others
+
+
+def _installation_of(text: str | None) -> str | None:
+    match = _DESCRIBED.fullmatch(text or "")
+    return match.group(1) if match else None
+
+
+def _installation(hook: Webhook) -> str | None:
+    """The installation id a hook's description carries (None: not described by an installation)."""
+    return _installation_of(hook.description)
+
+
+def _foreign(listed: list[Webhook], ours: list[Webhook], url: str, where: str) -> None:
+    """Say so when another installation's hook delivers to this URL (e.g. the database was lost)."""
+    for h in listed:
+        if h not in ours and h.url == url and (h.description or "").startswith(DESCRIPTION):
+            log.warning(
+                "webhook.foreign",
+                hook=h.uuid,
+                where=where,
+                description=h.description,
+                message="another installation's hook delivers to this URL and is left alone: if that "
+                "installation no longer exists (e.g. its database was lost), delete the hook in Bitbucket",
+            )
 
 
 def _stored(conn: Connection, ws: str, repository: str | None) -> list[dict[str, Any]]:
@@ -77,7 +123,8 @@ async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any
     """Create or repair the connection's hooks; return what was done, per hook."""
     client = await service.client(conn.id)
     url = service.hook_url(conn.id)
-    described = description(conn.id)
+    described = description(conn.id, await installation_id(service))
+    legacy = _legacy(conn.id)
     secret = service.decrypt(conn.webhook_secret) if conn.webhook_secret else None
     new_secret = secret is None
     if secret is None:
@@ -89,7 +136,9 @@ async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any
     for ws in conn.workspaces:
         try:
             stored = _stored(conn, ws, None)
-            hooks = _ours(await client.workspace_hooks(ws), stored, described, url)
+            listed = await client.workspace_hooks(ws)
+            hooks = _ours(listed, stored, described, legacy, url)
+            _foreign(listed, hooks, url, ws)
             entry = await _one(client, ws, None, hooks, url, described, ws_events, secret, new_secret)
             state.append(_registered(entry, stored, now))
         except errors.ForbiddenError:
@@ -98,7 +147,9 @@ async def ensure_hooks(service: Service, conn: Connection) -> list[dict[str, Any
             for repo in await client.repositories(ws):
                 stored = _stored(conn, ws, repo.full_name)
                 try:
-                    hooks = _ours(await client.repository_hooks(ws, repo.uuid), stored, described, url)
+                    listed = await client.repository_hooks(ws, repo.uuid)
+                    hooks = _ours(listed, stored, described, legacy, url)
+                    _foreign(listed, hooks, url, repo.full_name)
                     entry = await _one(client, ws, repo.uuid, hooks, url, described, repo_events, secret, new_secret)
                 except errors.ForbiddenError as exc:
                     # Repository hooks need a repository admin: skip the others, say why, go on.

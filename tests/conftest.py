@@ -44,6 +44,7 @@ SLOW_FILES = {
     "test_crash.py": "subprocesses: SIGKILL under load",
     "test_cli_exits.py": "subprocesses: the console script's exit statuses",
     "test_reconcile_command.py": "subprocesses: the reconcile command and its CronJob",
+    "test_deploy_serve.py": "subprocesses: serve as the systemd unit, the image and the Deployment run it",
 }
 
 

@@ -29,6 +29,7 @@ import socket
 import sqlite3
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -93,12 +94,15 @@ async def test_a_new_repository_whose_restrictions_cannot_be_read_is_unknown_wit
                     return False
             return True
 
-        await session.post(
-            sandbox.url + "/_sandbox/faults", json={"force_status": {"svc-new/branch-restrictions": 503}}
-        )
+        # The restrictions tier reads by uuid (/repositories/acme/{uuid}/branch-restrictions): the
+        # fault covers that path too, or a tier run inside this window reads them (a flaky `fail`).
+        repo_uuid = "{" + str(uuid.uuid4()) + "}"
+        unreadable = f"(svc-new|{repo_uuid.strip('{}')}[^/]*)/branch-restrictions"
+        await session.post(sandbox.url + "/_sandbox/faults", json={"force_status": {unreadable: 503}})
         await wait_for(idle, within=20)
         async with session.post(
-            sandbox.url + "/_sandbox/workspaces/acme/create-repo", json={"slug": "svc-new", "project": "CORE"}
+            sandbox.url + "/_sandbox/workspaces/acme/create-repo",
+            json={"slug": "svc-new", "project": "CORE", "uuid": repo_uuid},
         ) as resp:
             assert resp.status == 200
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from app import errors
+from app.findings import Change, Delta
+from app.models import Result
 from app.store import Store
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
@@ -84,6 +88,27 @@ def test_a_database_path_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: 
             status, err = run_cli(argv, tmp_path, {"LP_DATABASE": str(folder), "LP_BITBUCKET_TOKEN": "t"})
             assert status == 2, argv
             assert_one_line(err, f"LP_DATABASE: cannot use {folder}: unable to open database file")
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+    """A rollback after an upgrade that migrated the database: this version must not write into a
+    schema it does not know (nor half-work on it); every command says so and exits 2."""
+    database = tmp_path / "lp.sqlite3"
+
+    async def made_by_a_later_version() -> None:
+        store = await Store.open(database)
+        await store.meta.set("made-by", "a later version")
+        await store.db.execute("PRAGMA user_version=999")
+        await store.close()
+
+    asyncio.run(made_by_a_later_version())
+    before = database.read_bytes()
+    env = {"LP_DATABASE": str(database), "LP_SECRET_KEY": GOOD_KEY, "LP_ADMIN_TOKEN": ADMIN, "LP_BITBUCKET_TOKEN": "t"}
+    for argv in (["findings"], ["classify", "acme/api", "production"], ["serve", "--port", "0"]):
+        status, err = run_cli(argv, tmp_path, env)
+        assert status == 2, argv
+        assert_one_line(err, "written by a newer version of lowerplane-bitbucket (schema 999")
+    assert database.read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -202,3 +227,98 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(count: int, tmp_pat
         proc.stdout.close()
         assert proc.wait(timeout=20) == 0
         assert proc.stderr.read() == b""
+
+
+def test_findings_for_a_misspelt_workspace_is_refused_not_an_empty_report(tmp_path: Path) -> None:
+    """`findings --workspace acm --format json` printed `[]` and exit 0: to a script, a clean report."""
+    database = tmp_path / "lp.sqlite3"
+    failing = Result(
+        check="repo-classified",
+        severity="critical",
+        workspace="acme",
+        subject_type="repository",
+        subject_key="{api}",
+        subject="acme/api",
+        subject_name="api",
+        status="fail",
+        message="acme/api is not classified",
+    )
+
+    async def seed() -> None:
+        store = await Store.open(database)
+        await store.results.apply(Delta(opened=[Change(failing, None)]), "2026-11-28T12:00:00+00:00")
+        await store.close()
+
+    asyncio.run(seed())
+    env = {"LP_DATABASE": str(database)}
+    for fmt in ("json", "csv", "table"):
+        status, err = run_cli(["findings", "--workspace", "acm", "--format", fmt], tmp_path, env)
+        assert status == 2, fmt
+        assert_one_line(err, "--workspace: 'acm' is not a workspace the product knows (acme)")
+    out = subprocess.run(  # noqa: S603 - the project's own console script
+        [str(SCRIPT), "findings", "--workspace", "acme", "--status", "pass"],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "No results match --workspace, --check and --status."
+
+
+def _a_database_of_some_size(database: Path) -> None:
+    async def seed() -> None:
+        store = await Store.open(database)
+        for i in range(40):
+            await store.meta.set(f"filler-{i}", "x" * 8000)
+        await store.close()
+
+    asyncio.run(seed())
+
+
+def test_a_backup_that_fails_half_way_leaves_no_file_that_looks_like_one(tmp_path: Path) -> None:
+    """The disk fills up during the copy (a file size limit makes it so): one line, exit 1, and no
+    file at the target (an empty or partial file there looked like a backup, and blocked a rerun)."""
+    database = tmp_path / "lp.sqlite3"
+    _a_database_of_some_size(database)
+    assert database.stat().st_size > 200_000
+    target = tmp_path / "backups" / "lp-2026-11-28.sqlite3"
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+
+    proc = subprocess.run(  # noqa: S603 - the project's own console script
+        [str(SCRIPT), "backup", str(target)],
+        cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LP_DATABASE": str(database)},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+        preexec_fn=small_disk,  # only resource limits, before exec
+    )
+    assert proc.returncode == 1
+    assert_one_line(proc.stderr, f"backup to {target} could not finish")
+    assert list(target.parent.iterdir()) == []
+    status, err = run_cli(["backup", str(target)], tmp_path, {"LP_DATABASE": str(database)})
+    assert status == 0, err  # the same name works once there is room
+    assert target.stat().st_size >= database.stat().st_size
+
+
+def test_a_backup_target_that_cannot_be_written_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    database = tmp_path / "lp.sqlite3"
+    _a_database_of_some_size(database)
+    status, err = run_cli(["backup", "/proc/lp-backup.sqlite3"], tmp_path, {"LP_DATABASE": str(database)})
+    assert status == 2
+    assert_one_line(err, "/proc/lp-backup.sqlite3: cannot write a backup there")
+
+
+@pytest.mark.parametrize("text", ['{"workspaces": 5}', '["a list"]', '{"workspaces": {"acme": {"repos": 3}}}'])
+def test_a_sandbox_scenario_of_the_wrong_shape_is_one_line_and_exit_2(text: str, tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(text)
+    status, err = run_cli(["sandbox", "--scenario", str(scenario), "--port", "0"], tmp_path)
+    assert status == 2
+    assert_one_line(err, f"--scenario: cannot load {scenario}")

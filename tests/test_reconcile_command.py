@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import configparser
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -121,6 +122,14 @@ def _env_file(path: Path) -> dict[str, str]:
     return env
 
 
+def unit_environment(service: configparser.SectionProxy) -> dict[str, str]:
+    """A unit's environment: ``Environment=``, then ``EnvironmentFile=`` (it overrides), whose template
+    is deploy/lowerplane.env.example."""
+    assert service["EnvironmentFile"] == "/etc/lowerplane/lowerplane.env"
+    env = dict(shlex.split(word)[0].split("=", 1) for word in shlex.split(service.get("Environment", "")))
+    return env | _env_file(ROOT / "deploy" / "lowerplane.env.example")
+
+
 async def test_the_systemd_timer_unit_runs(
     sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -131,15 +140,60 @@ async def test_the_systemd_timer_unit_runs(
     assert Path(argv[0]).name == "lowerplane-bitbucket" and argv[1:] == ["reconcile"]
     # EnvironmentFile= names /etc/lowerplane/lowerplane.env, whose template is deploy/lowerplane.env.example
     assert service["EnvironmentFile"] == "/etc/lowerplane/lowerplane.env"
-    env = _env_file(ROOT / "deploy" / "lowerplane.env.example")
+    env = unit_environment(service)  # Environment=, then EnvironmentFile= (which wins)
     assert "LP_BITBUCKET_TOKEN" not in env  # set up for OAuth
     workdir = tmp_path / "var-lib-lowerplane"  # WorkingDirectory=/var/lib/lowerplane
     workdir.mkdir()
+    assert env["LP_DATABASE"].startswith(service["ReadWritePaths"] + "/")  # writable under ProtectSystem=strict
     database = Path(env["LP_DATABASE"].replace(service["WorkingDirectory"], str(workdir)))
     await connect_by_oauth(sandbox, session, tmp_path, database, env["LP_SECRET_KEY"])
     status, out, err = await run([str(SCRIPT), *argv[1:]], {**env, **towards(sandbox, database)}, workdir)
     assert status == 0, err
     assert out.startswith("acme: ") and (await stored(database))[0] > 0
+
+
+def _seconds(span: str) -> float:
+    """A systemd time span such as ``6h``, ``10min`` or ``5h45min``."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+)\s*(h|min|s)", span):
+        total += int(number) * units[unit]
+    assert total > 0, span
+    return total
+
+
+def test_a_hung_timer_run_cannot_block_the_next() -> None:
+    """The timer starts no new run while one is still active, and a oneshot has no start timeout by
+    default: the unit must stop a run before the next one is due."""
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.read(ROOT / "deploy" / "systemd" / "lowerplane-reconcile.service")
+    timer = configparser.ConfigParser(interpolation=None, strict=False)
+    timer.read(ROOT / "deploy" / "systemd" / "lowerplane-reconcile.timer")
+    assert unit["Service"]["Type"] == "oneshot"
+    limit = unit["Service"].get("TimeoutStartSec", "infinity")
+    assert limit != "infinity", "a hung run would block every later one"
+    assert _seconds(limit) < _seconds(timer["Timer"]["OnUnitActiveSec"])
+
+
+def test_the_cronjob_can_mount_the_volume_and_cannot_hang() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "lowerplane.yaml").read_text()))
+    claim = next(d for d in docs if d["kind"] == "PersistentVolumeClaim")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    job = cron["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    [volume] = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    if claim["spec"]["accessModes"] == ["ReadWriteOnce"]:
+        # one node at a time mounts it: the job must run on the node of serve's pod, or stay Pending
+        # (and, with concurrencyPolicy Forbid, block every later run)
+        [term] = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
+    # a run is stopped before the next is due ("17 */6 * * *": every 6 hours)
+    minute, hour = cron["spec"]["schedule"].split()[:2]
+    assert minute.isdigit() and hour.startswith("*/")
+    assert 0 < job["activeDeadlineSeconds"] < int(hour[2:]) * 3600
 
 
 async def test_the_kubernetes_cronjob_runs(

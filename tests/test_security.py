@@ -169,11 +169,10 @@ def test_serve_refuses_a_huge_header(served: Served) -> None:
     assert answer == b"" or status.split(b" ")[1] in (b"400", b"431"), status
 
 
-def test_serve_cuts_off_an_endless_header_while_it_arrives(served: Served) -> None:
-    """A head that never ends is refused once it passes the limit, before it completes: the server
-    must not buffer an endless header (httptools alone would)."""
+def endless_head(port: int) -> tuple[int, bytes]:
+    """Send a request head that never ends, far past the limit: (bytes sent, what the server answered)."""
     answer = b""
-    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: ")
         sent = 0
         try:
@@ -186,6 +185,13 @@ def test_serve_cuts_off_an_endless_header_while_it_arrives(served: Served) -> No
         with contextlib.suppress(ConnectionResetError, TimeoutError):
             while chunk := sock.recv(65536):
                 answer += chunk
+    return sent, answer
+
+
+def test_serve_cuts_off_an_endless_header_while_it_arrives(served: Served) -> None:
+    """A head that never ends is refused once it passes the limit, before it completes: the server
+    must not buffer an endless header (httptools alone would)."""
+    sent, answer = endless_head(served.port)
     assert sent < 4 * 1024 * 1024, "the server kept reading an endless header"
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:80]
     assert _raw(served.port, HEALTH).startswith(b"HTTP/1.1 200")  # and it still serves others

@@ -95,9 +95,15 @@ def alerts_for(delta: Delta, web_url: str = "https://bitbucket.org") -> list[dic
             }
         ]
     # "unknown" → "fail": something that could not be told is now known to fail (e.g. a member just
-    # linked to an offboarded person): worth an alert too.
+    # linked to an offboarded person): worth an alert too. A new subject first recorded while its
+    # data could not be read (see below), then read as failing or ``unknown`` for a reason the user
+    # can fix, is a new subject appearing failing: the alert the fault held back goes out now.
     confirmed = [
-        c for c in delta.changed if c.previous and c.previous.result.status == "unknown" and c.result.status == "fail"
+        c
+        for c in delta.changed
+        if c.previous
+        and c.result.status in FAILING
+        and ((c.previous.result.status == "unknown" and c.result.status == "fail") or _unread(c.previous.result))
     ]
     # A fault alone never alerts (checks.md: only data that was read decides): a new subject whose
     # data could not be read yet is recorded ``unknown`` (reason ``fetch_failed``) without an

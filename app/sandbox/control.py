@@ -201,7 +201,7 @@ async def _dispatch(sb: Sandbox, request: Request) -> dict[str, Any]:
                 raise ApiError(400, f"Repository {ws.slug}/{slug} already exists")
             main = body.get("mainbranch", "main")
             new = SRepo(
-                uuid=new_uuid(),
+                uuid=body.get("uuid") or new_uuid(),  # a test may fix it (e.g. to aim a fault at it)
                 slug=slug,
                 name=body.get("name", slug),
                 project_key=body.get("project"),

@@ -29,7 +29,7 @@ async def serve_sandbox(host: str, port: int, scenario: Path | None, sock: socke
     """Serve until stopped; ``sock``: an already bound socket (the CLI binds first, see app.ports)."""
     try:
         state = load_file(scenario or SAMPLE)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a file of the wrong shape too
         from app.errors import ConfigError
 
         raise ConfigError(f"--scenario: cannot load {scenario}: {type(exc).__name__}: {exc}") from None

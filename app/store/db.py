@@ -55,6 +55,13 @@ class Database:
         async with self._write:
             row = await (await self.conn.execute("PRAGMA user_version")).fetchone()
             version = int(row[0]) if row else 0
+            if version > len(MIGRATIONS):
+                # A later version migrated this database (then was rolled back?): its schema is not
+                # ours to write. Refused (exit 2 in every command) instead of half-working on it.
+                raise aiosqlite.DatabaseError(
+                    f"written by a newer version of lowerplane-bitbucket (schema {version}; this version "
+                    f"knows up to {len(MIGRATIONS)}): upgrade, or restore a backup made by this version"
+                )
             for number, script in enumerate(MIGRATIONS, 1):
                 if number <= version:
                     continue

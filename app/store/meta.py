@@ -1,4 +1,5 @@
-"""Small named values the scheduler keeps between rounds (next due times, the last expiry sweep)."""
+"""Small named values: what the scheduler keeps between rounds (next due times, the last expiry sweep)
+and this installation's id (``installation_id``, which marks its webhooks)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,11 @@ class Meta:
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    async def setdefault(self, key: str, value: str) -> str:
+        """The stored value of ``key``; ``value`` is stored first when there is none (atomic: when two
+        processes race, both get the one value that was stored first)."""
+        await self.db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value))
+        stored = await self.get(key)
+        assert stored is not None
+        return stored

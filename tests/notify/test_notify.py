@@ -93,6 +93,24 @@ def test_a_fault_alone_never_alerts() -> None:
     assert alerts_for(many) == []  # not even a baseline made of unread subjects
 
 
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"reason": "permission_missing", "missing_permission": "repository admin", "fix": "Make them an admin."},
+        {"reason": "scope_missing", "missing_scope": "repository:admin", "fix": "Reconnect with the scope."},
+    ],
+)
+def test_a_new_subject_read_after_a_fault_alerts_as_it_would_have_without_the_fault(details: dict[str, str]) -> None:
+    """A new repository first seen while its data could not be read (no alert), then read as
+    ``unknown`` for a reason the user can fix: that is a new repository appearing failing, which
+    would have alerted had the first reading worked; the fault must not swallow the alert."""
+    assert [a["kind"] for a in alerts_for(Delta(opened=[Change(res("unknown", "acme/new"), None)]))] == ["opened"]
+    read = res("unknown", "acme/new").model_copy(update={"details": details})
+    [alert] = alerts_for(Delta(changed=[Change(read, prev_unread())]))
+    assert alert["kind"] == "opened" and alert["subject"] == "acme/new" and alert["new_status"] == "unknown"
+    assert alert["reason"] == details["reason"] and alert["fix"]
+
+
 def test_expired_exception_is_said() -> None:
     [a] = alerts_for(Delta(opened=[Change(res("fail"), prev("excepted"))]))
     assert a["expired_exception"] and "exception expired" in slack_message([a])["blocks"][2]["text"]["text"]
