@@ -136,6 +136,19 @@ class HeaderLimit:
 
 
 SHUTDOWN_SECONDS = 10  # SIGTERM: in-flight requests get this long, then the process exits
+# Start-up (token connection, webhook registration) holds the first answer this long at most; when
+# Bitbucket is slower it goes on in the background, so probes answer and webhooks are stored meanwhile.
+STARTUP_WAIT = 5.0
+
+
+async def start_up_background(services: Services) -> None:
+    """``start_up`` run beside the server: whatever it raises is logged, never fatal."""
+    try:
+        await start_up(services)
+    except Exception as exc:  # noqa: BLE001 - the reconcile and the repairs on each pass still run
+        log.error("startup.failed", error=f"{type(exc).__name__}: {exc}")
+    else:
+        log.info("startup.done")
 
 
 async def start_up(services: Services) -> None:
@@ -320,9 +333,13 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
             if supervisor.on_fatal is None:
                 supervisor.on_fatal = app.state.on_fatal
             _watch(services, supervisor)
-            await start_up(services)
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(supervisor.run("writer", services.writer.run))]
+                starting = tg.create_task(start_up_background(services))
+                tasks.append(starting)
+                _, pending = await asyncio.wait({starting}, timeout=STARTUP_WAIT)
+                if pending:
+                    log.warning("startup.continues_in_background", waited_seconds=STARTUP_WAIT)
                 if background:
                     tasks += [
                         tg.create_task(supervisor.run("worker", services.worker.run)),

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from app import main
 from app.bitbucket.sansio import sign
 from app.crypto import Crypto
 from app.sandbox.serve import RunningSandbox, free_port
@@ -231,3 +232,27 @@ async def test_sigterm_drains_within_ten_seconds_and_loses_nothing(
     finally:
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
+
+
+async def test_a_slow_bitbucket_does_not_hold_the_server_closed_at_start(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up registers the webhooks, one request after another to Bitbucket; with a Bitbucket
+    that answers slowly this took minutes before ``serve`` answered anything (probes failed,
+    deliveries were refused). It now holds the server for ``STARTUP_WAIT`` at most and goes on in
+    the background."""
+    monkeypatch.setattr(main, "STARTUP_WAIT", 0.3, raising=False)
+    sandbox.sandbox.faults.latency_ms = 1500  # every Bitbucket answer
+    port = free_port()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with running_app(product_settings(sandbox.api, tmp_path, port), port, session) as app:
+        assert loop.time() - started < 1.4  # served before Bitbucket's first answer came back
+        status, _ = await health(session, app.url)
+        assert status == 200
+        assert sandbox.sandbox.state.workspaces["acme"].hooks == {}
+
+        async def registered() -> bool:
+            return len(sandbox.sandbox.state.workspaces["acme"].hooks) == 1
+
+        await wait_for(registered, within=30)  # start-up went on and finished
