@@ -44,7 +44,7 @@ from app.settings import Settings
 from app.store import Store
 from app.store.events import EventWriter
 from app.supervise import Supervisor
-from app.web import api, connect, dashboard, webhooks
+from app.web import api, connect, dashboard, operations, webhooks
 from app.web.openapi import API_ROUTES, serve_document
 from app.web.problems import handle_error
 from app.worker import Worker
@@ -265,7 +265,27 @@ async def readyz(request: Request) -> Response:
     lag = time.time() - services.worker.alive_at
     if lag > 30:
         return JSONResponse({"status": "unavailable", "worker": f"silent for {lag:.0f} s"}, status_code=503)
-    return JSONResponse({"status": "ready", "database": "ok", "worker": "alive"})
+    # Ready during a first assessment too (README "Operations"): the webhooks a load balancer
+    # routes to us meanwhile must be stored; the body says the assessment is still running.
+    body: dict[str, Any] = {"status": "ready", "database": "ok", "worker": "alive"}
+    workspaces = await operations.assessment(services)
+    running = [a for a in workspaces if not a["assessed"]]
+    body["first_assessment"] = "running" if running else "done" if workspaces else "not connected"
+    if running:
+        body["assessing"] = [_assessing(a) for a in running]
+    return JSONResponse(body)
+
+
+def _assessing(a: dict[str, Any]) -> dict[str, Any]:
+    """One workspace whose first full pass has not finished: the pass's state and progress."""
+    current = a["current"] or {}
+    progress = current.get("progress") or {}
+    return {
+        "connection": a["connection"],
+        "workspace": a["workspace"],
+        "pass": current.get("state", "not queued"),
+        **{k: progress[k] for k in ("done", "total", "waiting_until", "why") if progress.get(k) is not None},
+    }
 
 
 async def metrics(request: Request) -> Response:

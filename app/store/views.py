@@ -437,26 +437,33 @@ class Views:
             nxt = await self.db.fetchone(
                 "SELECT value FROM meta WHERE key = ?", (f"next:{tier}:{connection}:{workspace}",)
             )
+            progress = None
+            if now is not None and now["state"] == "running" and now["caused"]:
+                progress = (json.loads(now["caused"]) or {}).get("progress")
             out[tier] = {
                 "last": dict(last) | {"caused": json.loads(last["caused"]) if last["caused"] else None}
                 if last
                 else None,
-                # a running pass's progress ({"done": n, "total": m, "waiting_until": ..., "why": ...})
-                # when the worker records it in ``caused`` while it runs; None until then
-                "current": dict(now) | {"progress": (json.loads(now["caused"]) or {}).get("progress")}
-                if now and now["caused"]
-                else (dict(now) | {"progress": None} if now else None),
+                # a running pass's progress ({"step": ..., "done": n, "total": m, "waiting_until": ...,
+                # "why": ...}) as the worker records it in ``caused`` (app/worker.py PassProgress)
+                "current": dict(now) | {"progress": progress} if now else None,
                 "next_at": float(nxt[0]) if nxt else None,
             }
         return out
 
     async def assessed(self, connection: str, workspace: str) -> bool:
-        """Whether a full pass of this workspace has finished (the first assessment is done)."""
+        """Whether a full pass of this workspace has finished (the first assessment is done).
+        Once true it stays true: remembered on the connection (``/readyz`` asks at every probe)."""
+        done: set[tuple[str, str]] = self.db.__dict__.setdefault("_lp_assessed", set())
+        if (connection, workspace) in done:
+            return True
         row = await self.db.fetchone(
             "SELECT 1 FROM events WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
             "AND state = 'done' AND coalesce(json_extract(payload, '$.tier'), 'full') = 'full' LIMIT 1",
             (connection, workspace),
         )
+        if row is not None:
+            done.add((connection, workspace))
         return row is not None
 
     async def first_steps(self, policy: list[str], report: list[str], classify: list[str]) -> dict[str, int]:
