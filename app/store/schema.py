@@ -274,7 +274,8 @@ MIGRATIONS.append(
 # index order instead of unpacking the member list's JSON per request. ``email`` is the address the
 # workspace's email lookup matched to the member (the lowest, as the offboarding test reads it).
 MIGRATIONS.append(
-    # 6: the members table, filled from the stored member lists
+    # 6: the members table, filled from the stored member lists; indexes for the Overview's counts
+    # per test and status and its trend (history rows of the last 30 days)
     """
     CREATE TABLE members (
         workspace TEXT NOT NULL,
@@ -288,6 +289,8 @@ MIGRATIONS.append(
     CREATE INDEX members_name ON members(name_key, account_id);
     CREATE INDEX members_ws_name ON members(workspace, name_key, account_id);
     CREATE INDEX members_permission ON members(permission, name_key, account_id);
+    CREATE INDEX results_check_status ON results(check_id, status);
+    CREATE INDEX result_history_at ON result_history(at, new_status, old_status);
     INSERT OR REPLACE INTO members (workspace, account_id, display_name, name_key, permission, email)
     SELECT m.workspace, m.account_id, m.display_name, lp_natkey(m.display_name), m.permission, e.email
     FROM (SELECT s.workspace AS workspace,

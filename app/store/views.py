@@ -495,11 +495,14 @@ class Views:
         return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
 
     async def trend(self, days: int) -> list[dict[str, Any]]:
-        """Transitions into or out of failing per day (the Overview's chart), summed in SQL."""
+        """Transitions into or out of failing per day (the Overview's chart), summed in SQL over
+        the rows of the period that change the failing count (index ``result_history_at``)."""
         rows = await self.db.fetchall(
             """SELECT substr(at, 1, 10) AS day,
                       sum((new_status IN ('fail', 'unknown')) - coalesce(old_status IN ('fail', 'unknown'), 0))
-               FROM result_history WHERE at >= date('now', ?) GROUP BY 1""",
+               FROM result_history WHERE at >= date('now', ?)
+                 AND (new_status IN ('fail', 'unknown')) <> coalesce(old_status IN ('fail', 'unknown'), 0)
+               GROUP BY 1""",
             (f"-{days} days",),
         )
         return [{"day": str(r[0]), "delta": int(r[1] or 0)} for r in rows]
