@@ -1,6 +1,7 @@
-"""The Overview's two whole-table queries on a real SQLite file: the trend sums, per day, the
-transitions into and out of failing; both it and the counts per test and status read an index
-(schema 6) instead of sorting every result or history row on each visit."""
+"""The Overview's and Findings' whole-table queries on a real SQLite file: the trend sums, per
+day, the transitions into and out of failing; it, the counts per test and status, and a page of
+findings in the default order read an index (schema 6) instead of sorting every result or
+history row on each visit."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ async def test_the_trend_counts_transitions_into_and_out_of_failing_per_day(tmp_
         await store.close()
 
 
-async def test_the_overview_queries_read_an_index(tmp_path: Path) -> None:
+async def test_the_overview_and_findings_queries_read_an_index(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "lp.sqlite")
     plans: list[str] = []
     real = store.db.fetchall
@@ -53,7 +54,12 @@ async def test_the_overview_queries_read_an_index(tmp_path: Path) -> None:
         await store.results.counts()
         await Views(store.db).trend(30)
         counts, trend = plans
-        assert "COVERING INDEX results_check_status" in counts and "TEMP B-TREE" not in counts, counts
+        plans.clear()
+        await Views(store.db).results(sort="status", desc=True, limit=50, offset=100)
+        by_status, page = plans
+        assert "COVERING INDEX results_status" in by_status and "TEMP B-TREE" not in by_status, by_status
+        assert "USING INDEX results_rank" in page and "TEMP B-TREE" not in page, page
+        assert "COVERING INDEX results_status" in counts and "TEMP B-TREE" not in counts, counts
         assert "COVERING INDEX result_history_at (at>?)" in trend, trend
     finally:
         await store.close()

@@ -274,8 +274,9 @@ MIGRATIONS.append(
 # index order instead of unpacking the member list's JSON per request. ``email`` is the address the
 # workspace's email lookup matched to the member (the lowest, as the offboarding test reads it).
 MIGRATIONS.append(
-    # 6: the members table, filled from the stored member lists; indexes for the Overview's counts
-    # per test and status and its trend (history rows of the last 30 days)
+    # 6: the members table, filled from the stored member lists; indexes for the counts per status
+    # and test (Overview, Findings), the Findings' default order (status rank, severity rank: the
+    # expressions of app/store/views.py RESULT_SORTS["status"]) and the Overview's trend
     """
     CREATE TABLE members (
         workspace TEXT NOT NULL,
@@ -289,7 +290,11 @@ MIGRATIONS.append(
     CREATE INDEX members_name ON members(name_key, account_id);
     CREATE INDEX members_ws_name ON members(workspace, name_key, account_id);
     CREATE INDEX members_permission ON members(permission, name_key, account_id);
-    CREATE INDEX results_check_status ON results(check_id, status);
+    CREATE INDEX results_status ON results(status, check_id);
+    CREATE INDEX results_rank ON results(
+        CASE status WHEN 'fail' THEN 0 WHEN 'unknown' THEN 1 WHEN 'excepted' THEN 2 WHEN 'pass' THEN 3 ELSE 4 END,
+        CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END,
+        check_id, subject);
     CREATE INDEX result_history_at ON result_history(at, new_status, old_status);
     INSERT OR REPLACE INTO members (workspace, account_id, display_name, name_key, permission, email)
     SELECT m.workspace, m.account_id, m.display_name, lp_natkey(m.display_name), m.permission, e.email
