@@ -1,12 +1,14 @@
 """A first pass's progress, as the operator and the compliance lead see it while it runs: a real
 full pass against the sandbox, in chunks of 2 repositories, on an API budget that runs out
-midway. While the pass waits for budget, the Operations page, the Overview, ``GET
-/api/operations`` and ``/readyz`` (still ready) say how far it got and until when and why it
-waits; then the budget frees up, the pass completes and every one of them says so."""
+midway. While the pass waits for budget, the Operations page (in headless Chromium too), the
+Overview, ``GET /api/operations`` and ``/readyz`` (still ready) say how far it got and until when
+and why it waits; then the budget frees up, the pass completes and every one of them says so.
+With UPDATE_SCREENSHOTS=1 (make screenshots) the README's operations-progress.png is retaken."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,10 +16,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright.async_api import Browser
 
 from app.bitbucket.client import Budget
 from app.sandbox.serve import RunningSandbox, free_port
 from tests.helpers import ADMIN, RunningApp, product_settings, running_app, wait_for
+from tests.web.test_dashboard import DOCS_SHOTS, browser, login, open_page  # noqa: F401 - the browser fixture
 
 LIMIT = 7  # requests an hour: spent once the first chunks are read
 BEARER = {"Authorization": f"Bearer {ADMIN}"}
@@ -51,7 +55,10 @@ def _text(html: str) -> str:
 
 
 async def test_a_first_pass_shows_its_progress_and_its_wait_for_budget_then_completes(
-    idle: RunningApp, sandbox: RunningSandbox
+    idle: RunningApp,
+    sandbox: RunningSandbox,
+    browser: Browser,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     services = idle.services
     store = services.service.store
@@ -100,6 +107,19 @@ async def test_a_first_pass_shows_its_progress_and_its_wait_for_budget_then_comp
         assert f"{progress['done']} of {total} repositories done" in ops, ops
         assert f"Waiting for API budget until {progress['waiting_until']}" in ops, ops
         assert f"share of the hourly API budget is spent ({LIMIT} of {LIMIT} requests in the last hour" in ops, ops
+
+        # as the operator sees it in the browser
+        page, problems = await open_page(browser)
+        await login(page, idle)
+        await page.goto(idle.url + "/operations")
+        now_cell = await page.inner_text("article.panel[data-workspace='acme'] tr[data-tier='full'] td:nth-child(3)")
+        assert f"{progress['done']} of {total} repositories done" in now_cell, now_cell
+        assert "Waiting for API budget until" in now_cell, now_cell
+        shots = DOCS_SHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+        await page.screenshot(path=str(shots / "operations-progress.png"), full_page=True)
+        await page.goto(idle.url + "/")
+        assert f"{progress['done']} of {total} repositories" in await page.inner_text("#assessing")
+        assert problems == [], problems
 
         # the Overview says plainly that the first assessment is running, and how far it got
         overview = _text(await _page(idle, cookie, "/"))
