@@ -429,33 +429,39 @@ class Views:
             last = await self.db.fetchone(
                 "SELECT id, state, started_at, finished_at, error, caused FROM events "
                 "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
-                "AND state IN ('done', 'dead', 'failed') AND json_extract(payload, '$.tier') = ? "
+                "AND state IN ('done', 'dead', 'failed') AND coalesce(json_extract(payload, '$.tier'), 'full') = ? "
                 "ORDER BY id DESC LIMIT 1",
-                (connection, workspace, tier),
-            )
-            now = await self.db.fetchone(
-                "SELECT id, state, received_at, started_at, caused FROM events "
-                "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
-                "AND state IN ('queued', 'running') AND json_extract(payload, '$.tier') = ? "
-                "ORDER BY id LIMIT 1",
                 (connection, workspace, tier),
             )
             nxt = await self.db.fetchone(
                 "SELECT value FROM meta WHERE key = ?", (f"next:{tier}:{connection}:{workspace}",)
             )
-            progress = None
-            if now is not None and now["state"] == "running" and now["caused"]:
-                progress = (json.loads(now["caused"]) or {}).get("progress")
             out[tier] = {
                 "last": dict(last) | {"caused": json.loads(last["caused"]) if last["caused"] else None}
                 if last
                 else None,
-                # a running pass's progress ({"step": ..., "done": n, "total": m, "waiting_until": ...,
-                # "why": ...}) as the worker records it in ``caused`` (app/worker.py PassProgress)
-                "current": dict(now) | {"progress": progress} if now else None,
+                "current": await self.current_pass(connection, workspace, tier),
                 "next_at": float(nxt[0]) if nxt else None,
             }
         return out
+
+    async def current_pass(self, connection: str, workspace: str, tier: str = "full") -> dict[str, Any] | None:
+        """The pass of this tier queued or running now, with a running pass's progress
+        (``{"step": ..., "done": n, "total": m, "waiting_until": ..., "why": ...}``) as the worker
+        records it in ``caused`` (app/worker.py ``PassProgress``); None when there is none."""
+        now = await self.db.fetchone(
+            "SELECT id, state, received_at, started_at, caused FROM events "
+            "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
+            "AND state IN ('queued', 'running') AND coalesce(json_extract(payload, '$.tier'), 'full') = ? "
+            "ORDER BY id LIMIT 1",
+            (connection, workspace, tier),
+        )
+        if now is None:
+            return None
+        progress = None
+        if now["state"] == "running" and now["caused"]:
+            progress = (json.loads(now["caused"]) or {}).get("progress")
+        return dict(now) | {"progress": progress}
 
     async def assessed(self, connection: str, workspace: str) -> bool:
         """Whether a full pass of this workspace has finished (the first assessment is done).

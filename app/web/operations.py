@@ -27,7 +27,7 @@ async def assessment(services: Any) -> list[dict[str, Any]]:
     for conn in await services.service.connections():
         for ws in conn.workspaces:
             assessed = await views.assessed(conn.id, ws)
-            current = None if assessed else (await views.passes(conn.id, ws))["full"]["current"]
+            current = None if assessed else await views.current_pass(conn.id, ws, "full")
             out.append({"connection": conn.id, "workspace": ws, "assessed": assessed, "current": current})
     return out
 
