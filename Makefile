@@ -63,6 +63,7 @@ test-fast: $(STAMP)
 # Retake the README's screenshots (docs/screenshots); a plain test run writes them to a tmp folder.
 screenshots: $(STAMP) browser
 	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/web/test_dashboard.py -k end_to_end
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/web/test_pass_progress.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/full_read.py

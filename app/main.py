@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 import aiohttp
@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app import errors
+from app import errors, queries
 from app.logs import get_logger
 from app.metrics import Metrics
 from app.services import Services, build_services
@@ -217,7 +217,27 @@ async def readyz(request: Request) -> Response:
     lag = time.time() - services.worker.alive_at
     if lag > 30:
         return JSONResponse({"status": "unavailable", "worker": f"silent for {lag:.0f} s"}, status_code=503)
-    return JSONResponse({"status": "ready", "database": "ok", "worker": "alive"})
+    # Ready during a first assessment too (README "Operations"): the webhooks a load balancer
+    # routes to us meanwhile must be stored; the body says the assessment is still running.
+    body: dict[str, Any] = {"status": "ready", "database": "ok", "worker": "alive"}
+    workspaces = await queries.assessment(services)
+    running = [a for a in workspaces if not a["assessed"]]
+    body["first_assessment"] = "running" if running else "done" if workspaces else "not connected"
+    if running:
+        body["assessing"] = [_assessing(a) for a in running]
+    return JSONResponse(body)
+
+
+def _assessing(a: dict[str, Any]) -> dict[str, Any]:
+    """One workspace whose first full pass has not finished: the pass's state and progress."""
+    current = a["current"] or {}
+    progress = current.get("progress") or {}
+    return {
+        "connection": a["connection"],
+        "workspace": a["workspace"],
+        "pass": current.get("state", "not queued"),
+        **{k: progress[k] for k in ("done", "total", "waiting_until", "why") if progress.get(k) is not None},
+    }
 
 
 async def metrics(request: Request) -> Response:

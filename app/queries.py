@@ -198,3 +198,68 @@ def budget(services: Services, conn_id: str, now: float) -> dict[str, Any] | Non
         "waited": round(b.waited),
         "wait_until": datetime.fromtimestamp(now + wait, UTC).isoformat(timespec="seconds") if wait else None,
     }
+
+
+# -- the operations data: one source for the Operations page, the Overview, GET /api/operations and
+# /readyz: per connection and workspace, the last, current and next pass of each tier (a running pass
+# with its progress: repositories done of those listed, and while it waits for API budget, until when
+# and why), the API budget left this hour, the queue and the dead events.
+
+
+def _at_iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+
+
+async def assessment(services: Services) -> list[dict[str, Any]]:
+    """Per connected workspace: whether its first full pass finished, and the full pass that is
+    queued or running now (with its progress)."""
+    views = Views(services.service.store.db)
+    out = []
+    for conn in await services.service.connections():
+        for ws in conn.workspaces:
+            assessed = await views.assessed(conn.id, ws)
+            current = None if assessed else await views.current_pass(conn.id, ws, "full")
+            out.append({"connection": conn.id, "workspace": ws, "assessed": assessed, "current": current})
+    return out
+
+
+async def operations_data(services: Services) -> dict[str, Any]:
+    """The operator's panel: passes per connection and workspace, budget, queue, dead events."""
+    views = Views(services.service.store.db)
+    now = datetime.now(UTC).timestamp()
+    panels = []
+    for conn in await services.service.connections():
+        budget = _budget_with_why(services, conn.id, now)
+        for ws in conn.workspaces:
+            passes = await views.passes(conn.id, ws)
+            tiers = []
+            for tier, p in passes.items():
+                last = p["last"]
+                tiers.append(
+                    {
+                        "tier": tier,
+                        "last": last,
+                        "last_calls": (last["caused"] or {}).get("api_calls") if last else None,
+                        "current": p["current"],
+                        "next_at": _at_iso(p["next_at"]),
+                    }
+                )
+            panels.append(
+                {
+                    "connection": conn.id,
+                    "workspace": ws,
+                    "assessed": await views.assessed(conn.id, ws),
+                    "tiers": tiers,
+                    "budget": budget,
+                }
+            )
+    return {"panels": panels, "queue": await views.queue(), "dead": await views.dead_events()}
+
+
+def _budget_with_why(services: Services, conn_id: str, now: float) -> dict[str, Any] | None:
+    """``budget`` and, while a low-priority request must wait, why (share spent, spread, 429, near limit)."""
+    out = budget(services, conn_id, now)
+    client = services.service.pool.clients.get(conn_id)
+    if out is not None and client is not None:
+        out["why"] = client.budget.why(priority=False) if out["wait_until"] else None
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,9 @@ class PassReport:
 
 
 CHUNK = 200  # repositories fetched, evaluated and recorded together in a full pass
+# Told how a pass advances: {"step": "repositories" | "members" | ..., "done": n, "total": m}
+# (repositories done of those listed), as each chunk is recorded (the operator's panel).
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
 REPORT_CAP = 1000  # changes of each kind a pass keeps to report
 FEW = 100  # a first pass's openings kept whole (each may be an alert); beyond, a summary alert
 
@@ -87,6 +91,7 @@ async def reconcile_workspace(
     alerts: Alerts | None = None,
     tier: str = "full",
     chunk: int = CHUNK,
+    progress: Progress | None = None,
 ) -> PassReport:
     """One pass over a workspace: list its repositories (tier ``full``), plan every fetch
     (:func:`app.planner.full_pass`), then the same fetch and evaluate steps as any event.
@@ -94,7 +99,8 @@ async def reconcile_workspace(
     Tier ``full`` streams the listed repositories through fetch → evaluate → record ``chunk`` at
     a time, so memory stays bounded however large the workspace; the results of repositories
     that left are retired once at the end, from the listed set; the member and workspace tests
-    come last. When the repository list is unreadable, the repository results stand and are
+    come last; ``progress`` is told each step (repositories done of those listed). When the
+    repository list is unreadable, the repository results stand and are
     marked stale, the member tests are still read and written, and then the error is raised
     (the pass is retried)."""
     started = time.perf_counter()
@@ -104,7 +110,9 @@ async def reconcile_workspace(
     enabled = frozenset(settings.enabled_checks)
     report = PassReport(workspace=ws)
     cause = "reconcile" if tier == "full" else f"reconcile:{tier}"
+    told = progress or _untold
     if tier != "full":
+        await told({"step": tier})
         plan = full_pass(ws, tier, (), enabled)
         outcome = await fetch_all(
             client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency
@@ -115,6 +123,7 @@ async def reconcile_workspace(
         )
         _merge(report, delta)
     else:
+        await told({"step": "listing repositories"})
         try:
             repos = await client.repositories(ws)
         except errors.BitbucketError as exc:
@@ -128,7 +137,7 @@ async def reconcile_workspace(
         )
         by_uuid = {r.uuid: r for r in repos}
         repos = [by_uuid[k.uuid] for k in order]
-        await _full(client, store, settings, ws, now, repos, report, alerts, max(1, chunk))
+        await _full(client, store, settings, ws, now, repos, report, alerts, max(1, chunk), told)
     report.api_calls = client.calls() - calls_before
     report.seconds = time.perf_counter() - started
     log.info(
@@ -155,6 +164,7 @@ async def _full(
     report: PassReport,
     alerts: Alerts | None,
     chunk: int,
+    told: Progress,
 ) -> None:
     """The full pass, ``chunk`` repositories at a time, then retirement, then the rest."""
     stamp = iso(now)
@@ -174,6 +184,8 @@ async def _full(
         await store.meta.set(marker, stamp)
     chunk_alerts = None if first or alerts is None else _chunk_alerts(alerts)
     opened = _Opened() if first else None
+    total = len(repos)
+    await told({"step": "repositories", "done": 0, "total": total})
     for start in range(0, len(repos), chunk):
         part = repos[start : start + chunk]
         rows: list[Row] = [(k_repo(r.uuid), ws, "repo", r.model_dump(mode="json")) for r in part]
@@ -190,6 +202,7 @@ async def _full(
         if opened is not None:
             opened.add(delta)
         report.rows_written += written
+        await told({"step": "repositories", "done": start + len(part), "total": total})
     del repos
     # Results of repositories that are no longer listed: retired once, against the listed set.
     gone = await store.results.subject_keys(ws, "repository") - listed
@@ -200,6 +213,7 @@ async def _full(
         _merge(report, delta)
         report.rows_written += written
     # The members (a member test on), then every test of a subject other than a repository.
+    await told({"step": "members and workspace", "done": total, "total": total})
     if MEMBER_CHECKS & enabled:
         outcome = await fetch_all(
             client, store, [Fetch("members", ws)], enabled=enabled, now=stamp, concurrency=settings.concurrency
@@ -218,6 +232,10 @@ async def _full(
     report.rows_written += written
     if first:
         await store.meta.set(marker, "")
+
+
+async def _untold(_: dict[str, Any]) -> None:
+    return None
 
 
 def _merge(report: PassReport, delta: Delta) -> None:

@@ -32,19 +32,20 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any
 
 from structlog.contextvars import bound_contextvars
 
 from app import errors, tiers
-from app.bitbucket.client import PRIORITY, BitbucketClient
+from app.bitbucket.client import BUDGET_WAIT, PRIORITY, BitbucketClient
 from app.evaluate import Alerts, evaluate_plans
 from app.fetch import Outcome, fetch_all
 from app.findings import Delta
 from app.logs import get_logger
 from app.models import iso, utcnow
 from app.planner import Plan, coalesce, plan
-from app.reconcile import reconcile_workspace
+from app.reconcile import CHUNK, reconcile_workspace
 from app.service import Service
 from app.settings import Settings
 from app.store import Store
@@ -106,6 +107,7 @@ class Worker:
         self.retry_base = 5.0  # seconds before an event's first retry (doubling each try)
         self.defer_after = 5.0  # a longer wait for Bitbucket (Retry-After, budget) re-queues the event
         self.pass_retry_base = 60.0
+        self.pass_chunk = CHUNK  # repositories a full pass fetches, evaluates and records together
         self._claimed: dict[int, EventRow] = {}  # events this worker holds a lease on
 
     async def run(self) -> None:
@@ -225,13 +227,25 @@ class Worker:
                     return
                 client = await self.clients(row.connection_id)
                 calls = client.calls()
-                if tier in tiers.TIERS:  # issue 13: the repositories and restrictions tiers (app/tiers.py)
-                    delta, written = await tiers.run(tier, client, self.store, self.settings, ws, self.alerts)
-                else:
-                    report = await reconcile_workspace(
-                        client, self.store, self.settings, ws, alerts=self.alerts, tier=tier
-                    )
-                    delta, written = report.delta, report.rows_written
+                recorder = PassProgress(self.store, row.id)
+                waits = BUDGET_WAIT.set(recorder.waiting)
+                try:
+                    if tier in tiers.TIERS:  # issue 13: the repositories and restrictions tiers (app/tiers.py)
+                        delta, written = await tiers.run(tier, client, self.store, self.settings, ws, self.alerts)
+                    else:
+                        report = await reconcile_workspace(
+                            client,
+                            self.store,
+                            self.settings,
+                            ws,
+                            alerts=self.alerts,
+                            tier=tier,
+                            chunk=self.pass_chunk,
+                            progress=recorder.step,
+                        )
+                        delta, written = report.delta, report.rows_written
+                finally:
+                    BUDGET_WAIT.reset(waits)
                 hooks = await self._check_hooks(row.connection_id) if tier == "full" else None
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}
                 if hooks:
@@ -411,6 +425,39 @@ class Worker:
         if self.on_delta:
             for d in deltas:
                 await self.on_delta(ws, d)
+
+
+class PassProgress:
+    """A running pass's progress, written to its event as it advances (each chunk of
+    repositories, each wait for API budget: until when and why), for the operator's panel, the
+    Overview and ``/readyz``."""
+
+    def __init__(self, store: Store, event_id: int) -> None:
+        self.store = store
+        self.event_id = event_id
+        self.state: dict[str, Any] = {}
+
+    async def step(self, progress: dict[str, Any]) -> None:
+        self.state.update(progress)
+        await self._write()
+
+    async def waiting(self, seconds: float, why: str) -> None:
+        """Told by the API client before and after a wait for budget (``seconds`` 0: over)."""
+        if seconds > 0:
+            until = iso(utcnow() + timedelta(seconds=seconds))
+            self.state.update(waiting_until=until, why=why)
+        elif "waiting_until" in self.state:
+            self.state.pop("waiting_until", None)
+            self.state.pop("why", None)
+        else:
+            return
+        await self._write()
+
+    async def _write(self) -> None:
+        try:
+            await self.store.events.progress(self.event_id, dict(self.state))
+        except Exception as exc:  # noqa: BLE001 - progress is for show: a failed write never stops the pass
+            log.warning("worker.progress_not_recorded", error=describe(exc))
 
 
 def event_context(cid: str, rows: list[EventRow]) -> AbstractContextManager[None]:

@@ -116,6 +116,14 @@ class StaticToken:
 MAX_LEARNT_LIMIT = 10_000
 # X-RateLimit-NearLimit is "true when under about 20 % left" (bitbucket-facts.md).
 NEAR_LIMIT_USED = 0.8
+# Told when a request of this task waits for budget (a pass's progress, app/worker.py): called
+# with the wait in seconds and why before the wait, and with (0, "") once it is over. Only waits
+# of at least BUDGET_WAIT_REPORTED seconds are told.
+BUDGET_WAIT: contextvars.ContextVar[Callable[[float, str], Awaitable[None]] | None] = contextvars.ContextVar(
+    "bitbucket_budget_wait", default=None
+)
+BUDGET_WAIT_REPORTED = 1.0
+
 # A 429 without Retry-After pauses the credential for this long, doubling per 429 in a row.
 # Passes past half their share are paced over this many slices of the window.
 PACE_SLICES = 60
@@ -272,7 +280,30 @@ class Budget:
                     return
                 self.waited += wait
                 log.info("budget.wait", seconds=round(wait, 3), used=self.used, priority=priority)
-                await self._sleep(max(wait, 0.001))
+                told = BUDGET_WAIT.get() if wait >= BUDGET_WAIT_REPORTED else None
+                if told is not None:
+                    await told(wait, self.why(priority=priority, keep=keep))
+                try:
+                    await self._sleep(max(wait, 0.001))
+                finally:
+                    if told is not None:
+                        await told(0.0, "")
+
+    def why(self, *, priority: bool = True, keep: int = 0) -> str:
+        """Why a caller of this priority waits now (for the operator: the pass's progress)."""
+        now = self._clock()
+        self._trim(now)
+        if self.paused_until > now:
+            return "Bitbucket answered 429 (rate limited): requests with this credential pause"
+        near = " (Bitbucket reports the credential near its limit)" if self.near_limit else ""
+        if priority:
+            return f"the hourly API budget is spent ({self.used} of {self.limit} requests in the last hour){near}"
+        if self.pace and len(self._low) * 2 >= self.cap(priority=False) > len(self._low):
+            return f"passes have used half their share of the hourly API budget and are spread over the hour{near}"
+        return (
+            f"the passes' share of the hourly API budget is spent ({self.used} of {self.limit} requests in the "
+            f"last hour; {self.reserve} kept for webhooks){near}"
+        )
 
     def learn(self, limit: int | None, near_limit: bool) -> None:
         """What Bitbucket's ``X-RateLimit-*`` headers say (sent to access tokens)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiosqlite
 
+from app.store.natkey import natural_key
 from app.store.schema import MIGRATIONS
 
 
@@ -43,6 +44,8 @@ class Database:
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA foreign_keys=ON")
             await conn.execute("PRAGMA busy_timeout=10000")
+            # the members table's sort key (schema 6, app/store/snapshots.py); views use it too
+            await conn.create_function("lp_natkey", 1, natural_key, deterministic=True)
             db = cls(conn, path)
             await db.migrate()
         except BaseException:

@@ -192,6 +192,14 @@ class Events:
             self._notify()
         return rows
 
+    async def progress(self, eid: int, progress: dict[str, Any]) -> None:
+        """A running pass's progress, kept in its ``caused`` until it finishes (the operator's
+        panel reads it); not a change of the event's state, so nothing is woken."""
+        await self.db.write_returning(
+            "UPDATE events SET caused = ? WHERE id = ? AND state = 'running'",
+            (json.dumps({"progress": progress}, default=str), eid),
+        )
+
     async def finish(self, done: dict[int, dict[str, Any]]) -> None:
         if not done:
             return

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.store.db import Database
+from app.store.natkey import natural_key
 
 
 # -- keys: one snapshot per resource ------------------------------------------------------------
@@ -103,6 +104,49 @@ def _snapshot(r: Any) -> Snapshot:
     )
 
 
+MEMBER_KINDS = ("members", "email_links")
+
+
+def member_rows(workspace: str, members: Any, emails: Any) -> list[tuple[str, str, Any, str, Any, str | None]]:
+    """The members table's rows of a workspace (schema 6) from its member list and email lookup:
+    (workspace, account id, display name, natural sort key, permission, the lowest email the
+    lookup matched to the member)."""
+    links = emails.get("links") if isinstance(emails, dict) else None
+    email_of: dict[str, str] = {}
+    for email, account in sorted(links.items()) if isinstance(links, dict) else ():
+        email_of.setdefault(str(account), str(email))
+    rows: dict[str, tuple[str, str, Any, str, Any, str | None]] = {}
+    for m in members if isinstance(members, list) else ():
+        user = m.get("user") if isinstance(m, dict) else None
+        if not isinstance(user, dict):
+            continue
+        account = user.get("account_id") or user.get("uuid")
+        if account is None:
+            continue
+        name = user.get("display_name")
+        key = natural_key(name if isinstance(name, str) else None)
+        rows[str(account)] = (workspace, str(account), name, key, m.get("permission"), email_of.get(str(account)))
+    return list(rows.values())
+
+
+async def rebuild_members(conn: Any, workspace: str) -> None:
+    """Write the members table's rows of ``workspace`` from its stored member list and email
+    lookup, inside the caller's transaction on ``conn``."""
+    contents: dict[str, Any] = {}
+    async with conn.execute(
+        "SELECT key, content FROM snapshots WHERE key IN (?, ?) AND content IS NOT NULL",
+        (k_members(workspace), k_emails(workspace)),
+    ) as cur:
+        for key, content in await cur.fetchall():
+            contents[key] = json.loads(content)
+    rows = member_rows(workspace, contents.get(k_members(workspace)), contents.get(k_emails(workspace)))
+    await conn.execute("DELETE FROM members WHERE workspace = ?", (workspace,))
+    await conn.executemany(
+        "INSERT INTO members (workspace, account_id, display_name, name_key, permission, email) VALUES (?,?,?,?,?,?)",
+        rows,
+    )
+
+
 class Snapshots:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -138,6 +182,8 @@ class Snapshots:
                        stale_since=NULL, error=NULL""",
                     changed,
                 )
+                for ws in sorted({r[1] for r in changed if r[2] in MEMBER_KINDS}):
+                    await rebuild_members(conn, str(ws))
             if touched:
                 await conn.executemany(
                     "UPDATE snapshots SET fetched_at = ?, stale_since = NULL, error = NULL WHERE key = ?", touched

@@ -1,9 +1,9 @@
 """Read queries for the dashboard's lists: filtered, sorted and paged in SQL (LIMIT/OFFSET), each
 with the total and per-facet counts, so a page costs the same at 10 repositories or 10,000.
 
-Members and repositories are read from the stored snapshots (``json_each``/``json_extract``);
-members sort naturally ("User 2" before "User 10") through ``lp_natkey``, a SQL function
-registered on the connection the first time it is needed.
+Repositories are read from the stored snapshots (``json_each``/``json_extract``); members from
+the members table (schema 6), which keeps each member's natural sort key ("User 2" before
+"User 10", ``lp_natkey``) indexed.
 """
 
 from __future__ import annotations
@@ -15,15 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.store.db import Database
-
-_DIGITS = re.compile(r"\d+")
-
-
-def natural_key(text: str | None) -> str:
-    """A sort key comparing digit runs as numbers: "user 2" < "user 10"; case-insensitive."""
-    if text is None:
-        return ""
-    return _DIGITS.sub(lambda m: m.group(0).lstrip("0").rjust(12, "0"), text.casefold())
+from app.store.natkey import natural_key
 
 
 def _glob_regex(pattern: str) -> str:
@@ -53,6 +45,8 @@ STATUS_RANK = (
     "CASE status WHEN 'fail' THEN 0 WHEN 'unknown' THEN 1 WHEN 'excepted' THEN 2 WHEN 'pass' THEN 3 ELSE 4 END"
 )
 
+# "status" is the Findings' default order; schema 6's index ``results_rank`` is on these very
+# expressions (change one, change both), so a page of findings is read in index order.
 RESULT_SORTS = {
     "status": f"{STATUS_RANK}, {SEVERITY_RANK}, check_id, subject",
     "severity": f"{SEVERITY_RANK}, {STATUS_RANK}, check_id, subject",
@@ -68,10 +62,10 @@ REPO_SORTS = {
     "workspace": "workspace, full_name",
 }
 MEMBER_SORTS = {
-    "name": "lp_natkey(display_name), account_id",
-    "workspace": "workspace, lp_natkey(display_name), account_id",
-    "permission": "permission, lp_natkey(display_name), account_id",
-    "status": "offboarded DESC, linked_by IS NULL DESC, lp_natkey(display_name), account_id",
+    "name": "name_key, account_id",
+    "workspace": "workspace, name_key, account_id",
+    "permission": "permission, name_key, account_id",
+    "status": "offboarded DESC, linked_by IS NULL DESC, name_key, account_id",
 }
 
 
@@ -133,6 +127,10 @@ class Views:
         under the other filters (the status filter narrows the page and the total, not the counts).
         ``table`` and ``order`` are fixed fragments of this module; every value is a parameter."""
         base = " WHERE " + " AND ".join(where) if where else ""
+        if any("LIKE" in w for w in where):
+            # a text search reads every row anyway: scan the table and sort the few matches, rather
+            # than walk an index and fetch each row it names
+            table = f"{table} NOT INDEXED"
         counts = {
             str(r[0]): int(r[1])
             for r in await self.db.fetchall(f"SELECT status, count(*) FROM {table}{base} GROUP BY status", params)
@@ -280,73 +278,63 @@ class Views:
     ) -> Page:
         """A page of the connected workspaces' members with the person they are linked to (by
         account id, else by the email the offboarding test matched) or their mark; counts per
-        link state (linked, marked, unlinked, offboarded)."""
-        await self._functions()
+        link state (linked, marked, unlinked, offboarded).
+
+        Read from the members table (one row per member, written when the member list or the
+        email lookup is stored), so a page by name, workspace or role walks an index for its 50
+        rows; the person and mark are joined by key, as they stand now."""
         wss = [w for w in workspaces if not workspace or w == workspace]
         if not wss:
             return Page([], 0, {})
         marks = ",".join("?" * len(wss))
+        # People by account id (the first of several), and the workspaces whose email lookup is
+        # current: each read once, then joined by key; ``+m.workspace`` keeps the sort's index
+        # (name, role) driving the scan, so a page by name reads its rows in order and stops.
         inner = f"""
-            WITH m AS (
-                SELECT s.workspace AS workspace,
-                       coalesce(json_extract(j.value, '$.user.account_id'), json_extract(j.value, '$.user.uuid'))
-                           AS account_id,
-                       json_extract(j.value, '$.user.display_name') AS display_name,
-                       json_extract(j.value, '$.permission') AS permission
-                FROM snapshots s, json_each(s.content) j
-                WHERE s.kind = 'members' AND s.content IS NOT NULL AND s.workspace IN ({marks})
-            ), e AS (
-                SELECT s.workspace AS workspace, l.value AS account_id, min(l.key) AS email
-                FROM snapshots s, json_each(s.content, '$.links') l
-                WHERE s.kind = 'email_links' AND s.content IS NOT NULL AND s.stale_since IS NULL
-                  AND s.workspace IN ({marks})
-                GROUP BY 1, 2
-            ), v AS (
-                SELECT m.*, coalesce(pa.id, pe.id) AS person_id,
-                       CASE WHEN pa.id IS NOT NULL THEN 'account_id' WHEN pe.id IS NOT NULL THEN 'email' END
-                           AS linked_by
-                FROM m
-                LEFT JOIN personnel pa ON pa.id = (
-                    SELECT id FROM personnel WHERE bitbucket_account_id = m.account_id ORDER BY id LIMIT 1)
-                LEFT JOIN e ON e.workspace = m.workspace AND e.account_id = m.account_id
-                LEFT JOIN personnel pe ON pe.email = e.email
-            ), w AS MATERIALIZED (
-            SELECT v.*, p.email AS p_email, p.name AS p_name, p.kind AS p_kind, p.status AS p_status,
+            WITH acct AS MATERIALIZED (
+                SELECT bitbucket_account_id AS account_id, min(id) AS id FROM personnel
+                WHERE bitbucket_account_id IS NOT NULL GROUP BY 1
+            ), fresh AS MATERIALIZED (
+                SELECT workspace FROM snapshots WHERE kind = 'email_links' AND workspace IN ({marks})
+                    AND stale_since IS NULL AND content IS NOT NULL
+            )
+            SELECT m.workspace AS workspace, m.account_id AS account_id, m.display_name AS display_name,
+                   m.permission AS permission, m.name_key AS name_key,
+                   CASE WHEN pa.id IS NOT NULL THEN 'account_id' WHEN pe.id IS NOT NULL THEN 'email' END
+                       AS linked_by,
+                   p.email AS p_email, p.name AS p_name, p.kind AS p_kind, p.status AS p_status,
                    p.offboarded_on AS p_offboarded_on, p.owner AS p_owner,
                    mk.mark AS mark, mk.owner AS mark_owner,
                    coalesce(p.status = 'offboarded', 0) AS offboarded,
                    CASE WHEN p.status = 'offboarded' THEN 'offboarded' WHEN p.id IS NOT NULL THEN 'linked'
                         WHEN mk.mark IS NOT NULL THEN 'marked' ELSE 'unlinked' END AS link
-            FROM v LEFT JOIN personnel p ON p.id = v.person_id
-            LEFT JOIN member_marks mk ON mk.workspace = v.workspace AND mk.account_id = v.account_id)"""
-        inner_params: list[Any] = [*wss, *wss]
+            FROM members m
+            LEFT JOIN acct pa ON pa.account_id = m.account_id
+            LEFT JOIN personnel pe ON pe.email = m.email AND m.workspace IN fresh
+            LEFT JOIN personnel p ON p.id = coalesce(pa.id, pe.id)
+            LEFT JOIN member_marks mk ON mk.workspace = m.workspace AND mk.account_id = m.account_id
+            WHERE +m.workspace IN ({marks})"""
         where: list[str] = []
-        params: list[Any] = []
+        params: list[Any] = [*wss, *wss]
         if q:
             where.append(
                 "(display_name LIKE ? ESCAPE '\\' OR account_id LIKE ? ESCAPE '\\' OR p_email LIKE ? ESCAPE '\\')"
             )
             params += [_like(q)] * 3
         base = " WHERE " + " AND ".join(where) if where else ""
-        columns = (
-            "workspace account_id display_name permission linked_by p_email p_name p_kind p_status "
-            "p_offboarded_on p_owner mark mark_owner link"
-        ).split()
-        row_json = "json_object(" + ", ".join(f"'{c}', {c}" for c in columns) + ")"
-        # one statement: the member list is built once (MATERIALIZED), then counted and paged
-        order = _order(MEMBER_SORTS, sort, desc, "name")
-        found = await self.db.fetchall(
-            f"""{inner}, f AS (SELECT * FROM w{base})
-                SELECT 'c', link, count(*), NULL FROM f GROUP BY link
-                UNION ALL
-                SELECT 'r', NULL, pos, row FROM (
-                    SELECT {row_json} AS row, row_number() OVER (ORDER BY {order}) AS pos
-                    FROM f{" WHERE link = ?" if link else ""} ORDER BY pos LIMIT ? OFFSET ?)""",
-            [*inner_params, *params, *([link] if link else []), limit, offset],
-        )
-        counts = {str(r[1]): int(r[2]) for r in found if r[0] == "c"}
+        counts = {
+            str(r[0]): int(r[1])
+            for r in await self.db.fetchall(f"SELECT link, count(*) FROM ({inner}){base} GROUP BY link", params)
+        }
+        if link:
+            where.append("link = ?")
+            params.append(link)
+        filt = " WHERE " + " AND ".join(where) if where else ""
         total = counts.get(link, 0) if link else sum(counts.values())
-        rows = [json.loads(r[3]) for r in sorted((r for r in found if r[0] == "r"), key=lambda r: int(r[2]))]
+        rows = await self.db.fetchall(
+            f"SELECT * FROM ({inner}){filt} ORDER BY {_order(MEMBER_SORTS, sort, desc, 'name')} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
         items = [
             {
                 "workspace": r["workspace"],
@@ -441,15 +429,8 @@ class Views:
             last = await self.db.fetchone(
                 "SELECT id, state, started_at, finished_at, error, caused FROM events "
                 "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
-                "AND state IN ('done', 'dead', 'failed') AND json_extract(payload, '$.tier') = ? "
+                "AND state IN ('done', 'dead', 'failed') AND coalesce(json_extract(payload, '$.tier'), 'full') = ? "
                 "ORDER BY id DESC LIMIT 1",
-                (connection, workspace, tier),
-            )
-            now = await self.db.fetchone(
-                "SELECT id, state, received_at, started_at, caused FROM events "
-                "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
-                "AND state IN ('queued', 'running') AND json_extract(payload, '$.tier') = ? "
-                "ORDER BY id LIMIT 1",
                 (connection, workspace, tier),
             )
             nxt = await self.db.fetchone(
@@ -459,22 +440,42 @@ class Views:
                 "last": dict(last) | {"caused": json.loads(last["caused"]) if last["caused"] else None}
                 if last
                 else None,
-                # a running pass's progress ({"done": n, "total": m, "waiting_until": ..., "why": ...})
-                # when the worker records it in ``caused`` while it runs; None until then
-                "current": dict(now) | {"progress": (json.loads(now["caused"]) or {}).get("progress")}
-                if now and now["caused"]
-                else (dict(now) | {"progress": None} if now else None),
+                "current": await self.current_pass(connection, workspace, tier),
                 "next_at": float(nxt[0]) if nxt else None,
             }
         return out
 
+    async def current_pass(self, connection: str, workspace: str, tier: str = "full") -> dict[str, Any] | None:
+        """The pass of this tier queued or running now, with a running pass's progress
+        (``{"step": ..., "done": n, "total": m, "waiting_until": ..., "why": ...}``) as the worker
+        records it in ``caused`` (app/worker.py ``PassProgress``); None when there is none."""
+        now = await self.db.fetchone(
+            "SELECT id, state, received_at, started_at, caused FROM events "
+            "WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
+            "AND state IN ('queued', 'running') AND coalesce(json_extract(payload, '$.tier'), 'full') = ? "
+            "ORDER BY id LIMIT 1",
+            (connection, workspace, tier),
+        )
+        if now is None:
+            return None
+        progress = None
+        if now["state"] == "running" and now["caused"]:
+            progress = (json.loads(now["caused"]) or {}).get("progress")
+        return dict(now) | {"progress": progress}
+
     async def assessed(self, connection: str, workspace: str) -> bool:
-        """Whether a full pass of this workspace has finished (the first assessment is done)."""
+        """Whether a full pass of this workspace has finished (the first assessment is done).
+        Once true it stays true: remembered on the connection (``/readyz`` asks at every probe)."""
+        done: set[tuple[str, str]] = self.db.__dict__.setdefault("_lp_assessed", set())
+        if (connection, workspace) in done:
+            return True
         row = await self.db.fetchone(
             "SELECT 1 FROM events WHERE event_key = 'lp:reconcile' AND connection_id = ? AND workspace = ? "
             "AND state = 'done' AND coalesce(json_extract(payload, '$.tier'), 'full') = 'full' LIMIT 1",
             (connection, workspace),
         )
+        if row is not None:
+            done.add((connection, workspace))
         return row is not None
 
     async def first_steps(self, policy: list[str], report: list[str], classify: list[str]) -> dict[str, int]:
@@ -506,11 +507,14 @@ class Views:
         return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
 
     async def trend(self, days: int) -> list[dict[str, Any]]:
-        """Transitions into or out of failing per day (the Overview's chart), summed in SQL."""
+        """Transitions into or out of failing per day (the Overview's chart), summed in SQL over
+        the rows of the period that change the failing count (index ``result_history_at``)."""
         rows = await self.db.fetchall(
             """SELECT substr(at, 1, 10) AS day,
                       sum((new_status IN ('fail', 'unknown')) - coalesce(old_status IN ('fail', 'unknown'), 0))
-               FROM result_history WHERE at >= date('now', ?) GROUP BY 1""",
+               FROM result_history WHERE at >= date('now', ?)
+                 AND (new_status IN ('fail', 'unknown')) <> coalesce(old_status IN ('fail', 'unknown'), 0)
+               GROUP BY 1""",
             (f"-{days} days",),
         )
         return [{"day": str(r[0]), "delta": int(r[1] or 0)} for r in rows]

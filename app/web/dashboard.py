@@ -21,13 +21,15 @@ from app import actions, errors, queries
 from app.checks import EVIDENCE_CHECKS, REGISTRY
 from app.checks.base import valid_through
 from app.models import FAILING, SEVERITY_ORDER, STATUSES
+from app.queries import assessment as assessment_of
+from app.queries import operations_data
 from app.settings import CHECK_IDS
 from app.store.views import MEMBER_SORTS, REPO_SORTS, RESULT_SORTS, Page, Views
 from app.web import api, session
 from app.web.uploads import upload_form
 
 if TYPE_CHECKING:
-    from app.services import Services
+    pass
 
 PER_PAGE = 50
 SEVERITIES = ("critical", "high", "medium", "low")
@@ -261,7 +263,7 @@ async def overview(request: Request) -> Response:
     checks.sort(key=lambda c: (SEVERITY_ORDER.get(str(c["severity"]), 9), c["rate"]))
     failing = sum(n for counts in by_check.values() for s, n in counts.items() if s in FAILING)
     views = _views(request)
-    assessment = await _assessment(services)
+    assessment = await assessment_of(services)
     steps = await views.first_steps(
         policy=[c.id for c in REGISTRY.values() if c.evidence and c.subject_type == "workspace"],
         report=[c.id for c in REGISTRY.values() if c.evidence and c.subject_type == "member"],
@@ -677,58 +679,11 @@ async def alert_test(request: Request) -> Response:
     return _back("/alerts", "Test message: " + ", ".join(f"{k} {v}" for k, v in result.items()))
 
 
-async def _assessment(services: Services) -> list[dict[str, Any]]:
-    """Per connected workspace: whether its first full pass finished, and what runs now."""
-    views = Views(services.service.store.db)
-    out = []
-    for conn in await services.service.connections():
-        for ws in conn.workspaces:
-            passes = await views.passes(conn.id, ws)
-            out.append(
-                {
-                    "connection": conn.id,
-                    "workspace": ws,
-                    "assessed": await views.assessed(conn.id, ws),
-                    "current": passes["full"]["current"],
-                }
-            )
-    return out
-
-
 async def operations(request: Request) -> Response:
     """The operator's panel: passes per connection and workspace, budget, queue, dead events."""
     await _sid(request)
-    services = request.app.state.services
-    views = _views(request)
-    now = datetime.now(UTC).timestamp()
-    panels = []
-    for conn in await services.service.connections():
-        budget = queries.budget(services, conn.id, now)
-        for ws in conn.workspaces:
-            passes = await views.passes(conn.id, ws)
-            tiers = []
-            for tier, p in passes.items():
-                last = p["last"]
-                tiers.append(
-                    {
-                        "tier": tier,
-                        "last": last,
-                        "last_calls": (last["caused"] or {}).get("api_calls") if last else None,
-                        "current": p["current"],
-                        "next_at": datetime.fromtimestamp(p["next_at"], UTC).isoformat(timespec="seconds")
-                        if p["next_at"]
-                        else None,
-                    }
-                )
-            panels.append({"connection": conn.id, "workspace": ws, "tiers": tiers, "budget": budget})
     return render(
-        request,
-        "operations.html",
-        "Operations",
-        "/operations",
-        panels=panels,
-        queue=await views.queue(),
-        dead=await views.dead_events(),
+        request, "operations.html", "Operations", "/operations", **await operations_data(request.app.state.services)
     )
 
 

@@ -17,7 +17,7 @@ from app import __version__
 from app.checks import EVIDENCE_CHECKS
 from app.models import STATUSES
 from app.settings import CHECK_IDS
-from app.web import api, resources
+from app.web import api, operations, resources
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -371,6 +371,15 @@ API_ROUTES: tuple[ApiRoute, ...] = (
             },
         },
         ok="202",
+    ),
+    ApiRoute(
+        "GET",
+        "/api/operations",
+        operations.api_operations,
+        "The operator's panel: per connection and workspace the last, running (with its progress: "
+        "repositories done of those listed, and while it waits for API budget, until when and why) and "
+        "next pass of each tier; the API budget; queue depth and oldest queued event; dead events",
+        errors=("401",),
     ),
     ApiRoute("GET", "/api/alerts", resources.alerts, "Alert history", response=LIST, errors=("401",)),
     ApiRoute(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.store import Store
+from app.store.snapshots import rebuild_members
 
 REPO_CHECKS = (
     ("repo-classified", "medium"),
@@ -118,6 +119,7 @@ async def seed(store: Store, ws: str = "big", repos: int = 10_000, members: int 
                updated_at) VALUES (?,?,?,?,?,?,?,?)""",
             people,
         )
+        await rebuild_members(conn, ws)  # as storing the member list through the store does
 
 
 # -- measuring a page in the browser ------------------------------------------------------------
