@@ -51,7 +51,7 @@ class PassReport:
 CHUNK = 200  # repositories fetched, evaluated and recorded together in a full pass
 # Told how a pass advances: {"step": "repositories" | "members" | ..., "done": n, "total": m}
 # (repositories done of those listed), as each chunk is recorded (the operator's panel).
-Progress = Callable[[dict[str, Any]], Awaitable[None]]
+Progress = Callable[[dict[str, object]], Awaitable[None]]
 REPORT_CAP = 1000  # changes of each kind a pass keeps to report
 FEW = 100  # a first pass's openings kept whole (each may be an alert); beyond, a summary alert
 
@@ -234,7 +234,7 @@ async def _full(
         await store.meta.set(marker, "")
 
 
-async def _untold(_: dict[str, Any]) -> None:
+async def _untold(_: dict[str, object]) -> None:
     return None
 
 

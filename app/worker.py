@@ -435,9 +435,9 @@ class PassProgress:
     def __init__(self, store: Store, event_id: int) -> None:
         self.store = store
         self.event_id = event_id
-        self.state: dict[str, Any] = {}
+        self.state: dict[str, object] = {}
 
-    async def step(self, progress: dict[str, Any]) -> None:
+    async def step(self, progress: dict[str, object]) -> None:
         self.state.update(progress)
         await self._write()
 
