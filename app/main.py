@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -88,10 +88,47 @@ class BoundedHead(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
         super().on_headers_complete()
+        cycle = self.cycle
+        scope = self.scope
+        if cycle is not None and cycle.scope is scope and _is_hook(scope["method"], scope["path"], scope["root_path"]):
+            cycle.transport = cast(asyncio.Transport, OneSend(self.transport, cycle))
 
     def on_message_complete(self) -> None:
         self._in_head = True  # the next request's head may follow on this connection
         super().on_message_complete()
+
+
+class OneSend:
+    """The transport one webhook response is written through. uvicorn writes a response's head and
+    its body in two calls, two ``send`` system calls, which on a busy loopback cost a delivery more
+    than its JSON parse (py-spy under bench/ingest_wrk.py); here the head is held and goes out with
+    the body, in one call. Only for ``POST``: uvicorn writes every body message of a response to
+    anything but ``HEAD`` (an empty one too), and a connection closed before that still gets the
+    head. Anything written before the response starts (``100 Continue``) passes straight through,
+    and so does everything else."""
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._started = False  # the head has been written or is held
+
+    def write(self, data: bytes) -> None:
+        if not self._started and self._cycle.response_started:
+            self._started, self._head = True, data
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 SERVER_OPTIONS: dict[str, Any] = {"http": BoundedHead}
@@ -105,21 +142,69 @@ class HeaderLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-            size += sum(len(k) + len(v) + 4 for k, v in scope["headers"])
-            if size > self.max_bytes:
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1009})
-                    return
-                response = PlainTextResponse(
-                    f"Request header fields too large (over {self.max_bytes} bytes).",
-                    status_code=431,
-                    headers={"Connection": "close"},
-                )
-                await response(scope, receive, send)
+        if scope["type"] in ("http", "websocket") and head_size(scope) > self.max_bytes:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1009})
                 return
+            await head_too_large(self.max_bytes)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+def head_size(scope: Scope) -> int:
+    """The bytes of a request's target and headers, as :class:`HeaderLimit` counts them."""
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    for k, v in scope["headers"]:
+        size += len(k) + len(v) + 4
+    return size
+
+
+def head_too_large(max_bytes: int) -> Response:
+    return PlainTextResponse(
+        f"Request header fields too large (over {max_bytes} bytes).", status_code=431, headers={"Connection": "close"}
+    )
+
+
+HOOK_PREFIX = "/hooks/bitbucket/"
+
+
+def _is_hook(method: str, path: str, root_path: str | None) -> bool:
+    """Whether a request is for the webhook receiver: ``POST /hooks/bitbucket/{connection}``."""
+    if method != "POST":
+        return False
+    if root_path:  # mounted under a prefix: the route's path is what follows it
+        path = path.removeprefix(root_path)
+    return len(path) > len(HOOK_PREFIX) and path.startswith(HOOK_PREFIX) and "/" not in path[len(HOOK_PREFIX) :]
+
+
+class HookRoute:
+    """ASGI: ``POST /hooks/bitbucket/{connection}`` straight to the receiver, ahead of Starlette's
+    middleware stack and router, which cost a delivery more than verifying and storing it
+    (bench/ingest_wrk.py). The same checks as that stack: a head over ``max_bytes`` is 431 (as
+    :class:`HeaderLimit`); the receiver answers every outcome itself, an unexpected error as a
+    logged 500 (as ``ServerErrorMiddleware``). Every other request (another method, a deeper path)
+    goes through the stack unchanged, so routing answers it as before (404, 405)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _is_hook(scope["method"], scope["path"], scope.get("root_path")):
+            if head_size(scope) > self.max_bytes:
+                await head_too_large(self.max_bytes)(scope, receive, send)
+                return
+            scope["path_params"] = {"connection": scope["path"].rpartition("/")[2]}
+            await webhooks.receive(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class App(Starlette):
+    """The product's Starlette app with :class:`HookRoute` in front of its middleware stack."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return HookRoute(super().build_middleware_stack())
 
 
 @dataclass
@@ -363,7 +448,7 @@ def _dispatch(handlers: dict[str, Any]) -> Any:
     return endpoint
 
 
-def create_app(settings: Settings, services: Services | None = None, *, background: bool = True) -> Starlette:
+def create_app(settings: Settings, services: Services | None = None, *, background: bool = True) -> App:
     """The ASGI app. With ``services`` given (tests), the caller owns them; ``background`` runs the
     writer, worker and scheduler in the lifespan's task group."""
 
@@ -395,7 +480,7 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
                     task.cancel()
             log.info("shutdown.done")
 
-    app = Starlette(
+    app = App(
         routes=routes(),
         lifespan=lifespan,
         middleware=[Middleware(HeaderLimit)],

@@ -95,6 +95,16 @@ class Database:
         async with self._write:
             return list(await self.conn.execute_fetchall(sql, params))
 
+    async def insert_counted(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int]:
+        """One INSERT in autocommit mode (atomic and durable when this returns), serialized with the
+        transactions: ``(last_insert_rowid, rows inserted)``. One thread hop and two statement steps
+        whatever the number of rows (``RETURNING`` steps once per row, and each step gives up the GIL,
+        which the connection's thread may then wait a switch interval to get back)."""
+        async with self._write:
+            before = self.conn.total_changes
+            row = await self.conn.execute_insert(sql, params)
+            return (int(row[0]) if row else 0), self.conn.total_changes - before
+
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
