@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -225,6 +226,7 @@ class Services:
 
 
 SHUTDOWN_SECONDS = 10  # SIGTERM: in-flight requests get this long, then the process exits
+SWITCH_INTERVAL = 0.0005  # seconds a thread waiting for the GIL waits before asking for it (see lifespan)
 
 
 def senders(settings: Settings, session: aiohttp.ClientSession) -> list[Sender]:
@@ -456,6 +458,12 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             nonlocal services
+            # The event writer's SQLite thread needs the GIL back after each statement; while the
+            # loop is busy it waits the switch interval for it (5 ms by default), once or twice a
+            # group commit, and every delivery of the batch waits with it.
+            previous = sys.getswitchinterval()
+            sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
+            stack.callback(sys.setswitchinterval, previous)
             if services is None:
                 session = await stack.enter_async_context(aiohttp.ClientSession())
                 services = await build_services(settings, session)

@@ -97,13 +97,14 @@ class Database:
 
     async def insert_counted(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int]:
         """One INSERT in autocommit mode (atomic and durable when this returns), serialized with the
-        transactions: ``(last_insert_rowid, rows inserted)``. One thread hop and two statement steps
-        whatever the number of rows (``RETURNING`` steps once per row, and each step gives up the GIL,
-        which the connection's thread may then wait a switch interval to get back)."""
+        transactions: ``(last_insert_rowid, rows inserted)``. One thread hop and one statement step
+        whatever the number of rows: each step gives up the GIL, which the connection's thread then
+        waits for while the event loop is busy (``RETURNING`` steps once per row)."""
         async with self._write:
-            before = self.conn.total_changes
-            row = await self.conn.execute_insert(sql, params)
-            return (int(row[0]) if row else 0), self.conn.total_changes - before
+            cursor = await self.conn.execute(sql, params)
+            # Read where they are: the statement is done (its step reset it), so the cursor holds
+            # nothing to close, which would cost another hop.
+            return cursor.lastrowid or 0, max(cursor.rowcount, 0)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self.conn.execute(sql, params) as cur:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ import aiohttp
 import pytest
 import uvicorn
 
-from app.main import SERVER_OPTIONS, OneSend, build_services, create_app
+from app.main import SERVER_OPTIONS, SWITCH_INTERVAL, OneSend, build_services, create_app
 from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store
 from app.store.events import NewEvent
@@ -281,3 +282,15 @@ async def test_an_unexpected_error_is_a_500_and_the_next_delivery_is_taken(
     monkeypatch.undo()
     assert (await post(session, product, body, headers(body)))[0] == 202
     assert len(rows(product)) == 1
+
+
+async def test_the_gil_switch_interval_is_short_while_serving(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The writer's SQLite thread gets the GIL back within SWITCH_INTERVAL while the app runs (not
+    the default 5 ms a group commit would wait on a busy loop); the setting is restored after."""
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL  # Python's default
+    async with served(sandbox, session, tmp_path):
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before
