@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -89,47 +89,10 @@ class BoundedHead(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
         super().on_headers_complete()
-        cycle = self.cycle
-        scope = self.scope
-        if cycle is not None and cycle.scope is scope and _is_hook(scope["method"], scope["path"], scope["root_path"]):
-            cycle.transport = cast(asyncio.Transport, OneSend(self.transport, cycle))
 
     def on_message_complete(self) -> None:
         self._in_head = True  # the next request's head may follow on this connection
         super().on_message_complete()
-
-
-class OneSend:
-    """The transport one webhook response is written through. uvicorn writes a response's head and
-    its body in two calls, two ``send`` system calls, which on a busy loopback cost a delivery more
-    than its JSON parse (py-spy under bench/ingest_wrk.py); here the head is held and goes out with
-    the body, in one call. Only for ``POST``: uvicorn writes every body message of a response to
-    anything but ``HEAD`` (an empty one too), and a connection closed before that still gets the
-    head. Anything written before the response starts (``100 Continue``) passes straight through,
-    and so does everything else."""
-
-    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
-        self._transport = transport
-        self._cycle = cycle
-        self._head: bytes | None = None
-        self._started = False  # the head has been written or is held
-
-    def write(self, data: bytes) -> None:
-        if not self._started and self._cycle.response_started:
-            self._started, self._head = True, data
-            return
-        if self._head is not None:
-            data, self._head = self._head + data, None
-        self._transport.write(data)
-
-    def close(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head)
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 SERVER_OPTIONS: dict[str, Any] = {"http": BoundedHead}

@@ -1,6 +1,6 @@
 """The webhook receiver's fast path (issue 10, ingest throughput): ``POST /hooks/bitbucket/{id}``
-goes to the receiver ahead of Starlette's middleware and router, its response leaves in one write,
-and the group commit gives every 202 the id of its own stored row. Served as ``serve`` serves it
+goes to the receiver ahead of Starlette's middleware and router, and the group commit gives every
+202 the id of its own stored row. Served as ``serve`` serves it
 (uvicorn, httptools under :class:`app.main.BoundedHead`), on loopback, with real SQLite files."""
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import pytest
 import uvicorn
 
-from app.main import SERVER_OPTIONS, SWITCH_INTERVAL, OneSend, build_services, create_app
+from app.main import SERVER_OPTIONS, SWITCH_INTERVAL, build_services, create_app
 from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store
 from app.store.events import NewEvent
@@ -162,47 +161,7 @@ async def test_a_batch_with_duplicates_inside_and_outside_it(tmp_path: Path) -> 
     assert ids == [rows_by_hash["hash-2"], None, rows_by_hash["hash-3"], None, rows_by_hash["hash-4"]]
 
 
-# -- one write per response, HTTP framing intact ----------------------------------------------------
-class Recorder:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-
-def test_one_send_writes_head_and_body_together() -> None:
-    cycle = SimpleNamespace(response_started=False)
-    transport = Recorder()
-    one = OneSend(transport, cycle)  # type: ignore[arg-type]
-    one.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response starts: at once
-    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
-    cycle.response_started = True
-    one.write(b"HTTP/1.1 202 Accepted\r\n\r\n")
-    assert len(transport.writes) == 1  # the head waits for the body
-    one.write(b"{}")
-    assert transport.writes[1:] == [b"HTTP/1.1 202 Accepted\r\n\r\n{}"]
-    one.write(b"more")
-    assert transport.writes[2:] == [b"more"]
-    assert not one.is_closing()  # everything else is the transport's
-
-
-def test_one_send_writes_a_held_head_before_closing() -> None:
-    cycle = SimpleNamespace(response_started=True)
-    transport = Recorder()
-    one = OneSend(transport, cycle)  # type: ignore[arg-type]
-    one.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
-    one.close()
-    assert transport.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"] and transport.closed
-
-
+# -- HTTP framing over serve's stack ------------------------------------------------------------
 async def test_pipelined_deliveries_get_whole_answers_in_order(product: RunningApp) -> None:
     port = int(product.url.rsplit(":", 1)[1])
     stream = (
@@ -227,7 +186,7 @@ async def test_expect_100_continue_is_answered_before_the_body(product: RunningA
     try:
         writer.write(head)
         await writer.drain()
-        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # not held back with the head
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert interim.startswith(b"HTTP/1.1 100 Continue")
         writer.write(body)
         await writer.drain()
