@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -118,23 +119,72 @@ class HeaderLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-            size += sum(len(k) + len(v) + 4 for k, v in scope["headers"])
-            if size > self.max_bytes:
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1009})
-                    return
-                response = PlainTextResponse(
-                    f"Request header fields too large (over {self.max_bytes} bytes).",
-                    status_code=431,
-                    headers={"Connection": "close"},
-                )
-                await response(scope, receive, send)
+        if scope["type"] in ("http", "websocket") and head_size(scope) > self.max_bytes:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1009})
                 return
+            await head_too_large(self.max_bytes)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
+def head_size(scope: Scope) -> int:
+    """The bytes of a request's target and headers, as :class:`HeaderLimit` counts them."""
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    for k, v in scope["headers"]:
+        size += len(k) + len(v) + 4
+    return size
+
+
+def head_too_large(max_bytes: int) -> Response:
+    return PlainTextResponse(
+        f"Request header fields too large (over {max_bytes} bytes).", status_code=431, headers={"Connection": "close"}
+    )
+
+
+HOOK_PREFIX = "/hooks/bitbucket/"
+
+
+def _is_hook(method: str, path: str, root_path: str | None) -> bool:
+    """Whether a request is for the webhook receiver: ``POST /hooks/bitbucket/{connection}``."""
+    if method != "POST":
+        return False
+    if root_path:  # mounted under a prefix: the route's path is what follows it
+        path = path.removeprefix(root_path)
+    return len(path) > len(HOOK_PREFIX) and path.startswith(HOOK_PREFIX) and "/" not in path[len(HOOK_PREFIX) :]
+
+
+class HookRoute:
+    """ASGI: ``POST /hooks/bitbucket/{connection}`` straight to the receiver, ahead of Starlette's
+    middleware stack and router, which cost a delivery more than verifying and storing it
+    (bench/ingest_wrk.py). The same checks as that stack: a head over ``max_bytes`` is 431 (as
+    :class:`HeaderLimit`); the receiver answers every outcome itself, an unexpected error as a
+    logged 500 (as ``ServerErrorMiddleware``). Every other request (another method, a deeper path)
+    goes through the stack unchanged, so routing answers it as before (404, 405)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _is_hook(scope["method"], scope["path"], scope.get("root_path")):
+            if head_size(scope) > self.max_bytes:
+                await head_too_large(self.max_bytes)(scope, receive, send)
+                return
+            scope["path_params"] = {"connection": scope["path"].rpartition("/")[2]}
+            await webhooks.receive(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class App(Starlette):
+    """The product's Starlette app with :class:`HookRoute` in front of its middleware stack."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return HookRoute(super().build_middleware_stack())
+
+
+SWITCH_INTERVAL = 0.0005  # seconds a thread waiting for the GIL waits before asking for it (see lifespan)
 SHUTDOWN_SECONDS = 10  # SIGTERM: in-flight requests get this long, then the process exits
 # Start-up (token connection, webhook registration) holds the first answer this long at most; when
 # Bitbucket is slower it goes on in the background, so probes answer and webhooks are stored meanwhile.
@@ -335,7 +385,7 @@ def _dispatch(handlers: dict[str, Handler]) -> Handler:
     return endpoint
 
 
-def create_app(settings: Settings, services: Services | None = None, *, background: bool = True) -> Starlette:
+def create_app(settings: Settings, services: Services | None = None, *, background: bool = True) -> App:
     """The ASGI app. With ``services`` given (tests), the caller owns them; ``background`` runs the
     writer, worker and scheduler in the lifespan's task group."""
 
@@ -343,6 +393,12 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             nonlocal services
+            # The event writer's SQLite thread needs the GIL back after each statement; while the
+            # loop is busy it waits the switch interval for it (5 ms by default), once or twice a
+            # group commit, and every delivery of the batch waits with it.
+            previous = sys.getswitchinterval()
+            sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
+            stack.callback(sys.setswitchinterval, previous)
             if services is None:
                 session = await stack.enter_async_context(aiohttp.ClientSession())
                 services = await build_services(settings, session)
@@ -371,7 +427,7 @@ def create_app(settings: Settings, services: Services | None = None, *, backgrou
                     task.cancel()
             log.info("shutdown.done")
 
-    app = Starlette(
+    app = App(
         routes=routes(),
         lifespan=lifespan,
         middleware=[Middleware(HeaderLimit)],

@@ -105,6 +105,17 @@ class Database:
         async with self._write:
             return list(await self.conn.execute_fetchall(sql, params))
 
+    async def insert_counted(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int]:
+        """One INSERT in autocommit mode (atomic and durable when this returns), serialized with the
+        transactions: ``(last_insert_rowid, rows inserted)``. One thread hop and one statement step
+        whatever the number of rows: each step gives up the GIL, which the connection's thread then
+        waits for while the event loop is busy (``RETURNING`` steps once per row)."""
+        async with self._write:
+            cursor = await self.conn.execute(sql, params)
+            # Read where they are: the statement is done (its step reset it), so the cursor holds
+            # nothing to close, which would cost another hop.
+            return cursor.lastrowid or 0, max(cursor.rowcount, 0)
+
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         async with self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())

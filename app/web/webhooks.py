@@ -17,7 +17,9 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Mapping
+from typing import Any
 
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app import errors
@@ -55,9 +57,9 @@ def header_problem(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def body_problem(delivery: Delivery) -> str | None:
+def body_problem(delivery: Delivery | Mapping[str, Any]) -> str | None:
     """Why a parsed delivery cannot be stored (the workspace is a column of its own)."""
-    ws = delivery.workspace
+    ws = delivery.workspace if isinstance(delivery, Delivery) else delivery["workspace"]
     if ws is not None and (len(ws) > 200 or not ws.isprintable() or not _encodable(ws)):
         return "repository workspace is not a valid slug"
     return None
@@ -76,74 +78,112 @@ def event_from_delivery(
 ) -> NewEvent:
     """The event-log row for a verified delivery: only what the planner needs. ``ignored`` when
     the planner does not use its key, or when its repository is in none of ``workspaces``."""
-    foreign = workspaces is not None and delivery.workspace is not None and delivery.workspace.lower() not in workspaces
+    return event_from_fields(connection_id, delivery.model_dump(mode="json"), raw, workspaces)
+
+
+def event_from_fields(
+    connection_id: str, fields: dict[str, Any], raw: bytes, workspaces: frozenset[str] | None = None
+) -> NewEvent:
+    """:func:`event_from_delivery` from :func:`sansio.delivery_fields` (the receiver's hot path)."""
+    key: str = fields["event_key"]
+    ws: str | None = fields["workspace"]
+    foreign = workspaces is not None and ws is not None and ws.lower() not in workspaces
+    # The event key is part of what makes a delivery unique: repo:created and repo:deleted of one
+    # repository by one actor carry byte-identical bodies (the key is only in X-Event-Key).
+    digest = hashlib.sha256(key.encode())
+    digest.update(b"\n")
+    digest.update(raw)
     return NewEvent(
         connection_id=connection_id,
         source="webhook",
-        event_key=delivery.event_key,
-        payload=delivery.model_dump(mode="json"),
-        state="queued" if delivery.event_key in USED_EVENTS and not foreign else "ignored",
-        request_uuid=delivery.request_uuid or None,
-        hook_uuid=delivery.hook_uuid,
-        attempt=delivery.attempt,
-        # The event key is part of what makes a delivery unique: repo:created and repo:deleted of one
-        # repository by one actor carry byte-identical bodies (the key is only in X-Event-Key).
-        body_hash=hashlib.sha256(delivery.event_key.encode() + b"\n" + raw).hexdigest(),
-        workspace=delivery.workspace,
+        event_key=key,
+        payload=fields,
+        state="queued" if key in USED_EVENTS and not foreign else "ignored",
+        request_uuid=fields["request_uuid"] or None,
+        hook_uuid=fields["hook_uuid"],
+        attempt=fields["attempt"],
+        body_hash=digest.hexdigest(),
+        workspace=ws,
     )
 
 
 class Receiver:
     """The route's ASGI app. Raw ASGI rather than a Starlette endpoint: this is the one hot path
-    (every delivery), and skipping the Request/Response objects and their exception wrappers
-    cuts the framework's share of each request (py-spy under bench/ingest_wrk.py)."""
+    (every delivery). :class:`app.main.HookRoute` calls it ahead of Starlette's middleware and
+    router (with ``path_params`` set), so it answers every outcome itself, an unexpected error
+    included (500, logged). Each step was measured with py-spy under bench/ingest_wrk.py."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         services = scope["app"].state.services
         cid = scope["path_params"]["connection"]
+        try:
+            answer = await self._answer(services, cid, scope, receive)
+        except _Gone:
+            return  # the client went away before its body arrived: nothing stored, no one to answer
+        except Exception:  # a bug must still answer (and be logged), never hang
+            log.exception("webhook.unexpected_error", connection=cid)
+            answer = _INTERNAL
+        if isinstance(answer, int | None):
+            services.metrics.observe_ingest(time.perf_counter() - started)
+            body = b'{"accepted":true,"event_id":%d,"duplicate":false}' % answer if answer is not None else _DUPLICATE
+            await send({"type": "http.response.start", "status": 202, "headers": _json_headers(len(body))})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await answer(scope, receive, send)
+
+    async def _answer(self, services: Any, cid: str, scope: Scope, receive: Receive) -> int | Response | None:
+        """The stored event's id (None for a duplicate) or the problem to answer."""
         headers = _kept_headers(scope["headers"])
         try:
             target = await services.service.webhook_target(cid)
         except Exception as exc:  # noqa: BLE001 - the database cannot answer: nothing can be stored either
             log.error("webhook.lookup_failed", connection=cid, error=type(exc).__name__)
-            return await _UNAVAILABLE(scope, receive, send)
+            return _UNAVAILABLE
         if target is None:
-            answer = problem_response(404, "Unknown connection", "No webhook is registered for this URL.")
-            return await answer(scope, receive, send)
-        try:
-            raw = await _read_body(receive, headers.get("content-length"))
-        except _Gone:
-            return
+            return problem_response(404, "Unknown connection", "No webhook is registered for this URL.")
+        raw = await _read_body(receive, headers.get("content-length"))
         if raw is None:
-            return await _TOO_LARGE(scope, receive, send)
+            return _TOO_LARGE
         try:
             sansio.verify_signature(target.secrets, raw, headers.get("X-Hub-Signature"))
         except errors.SignatureError as exc:
-            return await problem_response(401, "Bad signature", str(exc))(scope, receive, send)
+            return problem_response(401, "Bad signature", str(exc))
         problem = header_problem(headers)
         if problem is None and too_deep(raw):
             problem = "body is JSON nested too deeply"
         if problem is None:
             try:
-                delivery = sansio.parse_delivery(headers, raw)
-                problem = body_problem(delivery)
+                fields = sansio.delivery_fields(headers, raw)
+                problem = body_problem(fields)
             except errors.PayloadError as exc:
                 problem = str(exc)
             except RecursionError:  # too_deep should have caught it; never a 500
                 problem = "body is JSON nested too deeply"
         if problem is not None:
-            return await problem_response(400, "Malformed delivery", problem)(scope, receive, send)
+            return problem_response(400, "Malformed delivery", problem)
         try:
-            event = event_from_delivery(cid, delivery, raw, target.workspaces)
-            eid = await asyncio.wait_for(services.writer.submit(event), STORE_TIMEOUT)
+            event = event_from_fields(cid, fields, raw, target.workspaces)
+            return await _stored(services.writer.enqueue(event), STORE_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - any storage failure must become 503 so Bitbucket retries
             log.error("webhook.store_failed", connection=cid, error=type(exc).__name__)
-            return await _UNAVAILABLE(scope, receive, send)
-        services.metrics.observe_ingest(time.perf_counter() - started)
-        body = b'{"accepted":true,"event_id":%d,"duplicate":false}' % eid if eid is not None else _DUPLICATE
-        await send({"type": "http.response.start", "status": 202, "headers": _json_headers(len(body))})
-        await send({"type": "http.response.body", "body": body})
+            return _UNAVAILABLE
+
+
+async def _stored(future: asyncio.Future[int | None], seconds: float) -> int | None:
+    """The writer's answer, or TimeoutError after ``seconds`` (the insert may still land
+    later: harmless, Bitbucket's retry is then a duplicate). One timer handle, no task: cheaper
+    than ``asyncio.wait_for``, which wraps the wait in a task of its own."""
+    timer = asyncio.get_running_loop().call_later(seconds, _expire, future)
+    try:
+        return await future
+    finally:
+        timer.cancel()
+
+
+def _expire(future: asyncio.Future[int | None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("the event writer did not answer in time"))
 
 
 receive = Receiver()
@@ -151,6 +191,7 @@ receive = Receiver()
 _DUPLICATE = b'{"accepted":true,"event_id":null,"duplicate":true}'
 _TOO_LARGE = problem_response(413, "Payload too large", f"At most {MAX_BODY} bytes.")
 _UNAVAILABLE = problem_response(503, "Could not store the event", "Retry later.")
+_INTERNAL = problem_response(500, "Internal error", "The delivery could not be handled; it was not stored.")
 _WANTED = {name.lower().encode(): name for name in (*KEPT_HEADERS, "X-Hub-Signature")} | {
     b"content-length": "content-length"
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +174,26 @@ def test_malformed_deliveries(headers: dict[str, str], body: bytes, error: str) 
 
 def test_fixture_helper_reads_json() -> None:
     assert fixture("api/error_drone-go-scm_testdata.json")["type"] == "error"
+
+
+@pytest.mark.parametrize("path", sorted((FIXTURES / "webhooks").glob("*.json")), ids=lambda p: p.name)
+def test_delivery_fields_are_the_delivery_as_stored(path: Path) -> None:
+    """The receiver stores ``delivery_fields`` without building a Delivery: once in JSON, the same
+    values and field order as the model's own dump."""
+    raw = path.read_bytes()
+    headers = _headers("repo:push")
+    fields = sansio.delivery_fields(headers, raw)
+    model = sansio.parse_delivery(headers, raw)
+    assert json.dumps(fields) == json.dumps(model.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
+def test_a_delivery_in_another_json_encoding_still_parses(encoding: str) -> None:
+    """The UTF-8 shortcut leaves every other encoding JSON allows to json.loads's own detection."""
+    body = json.dumps({"repository": {"full_name": "acme/api", "uuid": "{r}"}}).encode(encoding)
+    assert sansio.delivery_fields(_headers("repo:push"), body)["repository_full_name"] == "acme/api"
+
+
+def test_invalid_utf8_behind_an_opening_brace_is_not_json() -> None:
+    with pytest.raises(errors.PayloadError, match="not JSON"):
+        sansio.delivery_fields(_headers("repo:push"), b'{"a": "\xff"}')

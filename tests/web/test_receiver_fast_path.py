@@ -1,0 +1,255 @@
+"""The webhook receiver's fast path (issue 10, ingest throughput): ``POST /hooks/bitbucket/{id}``
+goes to the receiver ahead of Starlette's middleware and router, and the group commit gives every
+202 the id of its own stored row. Served as ``serve`` serves it
+(uvicorn, httptools under :class:`app.main.BoundedHead`), on loopback, with real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+
+from app.main import SERVER_OPTIONS, SWITCH_INTERVAL, build_services, create_app
+from app.sandbox.serve import RunningSandbox, free_port
+from app.store import Store
+from app.store.events import NewEvent
+from tests.helpers import RunningApp, product_settings
+from tests.web.test_webhooks import VECTOR_SECRET, headers, post, rows
+
+
+@contextlib.asynccontextmanager
+async def served(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path, **options: Any
+) -> AsyncIterator[RunningApp]:
+    """The product (receiver and writer only) under uvicorn with ``options`` (``serve``'s by default)."""
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port)
+    services = await build_services(settings, session)
+    app = create_app(settings, services, background=False)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        service = services.service
+        await service.store.connections.set_webhook(
+            "token", service.encrypt(VECTOR_SECRET), [{"workspace": "acme", "level": "workspace", "uuid": "{h}"}]
+        )
+        service.forget_secrets("token")
+        yield RunningApp(f"http://127.0.0.1:{port}", services, settings)
+    finally:
+        server.should_exit = True
+        await task
+        await services.service.store.close()
+
+
+@pytest.fixture
+async def product(sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path) -> AsyncIterator[RunningApp]:
+    async with served(sandbox, session, tmp_path, **SERVER_OPTIONS) as app:
+        yield app
+
+
+def delivery(n: int) -> bytes:
+    return json.dumps(
+        {
+            "repository": {"full_name": f"acme/repo-{n}", "uuid": f"{{repo-{n}}}", "workspace": {"slug": "acme"}},
+            "push": {"changes": [{"new": {"type": "branch", "name": f"b-{n}"}}]},
+        }
+    ).encode()
+
+
+def raw_request(body: bytes, *, request: str, close: bool = False, **extra: str) -> bytes:
+    head = "POST /hooks/bitbucket/token HTTP/1.1\r\nHost: x\r\n"
+    for name, value in (headers(body, request=request) | extra).items():
+        head += f"{name}: {value}\r\n"
+    head += f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
+    return head.encode() + body
+
+
+def responses(stream: bytes) -> list[tuple[int, dict[str, Any]]]:
+    """Split a byte stream of HTTP/1.1 responses (each with a Content-Length) into (status, JSON body)."""
+    out = []
+    while stream:
+        head, _, rest = stream.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(fields["content-length"])
+        out.append((int(lines[0].split()[1]), json.loads(rest[:length])))
+        stream = rest[length:]
+    return out
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)  # the last request says Connection: close
+    finally:
+        writer.close()
+
+
+# -- group commit: every answer is its own row ------------------------------------------------------
+async def test_concurrent_deliveries_each_get_the_id_of_their_own_row(
+    product: RunningApp, session: aiohttp.ClientSession
+) -> None:
+    """Many deliveries at once (so they share commits), some of them sent twice at the same time:
+    every 202 names the stored row of its own request, and each repeat is answered as a duplicate."""
+    sends = [(n, f"r-{n}") for n in range(120)] + [(n, f"r-{n}") for n in range(0, 120, 12)]
+
+    async def one(n: int, request: str) -> tuple[str, dict[str, Any]]:
+        body = delivery(n)
+        status, answer = await post(session, product, body, headers(body, request=request))
+        assert status == 202, answer
+        return request, answer
+
+    answers = await asyncio.gather(*(one(n, r) for n, r in sends))
+    stored = {row["request_uuid"]: row for row in rows(product)}
+    assert len(stored) == 120
+    named: dict[str, int] = {}
+    for request, answer in answers:
+        if answer["duplicate"]:
+            assert answer["event_id"] is None
+            continue
+        assert request not in named, "two answers stored the same request"
+        named[request] = answer["event_id"]
+    assert named == {request: row["id"] for request, row in stored.items()}
+    for request, eid in named.items():  # the row behind each id is that request's delivery
+        n = int(request.split("-")[1])
+        assert json.loads(stored[request]["payload"])["repository_full_name"] == f"acme/repo-{n}"
+        assert stored[request]["id"] == eid
+
+
+async def test_a_batch_with_duplicates_inside_and_outside_it(tmp_path: Path) -> None:
+    """The ids of one multi-row insert when some of its rows are ignored: read back by their keys."""
+    store = await Store.open(tmp_path / "lp.sqlite3")
+
+    def event(n: int, request: str | None = None) -> NewEvent:
+        return NewEvent(
+            connection_id="token",
+            source="webhook",
+            event_key="repo:push",
+            payload={"n": n},
+            request_uuid=request if request is not None else f"req-{n}",
+            hook_uuid="{h}",
+            attempt=1,
+            body_hash=f"hash-{n}",
+            workspace="acme",
+        )
+
+    try:
+        [first] = await store.events.append_many([event(1)])
+        batch = [event(2), event(1), event(3), event(3), event(4, request="")]
+        ids = await store.events.append_many(batch)
+        rows_by_hash = {
+            r["body_hash"]: r["id"] for r in await store.db.fetchall("SELECT id, body_hash FROM events ORDER BY id")
+        }
+    finally:
+        await store.close()
+    assert first == rows_by_hash["hash-1"]
+    assert ids == [rows_by_hash["hash-2"], None, rows_by_hash["hash-3"], None, rows_by_hash["hash-4"]]
+
+
+# -- HTTP framing over serve's stack ------------------------------------------------------------
+async def test_pipelined_deliveries_get_whole_answers_in_order(product: RunningApp) -> None:
+    port = int(product.url.rsplit(":", 1)[1])
+    stream = (
+        raw_request(delivery(1), request="p-1")
+        + raw_request(delivery(1), request="p-1")  # the same delivery again: a duplicate
+        + raw_request(delivery(2), request="p-2", **{"X-Hub-Signature": "sha256=" + "0" * 64})
+        + raw_request(delivery(3), request="p-3", close=True)
+    )
+    got = responses(await exchange(port, stream))
+    assert [status for status, _ in got] == [202, 202, 401, 202]
+    assert got[0][1]["event_id"] and got[1][1]["duplicate"] and got[2][1]["title"] == "Bad signature"
+    assert sorted(r["request_uuid"] for r in rows(product)) == ["p-1", "p-3"]
+
+
+async def test_expect_100_continue_is_answered_before_the_body(product: RunningApp) -> None:
+    """curl sends ``Expect: 100-continue`` for larger bodies and waits for the interim answer."""
+    port = int(product.url.rsplit(":", 1)[1])
+    body = delivery(7)
+    request = raw_request(body, request="c-7", close=True, Expect="100-continue")
+    head = request[: len(request) - len(body)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(body)
+        await writer.drain()
+        [(status, answer)] = responses(await asyncio.wait_for(reader.read(), 10))
+    finally:
+        writer.close()
+    assert status == 202 and answer["event_id"]
+
+
+# -- what the fast path leaves to the router, and what it checks itself ----------------------------
+async def test_other_methods_and_paths_are_routed_as_before(
+    product: RunningApp, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(product.url + "/hooks/bitbucket/token") as resp:
+        assert resp.status == 405
+    body = delivery(1)
+    for path in ("/hooks/bitbucket/token/more", "/hooks/bitbucket/"):
+        async with session.post(product.url + path, data=body, headers=headers(body)) as resp:
+            assert resp.status == 404, path
+    status, answer = await post(session, product, body, headers(body), path="/hooks/bitbucket/nobody")
+    assert status == 404 and answer["title"] == "Unknown connection"
+    assert rows(product) == []
+
+
+async def test_an_oversized_head_on_the_webhook_route_is_431(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Plain httptools (no head bound while it arrives): a complete head over the limit reaches the
+    app, and the fast path refuses it as HeaderLimit does for every other route."""
+    async with served(sandbox, session, tmp_path, http="httptools") as app:
+        body = delivery(1)
+        big = headers(body) | {"X-Padding": "p" * (20 * 1024)}
+        async with session.post(app.url + "/hooks/bitbucket/token", data=body, headers=big) as resp:
+            assert resp.status == 431
+        assert rows(app) == []
+        assert (await post(session, app, body, headers(body)))[0] == 202
+
+
+async def test_an_unexpected_error_is_a_500_and_the_next_delivery_is_taken(
+    product: RunningApp, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ahead of Starlette's ServerErrorMiddleware the receiver answers a bug itself (never a hang)."""
+    from app.web import webhooks
+
+    def broken(*args: object, **kwargs: object) -> str | None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(webhooks, "body_problem", broken)
+    body = delivery(1)
+    status, answer = await post(session, product, body, headers(body))
+    assert status == 500 and answer["status"] == 500
+    monkeypatch.undo()
+    assert (await post(session, product, body, headers(body)))[0] == 202
+    assert len(rows(product)) == 1
+
+
+async def test_the_gil_switch_interval_is_short_while_serving(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The writer's SQLite thread gets the GIL back within SWITCH_INTERVAL while the app runs (not
+    the default 5 ms a group commit would wait on a busy loop); the setting is restored after."""
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL  # Python's default
+    async with served(sandbox, session, tmp_path):
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before
