@@ -133,3 +133,23 @@ async def test_a_page_of_members_by_name_or_role_walks_an_index(tmp_path: Path) 
             assert "TEMP B-TREE FOR ORDER BY" not in plan and "json_each" not in plan.lower(), plan
     finally:
         await store.close()
+
+
+async def test_a_page_is_served_while_another_statement_is_active_on_the_connection(tmp_path: Path) -> None:
+    """The views registered their SQL functions on the shared connection at first use; SQLite refuses
+    that while a statement is active there ("Error creating function": the Repositories page failed
+    when a concurrent request was reading). The functions are registered when the connection opens."""
+    store = await Store.open(tmp_path / "lp.sqlite3")
+    try:
+        await store.db.executemany(
+            "INSERT INTO snapshots (key, workspace, kind, content, hash, fetched_at) VALUES (?,?,?,?,?,?)",
+            [(f"k{n}", "acme", "x", "{}", "h", NOW) for n in range(3)],
+        )
+        cursor = await store.db.conn.execute("SELECT key FROM snapshots")
+        assert await cursor.fetchone() is not None  # the statement stays active, rows left to read
+        rules = [{"pattern": "web*", "project_key": None, "classification": "internal"}]
+        listed = await Views(store.db).repositories(["acme"], rules, q="web")
+        assert listed.total == 0
+        await cursor.close()
+    finally:
+        await store.close()

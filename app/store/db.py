@@ -15,7 +15,7 @@ from typing import Any
 
 import aiosqlite
 
-from app.store.natkey import natural_key
+from app.store.natkey import natural_key, regexp
 from app.store.schema import MIGRATIONS
 
 
@@ -46,6 +46,7 @@ class Database:
             await conn.execute("PRAGMA busy_timeout=10000")
             # the members table's sort key (schema 6, app/store/snapshots.py); views use it too
             await conn.create_function("lp_natkey", 1, natural_key, deterministic=True)
+            await conn.create_function("lp_regexp", 2, regexp, deterministic=True)
             db = cls(conn, path)
             await db.migrate()
         except BaseException:

@@ -15,16 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.store.db import Database
-from app.store.natkey import natural_key
 
 
 def _glob_regex(pattern: str) -> str:
     """The classification rules' glob (``*`` spans anything, every other character is literal)."""
     return "^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$"
-
-
-def _regexp(pattern: str, text: str | None) -> bool:
-    return text is not None and re.match(pattern, text, re.DOTALL) is not None
 
 
 @dataclass
@@ -79,13 +74,6 @@ def _order(sorts: dict[str, str], sort: str, desc: bool, default: str) -> str:
 class Views:
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    async def _functions(self) -> None:
-        if getattr(self.db, "_lp_views_ready", False):
-            return
-        await self.db.conn.create_function("lp_natkey", 1, natural_key, deterministic=True)
-        await self.db.conn.create_function("lp_regexp", 2, _regexp, deterministic=True)
-        self.db._lp_views_ready = True  # type: ignore[attr-defined]
 
     # -- results ------------------------------------------------------------------------------
     async def results(
@@ -160,7 +148,6 @@ class Views:
     ) -> Page:
         """A page of the connected workspaces' repositories with their class (explicit, else the
         first matching rule, the same order as the evaluation uses); counts per class."""
-        await self._functions()
         wss = [w for w in workspaces if not workspace or w == workspace]
         if not wss:
             return Page([], 0, {})
@@ -523,7 +510,6 @@ class Views:
         self, *, status: str | None = None, q: str | None = None, limit: int = 50, offset: int = 0
     ) -> Page:
         """A page of the personnel directory (offboarded first, then by name), counts per status."""
-        await self._functions()
         where: list[str] = []
         params: list[Any] = []
         if q:
