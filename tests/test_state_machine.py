@@ -21,6 +21,8 @@ the product runs in token mode here.
 
 Bounded for ``make test`` (60 examples of at most 20 steps, under a minute); ``SOAK=1`` (or
 ``STATE_MACHINE_SOAK=1``) runs the soak setting (200 examples of at most 30 steps).
+``STATE_MACHINE_EXAMPLES`` and ``STATE_MACHINE_STEPS`` override either figure, so a soak can run
+in shards: ``SOAK=1 STATE_MACHINE_EXAMPLES=50 pytest tests/test_state_machine.py --hypothesis-seed=N``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ pytestmark = [pytest.mark.statemachine, pytest.mark.state_machine]
 
 SOAK = "1" in (os.environ.get("SOAK"), os.environ.get("STATE_MACHINE_SOAK"))
 EXAMPLES, STEPS = (200, 30) if SOAK else (60, 20)
+# A soak split into shards on a busy machine: STATE_MACHINE_EXAMPLES=50 with a different
+# ``--hypothesis-seed`` per shard (the seed applies only when SOAK=1; make test is derandomized).
+EXAMPLES = int(os.environ.get("STATE_MACHINE_EXAMPLES") or EXAMPLES)
+STEPS = int(os.environ.get("STATE_MACHINE_STEPS") or STEPS)
 
 WS = "acme"
 OTHER = "other"
