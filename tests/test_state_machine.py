@@ -953,7 +953,9 @@ class ProductVsReference(RuleBasedStateMachine):
         expires = None if days is None else (self.now.date() + timedelta(days=days))
         end = self.now + timedelta(days=MAX_AGE_DAYS) if expires is None else through(expires)
         valid = end > self.now and end <= self.now + timedelta(days=MAX_AGE_DAYS)
-        valid = valid and (member is None or member in self.ws.members)  # one who left: refused
+        # checks.md "Subjects": only a subject the product has never seen is refused; one who left
+        # was seen (this model once refused them, as the product then did).
+        valid = valid and (member is None or member in self.seen)
         report = check == "member-mfa-enabled" and member is None
         no_list = report and "account" not in self.scopes()  # no member list to record the report against
         self.note(f"evidence {check} member={member} expires={expires} ({'valid' if valid else 'refused'})")
