@@ -22,7 +22,8 @@ the product runs in token mode here.
 Bounded for ``make test`` (60 examples of at most 20 steps, under a minute); ``SOAK=1`` (or
 ``STATE_MACHINE_SOAK=1``) runs the soak setting (200 examples of at most 30 steps).
 ``STATE_MACHINE_EXAMPLES`` and ``STATE_MACHINE_STEPS`` override either figure, so a soak can run
-in shards: ``SOAK=1 STATE_MACHINE_EXAMPLES=50 pytest tests/test_state_machine.py --hypothesis-seed=N``.
+in shards: ``SOAK=1 STATE_MACHINE_EXAMPLES=50 pytest tests/test_state_machine.py --hypothesis-seed=N``;
+``STATE_MACHINE_TALLY=FILE`` appends each example's count of steps that acted to FILE.
 """
 
 from __future__ import annotations
@@ -429,6 +430,10 @@ class ProductVsReference(RuleBasedStateMachine):
             app.models.clock = app.models._wall_clock
             self.runner.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if tally := os.environ.get("STATE_MACHINE_TALLY"):
+                # One line per example: the steps that acted (for a soak's report).
+                with open(tally, "a") as out:
+                    out.write(f"{len(self.log)}\n")
 
     @property
     def sb(self) -> Any:
