@@ -148,18 +148,24 @@ async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
             return any(p["state"] == "done" for p in await passes())
 
         await wait_for(first_done, within=20)
+
         # What a process killed mid-pass leaves behind: its lock, valid for another hour.
-        conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)  # waits while the app writes
-        with conn:
-            conn.execute(
-                "UPDATE locks SET owner = ?, expires_at = ?",
-                (f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO locks (name, owner, expires_at) VALUES (?, ?, ?)",
-                ("pass:token:acme:full", f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
-            )
-        conn.close()
+        def leave_lock() -> None:
+            conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)  # waits while the app writes
+            with conn:
+                conn.execute(
+                    "UPDATE locks SET owner = ?, expires_at = ?",
+                    (f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO locks (name, owner, expires_at) VALUES (?, ?, ?)",
+                    ("pass:token:acme:full", f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
+                )
+            conn.close()
+
+        # In a thread: waiting for the lock on the event loop would stop the app (same loop) from
+        # finishing the write that holds it, so the wait always ran out ('database is locked').
+        await asyncio.to_thread(leave_lock)
         async with session.post(app.url + "/api/reconcile", json={"workspace": "acme"}, headers=admin) as resp:
             assert resp.status == 202
             [queued] = (await resp.json())["queued"]
