@@ -51,14 +51,14 @@ async def resolve_subject(store: Store, check: str, subject: str, workspace: str
                     key = user.get("account_id") or user.get("uuid")
                     if key and text in (user.get("account_id"), user.get("uuid")):
                         return Subject(ws, "member", str(key), str(user.get("display_name") or key))
-            else:
-                # The member list cannot be read now (a scope taken away, a failed read): a member
-                # the product has recorded results for was seen all the same (found by the state
-                # machine: an exception for a known member was refused while `account` was missing).
-                for c in (c for c in REGISTRY.values() if c.subject_type == "member"):
-                    for row in reversed(await store.results.history(c.id, text)):
-                        if row["workspace"] == ws and row["subject_key"] == text:
-                            return Subject(ws, "member", text, str(row["subject"]))
+            # Not in the member list (one who left) or no list to read now (a scope taken away, a
+            # failed read): a member the product has recorded results for was seen all the same
+            # (found by the state machine: the same exception was accepted or refused depending on
+            # whether the list could be read; docs/checks.md refuses only a subject never seen).
+            for c in (c for c in REGISTRY.values() if c.subject_type == "member"):
+                for row in reversed(await store.results.history(c.id, text)):
+                    if row["workspace"] == ws and row["subject_key"] == text:
+                        return Subject(ws, "member", text, str(row["subject"]))
     kind = {"repository": "repository (workspace/slug)", "member": "member (account id)"}.get(wanted, wanted)
     where = f" in {workspace}" if workspace else ""
     raise UnknownSubject(

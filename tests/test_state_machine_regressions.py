@@ -128,3 +128,22 @@ def test_repository_deleted_after_it_was_created_is_retired(machine: ProductVsRe
     for a duplicate of the creation and dropped: the repository's results stayed."""
     machine.create_repo(empty=False, fault=None, name="svc", project="CORE")
     machine.delete_repo(fault=None, pick=1)  # svc
+
+
+def test_exception_for_a_member_who_left_is_accepted(machine: ProductVsReference) -> None:
+    """Found (soak run): once a member list without them was read, an exception for a member who
+    had left was refused as "no member the product has seen", though the product had recorded
+    results for them (checks.md: only a subject never seen is refused); while the list could not
+    be read, the same exception was accepted."""
+    machine.toggle_member(account="acct-2")  # leaves
+    machine.trigger_members(fault=None)
+    machine.add_exception(check="offboarded-access-removed", days=0, pick=1)  # acct-2
+
+
+def test_evidence_for_a_member_who_left_is_accepted_and_covers_them_when_back(machine: ProductVsReference) -> None:
+    """The same for member evidence (one resolver): it is recorded and covers them if they return."""
+    machine.toggle_member(account="acct-3")  # leaves
+    machine.trigger_members(fault=None)
+    machine.add_evidence(check="member-mfa-enabled", member="acct-3", days=None)
+    machine.toggle_member(account="acct-3")  # comes back
+    machine.trigger_members(fault=None)
