@@ -19,7 +19,7 @@ from typing import Any
 from app import errors
 from app.bitbucket.client import BitbucketClient
 from app.bitbucket.models import Repository
-from app.evaluate import Alerts, record
+from app.evaluate import Alerts, known_checks, record, record_members
 from app.fetch import Fetcher, Row, fetch_all
 from app.findings import Change, Delta
 from app.logs import get_logger
@@ -199,13 +199,19 @@ async def _full(
         )
         _merge(report, delta)
         report.rows_written += written
-    # The members (a member test on), then every test of a subject other than a repository.
+    # The member list (a member test on): read whole, written in one place (app.fetch.fetch_members).
     if MEMBER_CHECKS & enabled:
         outcome = await fetch_all(
             client, store, [Fetch("members", ws)], enabled=enabled, now=stamp, concurrency=settings.concurrency
         )
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
+    # The member tests, ``chunk`` members at a time (20,000 members are never evaluated at once).
+    async for delta, written in record_members(store, settings, ws, now, "reconcile", chunk_alerts, chunk=chunk):
+        _merge(report, delta)
+        if opened is not None:
+            opened.add(delta)
+        report.rows_written += written
     final: Alerts | None = chunk_alerts
     if opened is not None and alerts is not None:
         first_pass, send = opened, alerts
@@ -213,7 +219,12 @@ async def _full(
         def final(delta: Delta) -> list[Entry]:
             return send(first_pass.whole(delta))
 
-    delta, written = await record(store, settings, ws, now, "reconcile", alerts=final, repositories=False)
+    # Last, every other test of a subject other than a repository (the workspace's; and what a
+    # test no longer known left behind, retired), with the first pass's summary alert.
+    rest = (known_checks(settings) | {c for c, _, _ in await store.results.counts()}) - MEMBER_CHECKS
+    delta, written = await record(
+        store, settings, ws, now, "reconcile", only_checks=rest, alerts=final, repositories=False, members=False
+    )
     _merge(report, delta)
     report.rows_written += written
     if first:
