@@ -93,10 +93,11 @@ async def reconcile_workspace(
 
     Tier ``full`` streams the listed repositories through fetch → evaluate → record ``chunk`` at
     a time, so memory stays bounded however large the workspace; the results of repositories
-    that left are retired once at the end, from the listed set; the member and workspace tests
-    come last. When the repository list is unreadable, the repository results stand and are
-    marked stale, the member tests are still read and written, and then the error is raised
-    (the pass is retried)."""
+    that left are retired once at the end, from the listed set; then the member list is read
+    and the member tests recorded ``chunk`` members at a time
+    (:func:`app.evaluate.record_members`); the workspace tests come last. When the repository
+    list is unreadable, the repository results stand and are marked stale, the member tests are
+    still read and written, and then the error is raised (the pass is retried)."""
     started = time.perf_counter()
     now = now or utcnow()
     stamp = iso(now)
