@@ -33,11 +33,13 @@ async def evaluate_workspace(
     repo_uuids: set[str] | None = None,
     only_checks: frozenset[str] | None = None,
     members: bool = True,
+    listed: Sequence[str] | None = None,
 ) -> tuple[list[Result], bool]:
     """The enabled tests (or those of ``only_checks``) for one workspace, from stored snapshots alone.
 
     ``repo_uuids`` narrows the repositories read (by key) to those; an empty set reads none.
-    ``members=False`` reads no member (the subjects are repositories only)."""
+    ``members=False`` reads no member (the subjects are repositories only). ``listed``: see
+    :func:`app.store.facts.build_facts`."""
     enabled = [c for c in settings.enabled_checks if not only_checks or c in only_checks]
     facts, members_read = await build_facts(
         store,
@@ -45,6 +47,7 @@ async def evaluate_workspace(
         repo_uuids,
         with_repos=bool(REPO_CHECKS & set(enabled)) and repo_uuids != set(),
         with_members=members and bool(MEMBER_CHECKS & set(enabled)),
+        listed=listed,
     )
     ctx = await _context(store, settings, ws, now)
     return checks.evaluate(facts, ctx, enabled), members_read
@@ -78,6 +81,7 @@ async def record(
     *,
     repositories: bool = True,
     members: bool = True,
+    listed: Sequence[str] | None = None,
 ) -> tuple[Delta, int]:
     """Evaluate from snapshots, diff against stored results, write the delta.
 
@@ -85,11 +89,15 @@ async def record(
     retired) to those subject keys and tests: only those subjects' snapshots and stored results
     are read. ``repositories=False`` leaves every repository subject out (the workspace and
     member subjects of a pass whose repositories were recorded chunk by chunk); ``members=False``
-    reads no member (``subjects`` are repositories: a chunk of a pass). ``alerts`` turns
-    the delta into outbox rows, written in the same transaction as the results.
+    reads no member (``subjects`` are repositories: a chunk of a pass). ``listed``: the listed
+    repositories among ``subjects`` in list order, when the caller knows them (a pass's chunk: the
+    stored list is then not read again). ``alerts`` turns the delta into outbox rows, written in
+    the same transaction as the results.
     """
     repo_uuids = subjects if repositories else set()
-    results, members_read = await evaluate_workspace(store, settings, ws, now, repo_uuids, only_checks, members)
+    results, members_read = await evaluate_workspace(
+        store, settings, ws, now, repo_uuids, only_checks, members, listed if repositories else None
+    )
     if subjects is not None:
         results = [r for r in results if r.subject_key in subjects]
     if not repositories:

@@ -185,7 +185,15 @@ async def _full(
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
         delta, written = await record(
-            store, settings, ws, now, "reconcile", subjects={r.uuid for r in part}, alerts=chunk_alerts, members=False
+            store,
+            settings,
+            ws,
+            now,
+            "reconcile",
+            subjects={r.uuid for r in part},
+            alerts=chunk_alerts,
+            members=False,
+            listed=[r.uuid for r in part],  # all listed (the list was stored above), in its order
         )
         _merge(report, delta)
         if opened is not None:

@@ -76,22 +76,32 @@ def classify(
 
 
 async def build_facts(
-    store: Store, ws: str, repo_uuids: set[str] | None = None, with_repos: bool = True, with_members: bool = True
+    store: Store,
+    ws: str,
+    repo_uuids: set[str] | None = None,
+    with_repos: bool = True,
+    with_members: bool = True,
+    listed: Sequence[str] | None = None,
 ) -> tuple[WorkspaceFacts, bool]:
     """Facts for one workspace from stored snapshots; the flag says whether members were read.
 
     ``repo_uuids`` limits the repositories read; ``with_repos``/``with_members`` skip whole parts.
+    ``listed``: the listed repositories among ``repo_uuids``, in list order, when the caller knows
+    them (a pass's chunk, just listed): the stored repository list is then not read (at 10,000
+    repositories, reading it for each chunk would make a pass quadratic).
     """
-    snaps = await _snapshots(store, ws, repo_uuids, with_repos, with_members)
+    snaps = await _snapshots(store, ws, repo_uuids, with_repos, with_members, listed is None)
     explicit = await store.records.classes(ws) if with_repos else {}
     rules = await store.records.rules() if with_repos else []
     people = await store.records.people() if with_members else []
     exceptions = await store.records.exceptions()
-    repo_list = snaps.get(k_repos(ws))
-    listed = repo_list.content if repo_list and isinstance(repo_list.content, list) and with_repos else []
+    if listed is None or not with_repos:
+        repo_list = snaps.get(k_repos(ws))
+        stored = repo_list.content if repo_list and isinstance(repo_list.content, list) and with_repos else []
+        # The listed order, narrowed to ``repo_uuids`` when given (a set lookup per listed uuid).
+        listed = stored if repo_uuids is None else [u for u in stored if u in repo_uuids]
     repos: list[RepoFacts] = []
-    # The listed order, narrowed to ``repo_uuids`` when given (a set lookup per listed uuid).
-    for uuid in listed if repo_uuids is None else [u for u in listed if u in repo_uuids]:
+    for uuid in listed:
         snap = snaps.get(k_repo(uuid))
         if snap is None or snap.content is None:
             continue
@@ -130,14 +140,14 @@ async def build_facts(
 
 
 async def _snapshots(
-    store: Store, ws: str, repo_uuids: set[str] | None, with_repos: bool, with_members: bool
+    store: Store, ws: str, repo_uuids: set[str] | None, with_repos: bool, with_members: bool, with_list: bool = True
 ) -> dict[str, Snapshot]:
     """The snapshots an evaluation reads: by key when it is narrowed to some repositories or
     skips them (a webhook's re-evaluation reads its subjects' snapshots only); the whole
     workspace when every repository is evaluated."""
     if with_repos and repo_uuids is None:
         return await store.snapshots.load(ws)
-    keys = [k_repos(ws)] if with_repos else []
+    keys = [k_repos(ws)] if with_repos and with_list else []
     if with_repos and repo_uuids:
         keys += [k for uuid in repo_uuids for k in repo_keys(uuid)]
     if with_members:
