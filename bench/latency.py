@@ -72,6 +72,23 @@ SERVE = (
 )
 
 
+def busy(db: Path) -> bool:
+    """Whether serve has events running or due (the first pass, tiers the scheduler queued)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM events WHERE state = 'running'"
+                " OR (state IN ('queued', 'failed') AND next_attempt_at <= ?)",
+                (time.time(),),
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True
+    return bool(n)
+
+
 def measure(repos_n: int, members: int, samples: int, latency_ms: int) -> dict[str, Any]:
     scenario = generate(repos=repos_n, members=members)
     repos = scenario["workspaces"][0]["repositories"]
@@ -116,8 +133,13 @@ def measure(repos_n: int, members: int, samples: int, latency_ms: int) -> dict[s
                 time.sleep(0.5)
             else:
                 raise RuntimeError(f"the first pass did not finish ({len(uuids)} of {len(repos)} repositories)")
+            # The repositories are done; the pass still has its member step (20,000 members at
+            # 10,000 repositories) and the scheduler may have queued tiers: measure once the
+            # queue is empty, not while they share serve's CPU.
+            while time.monotonic() < deadline and busy(db):
+                time.sleep(0.5)
             first_pass = time.perf_counter() - started
-            time.sleep(2)  # let the pass's last writes and the members tier settle
+            time.sleep(2)  # let the last writes settle
             post(base + "/_sandbox/faults", {"latency_ms": latency_ms})
             lat: list[float] = []
             main_of = dict.fromkeys(protected, "main")
@@ -168,7 +190,7 @@ def main(sizes: list[int], per_repo: int, samples: int, latency_ms: int) -> None
                 ("max", f"{m['max'] * 1000:.0f} ms"),
                 ("serve CPU per event", f"{m['cpu_per_event'] * 1000:.1f} ms"),
                 ("serve peak RSS (first pass included)", f"{m['rss']:.0f} MB"),
-                ("first pass, serve start to last result", f"{m['first_pass']:.1f} s"),
+                ("first pass, serve start to an idle queue", f"{m['first_pass']:.1f} s"),
             ],
         )
     if len(sizes) > 1:
