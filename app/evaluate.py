@@ -9,17 +9,17 @@ batch of events into the narrowest such records: the affected (test, subject) pa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 
 from app import checks
-from app.checks.base import Context
+from app.checks.base import Context, Unreadable, WorkspaceFacts
 from app.findings import Delta, Key, diff
-from app.models import Result, iso, utcnow
+from app.models import Result, StoredResult, iso, utcnow
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, Plan
 from app.settings import Settings
 from app.store import Store
-from app.store.facts import build_facts
+from app.store.facts import MemberReader, build_facts, member_reader, member_snapshots, members_read
 from app.store.outbox import Entry
 
 Alerts = Callable[[Delta], list[Entry]]  # a delta -> the outbox rows it causes (notify.Dispatcher)
@@ -33,11 +33,13 @@ async def evaluate_workspace(
     repo_uuids: set[str] | None = None,
     only_checks: frozenset[str] | None = None,
     members: bool = True,
+    listed: Sequence[str] | None = None,
 ) -> tuple[list[Result], bool]:
     """The enabled tests (or those of ``only_checks``) for one workspace, from stored snapshots alone.
 
     ``repo_uuids`` narrows the repositories read (by key) to those; an empty set reads none.
-    ``members=False`` reads no member (the subjects are repositories only)."""
+    ``members=False`` reads no member (the subjects are repositories only). ``listed``: see
+    :func:`app.store.facts.build_facts`."""
     enabled = [c for c in settings.enabled_checks if not only_checks or c in only_checks]
     facts, members_read = await build_facts(
         store,
@@ -45,8 +47,14 @@ async def evaluate_workspace(
         repo_uuids,
         with_repos=bool(REPO_CHECKS & set(enabled)) and repo_uuids != set(),
         with_members=members and bool(MEMBER_CHECKS & set(enabled)),
+        listed=listed,
     )
-    ctx = Context(
+    ctx = await _context(store, settings, ws, now)
+    return checks.evaluate(facts, ctx, enabled), members_read
+
+
+async def _context(store: Store, settings: Settings, ws: str, now: datetime) -> Context:
+    return Context(
         workspace=ws,
         now=now,
         min_approvals=settings.min_approvals,
@@ -54,7 +62,6 @@ async def evaluate_workspace(
         evidence=tuple(await store.records.evidence(ws)),
         web_url=settings.bitbucket_url,
     )
-    return checks.evaluate(facts, ctx, enabled), members_read
 
 
 def known_checks(settings: Settings) -> frozenset[str]:
@@ -74,6 +81,7 @@ async def record(
     *,
     repositories: bool = True,
     members: bool = True,
+    listed: Sequence[str] | None = None,
 ) -> tuple[Delta, int]:
     """Evaluate from snapshots, diff against stored results, write the delta.
 
@@ -81,11 +89,15 @@ async def record(
     retired) to those subject keys and tests: only those subjects' snapshots and stored results
     are read. ``repositories=False`` leaves every repository subject out (the workspace and
     member subjects of a pass whose repositories were recorded chunk by chunk); ``members=False``
-    reads no member (``subjects`` are repositories: a chunk of a pass). ``alerts`` turns
-    the delta into outbox rows, written in the same transaction as the results.
+    reads no member (``subjects`` are repositories: a chunk of a pass). ``listed``: the listed
+    repositories among ``subjects`` in list order, when the caller knows them (a pass's chunk: the
+    stored list is then not read again). ``alerts`` turns the delta into outbox rows, written in
+    the same transaction as the results.
     """
     repo_uuids = subjects if repositories else set()
-    results, members_read = await evaluate_workspace(store, settings, ws, now, repo_uuids, only_checks, members)
+    results, members_read = await evaluate_workspace(
+        store, settings, ws, now, repo_uuids, only_checks, members, listed if repositories else None
+    )
     if subjects is not None:
         results = [r for r in results if r.subject_key in subjects]
     if not repositories:
@@ -108,6 +120,78 @@ async def record(
     delta = diff(previous, results, in_scope)
     written = await store.results.apply(delta, iso(now), cause, outbox=alerts(delta) if alerts else ())
     return delta, written
+
+
+async def record_members(
+    store: Store,
+    settings: Settings,
+    ws: str,
+    now: datetime,
+    cause: str = "reconcile",
+    alerts: Alerts | None = None,
+    *,
+    chunk: int = 200,
+) -> AsyncIterator[tuple[Delta, int]]:
+    """The member tests of a workspace recorded ``chunk`` members at a time, so memory stays bounded
+    however many members it has: each step builds one slice of member facts, evaluates it, reads
+    the stored results of those members only (by key), diffs and writes; one ``(delta, rows
+    written)`` per step. The same results, retirements and stale marks as :func:`record` over
+    the member tests, which reads the whole list at once:
+
+    - first the member tests' workspace result (their one ``unknown`` when no member list can
+      be read, retired once one can);
+    - then the listed members, chunk by chunk (a failed list keeps its last content: every
+      member's results stand, marked stale);
+    - last the stored member results of anyone no longer listed: retired when the list was read,
+      kept otherwise (a disabled test's results are retired either way).
+
+    The member list itself is written in one place, by :func:`app.fetch.fetch_members`; this
+    only reads it. Covers every stored result of a member test but a repository's; the rest of
+    the workspace is left to :func:`record` (``only_checks`` without the member tests)."""
+    enabled = [c for c in settings.enabled_checks if c in MEMBER_CHECKS]
+    stamp = iso(now)
+    reader: MemberReader | Unreadable = Unreadable("not_fetched")
+    if enabled:
+        reader = await member_reader(store, ws, await member_snapshots(store, ws), await store.records.people())
+    read = members_read(reader)
+    ctx = await _context(store, settings, ws, now)
+    exceptions = tuple(await store.records.exceptions())
+    size = max(1, chunk)
+
+    def in_scope(key: Key) -> bool:
+        # A disabled test yields no results: retire what it left; an enabled member test's results
+        # are decided only from a list that was read (a failed or absent one leaves them alone).
+        return key[0] not in settings.enabled_checks or read
+
+    async def step(results: list[Result], previous: dict[Key, StoredResult]) -> tuple[Delta, int]:
+        delta = diff(previous, results, in_scope)
+        written = await store.results.apply(delta, stamp, cause, outbox=alerts(delta) if alerts else ())
+        return delta, written
+
+    # The workspace subject: what the member tests say when there is no list to evaluate.
+    none = WorkspaceFacts(
+        workspace=ws, repositories=(), members=reader if isinstance(reader, Unreadable) else (), exceptions=exceptions
+    )
+    previous = await store.results.load(ws, checks=MEMBER_CHECKS, subject_type="workspace")
+    yield await step(checks.evaluate(none, ctx, enabled), previous)
+    listed: set[str] = set()
+    if isinstance(reader, MemberReader):
+        for start in range(0, len(reader.listed), size):
+            members = reader.facts(reader.listed[start : start + size])
+            keys = {m.user.key for m in members}
+            listed |= keys
+            results = checks.evaluate(
+                WorkspaceFacts(workspace=ws, repositories=(), members=members, exceptions=exceptions), ctx, enabled
+            )
+            previous = await store.results.load(ws, subjects=keys, checks=MEMBER_CHECKS, subject_type="member")
+            yield await step(results, previous)
+    # Members no longer listed (keys only, then their results a chunk at a time).
+    gone = sorted(await store.results.subject_keys(ws, "member") - listed)
+    del listed
+    for start in range(0, len(gone), size):
+        part = gone[start : start + size]
+        previous = await store.results.load(ws, subjects=part, checks=MEMBER_CHECKS, subject_type="member")
+        yield await step([], previous)
 
 
 async def evaluate_plans(

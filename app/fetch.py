@@ -29,7 +29,6 @@ from app.models import utcnow
 from app.planner import Fetch, KnownRepo, repo_fetches
 from app.store import Store
 from app.store.snapshots import (
-    Snapshot,
     k_build,
     k_emails,
     k_member_since,
@@ -133,12 +132,11 @@ async def fetch_members(fetcher: Fetcher, ws: str, people: Sequence[Person]) -> 
             roles = {}  # access tokens cannot read permissions (docs/bitbucket-facts.md)
         return [_dump(m.model_copy(update={"permission": roles.get(m.user.key)})) for m in found]
 
-    previous = await fetcher.store.snapshots.get(k_members(ws))
     listed = await fetcher.get(k_members(ws), ws, "members", members)
     if not isinstance(listed, list):
         return  # failed (the snapshot is marked stale) or refused (a scope marker is stored)
     member_keys = {Member.model_validate(m).user.key for m in listed}
-    await _track_membership(fetcher, ws, member_keys, previous)
+    await _track_membership(fetcher, ws, member_keys)
     wanted = [p.email for p in people if not p.bitbucket_account_id or p.bitbucket_account_id not in member_keys]
     if not wanted:
         fetcher.rows.append((k_emails(ws), ws, "email_links", {"available": None, "links": {}}))
@@ -154,14 +152,16 @@ async def fetch_members(fetcher: Fetcher, ws: str, people: Sequence[Person]) -> 
     await fetcher.get(k_emails(ws), ws, "email_links", emails)
 
 
-async def _track_membership(fetcher: Fetcher, ws: str, keys: set[str], previous: Snapshot | None) -> None:
+async def _track_membership(fetcher: Fetcher, ws: str, keys: set[str]) -> None:
     """Keep when each membership began (first seen in the list): someone who leaves and comes back
     starts a new membership, which an earlier workspace-wide 2SV report does not cover. Members
-    already listed when tracking began are recorded with no start (``null``)."""
+    already listed when tracking began (in the stored list: the new one is stored after this)
+    are recorded with no start (``null``)."""
     snap = await fetcher.store.snapshots.get(k_member_since(ws))
     if snap is not None and isinstance(snap.content, dict):
         known: dict[str, str | None] = snap.content
     else:
+        previous = await fetcher.store.snapshots.get(k_members(ws))  # read only when tracking begins
         before = previous.content if previous is not None and isinstance(previous.content, list) else []
         known = {Member.model_validate(m).user.key: None for m in before}
     seen_at = utcnow().isoformat()  # to the microsecond: compared with evidence upload times

@@ -20,7 +20,7 @@ from typing import Any
 from app import errors
 from app.bitbucket.client import BitbucketClient
 from app.bitbucket.models import Repository
-from app.evaluate import Alerts, record
+from app.evaluate import Alerts, known_checks, record, record_members
 from app.fetch import Fetcher, Row, fetch_all
 from app.findings import Change, Delta
 from app.logs import get_logger
@@ -98,11 +98,12 @@ async def reconcile_workspace(
 
     Tier ``full`` streams the listed repositories through fetch → evaluate → record ``chunk`` at
     a time, so memory stays bounded however large the workspace; the results of repositories
-    that left are retired once at the end, from the listed set; the member and workspace tests
-    come last; ``progress`` is told each step (repositories done of those listed). When the
-    repository list is unreadable, the repository results stand and are
-    marked stale, the member tests are still read and written, and then the error is raised
-    (the pass is retried)."""
+    that left are retired once at the end, from the listed set; then the member list is read
+    and the member tests recorded ``chunk`` members at a time
+    (:func:`app.evaluate.record_members`); the workspace tests come last. ``progress`` is told
+    each step (repositories done of those listed). When the repository
+    list is unreadable, the repository results stand and are marked stale, the member tests are
+    still read and written, and then the error is raised (the pass is retried)."""
     started = time.perf_counter()
     now = now or utcnow()
     stamp = iso(now)
@@ -196,7 +197,15 @@ async def _full(
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
         delta, written = await record(
-            store, settings, ws, now, "reconcile", subjects={r.uuid for r in part}, alerts=chunk_alerts, members=False
+            store,
+            settings,
+            ws,
+            now,
+            "reconcile",
+            subjects={r.uuid for r in part},
+            alerts=chunk_alerts,
+            members=False,
+            listed=[r.uuid for r in part],  # all listed (the list was stored above), in its order
         )
         _merge(report, delta)
         if opened is not None:
@@ -212,14 +221,20 @@ async def _full(
         )
         _merge(report, delta)
         report.rows_written += written
-    # The members (a member test on), then every test of a subject other than a repository.
     await told({"step": "members and workspace", "done": total, "total": total})
+    # The member list (a member test on): read whole, written in one place (app.fetch.fetch_members).
     if MEMBER_CHECKS & enabled:
         outcome = await fetch_all(
             client, store, [Fetch("members", ws)], enabled=enabled, now=stamp, concurrency=settings.concurrency
         )
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
+    # The member tests, ``chunk`` members at a time (20,000 members are never evaluated at once).
+    async for delta, written in record_members(store, settings, ws, now, "reconcile", chunk_alerts, chunk=chunk):
+        _merge(report, delta)
+        if opened is not None:
+            opened.add(delta)
+        report.rows_written += written
     final: Alerts | None = chunk_alerts
     if opened is not None and alerts is not None:
         first_pass, send = opened, alerts
@@ -227,7 +242,12 @@ async def _full(
         def final(delta: Delta) -> list[Entry]:
             return send(first_pass.whole(delta))
 
-    delta, written = await record(store, settings, ws, now, "reconcile", alerts=final, repositories=False)
+    # Last, every other test of a subject other than a repository (the workspace's; and what a
+    # test no longer known left behind, retired), with the first pass's summary alert.
+    rest = (known_checks(settings) | {c for c, _, _ in await store.results.counts()}) - MEMBER_CHECKS
+    delta, written = await record(
+        store, settings, ws, now, "reconcile", only_checks=rest, alerts=final, repositories=False, members=False
+    )
     _merge(report, delta)
     report.rows_written += written
     if first:

@@ -63,6 +63,32 @@ def proc_peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+# ``serve``, except that the client keeps the sandbox's generous limit: it caps what it learns from
+# X-RateLimit-Limit at Bitbucket's 10,000 an hour, which would hold a first pass at 10,000
+# repositories (41,083 calls) for hours; this measures the product's work, not Bitbucket's limit.
+SERVE = (
+    "import sys, app.bitbucket.client as c; c.MAX_LEARNT_LIMIT = 10_000_000; "
+    "from app.cli import main; raise SystemExit(main(sys.argv[1:]))"
+)
+
+
+def busy(db: Path) -> bool:
+    """Whether serve has events running or due (the first pass, tiers the scheduler queued)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM events WHERE state = 'running'"
+                " OR (state IN ('queued', 'failed') AND next_attempt_at <= ?)",
+                (time.time(),),
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True
+    return bool(n)
+
+
 def measure(repos_n: int, members: int, samples: int, latency_ms: int) -> dict[str, Any]:
     scenario = generate(repos=repos_n, members=members)
     repos = scenario["workspaces"][0]["repositories"]
@@ -87,7 +113,7 @@ def measure(repos_n: int, members: int, samples: int, latency_ms: int) -> dict[s
             LP_LOG_LEVEL="warning",
             LP_BUDGET_PER_HOUR="100000",  # the sandbox allows it; a first pass at 10,000 makes 41,083 calls
         )
-        proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], env=env)  # noqa: S603
+        proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--port", str(port)], env=env)  # noqa: S603
         try:
             uuids: dict[str, str] = {}
             started = time.perf_counter()
@@ -107,8 +133,13 @@ def measure(repos_n: int, members: int, samples: int, latency_ms: int) -> dict[s
                 time.sleep(0.5)
             else:
                 raise RuntimeError(f"the first pass did not finish ({len(uuids)} of {len(repos)} repositories)")
+            # The repositories are done; the pass still has its member step (20,000 members at
+            # 10,000 repositories) and the scheduler may have queued tiers: measure once the
+            # queue is empty, not while they share serve's CPU.
+            while time.monotonic() < deadline and busy(db):
+                time.sleep(0.5)
             first_pass = time.perf_counter() - started
-            time.sleep(2)  # let the pass's last writes and the members tier settle
+            time.sleep(2)  # let the last writes settle
             post(base + "/_sandbox/faults", {"latency_ms": latency_ms})
             lat: list[float] = []
             main_of = dict.fromkeys(protected, "main")
@@ -159,7 +190,7 @@ def main(sizes: list[int], per_repo: int, samples: int, latency_ms: int) -> None
                 ("max", f"{m['max'] * 1000:.0f} ms"),
                 ("serve CPU per event", f"{m['cpu_per_event'] * 1000:.1f} ms"),
                 ("serve peak RSS (first pass included)", f"{m['rss']:.0f} MB"),
-                ("first pass, serve start to last result", f"{m['first_pass']:.1f} s"),
+                ("first pass, serve start to an idle queue", f"{m['first_pass']:.1f} s"),
             ],
         )
     if len(sizes) > 1:

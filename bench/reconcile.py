@@ -3,9 +3,10 @@ by default, two members per repository), two passes each, in ONE run.
 
 For each size the product runs in its own process (this script re-run with ``--child``) and the
 sandbox in another, so the figures are the product's own: CPU seconds (user + system, from
-``getrusage``) and peak RSS per pass, wall time, API calls, result rows and snapshots written,
-and the time to evaluate all tests from stored snapshots alone. Then the ratios of the largest
-size to the smallest. Targets (issue 15): CPU ratio 10k/1k <= 12, peak RSS < 300 MB at 10,000,
+``getrusage``) and peak RSS of each pass on its own (VmHWM, reset before each), wall time, API
+calls, result rows and snapshots written, and the time to evaluate all tests from stored
+snapshots alone (with its own peak RSS). Then the ratios of the largest size to the smallest.
+Targets (issue 15): CPU ratio 10k/1k <= 12, a pass's peak RSS < 300 MB at 10,000,
 the second pass writes 0 rows. The database is a real SQLite file.
 
 Run: ``.venv/bin/python bench/reconcile.py [--sizes 1000,10000] [--members-per-repo 2]``
@@ -35,7 +36,23 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS since the last :func:`reset_peak` (Linux: VmHWM), else since it began."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak() -> None:
+    """Start a new peak RSS measurement (Linux: writing 5 to clear_refs resets VmHWM), so each pass
+    reports its own peak, not the largest of everything before it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 async def child(url: str, workspace: str) -> None:
@@ -49,6 +66,13 @@ async def child(url: str, workspace: str) -> None:
     from app.reconcile import reconcile_workspace
     from app.settings import Settings
     from app.store import Store
+
+    class Unmetered(Budget):
+        """The sandbox's generous limit, never the 10,000 an hour the client caps what it learns at:
+        a first pass at 10,000 repositories makes ~31,000 calls, and this measures the product's work."""
+
+        def learn(self, limit: int | None, near_limit: bool) -> None:
+            return None
 
     configure("warning")
     out: dict[str, Any] = {"passes": []}
@@ -70,10 +94,11 @@ async def child(url: str, workspace: str) -> None:
                 session,
                 StaticToken("bench-token"),
                 api_url=settings.bitbucket_api_url,
-                budget=Budget(10_000_000),
+                budget=Unmetered(10_000_000),
                 concurrency=settings.concurrency,
             )
             for _ in range(2):
+                reset_peak()
                 cpu = cpu_seconds()
                 report = await reconcile_workspace(client, store, settings, workspace)
                 out["passes"].append(
@@ -87,6 +112,7 @@ async def child(url: str, workspace: str) -> None:
                     }
                 )
         timings = []
+        reset_peak()
         for _ in range(3):
             start = time.perf_counter()
             results, _ = await evaluate_workspace(store, settings, workspace, utcnow())
@@ -114,6 +140,10 @@ def measure(repos: int, members: int) -> dict[str, Any]:
     return figures
 
 
+def _pass_rss(m: dict[str, Any]) -> float:
+    return max(float(p["rss"]) for p in m["passes"])
+
+
 def main(sizes: list[int], per_repo: int) -> None:
     measured: dict[int, dict[str, Any]] = {}
     for repos in sizes:
@@ -127,12 +157,15 @@ def main(sizes: list[int], per_repo: int) -> None:
                 (f"{label}: API calls", p["calls"]),
                 (f"{label}: result rows written", p["rows"] if "first" in label else f"{p['rows']}  (target 0)"),
                 (f"{label}: snapshots changed", p["snapshots"]),
-                (f"{label}: product peak RSS so far", f"{p['rss']:.0f} MB"),
+                (
+                    f"{label}: product peak RSS",
+                    f"{p['rss']:.0f} MB" + ("  (target < 300 MB)" if repos >= 10_000 else ""),
+                ),
             ]
         rows += [
             ("results per pass", m["results"]),
             ("evaluate all tests from snapshots (best of 3)", f"{m['evaluate']:.3f} s"),
-            ("product peak RSS", f"{m['rss']:.0f} MB" + ("  (target < 300 MB)" if repos >= 10_000 else "")),
+            ("evaluate all tests at once: peak RSS", f"{m['rss']:.0f} MB  (not a pass: the whole workspace in memory)"),
         ]
         table(f"reconcile: {repos} repositories, {members} members (8 tests, pipelines on)", rows)
     if len(sizes) > 1:
@@ -147,7 +180,10 @@ def main(sizes: list[int], per_repo: int) -> None:
                 ("second pass CPU", f"{second_l['cpu'] / second_s['cpu']:.1f}x  (target <= {1.2 * times:.0f})"),
                 ("first pass wall time", f"{first_l['wall'] / first_s['wall']:.1f}x"),
                 ("evaluate all", f"{large['evaluate'] / small['evaluate']:.1f}x"),
-                ("peak RSS", f"{large['rss'] / small['rss']:.1f}x ({large['rss']:.0f} MB; target < 300 MB)"),
+                (
+                    "pass peak RSS",
+                    f"{_pass_rss(large) / _pass_rss(small):.1f}x ({_pass_rss(large):.0f} MB; target < 300 MB)",
+                ),
                 ("second pass rows written", f"{second_s['rows']} / {second_l['rows']}  (target 0)"),
             ],
         )

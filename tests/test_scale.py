@@ -223,3 +223,83 @@ async def test_alerts_of_a_chunked_pass(big: RunningSandbox, tmp_path: Path, mon
             assert {a["subject"] for a in sent} == {f"bench/new-{i}" for i in range(8)}
     finally:
         await store.close()
+
+
+async def test_member_step_holds_one_chunk_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass over 300 members in chunks of 40 never evaluates, nor reads the stored results of,
+    more than 40 members at once (first pass, unchanged pass, departures, a failed member list),
+    and records what the whole list would: departed members (first, middle and last chunk)
+    retired, a failed list leaves every member result standing and stale, nothing to write after."""
+    from app import checks
+    from app.planner import MEMBER_CHECKS
+    from app.store.results import Results
+
+    chunk, total = 40, 300
+    evaluated: list[int] = []
+    loaded: list[int] = []
+    real_evaluate, real_load = checks.evaluate, Results.load
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        out = real_evaluate(*args, **kwargs)
+        evaluated.append(sum(r.subject_type == "member" for r in out))
+        return out
+
+    async def load(self: Results, *args: Any, **kwargs: Any) -> Any:
+        out = await real_load(self, *args, **kwargs)
+        loaded.append(sum(s.result.subject_type == "member" for s in out.values()))
+        return out
+
+    monkeypatch.setattr(checks, "evaluate", evaluate)
+    monkeypatch.setattr(Results, "load", load)
+
+    async with running_sandbox(generate(repos=20, members=total)) as sb, aiohttp.ClientSession() as session:
+        cfg = _settings(sb.api, tmp_path / "lp.sqlite3")
+        per_member = len(MEMBER_CHECKS & set(cfg.enabled_checks))
+        assert per_member >= 1
+        bound = chunk * per_member
+        store = await Store.open(cfg.database)
+        try:
+            client = _client(session, sb.api)
+
+            async def run() -> Any:
+                evaluated.clear()
+                loaded.clear()
+                report = await reconcile_workspace(client, store, cfg, "bench", chunk=chunk)
+                assert max(evaluated) <= bound, max(evaluated)
+                assert max(loaded) <= bound, max(loaded)
+                return report
+
+            async def members() -> dict[str, Any]:
+                return {
+                    s.result.subject_key: s for s in await store.results.query() if s.result.subject_type == "member"
+                }
+
+            await run()
+            assert max(evaluated) == bound  # a full chunk was evaluated at once, never more
+            assert len(await store.results.query()) > total * per_member
+            assert len(set(await members())) == total
+            assert (await run()).rows_written == 0
+
+            ws = sb.sandbox.state.workspaces["bench"]
+            accounts = list(ws.members)
+            leaving = {accounts[0], accounts[150], accounts[299]}
+            for account in leaving:
+                del ws.members[account]
+            report = await run()
+            assert {s.result.subject_key for s in report.delta.retired} == leaving
+            assert report.counts["retired"] == len(leaving) * per_member
+            assert set(await members()) == set(accounts) - leaving
+
+            sb.sandbox.faults.force_status = {r"^/workspaces/bench/(members|permissions)": 503}
+            report = await run()
+            assert report.fetch_failures >= 1
+            standing = await members()
+            assert set(standing) == set(accounts) - leaving  # nobody retired for a list that failed
+            assert all(s.stale_since is not None for s in standing.values())
+
+            sb.sandbox.faults.force_status = {}
+            await run()
+            assert all(s.stale_since is None for s in (await members()).values())
+            assert (await run()).rows_written == 0
+        finally:
+            await store.close()

@@ -7,7 +7,8 @@ A snapshot that was never fetched, whose latest fetch failed, or that holds a 40
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -75,22 +76,32 @@ def classify(
 
 
 async def build_facts(
-    store: Store, ws: str, repo_uuids: set[str] | None = None, with_repos: bool = True, with_members: bool = True
+    store: Store,
+    ws: str,
+    repo_uuids: set[str] | None = None,
+    with_repos: bool = True,
+    with_members: bool = True,
+    listed: Sequence[str] | None = None,
 ) -> tuple[WorkspaceFacts, bool]:
     """Facts for one workspace from stored snapshots; the flag says whether members were read.
 
     ``repo_uuids`` limits the repositories read; ``with_repos``/``with_members`` skip whole parts.
+    ``listed``: the listed repositories among ``repo_uuids``, in list order, when the caller knows
+    them (a pass's chunk, just listed): the stored repository list is then not read (at 10,000
+    repositories, reading it for each chunk would make a pass quadratic).
     """
-    snaps = await _snapshots(store, ws, repo_uuids, with_repos, with_members)
+    snaps = await _snapshots(store, ws, repo_uuids, with_repos, with_members, listed is None)
     explicit = await store.records.classes(ws) if with_repos else {}
     rules = await store.records.rules() if with_repos else []
     people = await store.records.people() if with_members else []
     exceptions = await store.records.exceptions()
-    repo_list = snaps.get(k_repos(ws))
-    listed = repo_list.content if repo_list and isinstance(repo_list.content, list) and with_repos else []
+    if listed is None or not with_repos:
+        repo_list = snaps.get(k_repos(ws))
+        stored = repo_list.content if repo_list and isinstance(repo_list.content, list) and with_repos else []
+        # The listed order, narrowed to ``repo_uuids`` when given (a set lookup per listed uuid).
+        listed = stored if repo_uuids is None else [u for u in stored if u in repo_uuids]
     repos: list[RepoFacts] = []
-    # The listed order, narrowed to ``repo_uuids`` when given (a set lookup per listed uuid).
-    for uuid in listed if repo_uuids is None else [u for u in listed if u in repo_uuids]:
+    for uuid in listed:
         snap = snaps.get(k_repo(uuid))
         if snap is None or snap.content is None:
             continue
@@ -125,25 +136,22 @@ async def build_facts(
         )
     members = await _member_facts(store, ws, snaps, people) if with_members else Unreadable("not_fetched")
     facts = WorkspaceFacts(workspace=ws, repositories=tuple(repos), members=members, exceptions=tuple(exceptions))
-    # A member list refused for want of a scope or permission is data (its results are `unknown`);
-    # a failed or absent one leaves the stored member results alone.
-    members_read = not isinstance(members, Unreadable) or members.reason in ("missing_scope", "missing_permission")
-    return facts, members_read
+    return facts, members_read(members)
 
 
 async def _snapshots(
-    store: Store, ws: str, repo_uuids: set[str] | None, with_repos: bool, with_members: bool
+    store: Store, ws: str, repo_uuids: set[str] | None, with_repos: bool, with_members: bool, with_list: bool = True
 ) -> dict[str, Snapshot]:
     """The snapshots an evaluation reads: by key when it is narrowed to some repositories or
     skips them (a webhook's re-evaluation reads its subjects' snapshots only); the whole
     workspace when every repository is evaluated."""
     if with_repos and repo_uuids is None:
         return await store.snapshots.load(ws)
-    keys = [k_repos(ws)] if with_repos else []
+    keys = [k_repos(ws)] if with_repos and with_list else []
     if with_repos and repo_uuids:
         keys += [k for uuid in repo_uuids for k in repo_keys(uuid)]
     if with_members:
-        keys += [k_members(ws), k_emails(ws), k_member_since(ws)]
+        keys += [k_members(ws), k_emails(ws), k_member_since(ws)]  # as member_snapshots() reads them
     return await store.snapshots.load_keys(keys) if keys else {}
 
 
@@ -153,6 +161,82 @@ async def _member_facts(
     """Members linked to people (by account id, else email, else a mark). A member list or email
     lookup that failed leaves its earlier content in place: members whose result rests on it are
     marked ``stale`` so the findings diff keeps their last result (docs/checks.md "A fetch that fails")."""
+    reader = await member_reader(store, ws, snaps, people)
+    return reader if isinstance(reader, Unreadable) else reader.facts(reader.listed)
+
+
+def members_read(members: object) -> bool:
+    """Whether member results may be decided from what was read: a member list refused for want of
+    a scope or permission is data (its results are `unknown`); a failed or absent one leaves the
+    stored member results alone."""
+    return not isinstance(members, Unreadable) or members.reason in ("missing_scope", "missing_permission")
+
+
+@dataclass
+class MemberReader:
+    """The stored member list (raw entries, in list order) with everything that links a member to
+    a person, so member facts can be built a slice at a time (a pass evaluates 20,000 members in
+    chunks, never all at once)."""
+
+    listed: list[Any]
+    stale_list: bool
+    by_account: dict[str, Person]
+    by_email: dict[str, Person]
+    account_to_email: dict[str, str]
+    emails_stale: bool
+    lookup: str
+    since: dict[str, Any]
+    marks: dict[str, tuple[str, str]]
+
+    @staticmethod
+    def key(raw: Any) -> str:
+        """The subject key (account id) of one raw entry of the list."""
+        return Member.model_validate(raw).user.key
+
+    def facts(self, entries: Iterable[Any]) -> tuple[MemberFacts, ...]:
+        out = []
+        for raw in entries:
+            m = Member.model_validate(raw)
+            person, how = self.by_account.get(m.user.key), "account_id"
+            if person is None and m.user.key in self.account_to_email:
+                person, how = self.by_email.get(self.account_to_email[m.user.key]), "email"
+            if person is None and m.user.key in self.marks:
+                kind, owner = self.marks[m.user.key]
+                person, how = (
+                    Person(
+                        email=f"{m.user.key} ({kind})",
+                        name=m.user.display_name or m.user.key,
+                        kind=kind,
+                        status="active",
+                        owner=owner,
+                    ),
+                    "mark",
+                )
+            linked_by = how if person else None
+            stale: str | None = None
+            if self.stale_list:
+                stale = "members"
+            elif self.emails_stale and linked_by in (None, "email"):
+                stale = "email_links"
+            began = self.since.get(m.user.key)
+            out.append(
+                MemberFacts(
+                    user=m.user,
+                    permission=m.permission,
+                    person=person,
+                    linked_by=linked_by,
+                    email_lookup=self.lookup,
+                    stale=stale,
+                    member_since=datetime.fromisoformat(began) if isinstance(began, str) else None,
+                )
+            )
+        return tuple(out)
+
+
+async def member_reader(
+    store: Store, ws: str, snaps: Mapping[str, Snapshot], people: Sequence[Person]
+) -> MemberReader | Unreadable:
+    """What member facts are built from, or why there is no member list to evaluate."""
     members_snap = snaps.get(k_members(ws))
     why = _unreadable(members_snap)
     listed = members_snap.content if members_snap is not None and isinstance(members_snap.content, list) else None
@@ -160,54 +244,25 @@ async def _member_facts(
         if why is not None and why.reason == "missing_scope":
             return Unreadable("missing_scope", scope=why.scope or "account", detail=why.detail)
         return why or Unreadable("not_fetched")
-    members_stale = why is not None
-    by_account = {p.bitbucket_account_id: p for p in people if p.bitbucket_account_id}
-    by_email = {p.email: p for p in people}
     email_snap = snaps.get(k_emails(ws))
     links = email_snap.content if email_snap is not None and isinstance(email_snap.content, dict) else {}
-    emails_stale = email_snap is not None and email_snap.stale_since is not None
-    account_to_email = {acct: email for email, acct in (links.get("links") or {}).items()}
-    lookup = {True: "available", False: "unavailable", None: "not_needed"}[links.get("available")]
     since_snap = snaps.get(k_member_since(ws))
-    since: dict[str, Any] = since_snap.content if since_snap and isinstance(since_snap.content, dict) else {}
-    marks = await store.records.marks(ws)
-    out = []
-    for raw in listed:
-        m = Member.model_validate(raw)
-        person, how = by_account.get(m.user.key), "account_id"
-        if person is None and m.user.key in account_to_email:
-            person, how = by_email.get(account_to_email[m.user.key]), "email"
-        if person is None and m.user.key in marks:
-            kind, owner = marks[m.user.key]
-            person, how = (
-                Person(
-                    email=f"{m.user.key} ({kind})",
-                    name=m.user.display_name or m.user.key,
-                    kind=kind,
-                    status="active",
-                    owner=owner,
-                ),
-                "mark",
-            )
-        linked_by = how if person else None
-        stale: str | None = None
-        if members_stale:
-            stale = "members"
-        elif emails_stale and linked_by in (None, "email"):
-            stale = "email_links"
-        began = since.get(m.user.key)
-        out.append(
-            MemberFacts(
-                user=m.user,
-                permission=m.permission,
-                person=person,
-                linked_by=linked_by,
-                email_lookup=lookup,
-                stale=stale,
-                member_since=datetime.fromisoformat(began) if isinstance(began, str) else None,
-            )
-        )
-    return tuple(out)
+    return MemberReader(
+        listed=listed,
+        stale_list=why is not None,
+        by_account={p.bitbucket_account_id: p for p in people if p.bitbucket_account_id},
+        by_email={p.email: p for p in people},
+        account_to_email={acct: email for email, acct in (links.get("links") or {}).items()},
+        emails_stale=email_snap is not None and email_snap.stale_since is not None,
+        lookup={True: "available", False: "unavailable", None: "not_needed"}[links.get("available")],
+        since=since_snap.content if since_snap and isinstance(since_snap.content, dict) else {},
+        marks=await store.records.marks(ws),
+    )
+
+
+async def member_snapshots(store: Store, ws: str) -> dict[str, Snapshot]:
+    """The three snapshots member facts are built from (list, email links, membership starts)."""
+    return await store.snapshots.load_keys([k_members(ws), k_emails(ws), k_member_since(ws)])
 
 
 async def known_repos(store: Store, ws: str, uuids: Iterable[str] | None = None) -> dict[str, KnownRepo]:
