@@ -26,7 +26,7 @@ from app.exceptions import record_exception
 from app.findings import to_json
 from app.main import Services, build_services
 from app.models import SEVERITY_ORDER, iso, utcnow
-from app.settings import CHECK_IDS, Settings
+from app.settings import CHECK_IDS, PostgresURL, Settings
 from app.store import Store
 from app.store.snapshots import listed_repos
 
@@ -44,12 +44,18 @@ async def open_store(settings: Settings, *, existing: bool = False) -> AsyncIter
     A file that is not an SQLite database (or cannot be opened) is a configuration error (exit 2).
     """
     path = settings.database
-    if existing and not path.is_file():
-        raise errors.ConfigError(f"no database at {path} (set LP_DATABASE to the product's database file)")
-    try:
-        store = await Store.open(path)
-    except (sqlite3.Error, OSError) as exc:
-        raise _unusable(path, exc) from None
+    if isinstance(path, PostgresURL):
+        try:
+            store = await Store.open(path)
+        except ConnectionError as exc:  # the message names the URL without its password
+            raise errors.ConfigError(f"LP_DATABASE: {exc}") from None
+    else:
+        if existing and not path.is_file():
+            raise errors.ConfigError(f"no database at {path} (set LP_DATABASE to the product's database file)")
+        try:
+            store = await Store.open(path)
+        except (sqlite3.Error, OSError) as exc:
+            raise _unusable(path, exc) from None
     try:
         yield store
     finally:
@@ -84,7 +90,7 @@ async def through_log(services: Services, key: str, payload: dict[str, Any]) -> 
 
 async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO = sys.stdout) -> int:
     none = "no Bitbucket connection: set LP_BITBUCKET_TOKEN (and LP_WORKSPACES), or connect with OAuth via `serve`"
-    if settings.bitbucket_token is None and not settings.database.is_file():
+    if settings.bitbucket_token is None and isinstance(settings.database, Path) and not settings.database.is_file():
         raise errors.ConfigError(f"{none} (no database at {settings.database})")
     async with running(settings) as services:
         service = services.service
@@ -428,6 +434,8 @@ async def check_key(settings: Settings) -> None:
 async def cmd_backup(settings: Settings, target: Path, out: TextIO = sys.stdout) -> int:
     if target.exists():
         raise errors.ConfigError(f"{target}: exists already; choose a new file")
+    if isinstance(settings.database, PostgresURL):
+        raise errors.ConfigError("LP_DATABASE is a PostgreSQL database: back it up with pg_dump")
     if not settings.database.exists():
         raise errors.ConfigError(f"{settings.database}: no database to back up")
     async with open_store(settings) as store:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from app.bitbucket.client import BitbucketClient, Budget, StaticToken
 from app.sandbox.serve import RunningSandbox, running_sandbox
+from tests import pgcluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +53,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+
+
+# -- both stores -----------------------------------------------------------------------------------
+# The tests of these files run twice: on SQLite and on PostgreSQL (a throwaway cluster, see
+# tests/pgcluster.py). Each gets its database from ``product_settings`` or the ``database`` fixture.
+BOTH_STORES: set[str] = {"test_findings_store.py"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A BOTH_STORES file's async tests (those that can reach a store) run on each store."""
+    if (
+        metafunc.definition.path.name in BOTH_STORES
+        and "store_kind" in metafunc.fixturenames
+        and (inspect.iscoroutinefunction(metafunc.function) or "database" in metafunc.fixturenames)
+    ):
+        metafunc.parametrize("store_kind", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pgcluster.Cluster]:
+    with pgcluster.running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(autouse=True)
+def store_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``sqlite`` (every test), or ``postgresql`` for the BOTH_STORES tests' second run."""
+    kind = str(getattr(request, "param", "sqlite"))
+    if kind != "postgresql":
+        yield kind
+        return
+    pgcluster.activate(request.getfixturevalue("pg_cluster"))
+    try:
+        yield kind
+    finally:
+        pgcluster.activate(None)
+
+
+@pytest.fixture
+def database(tmp_path: Path, store_kind: str) -> Path | str:
+    """The test's database: an SQLite file in tmp_path, or a fresh PostgreSQL database."""
+    return pgcluster.database_for(tmp_path / "db.sqlite3")
 
 
 FIXTURES = SHARED / "bitbucket" / "fixtures"

@@ -252,7 +252,7 @@ class Events:
                 "UPDATE events SET state = 'queued', lease_until = NULL, changed_at = ? WHERE state = 'running'",
                 (time.time(),),
             )
-            return cur.rowcount
+            return int(cur.rowcount)
 
     async def requeue_expired_leases(self) -> int:
         async with self.db.transaction() as conn:
@@ -261,7 +261,7 @@ class Events:
                 "AND lease_until < ?",
                 (time.time(), time.time()),
             )
-            return cur.rowcount
+            return int(cur.rowcount)
 
     async def get(self, eid: int) -> EventRow | None:
         r = await self.db.fetchone("SELECT * FROM events WHERE id = ?", (eid,))
@@ -328,7 +328,7 @@ class Events:
             cur = await conn.execute(
                 "DELETE FROM events WHERE state IN ('done', 'dead', 'ignored') AND changed_at < ?", (cutoff,)
             )
-            return cur.rowcount
+            return int(cur.rowcount)
 
 
 class EventWriter:
@@ -424,7 +424,7 @@ class Locks:
                    WHERE locks.expires_at < ? OR locks.owner = excluded.owner OR locks.owner = ?""",
                 (name, owner, now + ttl, now, dead),
             )
-            return cur.rowcount == 1
+            return int(cur.rowcount) == 1
 
     async def release(self, name: str, owner: str) -> None:
         await self.db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))

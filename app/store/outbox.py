@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from app.store.db import Database
 
 MAX_TRIES = 6
@@ -48,7 +46,7 @@ def _row(r: Any) -> OutboxRow:
 Entry = tuple[str, str, str, str, dict[str, Any]]
 
 
-async def insert(conn: aiosqlite.Connection, rows: Sequence[Entry], stamp: float) -> int:
+async def insert(conn: Any, rows: Sequence[Entry], stamp: float) -> int:
     """Add outbox rows inside the caller's transaction (results and their alerts commit together);
     a known idempotency key adds nothing."""
     added = 0
