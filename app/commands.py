@@ -46,14 +46,14 @@ async def open_store(settings: Settings, *, existing: bool = False) -> AsyncIter
     path = settings.database
     if isinstance(path, PostgresURL):
         try:
-            store = await Store.open(path)
+            store = await Store.open(path, settings.files_dir)
         except ConnectionError as exc:  # the message names the URL without its password
             raise errors.ConfigError(f"LP_DATABASE: {exc}") from None
     else:
         if existing and not path.is_file():
             raise errors.ConfigError(f"no database at {path} (set LP_DATABASE to the product's database file)")
         try:
-            store = await Store.open(path)
+            store = await Store.open(path, settings.files_dir)
         except (sqlite3.Error, OSError) as exc:
             raise _unusable(path, exc) from None
     try:

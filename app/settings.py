@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     )
 
     database: Annotated[Path | PostgresURL, PlainValidator(parse_database)] = Path("data/lowerplane.sqlite3")
+    # Evidence files: beside the SQLite file by default; with PostgreSQL ``data`` (shared storage
+    # when several instances run). An addition beyond docs/interface.md.
+    data_dir: Path | None = None
     bitbucket_api_url: str = "https://api.bitbucket.org/2.0"
     bitbucket_url: str = "https://bitbucket.org"
     oauth_client_id: str | None = None
@@ -365,6 +368,13 @@ class Settings(BaseSettings):
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("must be debug, info, warning or error")
         return value.lower()
+
+    @property
+    def files_dir(self) -> Path:
+        """Where evidence files are kept (``LP_DATA_DIR``, else beside the SQLite file, else ``data``)."""
+        if self.data_dir is not None:
+            return self.data_dir
+        return self.database.parent if isinstance(self.database, Path) else Path("data")
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:

@@ -58,13 +58,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # -- both stores -----------------------------------------------------------------------------------
 # The tests of these files run twice: on SQLite and on PostgreSQL (a throwaway cluster, see
 # tests/pgcluster.py). Each gets its database from ``product_settings`` or the ``database`` fixture.
-BOTH_STORES: set[str] = {"test_findings_store.py"}
+BOTH_STORES: set[str] = {
+    "test_budget.py",
+    "test_deferral.py",
+    "test_drain.py",
+    "test_edges.py",
+    "test_event_logs.py",
+    "test_failure_isolation.py",
+    "test_findings_store.py",
+    "test_hooks.py",
+    "test_incremental.py",
+    "test_order_property.py",
+    "test_personnel_import.py",
+    "test_reconcile_e2e.py",
+    "test_records.py",
+    "test_records_dates.py",
+    "test_right_or_unknown_e2e.py",
+    "test_tiers.py",
+    "test_token_mode_switched_off.py",
+    "test_wrong_secret_key.py",
+    "web/test_webhooks.py",
+    "web/test_events_api.py",
+    "web/test_sessions.py",
+    "web/test_receiver_validation.py",
+    "web/test_connect_api.py",
+    "web/test_downloads.py",
+    "web/test_problems.py",
+    "notify/test_notify.py",
+    "test_security.py",
+}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A BOTH_STORES file's async tests (those that can reach a store) run on each store."""
     if (
-        metafunc.definition.path.name in BOTH_STORES
+        metafunc.definition.path.relative_to(ROOT / "tests").as_posix() in BOTH_STORES
         and "store_kind" in metafunc.fixturenames
         and (inspect.iscoroutinefunction(metafunc.function) or "database" in metafunc.fixturenames)
     ):

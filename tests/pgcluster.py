@@ -155,3 +155,22 @@ def database_for(path: Path) -> Path | str:
     if key not in _made:
         _made[key] = _active.new_database()
     return _made[key]
+
+
+def fetch(url: str, sql: str, *args: object) -> list[dict[str, object]]:
+    """Rows of a PostgreSQL database through a separate connection (what is committed), from sync
+    test code: asyncpg on a loop of its own thread."""
+    import asyncio
+    import concurrent.futures
+
+    import asyncpg
+
+    async def run() -> list[dict[str, object]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(60)

@@ -77,7 +77,7 @@ class Outbox:
         rows = await self.db.fetchall(
             "SELECT o.group_key, min(o.created_at), g.last_sent_at FROM outbox o LEFT JOIN alert_groups g "
             "ON g.group_key = o.group_key WHERE o.state IN ('pending', 'failed') AND o.next_attempt_at <= ? "
-            "GROUP BY o.group_key",
+            "GROUP BY o.group_key, g.last_sent_at",
             (now,),
         )
         return [(r[0], float(r[1]), float(r[2]) if r[2] is not None else None) for r in rows]

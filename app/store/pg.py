@@ -40,6 +40,26 @@ _INSERT_INTO = re.compile(r"^\s*INSERT\s+INTO\s+(\w+)", re.IGNORECASE)
 _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 
 
+# What app/store/views.py registers on an SQLite connection as Python functions, in SQL, and the
+# trigger that tells every instance listening (LISTEN lp_events) that the event log changed.
+FUNCTIONS = r"""
+CREATE OR REPLACE FUNCTION lp_regexp(pattern text, value text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE AS $$ SELECT value IS NOT NULL AND value ~ pattern $$;
+CREATE OR REPLACE FUNCTION lp_natkey(value text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce((SELECT string_agg(CASE WHEN m[1] ~ '^[0-9]' THEN lpad(ltrim(m[1], '0'), 12, '0')
+                                            ELSE m[1] END, '' ORDER BY n)
+                     FROM regexp_matches(lower(value), '([0-9]+|[^0-9]+)', 'g') WITH ORDINALITY AS x(m, n)), '')
+$$;
+CREATE OR REPLACE FUNCTION lp_events_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('lp_events', '');
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER lp_events_changed AFTER INSERT OR UPDATE OR DELETE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION lp_events_changed();
+"""
+
+
 def is_url(database: object) -> bool:
     return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
 
@@ -63,6 +83,7 @@ def translate(sql: str) -> str:
     out = _JSON_EXTRACT.sub(lambda m: f"(({m.group(1)})::jsonb #>> '{{{','.join(m.group(2).split('.'))}}}')", out)
     out = re.sub(r"\bmax\(tries - 1, 0\)", "greatest(tries - 1, 0)", out)
     out = re.sub(r"\bAS REAL\)", "AS DOUBLE PRECISION)", out)
+    out = re.sub(r"\binstr\(", "strpos(", out)
     if ignore:
         found = _RETURNING.search(out)
         if found:
@@ -216,6 +237,9 @@ class PgDatabase(Database):
                         await conn.execute(translate(statement))
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
                     version = number
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
+                await conn.execute(FUNCTIONS)
             return version
 
     async def ping(self) -> None:

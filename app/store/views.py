@@ -87,8 +87,8 @@ class Views:
         self.db = db
 
     async def _functions(self) -> None:
-        if getattr(self.db, "_lp_views_ready", False):
-            return
+        if getattr(self.db, "_lp_views_ready", False) or self.db.dialect != "sqlite":
+            return  # PostgreSQL: SQL functions of the same names (app/store/pg.py FUNCTIONS)
         await self.db.conn.create_function("lp_natkey", 1, natural_key, deterministic=True)
         await self.db.conn.create_function("lp_regexp", 2, _regexp, deterministic=True)
         self.db._lp_views_ready = True  # type: ignore[attr-defined]
@@ -218,7 +218,7 @@ class Views:
         counts = {
             str(r[0] or "unclassified"): int(r[1])
             for r in await self.db.fetchall(
-                f"SELECT cls, count(*) FROM ({inner}){base} GROUP BY cls", [*inner_params, *params]
+                f"SELECT cls, count(*) FROM ({inner}) v{base} GROUP BY cls", [*inner_params, *params]
             )
         }
         if cls:
@@ -242,7 +242,7 @@ class Views:
                 "name": r["name"],
                 "project": r["project"],
                 "mainbranch": r["mainbranch"],
-                "is_private": bool(r["is_private"]),
+                "is_private": r["is_private"] in (1, True, "true"),  # SQLite: 1; PostgreSQL: JSON's text
                 "language": r["language"],
                 "class": r["cls"],
                 "class_source": r["class_source"] if r["cls"] else None,
@@ -534,8 +534,13 @@ class Views:
 
     async def repo_updates(self, workspace: str) -> list[str]:
         """``updated_on`` of every listed repository of a workspace (webhook health), one query."""
+        each = (
+            "json_each(l.content) j"
+            if self.db.dialect == "sqlite"
+            else "jsonb_array_elements_text(l.content::jsonb) j(value)"
+        )
         rows = await self.db.fetchall(
-            """SELECT json_extract(s.content, '$.updated_on') FROM snapshots l, json_each(l.content) j
+            f"""SELECT json_extract(s.content, '$.updated_on') FROM snapshots l CROSS JOIN {each}
                JOIN snapshots s ON s.key = 'repo:' || j.value
                WHERE l.key = ? AND l.content IS NOT NULL AND s.content IS NOT NULL""",
             (f"repos:{workspace}",),
@@ -547,11 +552,16 @@ class Views:
         if not workspaces:
             return []
         marks = ",".join("?" * len(workspaces))
+        object_content = (
+            "json_valid(s.content) AND json_type(s.content) = 'object'"
+            if self.db.dialect == "sqlite"
+            else "s.content LIKE '{%'"  # what is stored is JSON; an object starts with a brace
+        )
         rows = await self.db.fetchall(
             f"""SELECT DISTINCT coalesce(json_extract(r.content, '$.full_name'), substr(s.key, instr(s.key, ':') + 1))
                 FROM snapshots s LEFT JOIN snapshots r ON r.key = 'repo:' || substr(s.key, instr(s.key, ':') + 1)
                 WHERE s.workspace IN ({marks}) AND (s.key LIKE 'restrictions:%' OR s.key LIKE 'pipelines:%')
-                  AND json_valid(s.content) AND json_type(s.content) = 'object'
+                  AND {object_content}
                   AND json_extract(s.content, '$.unreadable.reason') = 'missing_permission'
                 ORDER BY 1""",
             list(workspaces),
