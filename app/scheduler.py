@@ -7,7 +7,9 @@ evaluates it like any other. An expired exception or evidence becomes an ``lp:ex
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -97,10 +99,14 @@ class Scheduler:
         return ids
 
     async def run(self, every: float = 30.0) -> None:
+        """A round every ``every`` seconds, by one instance only: the one holding the ``scheduler``
+        lease (renewed each round; another instance takes over within three rounds of its end)."""
+        owner = f"{socket.gethostname()}:{os.getpid()}"
         while True:
             self.alive_at = time.time()
             try:
-                await self.tick()
+                if await self.service.store.locks.leader("scheduler", owner, ttl=3 * every):
+                    await self.tick()
             except Exception as exc:  # noqa: BLE001 - the scheduler must outlive one bad round
                 log.error("scheduler.tick_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(every)

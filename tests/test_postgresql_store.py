@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from app.errors import ConfigError
 from app.settings import PostgresURL, Settings
 from app.store import Store
+from app.store.events import NewEvent
 from app.store.pg import PgDatabase, translate
 from app.store.schema import MIGRATIONS
 from tests.pgcluster import Cluster
@@ -63,3 +65,100 @@ async def test_postgresql_migrations_are_versioned_and_idempotent(pg_cluster: Cl
     finally:
         for store in stores:
             await store.close()
+
+
+# -- several instances on one database -------------------------------------------------------------
+def _event(n: int) -> NewEvent:
+    return NewEvent("token", "webhook", "repo:push", {"n": n}, request_uuid=f"r-{n}", workspace="acme")
+
+
+async def _two_instances(pg_cluster: Cluster) -> tuple[Store, Store]:
+    url = pg_cluster.new_database()
+    return await Store.open(url), await Store.open(url)
+
+
+async def test_instances_claim_disjoint_events(pg_cluster: Cluster) -> None:
+    a, b = await _two_instances(pg_cluster)
+    try:
+        await a.events.append_many([_event(n) for n in range(200)])
+        claimed: list[int] = []
+        for _ in range(10):  # both claim at once, round after round, until the queue is empty
+            got = await asyncio.gather(a.events.claim(7), b.events.claim(7))
+            claimed += [r.id for rows in got for r in rows]
+        assert len(claimed) == len(set(claimed)) == 140  # each event leased by one instance only
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_dead_instances_leases_are_taken_over_and_a_live_ones_are_not(pg_cluster: Cluster) -> None:
+    a, b = await _two_instances(pg_cluster)
+    try:
+        await a.events.append_many([_event(n) for n in range(2)])
+        held = await a.events.claim(1, lease_seconds=0.2)
+        lost = await a.events.claim(1, lease_seconds=0.2)
+        await asyncio.sleep(0.1)
+        await a.events.renew([held[0].id], lease_seconds=60)  # a's heartbeat keeps the first
+        await asyncio.sleep(0.3)
+        assert await b.events.requeue_running() == 1  # b starting: only the expired lease
+        [taken] = await b.events.claim(10)
+        assert taken.id == lost[0].id and (await b.events.get(held[0].id)).state == "running"  # type: ignore[union-attr]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_one_leader_at_a_time_and_a_successor_after_it_stops(pg_cluster: Cluster) -> None:
+    a, b = await _two_instances(pg_cluster)
+    try:
+        assert await a.locks.leader("dispatcher", "host-a:1", ttl=0.5)
+        assert not await b.locks.leader("dispatcher", "host-b:2", ttl=0.5)
+        assert await a.locks.leader("dispatcher", "host-a:1", ttl=0.5)  # renewed
+        await asyncio.sleep(0.6)  # a stops renewing (killed)
+        assert await b.locks.leader("dispatcher", "host-b:2", ttl=0.5)
+        assert not await a.locks.leader("dispatcher", "host-a:1", ttl=0.5)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_held_lock_is_renewed_while_its_holder_lives(pg_cluster: Cluster) -> None:
+    a, b = await _two_instances(pg_cluster)
+    try:
+        async with a.locks.held("pass:token:acme:full", "host-a:1", ttl=0.6) as got:
+            assert got
+            await asyncio.sleep(1.5)  # longer than the ttl: the renewal keeps it
+            assert not await b.locks.acquire("pass:token:acme:full", "host-b:2", ttl=0.6)
+        assert await b.locks.acquire("pass:token:acme:full", "host-b:2", ttl=0.6)  # released at the end
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_event_stream_wakes_on_another_instances_write(pg_cluster: Cluster) -> None:
+    a, b = await _two_instances(pg_cluster)
+    try:
+        await b.events.wait_changed(0.01)  # b listens from now on
+        waiting = asyncio.create_task(b.events.wait_changed(30.0))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await a.events.append(_event(1))  # another instance's write (NOTIFY lp_events)
+        await asyncio.wait_for(waiting, 10.0)  # woken by it, not by the 30 s timeout
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_held_lock_is_renewed_on_sqlite_too(tmp_path: Path) -> None:
+    """The pass lock is short and renewed on SQLite as well (it used to hold an hour after its
+    holder died on another host sharing the file)."""
+    a, b = await Store.open(tmp_path / "db.sqlite3"), await Store.open(tmp_path / "db.sqlite3")
+    try:
+        async with a.locks.held("pass:token:acme:full", "host-a:1", ttl=0.6) as got:
+            assert got
+            await asyncio.sleep(1.5)
+            assert not await b.locks.acquire("pass:token:acme:full", "host-b:2", ttl=0.6)
+        assert await b.locks.acquire("pass:token:acme:full", "host-b:2", ttl=0.6)
+    finally:
+        await a.close()
+        await b.close()

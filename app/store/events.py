@@ -29,6 +29,9 @@ from app.store.db import Database
 log = get_logger("store.events")
 
 MAX_TRIES = 5
+# A claimed event's lease: short, and renewed by the worker holding it (``renew``) while it works,
+# so an instance that dies (SIGKILL, a lost machine) gives its events back within this time.
+LEASE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -127,13 +130,18 @@ class Events:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._changed = asyncio.Event()  # replaced on every write this process makes
+        self._listening = False
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
     async def wait_changed(self, seconds: float) -> None:
-        """Until this process writes to the log, or ``seconds`` pass (other processes: poll)."""
+        """Until this process writes to the log, or ``seconds`` pass. On PostgreSQL a write of any
+        instance wakes it too (LISTEN/NOTIFY); on SQLite other processes are seen by polling."""
+        if not self._listening and self.db.dialect == "postgresql":
+            self._listening = True
+            await self.db.listen("lp_events", self._notify)  # type: ignore[attr-defined]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), seconds)
 
@@ -177,13 +185,16 @@ class Events:
     async def append(self, event: NewEvent) -> int | None:
         return (await self.append_many([event]))[0]
 
-    async def claim(self, limit: int, lease_seconds: float = 300.0) -> list[EventRow]:
+    async def claim(self, limit: int, lease_seconds: float = LEASE_SECONDS) -> list[EventRow]:
+        """Lease up to ``limit`` runnable events. On PostgreSQL several instances claim at once:
+        ``FOR UPDATE SKIP LOCKED`` gives each its own rows (SQLite's writer lock serializes claims)."""
         now = time.time()
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                """UPDATE events SET state = 'running', tries = tries + 1, lease_until = ?, started_at = ?,
+                f"""UPDATE events SET state = 'running', tries = tries + 1, lease_until = ?, started_at = ?,
                    changed_at = ? WHERE id IN (SELECT id FROM events WHERE state IN ('queued', 'failed')
-                   AND next_attempt_at <= ? ORDER BY id LIMIT ?) RETURNING *""",
+                   AND next_attempt_at <= ? ORDER BY id LIMIT ?{skip_locked}) RETURNING *""",
                 (now + lease_seconds, now_iso(), now, now, limit),
             )
             rows = [_row(r) for r in await cur.fetchall()]
@@ -245,8 +256,19 @@ class Events:
         )
         self._notify()
 
+    async def renew(self, ids: Sequence[int], lease_seconds: float = LEASE_SECONDS) -> None:
+        """Extend the leases a live worker holds (its heartbeat)."""
+        if ids:
+            await self.db.executemany(
+                "UPDATE events SET lease_until = ? WHERE id = ? AND state = 'running'",
+                [(time.time() + lease_seconds, i) for i in ids],
+            )
+
     async def requeue_running(self) -> int:
-        """At start-up: events a crashed worker left running go back to the queue."""
+        """At start-up: events a crashed worker left running go back to the queue. On PostgreSQL
+        other live instances hold running events too: only expired leases are taken over."""
+        if self.db.dialect == "postgresql":
+            return await self.requeue_expired_leases()
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 "UPDATE events SET state = 'queued', lease_until = NULL, changed_at = ? WHERE state = 'running'",
@@ -431,9 +453,31 @@ class Locks:
 
     @contextlib.asynccontextmanager
     async def held(self, name: str, owner: str, ttl: float) -> AsyncIterator[bool]:
+        """The lock for as long as the block runs: a short ``ttl``, renewed every third of it, so
+        a holder that dies (SIGKILL, on any machine) frees it within ``ttl``."""
         got = await self.acquire(name, owner, ttl)
+        renewer = asyncio.create_task(self._renew(name, owner, ttl)) if got else None
         try:
             yield got
         finally:
+            if renewer is not None:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
             if got:
                 await self.release(name, owner)
+
+    async def _renew(self, name: str, owner: str, ttl: float) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await self.acquire(name, owner, ttl):
+                    log.error("lock.lost", lock=name, owner=owner)
+                    return
+            except Exception as exc:  # noqa: BLE001 - the next renewal tries again
+                log.warning("lock.renew_failed", lock=name, error=f"{type(exc).__name__}: {exc}")
+
+    async def leader(self, name: str, owner: str, ttl: float) -> bool:
+        """Whether ``owner`` holds (or now takes, or renews) the single-instance role ``name``:
+        call it every round; another instance takes over within ``ttl`` after the holder stops."""
+        return await self.acquire(name, owner, ttl)

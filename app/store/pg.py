@@ -202,6 +202,7 @@ class PgDatabase(Database):
         self.url = url
         self.path = Path("data") / "postgresql"  # no file: the evidence folder defaults beside it
         self._write = asyncio.Lock()  # write transactions of one process stay serialized, as on SQLite
+        self._listener: asyncpg.Connection | None = None
 
     @classmethod
     async def open(cls, url: str, *, max_size: int = 10) -> PgDatabase:  # type: ignore[override]
@@ -242,10 +243,21 @@ class PgDatabase(Database):
                 await conn.execute(FUNCTIONS)
             return version
 
+    async def listen(self, channel: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on every NOTIFY of ``channel`` (from any instance), over a connection
+        of its own; it is closed with the database."""
+        if self._listener is None:
+            self._listener = await asyncpg.connect(self.url)
+        await self._listener.add_listener(channel, lambda *_: callback())
+
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
 
     async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
         await self.pool.close()
 
     @contextlib.asynccontextmanager
