@@ -46,6 +46,7 @@ SLOW_FILES = {
     "test_crash.py": "subprocesses: SIGKILL under load",
     "test_cli_exits.py": "subprocesses: the console script's exit statuses",
     "test_reconcile_command.py": "subprocesses: the reconcile command and its CronJob",
+    "test_scaleout.py": "subprocesses: three instances on one PostgreSQL, one SIGKILLed",
 }
 
 
