@@ -84,6 +84,7 @@ BOTH_STORES: set[str] = {
     "web/test_receiver_validation.py",
     "web/test_connect_api.py",
     "web/test_downloads.py",
+    "web/test_dashboard_views.py",
     "web/test_problems.py",
     "notify/test_notify.py",
     "test_security.py",

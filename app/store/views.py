@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -507,11 +508,13 @@ class Views:
 
     async def trend(self, days: int) -> list[dict[str, Any]]:
         """Transitions into or out of failing per day (the Overview's chart), summed in SQL."""
+        since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - days * 86400))  # SQLite's date('now', -days)
         rows = await self.db.fetchall(
             """SELECT substr(at, 1, 10) AS day,
-                      sum((new_status IN ('fail', 'unknown')) - coalesce(old_status IN ('fail', 'unknown'), 0))
-               FROM result_history WHERE at >= date('now', ?) GROUP BY 1""",
-            (f"-{days} days",),
+                      sum(CASE WHEN new_status IN ('fail', 'unknown') THEN 1 ELSE 0 END
+                          - CASE WHEN old_status IN ('fail', 'unknown') THEN 1 ELSE 0 END)
+               FROM result_history WHERE at >= ? GROUP BY 1""",
+            (since,),
         )
         return [{"day": str(r[0]), "delta": int(r[1] or 0)} for r in rows]
 
