@@ -85,6 +85,7 @@ BOTH_STORES: set[str] = {
     "web/test_connect_api.py",
     "web/test_downloads.py",
     "web/test_dashboard_views.py",
+    "test_store_views.py",
     "web/test_problems.py",
     "notify/test_notify.py",
     "test_security.py",

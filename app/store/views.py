@@ -83,6 +83,29 @@ def _order(sorts: dict[str, str], sort: str, desc: bool, default: str) -> str:
     return ", ".join(part if part.endswith(" DESC") else f"{part} DESC" for part in clause.split(", "))
 
 
+# The members query's few SQLite-only forms and their PostgreSQL equivalents.
+_PG_FORMS = (
+    (
+        "FROM snapshots s, json_each(s.content) j",
+        "FROM snapshots s CROSS JOIN LATERAL jsonb_array_elements(s.content::jsonb) j(value)",
+    ),
+    (
+        "FROM snapshots s, json_each(s.content, '$.links') l",
+        "FROM snapshots s CROSS JOIN LATERAL jsonb_each_text(s.content::jsonb -> 'links') l(key, value)",
+    ),
+    ("coalesce(p.status = 'offboarded', 0)", "coalesce(p.status = 'offboarded', false)"),
+    ("json_object(", "json_build_object("),
+)
+
+
+def _dialect(dialect: str, sql: str) -> str:
+    if dialect == "sqlite":
+        return sql
+    for sqlite, pg in _PG_FORMS:
+        sql = sql.replace(sqlite, pg)
+    return sql
+
+
 class Views:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -337,12 +360,15 @@ class Views:
         # one statement: the member list is built once (MATERIALIZED), then counted and paged
         order = _order(MEMBER_SORTS, sort, desc, "name")
         found = await self.db.fetchall(
-            f"""{inner}, f AS (SELECT * FROM w{base})
+            _dialect(
+                self.db.dialect,
+                f"""{inner}, f AS (SELECT * FROM w{base})
                 SELECT 'c', link, count(*), NULL FROM f GROUP BY link
                 UNION ALL
-                SELECT 'r', NULL, pos, row FROM (
-                    SELECT {row_json} AS row, row_number() OVER (ORDER BY {order}) AS pos
-                    FROM f{" WHERE link = ?" if link else ""} ORDER BY pos LIMIT ? OFFSET ?)""",
+                SELECT 'r', NULL, pos, lp_row FROM (
+                    SELECT {row_json} AS lp_row, row_number() OVER (ORDER BY {order}) AS pos
+                    FROM f{" WHERE link = ?" if link else ""} ORDER BY pos LIMIT ? OFFSET ?) AS page""",
+            ),
             [*inner_params, *params, *([link] if link else []), limit, offset],
         )
         counts = {str(r[1]): int(r[2]) for r in found if r[0] == "c"}
