@@ -153,13 +153,17 @@ class Worker:
         """Process until nothing is runnable (used by the CLI and the tests); passes run inline.
         Events this worker's own loop (``run``) has claimed and is still processing are waited
         for too: when ``drain`` returns, every event queued before it was called has been handled
-        (or deferred), whichever of the two claimed it."""
-        while True:
-            if await self.step():
-                continue
-            if not any(r.event_key != "lp:reconcile" for r in self._claimed.values()):
-                return
-            await asyncio.sleep(0.01)
+        (or deferred), whichever of the two claimed it. The leases it holds are renewed meanwhile."""
+        heartbeat = asyncio.create_task(self._renew_leases())
+        try:
+            while True:
+                if await self.step():
+                    continue
+                if not any(r.event_key != "lp:reconcile" for r in self._claimed.values()):
+                    return
+                await asyncio.sleep(0.01)
+        finally:
+            heartbeat.cancel()
 
     async def step(self) -> int:
         rows = await self.store.events.claim(self.batch)

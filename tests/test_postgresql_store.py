@@ -162,3 +162,22 @@ async def test_a_held_lock_is_renewed_on_sqlite_too(tmp_path: Path) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_instances_adding_repositories_at_once_lose_none(pg_cluster: Cluster) -> None:
+    a, b = await _two_instances(pg_cluster)
+    try:
+        await a.snapshots.put_many([("repos:acme", "acme", "repos", ["{r0}"])], "t0")
+        for store, uuid in ((a, "{r1}"), (b, "{r2}")):
+            await store.snapshots.put_many([(f"repo:{uuid}", "acme", "repo", {"uuid": uuid})], "t0")
+        for _ in range(5):
+            await asyncio.gather(
+                a.snapshots.update_repo_list("acme", {"{r1}"}, set(), "t1"),
+                b.snapshots.update_repo_list("acme", {"{r2}"}, set(), "t1"),
+            )
+            listed = await a.snapshots.get("repos:acme")
+            assert listed is not None and sorted(listed.content) == ["{r0}", "{r1}", "{r2}"]
+            await a.snapshots.put_many([("repos:acme", "acme", "repos", ["{r0}"])], "t0")  # again
+    finally:
+        await a.close()
+        await b.close()
