@@ -78,6 +78,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/api_economy.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/scaleout.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
