@@ -181,3 +181,19 @@ async def test_instances_adding_repositories_at_once_lose_none(pg_cluster: Clust
     finally:
         await a.close()
         await b.close()
+
+
+async def test_commands_on_postgresql_refuse_clearly(pg_cluster: Cluster, tmp_path: Path) -> None:
+    from app.commands import cmd_backup, open_store
+
+    url = pg_cluster.new_database()
+    settings = Settings.from_env({"LP_DATABASE": url}, env_file=None)
+    with pytest.raises(ConfigError, match="pg_dump"):
+        await cmd_backup(settings, tmp_path / "copy.sqlite3")
+    wrong = url.replace("lp@", "lp:s3cret-pw@").rsplit("/", 1)[0] + "/missing"
+    with pytest.raises(ConfigError) as caught:
+        async with open_store(Settings.from_env({"LP_DATABASE": wrong}, env_file=None)):
+            pass
+    assert str(caught.value).startswith("LP_DATABASE: cannot use") and "s3cret-pw" not in str(caught.value)
+    async with open_store(settings, existing=True) as store:  # a server database always "exists"
+        assert await store.results.exist("acme") is False
