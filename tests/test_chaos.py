@@ -149,17 +149,22 @@ async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
 
         await wait_for(first_done, within=20)
         # What a process killed mid-pass leaves behind: its lock, valid for another hour.
-        conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)  # waits while the app writes
-        with conn:
-            conn.execute(
-                "UPDATE locks SET owner = ?, expires_at = ?",
-                (f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO locks (name, owner, expires_at) VALUES (?, ?, ?)",
-                ("pass:token:acme:full", f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
-            )
-        conn.close()
+        def leave_lock() -> None:
+            conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)  # waits while the app writes
+            with conn:
+                conn.execute(
+                    "UPDATE locks SET owner = ?, expires_at = ?",
+                    (f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
+                )
+                conn.execute(
+                    "INSERT OR IGNORE INTO locks (name, owner, expires_at) VALUES (?, ?, ?)",
+                    ("pass:token:acme:full", f"{socket.gethostname()}:{dead.pid}", time.time() + 3600),
+                )
+            conn.close()
+
+        # in a thread: blocking the event loop while the app (on this loop) is mid-transaction
+        # would leave both waiting for each other until the timeout
+        await asyncio.to_thread(leave_lock)
         async with session.post(app.url + "/api/reconcile", json={"workspace": "acme"}, headers=admin) as resp:
             assert resp.status == 202
             [queued] = (await resp.json())["queued"]
