@@ -148,6 +148,7 @@ async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
             return any(p["state"] == "done" for p in await passes())
 
         await wait_for(first_done, within=20)
+
         # What a process killed mid-pass leaves behind: its lock, valid for another hour.
         def leave_lock() -> None:
             conn = sqlite3.connect(tmp_path / "lp.sqlite3", timeout=30)  # waits while the app writes
