@@ -14,7 +14,7 @@ export UV_NO_PROGRESS ?= 1
 LOCK_FLAGS := --universal --python-version 3.11 --custom-compile-command "make lock" --quiet $(if $(UPGRADE),--upgrade)
 PORT ?=
 
-.PHONY: demo test test-fast lint types pytest bench clean install browser lock screenshots
+.PHONY: demo test test-fast lint types pytest bench clean install browser postgres lock screenshots
 
 $(UV): requirements/bootstrap.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,16 +51,24 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The tests run on SQLite and on PostgreSQL: a throwaway cluster (initdb in a temporary folder,
+# tests/pgcluster.py) of Debian's postgresql, installed here where it is missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql for the tests on the second store"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 # The suite spends most of its time waiting on loopback servers and subprocesses, so it runs on
-# JOBS workers (pytest-xdist) even on 2 cores: about 4 minutes instead of 9. JOBS=0 runs it in one process.
+# JOBS workers (pytest-xdist) even on 2 cores. JOBS=0 runs it in one process.
 JOBS ?= 4
-pytest: $(STAMP) browser
+pytest: $(STAMP) browser postgres
 	$(BIN)/pytest -q -p no:cacheprovider -n $(JOBS)
 
 test: lint types pytest
 
 # The tests marked slow (tests/conftest.py SLOW_FILES) are left out; `make test` runs them all.
-test-fast: $(STAMP)
+test-fast: $(STAMP) postgres
 	$(BIN)/pytest -q -p no:cacheprovider -n $(JOBS) -m "not slow"
 
 # Retake the README's screenshots (docs/screenshots); a plain test run writes them to a tmp folder.
@@ -74,6 +82,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/api_economy.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/scaleout.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

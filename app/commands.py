@@ -33,7 +33,7 @@ def _as_config() -> Iterator[None]:
 
 async def cmd_reconcile(settings: Settings, workspace: str | None, out: TextIO = sys.stdout) -> int:
     none = "no Bitbucket connection: set LP_BITBUCKET_TOKEN (and LP_WORKSPACES), or connect with OAuth via `serve`"
-    if settings.bitbucket_token is None and not settings.database.is_file():
+    if settings.bitbucket_token is None and isinstance(settings.database, Path) and not settings.database.is_file():
         raise errors.ConfigError(f"{none} (no database at {settings.database})")
     async with running(settings) as services:
         try:

@@ -15,7 +15,7 @@ import aiohttp
 from app import errors
 from app.crypto import Crypto
 from app.services import Services, build_services
-from app.settings import Settings
+from app.settings import PostgresURL, Settings
 from app.store import Store
 
 
@@ -32,12 +32,18 @@ async def open_store(settings: Settings, *, existing: bool = False) -> AsyncIter
     A file that is not an SQLite database (or cannot be opened) is a configuration error (exit 2).
     """
     path = settings.database
-    if existing and not path.is_file():
-        raise errors.ConfigError(f"no database at {path} (set LP_DATABASE to the product's database file)")
-    try:
-        store = await Store.open(path)
-    except (sqlite3.Error, OSError) as exc:
-        raise _unusable(path, exc) from None
+    if isinstance(path, PostgresURL):
+        try:
+            store = await Store.open(path, settings.files_dir)
+        except ConnectionError as exc:  # the message names the URL without its password
+            raise errors.ConfigError(f"LP_DATABASE: {exc}") from None
+    else:
+        if existing and not path.is_file():
+            raise errors.ConfigError(f"no database at {path} (set LP_DATABASE to the product's database file)")
+        try:
+            store = await Store.open(path, settings.files_dir)
+        except (sqlite3.Error, OSError) as exc:
+            raise _unusable(path, exc) from None
     try:
         yield store
     finally:
@@ -62,6 +68,8 @@ async def backup(settings: Settings, target: Path) -> None:
     """A consistent copy of the database to ``target`` (a new file), while the product may run."""
     if target.exists():
         raise errors.ConfigError(f"{target}: exists already; choose a new file")
+    if isinstance(settings.database, PostgresURL):
+        raise errors.ConfigError("LP_DATABASE is a PostgreSQL database: back it up with pg_dump")
     if not settings.database.exists():
         raise errors.ConfigError(f"{settings.database}: no database to back up")
     # Written beside the target under another name and renamed when complete: a backup that fails

@@ -7,7 +7,9 @@ evaluates it like any other. An expired exception or evidence becomes an ``lp:ex
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -96,11 +98,21 @@ class Scheduler:
             ids += await self.service.internal_event("lp:expiry", payload)
         return ids
 
+    async def _leads(self, owner: str, every: float) -> bool:
+        """PostgreSQL (several instances): whether this one holds the lease. SQLite has one
+        process: no lease (and no write when idle)."""
+        store = self.service.store
+        return store.db.dialect != "postgresql" or bool(await store.locks.leader("scheduler", owner, ttl=3 * every))
+
     async def run(self, every: float = 30.0) -> None:
+        """A round every ``every`` seconds, by one instance only: on PostgreSQL the one holding the
+        ``scheduler`` lease (renewed each round; another takes over within three rounds of its end)."""
+        owner = f"{socket.gethostname()}:{os.getpid()}"
         while True:
             self.alive_at = time.time()
             try:
-                await self.tick()
+                if await self._leads(owner, every):
+                    await self.tick()
             except Exception as exc:  # noqa: BLE001 - the scheduler must outlive one bad round
                 log.error("scheduler.tick_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(every)

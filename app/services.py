@@ -67,7 +67,7 @@ async def build_services(
     here, after everything that can refuse the settings, so a refusal leaves nothing open."""
     crypto = Crypto(settings.secret_key.get_secret_value()) if settings.secret_key else None
     outputs = senders(settings, session)
-    store = store or await Store.open(settings.database)
+    store = store or await Store.open(settings.database, settings.files_dir)
     pool = ClientPool(
         session,
         api_url=settings.bitbucket_api_url,

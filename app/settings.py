@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from dotenv.parser import parse_stream
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PlainValidator, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -96,6 +96,49 @@ def check_url(value: str, schemes: tuple[str, ...]) -> None:
         raise ValueError(f"must be a URL starting with {wanted}, with a host (none given)")
 
 
+class PostgresURL(str):
+    """``LP_DATABASE=postgresql://user:password@host:port/name``: the value is the URL (what the
+    driver is given); its ``repr`` and :meth:`redacted` hide the password."""
+
+    __slots__ = ()
+
+    def redacted(self) -> str:
+        parts = urlsplit(self)
+        if parts.password is None:
+            return str(self)
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+    def __repr__(self) -> str:
+        return f"PostgresURL({self.redacted()!r})"
+
+    @property
+    def password(self) -> str | None:
+        return urlsplit(self).password
+
+
+def parse_database(value: Any) -> Path | PostgresURL:
+    """``LP_DATABASE``: an SQLite file's path, or a ``postgresql://`` URL (never repeated in a message)."""
+    if isinstance(value, Path | PostgresURL):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be an SQLite file's path or a postgresql:// URL")
+    if "://" not in value:
+        return Path(value)
+    if _CONTROL.search(value) or any(c.isspace() for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError("not a URL with a valid host and port") from None
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ValueError("a URL must start with postgresql:// (or give an SQLite file's path)")
+    if not parts.path.strip("/"):
+        raise ValueError("a postgresql:// URL must name the database (postgresql://user@host:5432/name)")
+    return PostgresURL(value)
+
+
 def check_address(value: str) -> str:
     """One e-mail address, bare (``a@example.com``) or with a display name (``Ops <a@example.com>``)."""
     if _CONTROL.search(value):
@@ -152,7 +195,10 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    database: Path = Path("data/lowerplane.sqlite3")
+    database: Annotated[Path | PostgresURL, PlainValidator(parse_database)] = Path("data/lowerplane.sqlite3")
+    # Evidence files: beside the SQLite file by default; with PostgreSQL ``data`` (shared storage
+    # when several instances run). An addition beyond docs/interface.md.
+    data_dir: Path | None = None
     bitbucket_api_url: str = "https://api.bitbucket.org/2.0"
     bitbucket_url: str = "https://bitbucket.org"
     oauth_client_id: str | None = None
@@ -324,6 +370,13 @@ class Settings(BaseSettings):
         return value.lower()
 
     @property
+    def files_dir(self) -> Path:
+        """Where evidence files are kept (``LP_DATA_DIR``, else beside the SQLite file, else ``data``)."""
+        if self.data_dir is not None:
+            return self.data_dir
+        return self.database.parent if isinstance(self.database, Path) else Path("data")
+
+    @property
     def enabled_checks(self) -> tuple[str, ...]:
         """Test ids in effect: those on by default and those switched on, minus those switched off."""
         on = {c.id for c in REGISTRY.values() if c.default_on} | set(self.checks_enabled)
@@ -332,6 +385,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds (for log redaction)."""
         out = []
+        if isinstance(self.database, PostgresURL) and self.database.password:
+            out.append(self.database.password)
         for value in (
             self.oauth_client_secret,
             self.bitbucket_token,

@@ -49,11 +49,14 @@ from app.reconcile import CHUNK, reconcile_workspace
 from app.service import Service
 from app.settings import Settings
 from app.store import Store
-from app.store.events import EventRow
+from app.store.events import LEASE_SECONDS, EventRow
 from app.store.facts import known_repos
 from app.supervise import describe
 
 log = get_logger("worker")
+# The pass lock (one pass of a workspace and tier at a time, across instances): renewed while the
+# pass runs, so a process killed mid-pass frees it within this time on any machine.
+PASS_LOCK_SECONDS = 60.0
 
 ClientFor = Callable[[str], Awaitable[BitbucketClient]]
 
@@ -116,6 +119,7 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                heartbeat = tg.create_task(self._renew_leases())
                 try:
                     while True:
                         self.alive_at = time.time()
@@ -124,9 +128,20 @@ class Worker:
                         await self.store.events.requeue_expired_leases()
                         await self.store.events.wait_changed(1.0)
                 finally:
+                    heartbeat.cancel()
                     self._tg = None
         finally:
             await self.release()
+
+    async def _renew_leases(self) -> None:
+        """Renew the leases of the events this worker holds, every third of a lease: a live worker
+        keeps them however long a pass runs; a dead one loses them within ``LEASE_SECONDS``."""
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            try:
+                await self.store.events.renew(sorted(self._claimed))
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
+                log.warning("worker.lease_renewal_failed", error=describe(exc))
 
     async def release(self) -> None:
         """Give back the leases this worker holds (shutdown, crash): the events are queued again
@@ -141,13 +156,17 @@ class Worker:
         """Process until nothing is runnable (used by the CLI and the tests); passes run inline.
         Events this worker's own loop (``run``) has claimed and is still processing are waited
         for too: when ``drain`` returns, every event queued before it was called has been handled
-        (or deferred), whichever of the two claimed it."""
-        while True:
-            if await self.step():
-                continue
-            if not any(r.event_key != "lp:reconcile" for r in self._claimed.values()):
-                return
-            await asyncio.sleep(0.01)
+        (or deferred), whichever of the two claimed it. The leases it holds are renewed meanwhile."""
+        heartbeat = asyncio.create_task(self._renew_leases())
+        try:
+            while True:
+                if await self.step():
+                    continue
+                if not any(r.event_key != "lp:reconcile" for r in self._claimed.values()):
+                    return
+                await asyncio.sleep(0.01)
+        finally:
+            heartbeat.cancel()
 
     async def step(self) -> int:
         rows = await self.store.events.claim(self.batch)
@@ -221,7 +240,7 @@ class Worker:
         tier = str(row.payload.get("tier", "full"))
         lock = f"pass:{row.connection_id}:{ws}:{tier}"
         try:
-            async with self.store.locks.held(lock, self.owner, ttl=3600) as got:
+            async with self.store.locks.held(lock, self.owner, ttl=PASS_LOCK_SECONDS) as got:
                 if not got:
                     await self.store.events.finish({row.id: {"skipped": "the same pass is running elsewhere"}})
                     return

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from app.bitbucket.client import BitbucketClient, Budget, StaticToken
 from app.sandbox.serve import RunningSandbox, running_sandbox
+from tests import pgcluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +47,7 @@ SLOW_FILES = {
     "test_cli_exits.py": "subprocesses: the console script's exit statuses",
     "test_reconcile_command.py": "subprocesses: the reconcile command and its CronJob",
     "test_deploy_serve.py": "subprocesses: serve as the systemd unit, the image and the Deployment run it",
+    "test_scaleout.py": "subprocesses: three instances on one PostgreSQL, one SIGKILLed",
 }
 
 
@@ -52,6 +55,78 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+
+
+# -- both stores -----------------------------------------------------------------------------------
+# The tests of these files run twice: on SQLite and on PostgreSQL (a throwaway cluster, see
+# tests/pgcluster.py). Each gets its database from ``product_settings`` or the ``database`` fixture.
+BOTH_STORES: set[str] = {
+    "test_budget.py",
+    "test_deferral.py",
+    "test_drain.py",
+    "test_edges.py",
+    "test_event_logs.py",
+    "test_failure_isolation.py",
+    "test_findings_store.py",
+    "test_hooks.py",
+    "test_incremental.py",
+    "test_order_property.py",
+    "test_personnel_import.py",
+    "test_reconcile_e2e.py",
+    "test_records.py",
+    "test_records_dates.py",
+    "test_right_or_unknown_e2e.py",
+    "test_tiers.py",
+    "test_token_mode_switched_off.py",
+    "test_wrong_secret_key.py",
+    "web/test_webhooks.py",
+    "web/test_events_api.py",
+    "web/test_sessions.py",
+    "web/test_receiver_validation.py",
+    "web/test_connect_api.py",
+    "web/test_downloads.py",
+    "web/test_dashboard_views.py",
+    "test_store_views.py",
+    "web/test_problems.py",
+    "notify/test_notify.py",
+    "test_security.py",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A BOTH_STORES file's async tests (those that can reach a store) run on each store."""
+    if (
+        metafunc.definition.path.relative_to(ROOT / "tests").as_posix() in BOTH_STORES
+        and "store_kind" in metafunc.fixturenames
+        and (inspect.iscoroutinefunction(metafunc.function) or "database" in metafunc.fixturenames)
+    ):
+        metafunc.parametrize("store_kind", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pgcluster.Cluster]:
+    with pgcluster.running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(autouse=True)
+def store_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``sqlite`` (every test), or ``postgresql`` for the BOTH_STORES tests' second run."""
+    kind = str(getattr(request, "param", "sqlite"))
+    if kind != "postgresql":
+        yield kind
+        return
+    pgcluster.activate(request.getfixturevalue("pg_cluster"))
+    try:
+        yield kind
+    finally:
+        pgcluster.activate(None)
+
+
+@pytest.fixture
+def database(tmp_path: Path, store_kind: str) -> Path | str:
+    """The test's database: an SQLite file in tmp_path, or a fresh PostgreSQL database."""
+    return pgcluster.database_for(tmp_path / "db.sqlite3")
 
 
 FIXTURES = SHARED / "bitbucket" / "fixtures"

@@ -12,6 +12,7 @@ from openapi_schema_validator import OAS30Validator
 
 from app.sandbox.serve import free_port
 from tests.conftest import SHARED
+from tests.pgcluster import database_for
 
 
 @dataclass
@@ -106,7 +107,8 @@ ADMIN = "admin-token-for-tests"
 
 def product_settings(sandbox_api: str, tmp: Path, port: int, **extra: str) -> Settings:
     env = {
-        "LP_DATABASE": str(tmp / "lp.sqlite3"),
+        "LP_DATABASE": str(database_for(tmp / "lp.sqlite3")),
+        "LP_DATA_DIR": str(tmp),
         "LP_BITBUCKET_API_URL": sandbox_api,
         "LP_BITBUCKET_URL": sandbox_api.removesuffix("/2.0"),
         "LP_BITBUCKET_TOKEN": "sandbox-acme-token",

@@ -167,6 +167,7 @@ async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
             return any(p["state"] == "done" for p in await passes())
 
         await wait_for(first_done, within=20)
+
         # What a process killed mid-pass leaves behind: its lock, valid for another hour.
         # Written from a thread: a blocking write on the event loop would keep the app (same loop)
         # from finishing a transaction it has open, and both would wait out the lock timeout.

@@ -81,8 +81,8 @@ def test_retired_only_in_scope() -> None:
     assert [s.result.subject for s in d.retired] == ["gone"]
 
 
-async def test_store_writes_history_only_on_transitions(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+async def test_store_writes_history_only_on_transitions(database: Path | str) -> None:
+    store = await Store.open(database)
     try:
         d1 = diff({}, [res("fail")])
         assert await store.results.apply(d1, "t1") == 1
@@ -104,7 +104,9 @@ async def test_store_writes_history_only_on_transitions(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+async def test_migrations_are_versioned_and_idempotent(tmp_path: Path, store_kind: str) -> None:
+    if store_kind != "sqlite":
+        pytest.skip("SQLite's pragmas (PostgreSQL: test_postgresql_migrations_are_versioned_and_idempotent)")
     path = tmp_path / "db.sqlite3"
     store = await Store.open(path)
     version = await store.db.migrate()
@@ -117,7 +119,9 @@ async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_backup_is_a_consistent_copy(tmp_path: Path) -> None:
+async def test_backup_is_a_consistent_copy(tmp_path: Path, store_kind: str) -> None:
+    if store_kind != "sqlite":
+        pytest.skip("the backup command is SQLite's (PostgreSQL is backed up with pg_dump)")
     store = await Store.open(tmp_path / "db.sqlite3")
     await store.results.apply(diff({}, [res("fail")]), "t1")
     await store.db.backup(tmp_path / "backup.sqlite3")
@@ -127,8 +131,8 @@ async def test_backup_is_a_consistent_copy(tmp_path: Path) -> None:
     await copy.close()
 
 
-async def test_a_member_of_two_workspaces_has_two_results(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+async def test_a_member_of_two_workspaces_has_two_results(database: Path | str) -> None:
+    store = await Store.open(database)
     try:
         for ws, status in (("a", "fail"), ("b", "pass")):
             r = res(status).model_copy(update={"workspace": ws, "subject_key": "557058:x"})

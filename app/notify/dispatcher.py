@@ -10,6 +10,8 @@ raises an ops warning on the other channels. A digest of still-open failures goe
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -164,9 +166,16 @@ class Dispatcher:
         return await self.enqueue(alerts)
 
     async def run(self, every: float = 1.0) -> None:
+        """Deliver every ``every`` seconds, by one instance only (on PostgreSQL the ``dispatcher``
+        lease, renewed each round), so an alert is sent once however many instances run."""
+        owner = f"{socket.gethostname()}:{os.getpid()}"
         next_digest = self.clock() + self.digest_every
         while True:
             try:
+                several = self.store.db.dialect == "postgresql"  # SQLite: one process, no lease to write
+                if several and not await self.store.locks.leader("dispatcher", owner, ttl=max(30.0, 3 * every)):
+                    await asyncio.sleep(every)
+                    continue
                 await self.tick()
                 if self.clock() >= next_digest:
                     next_digest = self.clock() + self.digest_every

@@ -64,11 +64,12 @@ class Connections:
     ) -> Connection:
         now = now_iso()
         await self.db.execute(
-            """INSERT INTO connections (id, kind, workspaces, tokens, token_expires_at, scopes, user, created_at,
+            """INSERT INTO connections (id, kind, workspaces, tokens, token_expires_at, scopes, "user", created_at,
                updated_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET workspaces = excluded.workspaces,
                tokens = coalesce(excluded.tokens, connections.tokens),
                token_expires_at = coalesce(excluded.token_expires_at, connections.token_expires_at),
-               scopes = coalesce(excluded.scopes, connections.scopes), user = coalesce(excluded.user, connections.user),
+               scopes = coalesce(excluded.scopes, connections.scopes),
+               "user" = coalesce(excluded."user", connections."user"),
                status = 'active', status_reason = NULL, updated_at = excluded.updated_at""",
             (
                 cid,

@@ -20,7 +20,12 @@ from app.store.schema import MIGRATIONS
 
 
 class Database:
-    """A single aiosqlite connection with a write lock for transactions."""
+    """A single aiosqlite connection with a write lock for transactions.
+
+    :class:`app.store.pg.PgDatabase` is its PostgreSQL twin (same methods; rows are read by name
+    or position on both)."""
+
+    dialect = "sqlite"
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
@@ -89,7 +94,7 @@ class Database:
         await self.conn.close()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[Any]:
         """A write transaction (BEGIN IMMEDIATE … COMMIT), serialized within the process."""
         async with self._write:
             await self.conn.execute("BEGIN IMMEDIATE")
@@ -100,7 +105,7 @@ class Database:
                 raise
             await self.conn.execute("COMMIT")
 
-    async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+    async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """One statement in autocommit mode (atomic and, with synchronous=FULL, durable when this
         returns), serialized with the transactions: one thread hop (execute and fetch together)."""
         async with self._write:
@@ -117,11 +122,11 @@ class Database:
             # nothing to close, which would cost another hop.
             return cursor.lastrowid or 0, max(cursor.rowcount, 0)
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         async with self.conn.execute(sql, params) as cur:
             return await cur.fetchone()
 

@@ -29,6 +29,9 @@ from app.store.db import Database
 log = get_logger("store.events")
 
 MAX_TRIES = 5
+# A claimed event's lease: short, and renewed by the worker holding it (``renew``) while it works,
+# so an instance that dies (SIGKILL, a lost machine) gives its events back within this time.
+LEASE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -123,17 +126,34 @@ _INSERT_MANY = """INSERT OR IGNORE INTO events (connection_id, source, event_key
     body_hash, workspace, payload, state, received_at, changed_at) VALUES """
 
 
+def _place(ids: list[int | None], start: int, chunk: Sequence[NewEvent], rows: Sequence[Any]) -> None:
+    """Give each event of ``chunk`` (at ``start`` in ``ids``) the id of its inserted row, matched by
+    (request uuid, body hash); rows are (id, request_uuid, body_hash). A duplicate stays None."""
+    slots: dict[tuple[str | None, str | None], list[int]] = {}
+    for offset, e in enumerate(chunk):
+        slots.setdefault((e.request_uuid or None, e.body_hash), []).append(start + offset)
+    for row in rows:
+        waiting = slots.get((row[1], row[2]))
+        if waiting:
+            ids[waiting.pop(0)] = int(row[0])
+
+
 class Events:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._changed = asyncio.Event()  # replaced on every write this process makes
+        self._listening = False
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
     async def wait_changed(self, seconds: float) -> None:
-        """Until this process writes to the log, or ``seconds`` pass (other processes: poll)."""
+        """Until this process writes to the log, or ``seconds`` pass. On PostgreSQL a write of any
+        instance wakes it too (LISTEN/NOTIFY); on SQLite other processes are seen by polling."""
+        if not self._listening and self.db.dialect == "postgresql":
+            self._listening = True
+            await self.db.listen("lp_events", self._notify)  # type: ignore[attr-defined]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), seconds)
 
@@ -161,6 +181,13 @@ class Events:
                     stamp,
                 ]
             values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+            if self.db.dialect == "postgresql":
+                # Several instances insert at once, so ids are not consecutive: RETURNING says which.
+                returned = await self.db.write_returning(
+                    _INSERT_MANY + values + " RETURNING id, request_uuid, body_hash", params
+                )
+                _place(ids, start, chunk, returned)
+                continue
             last, inserted = await self.db.insert_counted(_INSERT_MANY + values, params)
             if inserted == len(chunk):
                 # No row ignored: SQLite gave each row in VALUES order the table's largest rowid plus
@@ -171,26 +198,23 @@ class Events:
                     "SELECT id, request_uuid, body_hash FROM events WHERE id BETWEEN ? AND ? ORDER BY id",
                     (last - inserted + 1, last),
                 )
-                slots: dict[tuple[str | None, str | None], list[int]] = {}
-                for offset, e in enumerate(chunk):
-                    slots.setdefault((e.request_uuid or None, e.body_hash), []).append(start + offset)
-                for row in rows:
-                    waiting = slots.get((row[1], row[2]))
-                    if waiting:
-                        ids[waiting.pop(0)] = int(row[0])
+                _place(ids, start, chunk, rows)
         self._notify()
         return ids
 
     async def append(self, event: NewEvent) -> int | None:
         return (await self.append_many([event]))[0]
 
-    async def claim(self, limit: int, lease_seconds: float = 300.0) -> list[EventRow]:
+    async def claim(self, limit: int, lease_seconds: float = LEASE_SECONDS) -> list[EventRow]:
+        """Lease up to ``limit`` runnable events. On PostgreSQL several instances claim at once:
+        ``FOR UPDATE SKIP LOCKED`` gives each its own rows (SQLite's writer lock serializes claims)."""
         now = time.time()
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                """UPDATE events SET state = 'running', tries = tries + 1, lease_until = ?, started_at = ?,
+                f"""UPDATE events SET state = 'running', tries = tries + 1, lease_until = ?, started_at = ?,
                    changed_at = ? WHERE id IN (SELECT id FROM events WHERE state IN ('queued', 'failed')
-                   AND next_attempt_at <= ? ORDER BY id LIMIT ?) RETURNING *""",
+                   AND next_attempt_at <= ? ORDER BY id LIMIT ?{skip_locked}) RETURNING *""",
                 (now + lease_seconds, now_iso(), now, now, limit),
             )
             rows = [_row(r) for r in await cur.fetchall()]
@@ -260,14 +284,25 @@ class Events:
         )
         self._notify()
 
+    async def renew(self, ids: Sequence[int], lease_seconds: float = LEASE_SECONDS) -> None:
+        """Extend the leases a live worker holds (its heartbeat)."""
+        if ids:
+            await self.db.executemany(
+                "UPDATE events SET lease_until = ? WHERE id = ? AND state = 'running'",
+                [(time.time() + lease_seconds, i) for i in ids],
+            )
+
     async def requeue_running(self) -> int:
-        """At start-up: events a crashed worker left running go back to the queue."""
+        """At start-up: events a crashed worker left running go back to the queue. On PostgreSQL
+        other live instances hold running events too: only expired leases are taken over."""
+        if self.db.dialect == "postgresql":
+            return await self.requeue_expired_leases()
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 "UPDATE events SET state = 'queued', lease_until = NULL, changed_at = ? WHERE state = 'running'",
                 (time.time(),),
             )
-            return cur.rowcount
+            return int(cur.rowcount)
 
     async def requeue_expired_leases(self) -> int:
         async with self.db.transaction() as conn:
@@ -276,7 +311,7 @@ class Events:
                 "AND lease_until < ?",
                 (time.time(), time.time()),
             )
-            return cur.rowcount
+            return int(cur.rowcount)
 
     async def get(self, eid: int) -> EventRow | None:
         r = await self.db.fetchone("SELECT * FROM events WHERE id = ?", (eid,))
@@ -343,7 +378,7 @@ class Events:
             cur = await conn.execute(
                 "DELETE FROM events WHERE state IN ('done', 'dead', 'ignored') AND changed_at < ?", (cutoff,)
             )
-            return cur.rowcount
+            return int(cur.rowcount)
 
 
 class EventWriter:
@@ -444,16 +479,38 @@ class Locks:
                    WHERE locks.expires_at < ? OR locks.owner = excluded.owner OR locks.owner = ?""",
                 (name, owner, now + ttl, now, dead),
             )
-            return cur.rowcount == 1
+            return int(cur.rowcount) == 1
 
     async def release(self, name: str, owner: str) -> None:
         await self.db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
 
     @contextlib.asynccontextmanager
     async def held(self, name: str, owner: str, ttl: float) -> AsyncIterator[bool]:
+        """The lock for as long as the block runs: a short ``ttl``, renewed every third of it, so
+        a holder that dies (SIGKILL, on any machine) frees it within ``ttl``."""
         got = await self.acquire(name, owner, ttl)
+        renewer = asyncio.create_task(self._renew(name, owner, ttl)) if got else None
         try:
             yield got
         finally:
+            if renewer is not None:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
             if got:
                 await self.release(name, owner)
+
+    async def _renew(self, name: str, owner: str, ttl: float) -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await self.acquire(name, owner, ttl):
+                    log.error("lock.lost", lock=name, owner=owner)
+                    return
+            except Exception as exc:  # noqa: BLE001 - the next renewal tries again
+                log.warning("lock.renew_failed", lock=name, error=f"{type(exc).__name__}: {exc}")
+
+    async def leader(self, name: str, owner: str, ttl: float) -> bool:
+        """Whether ``owner`` holds (or now takes, or renews) the single-instance role ``name``:
+        call it every round; another instance takes over within ``ttl`` after the holder stops."""
+        return await self.acquire(name, owner, ttl)

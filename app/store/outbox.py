@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from app.store.db import Database
 
 MAX_TRIES = 6
@@ -48,7 +46,7 @@ def _row(r: Any) -> OutboxRow:
 Entry = tuple[str, str, str, str, dict[str, Any]]
 
 
-async def insert(conn: aiosqlite.Connection, rows: Sequence[Entry], stamp: float) -> int:
+async def insert(conn: Any, rows: Sequence[Entry], stamp: float) -> int:
     """Add outbox rows inside the caller's transaction (results and their alerts commit together);
     a known idempotency key adds nothing."""
     added = 0
@@ -79,7 +77,7 @@ class Outbox:
         rows = await self.db.fetchall(
             "SELECT o.group_key, min(o.created_at), g.last_sent_at FROM outbox o LEFT JOIN alert_groups g "
             "ON g.group_key = o.group_key WHERE o.state IN ('pending', 'failed') AND o.next_attempt_at <= ? "
-            "GROUP BY o.group_key",
+            "GROUP BY o.group_key, g.last_sent_at",
             (now,),
         )
         return [(r[0], float(r[1]), float(r[2]) if r[2] is not None else None) for r in rows]

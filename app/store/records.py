@@ -134,7 +134,7 @@ class Records:
             )
             if cur.rowcount:
                 await self._audit(conn, now, actor, "offboard", "personnel", email.lower(), {"on": on})
-            return cur.rowcount == 1
+            return int(cur.rowcount) == 1
 
     async def link_member(self, email: str, account_id: str, actor: str, now: str) -> bool:
         async with self.db.transaction() as conn:
@@ -144,7 +144,7 @@ class Records:
             )
             if cur.rowcount:
                 await self._audit(conn, now, actor, "link", "personnel", email.lower(), {"account_id": account_id})
-            return cur.rowcount == 1
+            return int(cur.rowcount) == 1
 
     async def mark_member(self, workspace: str, account_id: str, mark: str, owner: str, actor: str, now: str) -> None:
         async with self.db.transaction() as conn:

@@ -242,12 +242,23 @@ class Snapshots:
         those that left leave it, with every snapshot of theirs."""
         if not adds and not gone:
             return
-        snap = await self.get(k_repos(workspace))
-        current = list(snap.content) if snap and snap.content else []
         have_meta = {u for u in adds if await self.get(k_repo(u)) is not None}
-        new = [u for u in current if u not in gone] + [u for u in sorted(have_meta) if u not in current]
-        if new != current:
-            await self.put_many([(k_repos(workspace), workspace, "repos", new)], now)
+        # Read, change and write the list in one transaction, the row locked on PostgreSQL: two
+        # instances adding a repository each at the same moment must not lose one of them.
+        lock = " FOR UPDATE" if self.db.dialect == "postgresql" else ""
+        async with self.db.transaction() as conn:
+            async with conn.execute(f"SELECT content FROM snapshots WHERE key = ?{lock}", (k_repos(workspace),)) as cur:
+                row = await cur.fetchone()
+            content = json.loads(row[0]) if row is not None and row[0] is not None else None
+            current = list(content) if isinstance(content, list) else []
+            new = [u for u in current if u not in gone] + [u for u in sorted(have_meta) if u not in current]
+            if new != current:
+                await conn.execute(
+                    """INSERT INTO snapshots (key, workspace, kind, content, hash, fetched_at, stale_since, error)
+                       VALUES (?,?,'repos',?,?,?,NULL,NULL) ON CONFLICT (key) DO UPDATE SET content=excluded.content,
+                       hash=excluded.hash, fetched_at=excluded.fetched_at, stale_since=NULL, error=NULL""",
+                    (k_repos(workspace), workspace, json.dumps(new), content_hash(new), now),
+                )
         if gone:
             await self.delete([k for u in sorted(gone) for k in repo_keys(u)])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,29 @@ def _order(sorts: dict[str, str], sort: str, desc: bool, default: str) -> str:
     if not desc:
         return clause
     return ", ".join(part if part.endswith(" DESC") else f"{part} DESC" for part in clause.split(", "))
+
+
+# The members query's few SQLite-only forms and their PostgreSQL equivalents.
+_PG_FORMS = (
+    (
+        "FROM snapshots s, json_each(s.content) j",
+        "FROM snapshots s CROSS JOIN LATERAL jsonb_array_elements(s.content::jsonb) j(value)",
+    ),
+    (
+        "FROM snapshots s, json_each(s.content, '$.links') l",
+        "FROM snapshots s CROSS JOIN LATERAL jsonb_each_text(s.content::jsonb -> 'links') l(key, value)",
+    ),
+    ("coalesce(p.status = 'offboarded', 0)", "coalesce(p.status = 'offboarded', false)"),
+    ("json_object(", "json_build_object("),
+)
+
+
+def _dialect(dialect: str, sql: str) -> str:
+    if dialect == "sqlite":
+        return sql
+    for sqlite, pg in _PG_FORMS:
+        sql = sql.replace(sqlite, pg)
+    return sql
 
 
 class Views:
@@ -203,7 +227,7 @@ class Views:
         counts = {
             str(r[0] or "unclassified"): int(r[1])
             for r in await self.db.fetchall(
-                f"SELECT cls, count(*) FROM ({inner}){base} GROUP BY cls", [*inner_params, *params]
+                f"SELECT cls, count(*) FROM ({inner}) v{base} GROUP BY cls", [*inner_params, *params]
             )
         }
         if cls:
@@ -227,7 +251,7 @@ class Views:
                 "name": r["name"],
                 "project": r["project"],
                 "mainbranch": r["mainbranch"],
-                "is_private": bool(r["is_private"]),
+                "is_private": r["is_private"] in (1, True, "true"),  # SQLite: 1; PostgreSQL: JSON's text
                 "language": r["language"],
                 "class": r["cls"],
                 "class_source": r["class_source"] if r["cls"] else None,
@@ -496,13 +520,13 @@ class Views:
     async def trend(self, days: int) -> list[dict[str, Any]]:
         """Transitions into or out of failing per day (the Overview's chart), summed in SQL over
         the rows of the period that change the failing count (index ``result_history_at``)."""
+        since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - days * 86400))  # SQLite's date('now', -days)
+        failing_new = "CASE WHEN new_status IN ('fail', 'unknown') THEN 1 ELSE 0 END"
+        failing_old = "CASE WHEN old_status IN ('fail', 'unknown') THEN 1 ELSE 0 END"
         rows = await self.db.fetchall(
-            """SELECT substr(at, 1, 10) AS day,
-                      sum((new_status IN ('fail', 'unknown')) - coalesce(old_status IN ('fail', 'unknown'), 0))
-               FROM result_history WHERE at >= date('now', ?)
-                 AND (new_status IN ('fail', 'unknown')) <> coalesce(old_status IN ('fail', 'unknown'), 0)
-               GROUP BY 1""",
-            (f"-{days} days",),
+            f"""SELECT substr(at, 1, 10) AS day, sum({failing_new} - {failing_old})
+               FROM result_history WHERE at >= ? AND {failing_new} <> {failing_old} GROUP BY 1""",
+            (since,),
         )
         return [{"day": str(r[0]), "delta": int(r[1] or 0)} for r in rows]
 
@@ -524,8 +548,13 @@ class Views:
 
     async def repo_updates(self, workspace: str) -> list[str]:
         """``updated_on`` of every listed repository of a workspace (webhook health), one query."""
+        each = (
+            "json_each(l.content) j"
+            if self.db.dialect == "sqlite"
+            else "jsonb_array_elements_text(l.content::jsonb) j(value)"
+        )
         rows = await self.db.fetchall(
-            """SELECT json_extract(s.content, '$.updated_on') FROM snapshots l, json_each(l.content) j
+            f"""SELECT json_extract(s.content, '$.updated_on') FROM snapshots l CROSS JOIN {each}
                JOIN snapshots s ON s.key = 'repo:' || j.value
                WHERE l.key = ? AND l.content IS NOT NULL AND s.content IS NOT NULL""",
             (f"repos:{workspace}",),
@@ -537,11 +566,16 @@ class Views:
         if not workspaces:
             return []
         marks = ",".join("?" * len(workspaces))
+        object_content = (
+            "json_valid(s.content) AND json_type(s.content) = 'object'"
+            if self.db.dialect == "sqlite"
+            else "s.content LIKE '{%'"  # what is stored is JSON; an object starts with a brace
+        )
         rows = await self.db.fetchall(
             f"""SELECT DISTINCT coalesce(json_extract(r.content, '$.full_name'), substr(s.key, instr(s.key, ':') + 1))
                 FROM snapshots s LEFT JOIN snapshots r ON r.key = 'repo:' || substr(s.key, instr(s.key, ':') + 1)
                 WHERE s.workspace IN ({marks}) AND (s.key LIKE 'restrictions:%' OR s.key LIKE 'pipelines:%')
-                  AND json_valid(s.content) AND json_type(s.content) = 'object'
+                  AND {object_content}
                   AND json_extract(s.content, '$.unreadable.reason') = 'missing_permission'
                 ORDER BY 1""",
             list(workspaces),

@@ -24,8 +24,8 @@ async def product(sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_p
     async with running_app(product_settings(sandbox.api, tmp_path, port), port, session) as app:
         store = app.services.service.store
 
-        async def first_pass_done() -> bool:
-            return (await store.events.counts()).get("done", 0) >= 1
+        async def first_pass_done() -> bool:  # an event done, and the first pass's results written
+            return (await store.events.counts()).get("done", 0) >= 1 and await store.results.exist("acme")
 
         await wait_for(first_pass_done, within=20)
         yield app

@@ -12,7 +12,9 @@ import aiohttp
 import pytest
 
 from app.sandbox.serve import RunningSandbox, free_port
+from app.settings import PostgresURL
 from tests.helpers import ADMIN, RunningApp, product_settings, running_app
+from tests.pgcluster import fetch
 
 
 @pytest.fixture
@@ -84,7 +86,10 @@ async def test_session_ids_are_stored_hashed(product: RunningApp) -> None:
     cookie = await _login(product)
     sid = cookie.split(".")[0]
     db = product.settings.database
-    raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+    if isinstance(db, PostgresURL):  # every stored key and value
+        raw = b"".join(f"{r['key']}={r['value']}".encode() for r in fetch(db, "SELECT key, value FROM meta"))
+    else:
+        raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     assert sid.encode() not in raw
     assert hashlib.sha256(sid.encode()).hexdigest().encode() in raw
 

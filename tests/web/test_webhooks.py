@@ -13,8 +13,10 @@ import pytest
 
 from app.bitbucket.sansio import sign
 from app.sandbox.serve import RunningSandbox, free_port
+from app.settings import PostgresURL
 from tests.conftest import FIXTURES
 from tests.helpers import RunningApp, product_settings, running_app
+from tests.pgcluster import fetch
 
 VECTOR_SECRET = "It's a Secret to Everybody"
 OLD_SECRET = "the previous secret, still accepted"
@@ -65,8 +67,10 @@ async def post(
         return resp.status, await resp.json(content_type=None)
 
 
-def rows(app: RunningApp) -> list[sqlite3.Row]:
+def rows(app: RunningApp) -> list[Any]:
     """Read the events table through a separate connection: what is on disk."""
+    if isinstance(app.settings.database, PostgresURL):
+        return fetch(app.settings.database, "SELECT * FROM events WHERE source = 'webhook' ORDER BY id")
     conn = sqlite3.connect(app.settings.database, timeout=30)
     conn.row_factory = sqlite3.Row
     try:
