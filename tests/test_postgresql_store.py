@@ -11,7 +11,7 @@ from app.errors import ConfigError
 from app.settings import PostgresURL, Settings
 from app.store import Store
 from app.store.events import NewEvent
-from app.store.pg import PgDatabase, translate
+from app.store.pg import PG_MIGRATIONS, PgDatabase, translate
 from app.store.schema import MIGRATIONS
 from tests.pgcluster import Cluster
 
@@ -26,6 +26,22 @@ def test_translate_placeholders_and_dialect() -> None:
     assert translate("SELECT json_extract(s.content, '$.user.uuid') FROM s") == (
         "SELECT ((s.content)::jsonb #>> '{user,uuid}') FROM s"
     )
+
+
+def test_sqlite_planner_hints_are_dropped() -> None:
+    """A text search reads ``results NOT INDEXED`` on SQLite; PostgreSQL knows no such clause."""
+    assert translate("SELECT count(*) FROM results NOT INDEXED WHERE subject LIKE ?") == (
+        "SELECT count(*) FROM results WHERE subject LIKE $1"
+    )
+
+
+def test_the_postgresql_text_of_a_migration_keeps_its_sqlite_schema() -> None:
+    """PostgreSQL's own text of a migration differs only where its dialect needs it: the expression
+    index's parentheses, and no backfill (from SQLite's json_each) of data PostgreSQL never held."""
+    for number, text in PG_MIGRATIONS.items():
+        sqlite_schema = MIGRATIONS[number - 1].split("INSERT OR REPLACE")[0]
+        same = text.replace("(CASE", "CASE").replace("END),", "END,")
+        assert " ".join(same.split()) == " ".join(sqlite_schema.split())
 
 
 def test_a_postgresql_url_is_accepted_and_its_password_never_shown() -> None:
