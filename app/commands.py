@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from app import actions, errors, exports
+from app import actions, errors, exports, queries
 from app.checks import REGISTRY
 from app.checks.base import valid_through
 from app.findings import to_json
@@ -80,15 +80,10 @@ async def cmd_findings(
     out: TextIO = sys.stdout,
 ) -> int:
     async with open_store(settings, existing=True) as store:
-        if workspace is not None and not await store.results.exist(workspace):
-            # A misspelt workspace must not read as a clean report (an empty list, exit 0).
-            connected = {ws for c in await store.connections.all() for ws in c.workspaces}
-            if workspace not in connected:
-                known_set = connected | {r.result.workspace for r in await store.results.query()}
-                known = ", ".join(sorted(known_set | set(await store.snapshots.workspaces()))) or "none yet"
-                raise errors.ConfigError(f"--workspace: {workspace!r} is not a workspace the product knows ({known})")
-        rows = await store.results.query(workspace=workspace, check=check, status=status)
-        anything = bool(rows) or bool(await store.results.counts())
+        try:
+            rows, anything = await queries.findings(store, workspace=workspace, check=check, status=status)
+        except errors.UnknownWorkspace as exc:
+            raise errors.ConfigError(f"--workspace: {exc}") from None
     items = [to_json(r) for r in rows]
     items.sort(key=lambda i: (SEVERITY_ORDER.get(str(i["severity"]), 9), str(i["check"]), str(i["subject"])))
     if fmt == "json":

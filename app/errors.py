@@ -147,6 +147,11 @@ class UnknownSubject(RecordError):
     title = "Unknown subject"
 
 
+class UnknownWorkspace(RecordError):
+    """A workspace filter naming no workspace the product knows (a misspelling must not read as a
+    clean report); the message lists the known ones."""
+
+
 class NotFound(RecordError):
     """What a person named does not exist (a repository, a person, an exception, a connection);
     ``title`` says what was looked for."""

@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from app import tiers
+from app import errors, tiers
 from app.bitbucket.models import Repository
 from app.checks import scope_report
 from app.checks.base import Person, valid_through
-from app.models import utcnow
+from app.models import StoredResult, utcnow
 from app.store import Store
 from app.store.facts import classify
 from app.store.snapshots import k_members, k_prs, k_repo, k_repos
@@ -263,3 +263,19 @@ def _budget_with_why(services: Services, conn_id: str, now: float) -> dict[str, 
     if out is not None and client is not None:
         out["why"] = client.budget.why(priority=False) if out["wait_until"] else None
     return out
+
+
+async def findings(
+    store: Store, *, workspace: str | None = None, check: str | None = None, status: str | None = None
+) -> tuple[list[StoredResult], bool]:
+    """The results matching the filters, and whether any result exists at all. A workspace the
+    product does not know is refused (``UnknownWorkspace``, naming the known ones): a misspelt
+    workspace must not read as a clean report."""
+    if workspace is not None and not await store.results.exist(workspace):
+        connected = {ws for c in await store.connections.all() for ws in c.workspaces}
+        if workspace not in connected:
+            known_set = connected | {r.result.workspace for r in await store.results.query()}
+            known = ", ".join(sorted(known_set | set(await store.snapshots.workspaces()))) or "none yet"
+            raise errors.UnknownWorkspace(f"{workspace!r} is not a workspace the product knows ({known})")
+    rows = await store.results.query(workspace=workspace, check=check, status=status)
+    return rows, bool(rows) or bool(await store.results.counts())
