@@ -83,6 +83,7 @@ _PG_FORMS = (
         "FROM snapshots s CROSS JOIN LATERAL jsonb_each_text(s.content::jsonb -> 'links') l(key, value)",
     ),
     ("coalesce(p.status = 'offboarded', 0)", "coalesce(p.status = 'offboarded', false)"),
+    ("WHERE +m.workspace IN", "WHERE m.workspace IN"),  # SQLite: unary + keeps the sort's index driving
     ("json_object(", "json_build_object("),
 )
 
@@ -321,7 +322,7 @@ class Views:
                         WHEN mk.mark IS NOT NULL THEN 'marked' ELSE 'unlinked' END AS link
             FROM members m
             LEFT JOIN acct pa ON pa.account_id = m.account_id
-            LEFT JOIN personnel pe ON pe.email = m.email AND m.workspace IN fresh
+            LEFT JOIN personnel pe ON pe.email = m.email AND m.workspace IN (SELECT workspace FROM fresh)
             LEFT JOIN personnel p ON p.id = coalesce(pa.id, pe.id)
             LEFT JOIN member_marks mk ON mk.workspace = m.workspace AND mk.account_id = m.account_id
             WHERE +m.workspace IN ({marks})"""
@@ -335,7 +336,10 @@ class Views:
         base = " WHERE " + " AND ".join(where) if where else ""
         counts = {
             str(r[0]): int(r[1])
-            for r in await self.db.fetchall(f"SELECT link, count(*) FROM ({inner}){base} GROUP BY link", params)
+            for r in await self.db.fetchall(
+                _dialect(self.db.dialect, f"SELECT link, count(*) FROM ({inner}) AS members_page{base} GROUP BY link"),
+                params,
+            )
         }
         if link:
             where.append("link = ?")
@@ -343,7 +347,11 @@ class Views:
         filt = " WHERE " + " AND ".join(where) if where else ""
         total = counts.get(link, 0) if link else sum(counts.values())
         rows = await self.db.fetchall(
-            f"SELECT * FROM ({inner}){filt} ORDER BY {_order(MEMBER_SORTS, sort, desc, 'name')} LIMIT ? OFFSET ?",
+            _dialect(
+                self.db.dialect,
+                f"SELECT * FROM ({inner}) AS members_page{filt}"
+                f" ORDER BY {_order(MEMBER_SORTS, sort, desc, 'name')} LIMIT ? OFFSET ?",
+            ),
             [*params, limit, offset],
         )
         items = [
