@@ -90,6 +90,12 @@ BOTH_STORES: set[str] = {
     "web/test_problems.py",
     "notify/test_notify.py",
     "test_security.py",
+    "test_actions.py",
+    "web/test_pass_progress.py",
+    "test_scale.py",
+    "test_state_machine_regressions.py",
+    "web/test_dashboard.py",
+    "test_overview_queries.py",
 }
 
 
