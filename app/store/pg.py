@@ -34,32 +34,18 @@ SERIAL_TABLES = frozenset(
     m.group(1) for script in MIGRATIONS for m in re.finditer(r"CREATE TABLE (\w+) \(\s*id INTEGER PRIMARY KEY", script)
 )
 
-# Migrations whose SQLite text PostgreSQL cannot take as translated. 6: an expression index needs
-# each expression in parentheses; its backfill of the members table reads SQLite's json_each and is
-# left out (PostgreSQL databases start at this release, so none holds a member list from before
-# it; the table is rebuilt whenever a member list is stored).
-PG_MIGRATIONS = {
-    6: """
-    CREATE TABLE members (
-        workspace TEXT NOT NULL,
-        account_id TEXT NOT NULL,
-        display_name TEXT,
-        name_key TEXT NOT NULL,
-        permission TEXT,
-        email TEXT,
-        PRIMARY KEY (workspace, account_id)
-    );
-    CREATE INDEX members_name ON members(name_key, account_id);
-    CREATE INDEX members_ws_name ON members(workspace, name_key, account_id);
-    CREATE INDEX members_permission ON members(permission, name_key, account_id);
-    CREATE INDEX results_status ON results(status, check_id);
-    CREATE INDEX results_rank ON results(
-        (CASE status WHEN 'fail' THEN 0 WHEN 'unknown' THEN 1 WHEN 'excepted' THEN 2 WHEN 'pass' THEN 3 ELSE 4 END),
-        (CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END),
-        check_id, subject);
-    CREATE INDEX result_history_at ON result_history(at, new_status, old_status);
-    """,
-}
+
+def _without_backfill(script: str) -> str:
+    """A migration's schema statements, each expression of an expression index in parentheses (as
+    PostgreSQL requires), and none of its backfill from SQLite's json_each (PostgreSQL databases
+    start at this release, so none holds data from before it)."""
+    schema = script.split("INSERT OR REPLACE")[0]
+    return re.sub(r"^(\s*)(CASE .*? END),$", r"\1(\2),", schema, flags=re.MULTILINE)
+
+
+# Migrations whose SQLite text PostgreSQL cannot take as translated, derived from it (6: the members
+# table, rebuilt whenever a member list is stored, and the expression index of the Findings' order).
+PG_MIGRATIONS = {6: _without_backfill(MIGRATIONS[5])}
 
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\?")
 _JSON_EXTRACT = re.compile(r"json_extract\(([\w.]+),\s*'\$\.([\w.]+)'\)")
