@@ -118,7 +118,7 @@ async def record(
         return not (check in MEMBER_CHECKS and not members_read)
 
     delta = diff(previous, results, in_scope)
-    written = await store.results.apply(delta, iso(now), cause, outbox=alerts(delta) if alerts else ())
+    written = await store.results.apply(delta, iso(now), cause, alerts=alerts)
     return delta, written
 
 
@@ -165,7 +165,7 @@ async def record_members(
 
     async def step(results: list[Result], previous: dict[Key, StoredResult]) -> tuple[Delta, int]:
         delta = diff(previous, results, in_scope)
-        written = await store.results.apply(delta, stamp, cause, outbox=alerts(delta) if alerts else ())
+        written = await store.results.apply(delta, stamp, cause, alerts=alerts)
         return delta, written
 
     # The workspace subject: what the member tests say when there is no list to evaluate.

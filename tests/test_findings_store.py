@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,73 @@ async def test_a_member_of_two_workspaces_has_two_results(database: Path | str) 
         assert diff(await store.results.load("a"), [again]).is_empty()  # stable, no flip-flop between workspaces
     finally:
         await store.close()
+
+
+class _Slack:
+    """A channel name for the dispatcher's outbox rows (nothing is sent here)."""
+
+    name = "slack"
+
+    async def send(self, alerts: list[dict[str, object]]) -> None:  # pragma: no cover - never called
+        raise AssertionError("not sent in this test")
+
+
+@pytest.mark.parametrize("order", ["a-then-b", "b-then-a", "at-once"])
+async def test_two_recorders_of_the_same_change_record_it_once(database: Path | str, order: str) -> None:
+    """A webhook batch on one instance and a pass on another (or a cron ``reconcile`` beside
+    ``serve`` on one SQLite file) both read the stored result, both see the same change and both
+    record it: one history row and one alert, whichever writes first or when they write together."""
+    from app.notify.dispatcher import Dispatcher
+
+    a, b = await Store.open(database), await Store.open(database)
+    try:
+        await a.results.apply(diff({}, [res("pass")]), "t0")
+        # Both read what is stored (pass) before either records the failure they then both see.
+        deltas = {
+            "a": diff(await a.results.load("acme"), [res("fail")]),
+            "b": diff(await b.results.load("acme"), [res("fail")]),
+        }
+        stores = {"a": a, "b": b}
+        assert len(deltas["a"].opened) == len(deltas["b"].opened) == 1
+
+        async def record(name: str, stamp: str) -> int:
+            rows = Dispatcher(stores[name], [_Slack()]).rows_for
+            return await stores[name].results.apply(deltas[name], stamp, "webhook", alerts=rows)
+
+        if order == "at-once":
+            written = await asyncio.gather(record("a", "t1"), record("b", "t2"))
+        else:
+            first, second = order.split("-then-")
+            written = [await record(first, "t1"), await record(second, "t2")]
+        assert sorted(written) == [0, 1]
+        assert sorted(len(d.opened) for d in deltas.values()) == [0, 1]  # the later one saw it recorded
+        history = await a.results.history("c", "s1")
+        assert [(h["old_status"], h["new_status"]) for h in history] == [(None, "pass"), ("pass", "fail")]
+        outbox = await a.db.fetchall("SELECT kind, payload FROM outbox")
+        assert [r["kind"] for r in outbox] == ["opened"]
+        [stored_now] = (await b.results.load("acme")).values()
+        assert stored_now.result.status == "fail" and stored_now.first_seen == "t0"
+        assert stored_now.last_changed == history[-1]["at"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_recorder_behind_another_diffs_against_what_is_stored_now(database: Path | str) -> None:
+    """The later recorder's delta was diffed against an older result: it is diffed again against
+    the stored one, so its history row names the true earlier status, and a retirement or a stale
+    mark of a result already retired is dropped."""
+    a, b = await Store.open(database), await Store.open(database)
+    try:
+        await a.results.apply(diff({}, [res("pass"), res("fail", "gone")]), "t0")
+        late = diff(await b.results.load("acme"), [res("unknown", fetch_failed=False)], lambda k: k[1] == "gone")
+        await a.results.apply(diff(await a.results.load("acme"), [res("fail")], lambda k: k[1] == "gone"), "t1")
+        # b read pass; it is fail now: fail -> unknown is a change, not an opening (no second alert)
+        assert await b.results.apply(late, "t2") == 1
+        assert [len(late.opened), len(late.changed), len(late.retired)] == [0, 1, 0]
+        history = await a.results.history("c", "s1")
+        assert [(h["old_status"], h["new_status"]) for h in history][-1] == ("fail", "unknown")
+        assert [h["new_status"] for h in await a.results.history("c", "gone")] == ["fail", "retired"]
+    finally:
+        await a.close()
+        await b.close()

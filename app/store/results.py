@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from app.findings import Delta, Key, fingerprint
+from app.findings import Delta, Key, diff, fingerprint, key
 from app.models import Result, StoredResult
 from app.store.db import Database
 from app.store.outbox import Entry, insert
@@ -33,6 +33,68 @@ def _result(row: Any) -> StoredResult:
         last_changed=row["last_changed"],
         stale_since=row["stale_since"],
     )
+
+
+# pg_advisory_xact_lock(RECORD_LOCK, hashtext(workspace)): one recorder of a workspace's results at a
+# time across instances (app.store.pg.MIGRATE_LOCK is another key of the same number space).
+RECORD_LOCK = 0x4C50_0002
+
+
+def _same(a: StoredResult | None, b: StoredResult | None) -> bool:
+    """The stored result did not move between two reads."""
+    if a is None or b is None:
+        return a is b
+    return (a.fingerprint, a.stale_since, a.last_changed) == (b.fingerprint, b.stale_since, b.last_changed)
+
+
+async def _current(conn: Any, workspace: str, keys: set[Key]) -> dict[Key, StoredResult]:
+    """The stored results of ``keys`` as this transaction sees them (by subject key, 400 a query)."""
+    subjects = sorted({subject for _, subject in keys})
+    found: dict[Key, StoredResult] = {}
+    for start in range(0, len(subjects), 400):
+        chunk = subjects[start : start + 400]
+        cur = await conn.execute(
+            f"SELECT * FROM results WHERE workspace = ? AND subject_key IN ({','.join('?' * len(chunk))})",
+            (workspace, *chunk),
+        )
+        for row in await cur.fetchall():
+            k = (row["check_id"], row["subject_key"])
+            if k in keys:
+                found[k] = _result(row)
+    return found
+
+
+async def _revise(conn: Any, dialect: str, delta: Delta) -> None:
+    """Bring ``delta`` up to date with the results as stored now, inside the recording transaction
+    (see :meth:`Results.apply`). Nothing moved (the usual case): the delta stands as it is.
+    Otherwise the fresh results are diffed again against what is stored now: a change another
+    writer already recorded becomes unchanged, a stale mark of a result already stale or retired
+    is dropped, a retirement of a result already retired is dropped."""
+    previous = {key(s.result): s for s in (*delta.stale, *delta.retired)}
+    previous |= {key(c.result): c.previous for c in delta.writes if c.previous is not None}
+    keys = set(previous) | {key(c.result) for c in delta.writes}
+    by_workspace: dict[str, set[Key]] = {}
+    for c in delta.writes:
+        by_workspace.setdefault(c.result.workspace, set()).add(key(c.result))
+    for s in (*delta.stale, *delta.retired):
+        by_workspace.setdefault(s.result.workspace, set()).add(key(s.result))
+    current: dict[Key, StoredResult] = {}
+    for workspace, wanted in sorted(by_workspace.items()):
+        if dialect == "postgresql":
+            await conn.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (RECORD_LOCK, workspace))
+        current |= await _current(conn, workspace, wanted)
+    if all(_same(previous.get(k), current.get(k)) for k in keys):
+        return
+    writes = [c.result for c in delta.writes]
+    again = diff({key(r): current[key(r)] for r in writes if key(r) in current}, writes, lambda _: False)
+    delta.opened, delta.resolved, delta.changed = again.opened, again.resolved, again.changed
+    delta.unchanged = [*delta.unchanged, *again.unchanged]
+    stale = {key(s.result) for s in delta.stale}
+    delta.stale = [
+        *again.stale,
+        *(current[k] for k in sorted(stale) if k in current and current[k].stale_since is None),
+    ]
+    delta.retired = [current[key(s.result)] for s in delta.retired if key(s.result) in current]
 
 
 class Results:
@@ -147,15 +209,27 @@ class Results:
         cause: str = "reconcile",
         outbox: Sequence[Entry] = (),
         outbox_at: float | None = None,
+        alerts: Callable[[Delta], Sequence[Entry]] | None = None,
     ) -> int:
-        """Write a delta, its history and the ``outbox`` rows (its alerts) in one transaction, so a
-        crash never records a change without its alert nor an alert without its change; return
-        the number of result rows written."""
+        """Write a delta, its history and its alerts' outbox rows (``outbox``, plus what ``alerts``
+        makes of the delta) in one transaction, so a crash never records a change without its alert
+        nor an alert without its change; return the number of result rows written.
+
+        The delta was diffed against results read before this transaction. Another recorder (a
+        webhook batch on another instance, a pass, a cron ``reconcile`` on the same SQLite file)
+        may have written the same subjects since: the transaction first takes the workspace's
+        recording lock (PostgreSQL: an advisory transaction lock; SQLite: its writer lock), reads
+        those results again and, where they moved, diffs anew against them (:func:`_revise`; the
+        caller's ``delta`` is updated in place). A change already recorded by the other writer is
+        then unchanged: no second history row, no second alert."""
         if delta.is_empty() and not outbox:
             return 0
         written = 0
         async with self.db.transaction() as conn:
-            await insert(conn, outbox, time.time() if outbox_at is None else outbox_at)
+            if not delta.is_empty():
+                await _revise(conn, self.db.dialect, delta)
+            rows = [*outbox, *(alerts(delta) if alerts is not None else ())]
+            await insert(conn, rows, time.time() if outbox_at is None else outbox_at)
             for change in delta.writes:
                 r, prev = change.result, change.previous
                 first_seen = prev.first_seen if prev else now
