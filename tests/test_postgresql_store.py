@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from app.errors import ConfigError
+from app.notify.dispatcher import Dispatcher
+from app.notify.senders import SlackSender
 from app.settings import PostgresURL, Settings
 from app.store import Store
 from app.store.events import NewEvent
+from app.store.outbox import Outbox
 from app.store.pg import PG_MIGRATIONS, PgDatabase, translate
 from app.store.schema import MIGRATIONS
+from tests.helpers import Receiver, wait_for
 from tests.pgcluster import Cluster
 
 
@@ -213,3 +219,46 @@ async def test_commands_on_postgresql_refuse_clearly(pg_cluster: Cluster, tmp_pa
     assert str(caught.value).startswith("LP_DATABASE: cannot use") and "s3cret-pw" not in str(caught.value)
     async with open_store(settings, existing=True) as store:  # a server database always "exists"
         assert await store.results.exist("acme") is False
+
+
+class _SlowSlack(Receiver):
+    """A Slack receiver that takes ``delay`` seconds to answer each message (recorded on arrival)."""
+
+    delay: float = 2.0
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        answer = await super()._handle(request)
+        await asyncio.sleep(self.delay)
+        return answer
+
+
+async def test_a_send_slower_than_the_dispatcher_lease_is_not_sent_again(pg_cluster: Cluster) -> None:
+    """The leader's lease (shortened to 0.6 s here, 30 s in production) is renewed while a send is
+    in flight: the other instance's dispatcher never takes over and sends the alert a second time."""
+    a, b = await _two_instances(pg_cluster)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async with _SlowSlack() as rx, aiohttp.ClientSession() as session:
+
+            def dispatcher(store: Store, owner: str) -> Dispatcher:
+                slack = SlackSender(session, rx.url + "/services/T/B/X", validate=False, min_interval=0)
+                return Dispatcher(store, [slack], group_wait=0, lease_seconds=0.6, owner=owner)
+
+            first, second = dispatcher(a, "host-a:1"), dispatcher(b, "host-b:2")
+            alert = {"kind": "ops", "workspace": "acme", "check": "ops", "title": "T", "subject": "acme",
+                     "subject_key": "k", "new_status": "ops", "message": "m", "severity": "ops", "fix": ""}  # fmt: skip
+            assert await first.enqueue([alert]) == 1
+            tasks = [asyncio.create_task(d.run(every=0.05)) for d in (first, second)]
+
+            async def sent() -> bool:
+                return (await Outbox(a.db).counts()).get("sent", 0) == 1
+
+            await wait_for(sent, within=20)  # marked sent after the 2 s answer
+            await asyncio.sleep(0.7)  # a lease's time more: nothing else goes out
+            assert len(rx.received) == 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await a.close()
+        await b.close()

@@ -10,11 +10,12 @@ raises an ops warning on the other channels. A digest of still-open failures goe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,8 @@ class Dispatcher:
         digest_every: float = 86400.0,
         clock: Callable[[], float] = time.time,
         metrics: Any = None,
+        lease_seconds: float = 30.0,
+        owner: str | None = None,
     ) -> None:
         self.store = store
         self.outbox = Outbox(store.db)
@@ -52,6 +55,8 @@ class Dispatcher:
         self.digest_every = digest_every
         self.clock = clock
         self.metrics = metrics
+        self.lease_seconds = lease_seconds  # the ``dispatcher`` leader lease (PostgreSQL), renewed while it works
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"  # who holds the lease (``host:pid``)
         self._failures: Counter[str] = Counter()
 
     async def on_delta(self, workspace: str, delta: Delta) -> None:
@@ -96,11 +101,14 @@ class Dispatcher:
         channels = [c for c in self.senders if c != exclude]
         return await self.enqueue([alert], channels)
 
-    async def tick(self) -> int:
-        """Send every group that is due; returns the number of messages sent."""
+    async def tick(self, leading: Callable[[], bool] = lambda: True) -> int:
+        """Send every group that is due; returns the number of messages sent. ``leading`` is asked
+        before each send: once it says False (the leader lease was lost) nothing more is sent."""
         now = self.clock()
         sent = 0
         for group, oldest, last in await self.outbox.due_groups(now):
+            if not leading():
+                break
             if oldest + self.group_wait > now:
                 continue
             if last is not None and last + self.group_interval > now:
@@ -167,19 +175,58 @@ class Dispatcher:
 
     async def run(self, every: float = 1.0) -> None:
         """Deliver every ``every`` seconds, by one instance only (on PostgreSQL the ``dispatcher``
-        lease, renewed each round), so an alert is sent once however many instances run."""
-        owner = f"{socket.gethostname()}:{os.getpid()}"
+        lease), so an alert is sent once however many instances run. The lease is renewed while a
+        round runs, every third of its time, so a send slower than the lease (a slow SMTP relay or
+        Slack) never lets another instance take over and send the same alert again."""
+        owner = self.owner
         next_digest = self.clock() + self.digest_every
+        ttl = max(self.lease_seconds, 3 * every)
         while True:
             try:
                 several = self.store.db.dialect == "postgresql"  # SQLite: one process, no lease to write
-                if several and not await self.store.locks.leader("dispatcher", owner, ttl=max(30.0, 3 * every)):
+                asked = time.monotonic()
+                if several and not await self.store.locks.leader("dispatcher", owner, ttl=ttl):
                     await asyncio.sleep(every)
                     continue
-                await self.tick()
-                if self.clock() >= next_digest:
-                    next_digest = self.clock() + self.digest_every
-                    await self.digest()
+                async with self._leading(owner, ttl, several, asked) as leading:
+                    await self.tick(leading)
+                    if self.clock() >= next_digest and leading():
+                        next_digest = self.clock() + self.digest_every
+                        await self.digest()
             except Exception as exc:  # noqa: BLE001 - the dispatcher must outlive one bad round
                 log.error("dispatcher.tick_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(every)
+
+    @contextlib.asynccontextmanager
+    async def _leading(
+        self, owner: str, ttl: float, several: bool, renewed: float
+    ) -> AsyncIterator[Callable[[], bool]]:
+        """While the block runs, renew the leader lease (taken at ``renewed``, monotonic) every third
+        of ``ttl`` (its heartbeat); yields whether the lease is still held (False once a renewal
+        found another holder, or when none has succeeded for ``ttl``)."""
+        if not several:
+            yield lambda: True
+            return
+        lost = asyncio.Event()  # the lease runs until ``renewed`` + ttl (a failed renewal extends nothing)
+
+        async def heartbeat() -> None:
+            nonlocal renewed
+            while True:
+                await asyncio.sleep(ttl / 3)
+                try:
+                    started = time.monotonic()
+                    if not await self.store.locks.leader("dispatcher", owner, ttl=ttl):
+                        log.error("dispatcher.lease_lost", owner=owner)
+                        lost.set()
+                        return
+                    renewed = started
+                except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                    log.warning("dispatcher.lease_renew_failed", error=f"{type(exc).__name__}: {exc}")
+
+        beating = asyncio.create_task(heartbeat())
+        try:
+            yield lambda: not lost.is_set() and time.monotonic() - renewed < ttl
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
