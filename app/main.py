@@ -306,6 +306,7 @@ async def metrics(request: Request) -> Response:
     await _freshness_metrics(services, m)
     for check, status, count in await store.results.counts():
         m.results.labels(check, status).set(count)
+    m.observe_store(store.db)
     return PlainTextResponse(m.render().decode(), media_type="text/plain; version=0.0.4")
 
 

@@ -42,6 +42,18 @@ class Metrics:
             "lp_restrictions_never_read", "Repositories whose restrictions were never read", ["workspace"], registry=r
         )
         self.results = Gauge("lp_results", "Current results by test and status", ["check", "status"], registry=r)
+        # PostgreSQL: the LISTEN connection (live event stream) lost and made again (app/store/pg.py).
+        self.listen_reconnects = Counter(
+            "lp_pg_listen_reconnects", "Reconnections of the PostgreSQL LISTEN connection", registry=r
+        )
+        self._listen_reconnects_seen = 0
+
+    def observe_store(self, db: object) -> None:
+        """Bring the store's own counters (PostgreSQL's LISTEN reconnections) into the registry."""
+        total = int(getattr(db, "listen_reconnects", 0))
+        if total > self._listen_reconnects_seen:
+            self.listen_reconnects.inc(total - self._listen_reconnects_seen)
+            self._listen_reconnects_seen = total
 
     def observe_ingest(self, seconds: float) -> None:
         self.ingest.observe(seconds)

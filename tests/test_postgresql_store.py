@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from app.errors import ConfigError
+from app.metrics import Metrics
 from app.notify.dispatcher import Dispatcher
 from app.notify.senders import SlackSender
 from app.settings import PostgresURL, Settings
@@ -260,5 +261,35 @@ async def test_a_send_slower_than_the_dispatcher_lease_is_not_sent_again(pg_clus
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await a.close()
+        await b.close()
+
+
+async def test_the_event_stream_listener_reconnects_after_its_connection_is_killed(pg_cluster: Cluster) -> None:
+    """The LISTEN connection terminated by the server (``pg_terminate_backend``, as on a restart):
+    it is made again, counted in /metrics, and another instance's next write wakes the stream by
+    NOTIFY again (well within the 30 s a waiter would otherwise sleep)."""
+    a, b = await _two_instances(pg_cluster)
+    try:
+        await b.events.wait_changed(0.01)  # b listens from now on
+        assert isinstance(b.db, PgDatabase) and b.db._listener is not None
+        pid = b.db._listener.get_server_pid()
+        row = await a.db.fetchone("SELECT pg_terminate_backend(?)", (pid,))
+        assert row is not None and row[0] is True
+
+        async def reconnected() -> bool:
+            return b.db.listen_reconnects == 1  # type: ignore[attr-defined]
+
+        await wait_for(reconnected, within=20)
+        assert b.db._listener is not None and b.db._listener.get_server_pid() != pid
+        waiting = asyncio.create_task(b.events.wait_changed(30.0))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await a.events.append(_event(1))  # another instance's write (NOTIFY lp_events)
+        await asyncio.wait_for(waiting, 10.0)  # woken by it, not by the 30 s timeout
+        metrics = Metrics()
+        metrics.observe_store(b.db)
+        assert b"lp_pg_listen_reconnects_total 1.0" in metrics.render()
+    finally:
         await a.close()
         await b.close()

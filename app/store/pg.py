@@ -25,8 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from app.logs import get_logger
 from app.store.db import Database
 from app.store.schema import MIGRATIONS
+
+log = get_logger("store.pg")
 
 MIGRATE_LOCK = 0x4C50_0001  # pg_advisory_xact_lock key: one instance migrates at a time
 # Tables whose ``id`` the database assigns: an INSERT into one reports it (lastrowid).
@@ -217,6 +220,12 @@ class PgDatabase(Database):
         self.path = Path("data") / "postgresql"  # no file: the evidence folder defaults beside it
         self._write = asyncio.Lock()  # write transactions of one process stay serialized, as on SQLite
         self._listener: asyncpg.Connection | None = None
+        self._callbacks: dict[str, list[Callable[[], None]]] = {}
+        self._lost = asyncio.Event()  # set when the LISTEN connection ends (terminated, server restarted)
+        self._keeper: asyncio.Task[None] | None = None
+        self.listen_reconnects = 0  # times the LISTEN connection was lost and made again (/metrics)
+        self.listen_check_every = 5.0  # seconds between checks of an idle LISTEN connection
+        self.listen_backoff = (0.1, 10.0)  # first and longest wait between reconnection attempts
 
     @classmethod
     async def open(cls, url: str, *, max_size: int = 10) -> PgDatabase:  # type: ignore[override]
@@ -259,15 +268,89 @@ class PgDatabase(Database):
 
     async def listen(self, channel: str, callback: Callable[[], None]) -> None:
         """Call ``callback`` on every NOTIFY of ``channel`` (from any instance), over a connection
-        of its own; it is closed with the database."""
-        if self._listener is None:
-            self._listener = await asyncpg.connect(self.url)
-        await self._listener.add_listener(channel, lambda *_: callback())
+        of its own; it is closed with the database.
+
+        The connection is kept: when it ends (``pg_terminate_backend``, PostgreSQL restarted, a
+        dropped network) it is made again with a growing backoff (0.1 s up to 10 s), logged
+        (``pg.listen_lost``, ``pg.listen_reconnected``) and counted (``listen_reconnects``,
+        ``lp_pg_listen_reconnects_total`` in /metrics); every callback is then called once, since
+        notifications sent while it was down are lost. Without it the callers would fall back to
+        polling for good."""
+        self._callbacks.setdefault(channel, []).append(callback)
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.add_listener(channel, self._notified)
+        elif self._keeper is None:
+            try:
+                await self._connect_listener()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("pg.listen_failed", error=f"{type(exc).__name__}: {exc}")
+                self._lost.set()  # the keeper tries again
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_listening())
+
+    def _notified(self, _conn: object, _pid: int, channel: str, _payload: str) -> None:
+        for callback in self._callbacks.get(channel, ()):
+            callback()
+
+    async def _connect_listener(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: lost.set())
+            for channel in self._callbacks:
+                await conn.add_listener(channel, self._notified)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._listener, self._lost = conn, lost
+
+    async def _alive(self) -> bool:
+        """Whether the LISTEN connection still answers (checked while no notification comes)."""
+        conn = self._listener
+        if conn is None or conn.is_closed() or self._lost.is_set():
+            return False
+        try:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), self.listen_check_every)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        return True
+
+    async def _keep_listening(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), self.listen_check_every)
+            if await self._alive():
+                continue
+            log.warning("pg.listen_lost", channels=sorted(self._callbacks))
+            old, self._listener = self._listener, None
+            if old is not None:
+                old.terminate()
+            wait, longest = self.listen_backoff
+            attempts = 0
+            while True:
+                attempts += 1
+                try:
+                    await self._connect_listener()
+                    break
+                except Exception as exc:  # noqa: BLE001 - keep trying, whatever the failure
+                    log.warning("pg.listen_reconnect_failed", attempt=attempts, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, longest)
+            for callbacks in self._callbacks.values():  # what was sent meanwhile is lost: look again
+                for callback in callbacks:
+                    callback()
+            self.listen_reconnects += 1
+            log.info("pg.listen_reconnected", attempts=attempts, reconnects=self.listen_reconnects)
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
 
     async def close(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
