@@ -455,11 +455,34 @@ class HookHealth:
     last_delivery_at: str | None
 
 
-async def prepare_connections(services: Services) -> None:
+async def prepare_connections(services: Services, *, check_workspaces: bool = True) -> None:
     """Before a one-shot uses the connections: the key must read what the database holds
-    (ConfigError), and the token-mode connection is brought up to date (BitbucketError)."""
+    (ConfigError), the token-mode connection is brought up to date (BitbucketError), and, unless
+    ``check_workspaces`` is False (a command that reads only the database), each workspace
+    ``LP_WORKSPACES`` names must be one the token sees (ConfigError: a misspelt slug is bad
+    configuration, exit 2, not a run that could not finish)."""
     await services.service.check_key()
-    await services.service.ensure_token_connection()
+    conn = await services.service.ensure_token_connection()
+    if check_workspaces and conn is not None and services.service.settings.workspaces:
+        await _token_sees(services, conn.id, services.service.settings.workspaces)
+
+
+async def _token_sees(services: Services, conn_id: str, configured: tuple[str, ...]) -> None:
+    """ConfigError naming the configured workspaces the token cannot see (``/user/workspaces``, one
+    request). A token that may not list its workspaces (403, 404) is left to the pass, as before."""
+    client = await services.service.client(conn_id)
+    try:
+        seen = sorted(w.slug for w in await client.workspaces())
+    except (errors.ForbiddenError, errors.NotFoundError):
+        return
+    missing = [w for w in configured if w.lower() not in {s.lower() for s in seen}]
+    if missing:
+        names = ", ".join(repr(w) for w in missing)
+        sees = ", ".join(seen) or "none"
+        raise errors.ConfigError(
+            f"LP_WORKSPACES: {names} {'is not a workspace' if len(missing) == 1 else 'are not workspaces'} "
+            f"this token can see (it sees: {sees})"
+        )
 
 
 async def webhook_connections(services: Services) -> list[Connection]:

@@ -247,7 +247,7 @@ async def cmd_webhooks(settings: Settings, action: str, out: TextIO = sys.stdout
         raise errors.ConfigError("LP_SECRET_KEY: required to store the webhook secret")
     async with running(settings, existing=action == "status") as services:
         try:
-            await actions.prepare_connections(services)
+            await actions.prepare_connections(services, check_workspaces=action == "register")
         except errors.BitbucketError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

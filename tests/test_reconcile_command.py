@@ -20,7 +20,7 @@ import yaml
 
 from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TOKEN
 from tests.helpers import SECRET_KEY, product_settings, running_app
 from tests.web.test_connect_api import OAUTH, browser_session, connect
 
@@ -111,6 +111,28 @@ async def test_reconcile_without_token_or_connection_is_one_line_and_exit_2(
         [line] = err.strip().splitlines()
         assert line.startswith("error: no Bitbucket connection: set LP_BITBUCKET_TOKEN")
         assert database.exists() == empty_database  # never created by a refused run
+
+
+async def test_reconcile_with_a_misspelt_lp_workspaces_is_one_line_and_exit_2(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """A workspace the token cannot see is bad configuration (docs/interface.md: exit 2 with a
+    one-line reason), not a run that could not finish (exit 1, "will be retried"); nothing is
+    reconciled. Spelt right, the same run works."""
+    database = tmp_path / "lp.sqlite3"
+    env = {**towards(sandbox, database), "LP_SECRET_KEY": SECRET_KEY, "LP_BITBUCKET_TOKEN": TOKEN}
+    status, out, err = await run([str(SCRIPT), "reconcile"], env | {"LP_WORKSPACES": "acme,acmee"}, tmp_path)
+    assert (status, out) == (2, ""), err
+    [line] = err.strip().splitlines()
+    assert line == "error: LP_WORKSPACES: 'acmee' is not a workspace this token can see (it sees: acme)"
+    store = await Store.open(database)
+    try:
+        assert await store.results.query() == [] and await store.events.list(limit=10) == []
+    finally:
+        await store.close()
+    status, out, err = await run([str(SCRIPT), "reconcile"], env | {"LP_WORKSPACES": "acme"}, tmp_path)
+    assert status == 0, err
+    assert out.startswith("acme: ")
 
 
 def _env_file(path: Path) -> dict[str, str]:
