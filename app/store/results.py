@@ -48,14 +48,18 @@ def _same(a: StoredResult | None, b: StoredResult | None) -> bool:
 
 
 async def _current(conn: Any, workspace: str, keys: set[Key]) -> dict[Key, StoredResult]:
-    """The stored results of ``keys`` as this transaction sees them (by subject key, 400 a query)."""
+    """The stored results of ``keys`` as this transaction sees them: read by primary key
+    (workspace, test, subject; 400 subjects a query), so the cost follows the keys, not the
+    size of the workspace."""
+    checks = sorted({check for check, _ in keys})
     subjects = sorted({subject for _, subject in keys})
     found: dict[Key, StoredResult] = {}
     for start in range(0, len(subjects), 400):
         chunk = subjects[start : start + 400]
         cur = await conn.execute(
-            f"SELECT * FROM results WHERE workspace = ? AND subject_key IN ({','.join('?' * len(chunk))})",
-            (workspace, *chunk),
+            f"SELECT * FROM results WHERE workspace = ? AND check_id IN ({','.join('?' * len(checks))})"
+            f" AND subject_key IN ({','.join('?' * len(chunk))})",
+            (workspace, *checks, *chunk),
         )
         for row in await cur.fetchall():
             k = (row["check_id"], row["subject_key"])
