@@ -276,9 +276,11 @@ class PgDatabase(Database):
         ``lp_pg_listen_reconnects_total`` in /metrics); every callback is then called once, since
         notifications sent while it was down are lost. Without it the callers would fall back to
         polling for good."""
+        new = channel not in self._callbacks
         self._callbacks.setdefault(channel, []).append(callback)
         if self._listener is not None and not self._listener.is_closed():
-            await self._listener.add_listener(channel, self._notified)
+            if new:
+                await self._listener.add_listener(channel, self._notified)
         elif self._keeper is None:
             try:
                 await self._connect_listener()
