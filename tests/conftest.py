@@ -61,6 +61,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # The tests of these files run twice: on SQLite and on PostgreSQL (a throwaway cluster, see
 # tests/pgcluster.py). Each gets its database from ``product_settings`` or the ``database`` fixture.
 BOTH_STORES: set[str] = {
+    # subprocess tests: the console script, serve, the installed wheel, the deploy files
+    "test_cli_exits.py",
     "test_budget.py",
     "test_deferral.py",
     "test_drain.py",

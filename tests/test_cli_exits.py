@@ -23,6 +23,7 @@ from app import errors
 from app.findings import Change, Delta
 from app.models import Result
 from app.store import Store
+from tests import pgcluster
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
 GOOD_KEY = "a-good-secret-key-for-tests-0123"
@@ -90,25 +91,27 @@ def test_a_database_path_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: 
             assert_one_line(err, f"LP_DATABASE: cannot use {folder}: unable to open database file")
 
 
-def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+def test_a_database_from_a_newer_version_is_refused_untouched(database: Path | str, tmp_path: Path) -> None:
     """A rollback after an upgrade that migrated the database: this version must not write into a
     schema it does not know (nor half-work on it); every command says so and exits 2."""
-    database = tmp_path / "lp.sqlite3"
 
     async def made_by_a_later_version() -> None:
         store = await Store.open(database)
         await store.meta.set("made-by", "a later version")
-        await store.db.execute("PRAGMA user_version=999")
+        if isinstance(database, str):  # PostgreSQL records its migrations in a table
+            await store.db.execute("INSERT INTO schema_version (version) VALUES (999)")
+        else:
+            await store.db.execute("PRAGMA user_version=999")
         await store.close()
 
     asyncio.run(made_by_a_later_version())
-    before = database.read_bytes()
+    before = pgcluster.fingerprint(database)
     env = {"LP_DATABASE": str(database), "LP_SECRET_KEY": GOOD_KEY, "LP_ADMIN_TOKEN": ADMIN, "LP_BITBUCKET_TOKEN": "t"}
     for argv in (["findings"], ["classify", "acme/api", "production"], ["serve", "--port", "0"]):
         status, err = run_cli(argv, tmp_path, env)
         assert status == 2, argv
         assert_one_line(err, "written by a newer version of lowerplane-bitbucket (schema 999")
-    assert database.read_bytes() == before
+    assert pgcluster.fingerprint(database) == before
 
 
 @pytest.mark.parametrize(
