@@ -248,3 +248,24 @@ def fingerprint(database: Path | str) -> object:
             " UNION ALL SELECT 'version:' || version, xmin::text FROM schema_version ORDER BY 1",
         )
     return database.read_bytes()
+
+
+def copy(source: Path, target: Path) -> None:
+    """Copy the database of ``source`` to that of ``target`` (paths as given to ``database_for``): the
+    SQLite file, or a new PostgreSQL database made from the first as its template."""
+    if _active is None:
+        shutil.copy2(source, target)
+        return
+    origin = database_for(source)
+    assert isinstance(origin, str)
+    name = f"lp_{os.getpid()}_{next(_active._names)}"
+    deadline = time.monotonic() + 10
+    while True:  # the template must have no session left (a closed pool's may linger a moment)
+        try:
+            _active.psql(f"CREATE DATABASE {name} TEMPLATE {origin.rsplit('/', 1)[-1]}")
+            break
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    _made[str(target)] = _active.url(name)
