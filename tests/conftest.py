@@ -67,6 +67,7 @@ BOTH_STORES: set[str] = {
     "test_supervision.py",
     "test_reconcile_command.py",
     "test_hooks_identity.py",
+    "test_deploy_serve.py",
     "test_budget.py",
     "test_deferral.py",
     "test_drain.py",
