@@ -69,6 +69,7 @@ BOTH_STORES: set[str] = {
     "test_hooks_identity.py",
     "test_deploy_serve.py",
     "test_settings_validation.py",
+    "test_wheel.py",
     "test_budget.py",
     "test_deferral.py",
     "test_drain.py",
