@@ -59,7 +59,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # -- both stores -----------------------------------------------------------------------------------
 # The tests of these files run twice: on SQLite and on PostgreSQL (a throwaway cluster, see
-# tests/pgcluster.py). Each gets its database from ``product_settings`` or the ``database`` fixture.
+# tests/pgcluster.py): their async tests and those that take the ``database`` fixture (sync tests
+# too, such as those handing it to a subprocess), but for those marked ``sqlite_only(reason)``.
+# Each gets its database from ``product_settings``, the ``database`` fixture or
+# ``pgcluster.database_for``, and reads or changes it through ``pgcluster.rows``/``execute``.
 BOTH_STORES: set[str] = {
     # subprocess tests: the console script, serve, the installed wheel, the deploy files
     "test_cli_exits.py",
