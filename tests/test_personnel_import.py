@@ -72,6 +72,10 @@ def people(db: Path | str) -> list[tuple[object, object]]:
     return [(r["email"], r["status"]) for r in rows(db, "SELECT email, status FROM personnel ORDER BY email")]
 
 
+@pytest.mark.sqlite_only(
+    "the same validation on both stores: the API test runs every bad file on PostgreSQL, and the next "
+    "test runs the command there (import, then a bad file refused)"
+)
 @pytest.mark.parametrize(("name", "content", "reason"), BAD_FILES, ids=IDS)
 def test_cli_refuses_a_row_without_a_valid_status(
     name: str, content: str, reason: str, tmp_path: Path, database: Path | str
@@ -98,6 +102,11 @@ def test_cli_imports_rows_with_a_status(tmp_path: Path, database: Path | str) ->
     )
     proc = import_file(db, good)
     assert proc.returncode == 0, proc.stderr
+    assert people(db) == [("carol@acme.example", "offboarded"), ("dave@acme.example", "active")]
+    name, content, reason = BAD_FILES[0]  # then a bad file: refused, nothing changed
+    (tmp_path / name).write_text(content)
+    proc = import_file(db, tmp_path / name)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {reason}"), proc.stderr
     assert people(db) == [("carol@acme.example", "offboarded"), ("dave@acme.example", "active")]
 
 
