@@ -71,6 +71,19 @@ class Cluster:
         self.psql(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.url(name)
 
+    def copy_database(self, url: str) -> str:
+        """A new database of this cluster made from ``url``'s as its template; its URL."""
+        name = f"lp_{os.getpid()}_{next(self._names)}"
+        deadline = time.monotonic() + 10
+        while True:  # the template must have no session left (a closed pool's may linger a moment)
+            try:
+                self.psql(f"CREATE DATABASE {name} TEMPLATE {url.rsplit('/', 1)[-1]}")
+                return self.url(name)
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[-1]
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -258,14 +271,4 @@ def copy(source: Path, target: Path) -> None:
         return
     origin = database_for(source)
     assert isinstance(origin, str)
-    name = f"lp_{os.getpid()}_{next(_active._names)}"
-    deadline = time.monotonic() + 10
-    while True:  # the template must have no session left (a closed pool's may linger a moment)
-        try:
-            _active.psql(f"CREATE DATABASE {name} TEMPLATE {origin.rsplit('/', 1)[-1]}")
-            break
-        except subprocess.CalledProcessError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    _made[str(target)] = _active.url(name)
+    _made[str(target)] = _active.copy_database(origin)
