@@ -59,8 +59,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # -- both stores -----------------------------------------------------------------------------------
 # The tests of these files run twice: on SQLite and on PostgreSQL (a throwaway cluster, see
-# tests/pgcluster.py). Each gets its database from ``product_settings`` or the ``database`` fixture.
+# tests/pgcluster.py): their async tests and those that take the ``database`` fixture (sync tests
+# too, such as those handing it to a subprocess), but for those marked ``sqlite_only(reason)``.
+# Each gets its database from ``product_settings``, the ``database`` fixture or
+# ``pgcluster.database_for``, and reads or changes it through ``pgcluster.rows``/``execute``.
 BOTH_STORES: set[str] = {
+    # subprocess tests: the console script, serve, the installed wheel, the deploy files
+    "test_cli_exits.py",
+    "test_crash.py",
+    "test_supervision.py",
+    "test_reconcile_command.py",
+    "test_hooks_identity.py",
+    "test_deploy_serve.py",
+    "test_settings_validation.py",
+    "test_wheel.py",
     "test_budget.py",
     "test_deferral.py",
     "test_drain.py",
@@ -99,12 +111,22 @@ BOTH_STORES: set[str] = {
 }
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): a test of a BOTH_STORES file that runs on SQLite alone (the reason says why)",
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A BOTH_STORES file's async tests (those that can reach a store) run on each store."""
+    """A BOTH_STORES file's async tests (those that can reach a store) and its tests that take the
+    ``database`` fixture (sync ones too: a subprocess given that database) run on each store, but
+    for those marked ``sqlite_only``."""
     if (
         metafunc.definition.path.relative_to(ROOT / "tests").as_posix() in BOTH_STORES
         and "store_kind" in metafunc.fixturenames
         and (inspect.iscoroutinefunction(metafunc.function) or "database" in metafunc.fixturenames)
+        and metafunc.definition.get_closest_marker("sqlite_only") is None
     ):
         metafunc.parametrize("store_kind", ["sqlite", "postgresql"], indirect=True)
 

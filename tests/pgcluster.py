@@ -71,6 +71,19 @@ class Cluster:
         self.psql(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.url(name)
 
+    def copy_database(self, url: str) -> str:
+        """A new database of this cluster made from ``url``'s as its template; its URL."""
+        name = f"lp_{os.getpid()}_{next(self._names)}"
+        deadline = time.monotonic() + 10
+        while True:  # the template must have no session left (a closed pool's may linger a moment)
+            try:
+                self.psql(f"CREATE DATABASE {name} TEMPLATE {url.rsplit('/', 1)[-1]}")
+                return self.url(name)
+            except subprocess.CalledProcessError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[-1]
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -174,3 +187,88 @@ def fetch(url: str, sql: str, *args: object) -> list[dict[str, object]]:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, run()).result(60)
+
+
+# -- the test's database, whichever store it is on (sync test code, e.g. beside a subprocess) -----
+def rows(database: Path | str, sql: str, *args: object) -> list[dict[str, object]]:
+    """Committed rows of ``database`` (an SQLite file or a PostgreSQL URL); ``sql`` in the store's
+    own dialect (SQLite's, translated for PostgreSQL as the product does)."""
+    if isinstance(database, str):
+        from app.store.pg import translate
+
+        return fetch(database, translate(sql), *args)
+    import sqlite3
+
+    conn = sqlite3.connect(database, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql, args)]
+    finally:
+        conn.close()
+
+
+def execute(database: Path | str, sql: str) -> None:
+    """One statement, committed, through a connection of its own (a fault planted under a product)."""
+    if isinstance(database, str):
+        _run(database, lambda conn: conn.execute(sql))
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(database, timeout=10)
+    try:
+        conn.execute(sql)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _run(url: str, work: object) -> object:
+    import asyncio
+    import concurrent.futures
+
+    import asyncpg
+
+    async def run() -> object:
+        conn = await asyncpg.connect(url)
+        try:
+            return await work(conn)  # type: ignore[operator]
+        finally:
+            await conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(60)
+
+
+def created(database: Path | str) -> bool:
+    """Whether anything made the product's database: the SQLite file exists, or the PostgreSQL
+    database (which the test made empty) has the product's schema."""
+    if isinstance(database, str):
+        return bool(fetch(database, "SELECT to_regclass('schema_version') IS NOT NULL AS made")[0]["made"])
+    return database.exists()
+
+
+def fingerprint(database: Path | str) -> object:
+    """Something that changes whenever anything is written to ``database``: the SQLite file's bytes;
+    on PostgreSQL the row versions (xmin) of every table, function and schema row the product has."""
+    if isinstance(database, str):
+        return fetch(
+            database,
+            "SELECT 'class:' || relname AS what, xmin::text AS version FROM pg_class"
+            " WHERE relnamespace = 'public'::regnamespace"
+            " UNION ALL SELECT 'proc:' || proname, xmin::text FROM pg_proc"
+            " WHERE pronamespace = 'public'::regnamespace"
+            " UNION ALL SELECT 'meta:' || key, xmin::text FROM meta"
+            " UNION ALL SELECT 'version:' || version, xmin::text FROM schema_version ORDER BY 1",
+        )
+    return database.read_bytes()
+
+
+def copy(source: Path, target: Path) -> None:
+    """Copy the database of ``source`` to that of ``target`` (paths as given to ``database_for``): the
+    SQLite file, or a new PostgreSQL database made from the first as its template."""
+    if _active is None:
+        shutil.copy2(source, target)
+        return
+    origin = database_for(source)
+    assert isinstance(origin, str)
+    _made[str(target)] = _active.copy_database(origin)

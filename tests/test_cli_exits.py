@@ -23,6 +23,7 @@ from app import errors
 from app.findings import Change, Delta
 from app.models import Result
 from app.store import Store
+from tests import pgcluster
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
 GOOD_KEY = "a-good-secret-key-for-tests-0123"
@@ -70,6 +71,7 @@ def test_a_bad_secret_key_is_one_line_and_exit_2(argv: list[str], tmp_path: Path
 
 
 def test_a_file_that_is_not_a_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """SQLite's by nature (a file); PostgreSQL's counterpart is the next test but one."""
     bogus = tmp_path / "passwd"
     bogus.write_text("root:x:0:0:root:/root:/bin/bash\n" * 50)
     before = bogus.read_bytes()
@@ -81,6 +83,7 @@ def test_a_file_that_is_not_a_database_is_one_line_and_exit_2(tmp_path: Path) ->
 
 
 def test_a_database_path_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """SQLite's by nature (a path); PostgreSQL's counterpart is the next test."""
     folder = tmp_path / "a-folder"
     folder.mkdir()
     for _ in range(3):  # the failure raced with the end of the event loop: repeat to catch it
@@ -90,43 +93,59 @@ def test_a_database_path_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: 
             assert_one_line(err, f"LP_DATABASE: cannot use {folder}: unable to open database file")
 
 
-def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+def test_a_postgresql_database_that_cannot_be_used_is_one_line_and_exit_2(
+    pg_cluster: pgcluster.Cluster, tmp_path: Path
+) -> None:
+    """A PostgreSQL URL naming a database that does not exist: every command, serve included, says
+    so in one line without the password, and exits 2."""
+    url = f"postgresql://lp:s3cret-pw@127.0.0.1:{pg_cluster.port}/no_such_database"
+    env = {"LP_DATABASE": url, "LP_SECRET_KEY": GOOD_KEY, "LP_ADMIN_TOKEN": ADMIN, "LP_BITBUCKET_TOKEN": "t"}
+    for argv in (["findings"], ["reconcile"], ["classify", "acme/api", "production"], ["serve", "--port", "0"]):
+        status, err = run_cli(argv, tmp_path, env)
+        assert status == 2, argv
+        assert_one_line(err, "LP_DATABASE: cannot use postgresql://")
+        assert f"127.0.0.1:{pg_cluster.port}/no_such_database" in err and "s3cret-pw" not in err
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(database: Path | str, tmp_path: Path) -> None:
     """A rollback after an upgrade that migrated the database: this version must not write into a
     schema it does not know (nor half-work on it); every command says so and exits 2."""
-    database = tmp_path / "lp.sqlite3"
 
     async def made_by_a_later_version() -> None:
         store = await Store.open(database)
         await store.meta.set("made-by", "a later version")
-        await store.db.execute("PRAGMA user_version=999")
+        if isinstance(database, str):  # PostgreSQL records its migrations in a table
+            await store.db.execute("INSERT INTO schema_version (version) VALUES (999)")
+        else:
+            await store.db.execute("PRAGMA user_version=999")
         await store.close()
 
     asyncio.run(made_by_a_later_version())
-    before = database.read_bytes()
+    before = pgcluster.fingerprint(database)
     env = {"LP_DATABASE": str(database), "LP_SECRET_KEY": GOOD_KEY, "LP_ADMIN_TOKEN": ADMIN, "LP_BITBUCKET_TOKEN": "t"}
     for argv in (["findings"], ["classify", "acme/api", "production"], ["serve", "--port", "0"]):
         status, err = run_cli(argv, tmp_path, env)
         assert status == 2, argv
         assert_one_line(err, "written by a newer version of lowerplane-bitbucket (schema 999")
-    assert database.read_bytes() == before
+    assert pgcluster.fingerprint(database) == before
 
 
-@pytest.mark.parametrize(
-    ("argv", "env"),
-    [
-        (["serve", "--port"], {"LP_SECRET_KEY": GOOD_KEY, "LP_ADMIN_TOKEN": ADMIN}),
-        (["demo", "--once", "--port"], {}),
-        (["sandbox", "--port"], {}),
-    ],
-    ids=["serve", "demo", "sandbox"],
-)
-def test_a_busy_port_is_one_line_and_exit_2(
-    argv: list[str], env: dict[str, str], busy_port: int, tmp_path: Path
-) -> None:
-    status, err = run_cli([*argv, str(busy_port)], tmp_path, {"LP_DATABASE": str(tmp_path / "lp.sqlite3"), **env})
+@pytest.mark.parametrize("argv", [["demo", "--once", "--port"], ["sandbox", "--port"]], ids=["demo", "sandbox"])
+def test_a_busy_port_is_one_line_and_exit_2(argv: list[str], busy_port: int, tmp_path: Path) -> None:
+    status, err = run_cli([*argv, str(busy_port)], tmp_path, {"LP_DATABASE": str(tmp_path / "lp.sqlite3")})
     assert status == 2
     assert_one_line(err, f"port {busy_port} on 127.0.0.1 is in use")
     assert not (tmp_path / "lp.sqlite3").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_busy_port_stops_serve_before_the_database_is_touched(
+    database: Path | str, busy_port: int, tmp_path: Path
+) -> None:
+    env = {"LP_DATABASE": str(database), "LP_SECRET_KEY": GOOD_KEY, "LP_ADMIN_TOKEN": ADMIN}
+    status, err = run_cli(["serve", "--port", str(busy_port)], tmp_path, env)
+    assert status == 2
+    assert_one_line(err, f"port {busy_port} on 127.0.0.1 is in use")
+    assert not pgcluster.created(database) and not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize(
@@ -135,6 +154,8 @@ def test_a_busy_port_is_one_line_and_exit_2(
     ids=["events", "findings", "webhooks-status", "rules-list"],
 )
 def test_read_only_commands_refuse_a_missing_database(argv: list[str], tmp_path: Path) -> None:
+    """SQLite's by nature (the default is a file): a PostgreSQL database is named by a URL, and one
+    that does not exist is refused by test_a_postgresql_database_that_cannot_be_used_…"""
     env = {"LP_SECRET_KEY": GOOD_KEY, "LP_BITBUCKET_TOKEN": "t", "LP_WORKSPACES": "acme"}
     status, err = run_cli(argv, tmp_path, env)
     assert status == 2
@@ -142,7 +163,7 @@ def test_read_only_commands_refuse_a_missing_database(argv: list[str], tmp_path:
     assert not (tmp_path / "data").exists()  # nothing created
 
 
-def test_bitbucket_unreachable_is_exit_1_and_the_process_ends(tmp_path: Path) -> None:
+def test_bitbucket_unreachable_is_exit_1_and_the_process_ends(database: Path | str, tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
@@ -150,6 +171,7 @@ def test_bitbucket_unreachable_is_exit_1_and_the_process_ends(tmp_path: Path) ->
         "LP_BITBUCKET_API_URL": f"http://127.0.0.1:{dead}/2.0",
         "LP_BITBUCKET_TOKEN": "some-token",
         "LP_LOG_LEVEL": "error",
+        "LP_DATABASE": str(database),
     }
     status, err = run_cli(["reconcile"], tmp_path, env, timeout=60)
     assert status == 1
@@ -157,7 +179,7 @@ def test_bitbucket_unreachable_is_exit_1_and_the_process_ends(tmp_path: Path) ->
 
 
 def test_opening_a_bad_database_leaves_no_thread_behind(tmp_path: Path) -> None:
-    """The root cause of the hangs: aiosqlite's worker thread is not a daemon."""
+    """The root cause of the hangs: aiosqlite's worker thread is not a daemon (SQLite's alone)."""
     bogus = tmp_path / "not-a-db"
     bogus.write_bytes(b"x" * 4096)
     before = set(threading.enumerate())
@@ -173,7 +195,7 @@ def test_opening_a_bad_database_leaves_no_thread_behind(tmp_path: Path) -> None:
     assert not [t for t in left if t.is_alive()]
 
 
-def test_build_services_refuses_a_bad_key_before_opening_the_store(tmp_path: Path) -> None:
+def test_build_services_refuses_a_bad_key_before_opening_the_store(database: Path | str) -> None:
     import aiohttp
 
     from app.services import build_services
@@ -182,14 +204,14 @@ def test_build_services_refuses_a_bad_key_before_opening_the_store(tmp_path: Pat
     async def attempt() -> None:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(errors.ConfigError):  # from the settings or from build_services
-                env = {"LP_DATABASE": str(tmp_path / "lp.sqlite3"), "LP_SECRET_KEY": "short"}
+                env = {"LP_DATABASE": str(database), "LP_SECRET_KEY": "short"}
                 await build_services(Settings.from_env(env, env_file=None), session)
 
     asyncio.run(attempt())
-    assert not (tmp_path / "lp.sqlite3").exists()
+    assert not pgcluster.created(database)
 
 
-def _seed_rules(database: Path, count: int) -> None:
+def _seed_rules(database: Path | str, count: int) -> None:
     async def seed() -> None:
         store = await Store.open(database)
         try:
@@ -202,9 +224,8 @@ def _seed_rules(database: Path, count: int) -> None:
 
 
 @pytest.mark.parametrize("count", [1, 3000], ids=["small-output", "more-than-a-pipe-buffer"])
-def test_a_reader_that_leaves_early_ends_the_command_quietly(count: int, tmp_path: Path) -> None:
+def test_a_reader_that_leaves_early_ends_the_command_quietly(count: int, database: Path | str, tmp_path: Path) -> None:
     """`… | head`: a closed pipe is exit 0 with nothing on stderr (README, "Exit status")."""
-    database = tmp_path / "lp.sqlite3"
     _seed_rules(database, count)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LP_DATABASE": str(database)}
     for argv in (["classify-rules", "list"], ["findings"], ["events", "--limit", "5"]):
@@ -229,9 +250,8 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(count: int, tmp_pat
         assert proc.stderr.read() == b""
 
 
-def test_findings_for_a_misspelt_workspace_is_refused_not_an_empty_report(tmp_path: Path) -> None:
+def test_findings_for_a_misspelt_workspace_is_refused_not_an_empty_report(database: Path | str, tmp_path: Path) -> None:
     """`findings --workspace acm --format json` printed `[]` and exit 0: to a script, a clean report."""
-    database = tmp_path / "lp.sqlite3"
     failing = Result(
         check="repo-classified",
         severity="critical",
@@ -279,7 +299,8 @@ def _a_database_of_some_size(database: Path) -> None:
 
 def test_a_backup_that_fails_half_way_leaves_no_file_that_looks_like_one(tmp_path: Path) -> None:
     """The disk fills up during the copy (a file size limit makes it so): one line, exit 1, and no
-    file at the target (an empty or partial file there looked like a backup, and blocked a rerun)."""
+    file at the target (an empty or partial file there looked like a backup, and blocked a rerun).
+    The backup command is SQLite's (PostgreSQL is backed up with pg_dump: see the test after next)."""
     database = tmp_path / "lp.sqlite3"
     _a_database_of_some_size(database)
     assert database.stat().st_size > 200_000
@@ -313,6 +334,17 @@ def test_a_backup_target_that_cannot_be_written_is_one_line_and_exit_2(tmp_path:
     status, err = run_cli(["backup", "/proc/lp-backup.sqlite3"], tmp_path, {"LP_DATABASE": str(database)})
     assert status == 2
     assert_one_line(err, "/proc/lp-backup.sqlite3: cannot write a backup there")
+
+
+def test_a_backup_of_a_postgresql_database_is_one_line_naming_pg_dump_and_exit_2(
+    pg_cluster: pgcluster.Cluster, tmp_path: Path
+) -> None:
+    target = tmp_path / "lp-backup.sqlite3"
+    status, err = run_cli(["backup", str(target)], tmp_path, {"LP_DATABASE": pg_cluster.url()})
+    assert status == 2
+    assert_one_line(err, "LP_DATABASE is a PostgreSQL database: back it up with pg_dump")
+    assert not target.exists() and not (tmp_path / "data").exists()
+    assert not pgcluster.created(pg_cluster.url())  # nothing opened nor migrated
 
 
 @pytest.mark.parametrize("text", ['{"workspaces": 5}', '["a list"]', '{"workspaces": {"acme": {"repos": 3}}}'])

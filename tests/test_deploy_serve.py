@@ -31,6 +31,7 @@ from app.bitbucket.client import BitbucketClient
 from app.main import SHUTDOWN_SECONDS
 from app.sandbox.serve import free_port
 from tests.conftest import ROOT
+from tests.pgcluster import created
 from tests.test_packaging import _instructions
 from tests.test_reconcile_command import _env_file, unit_environment
 
@@ -104,8 +105,9 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_the_systemd_service_unit_serves_and_stops_cleanly(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, database: Path | str, processes: list[subprocess.Popen[bytes]]
 ) -> None:
+    """On PostgreSQL the same unit, with /etc/lowerplane/lowerplane.env naming the database's URL."""
     unit = configparser.ConfigParser(interpolation=None, strict=False)
     unit.read(DEPLOY / "systemd" / "lowerplane.service")
     service = unit["Service"]
@@ -118,6 +120,8 @@ def test_the_systemd_service_unit_serves_and_stops_cleanly(
     assert service["ReadWritePaths"] == service["WorkingDirectory"]
     assert env["LP_DATABASE"].startswith(service["WorkingDirectory"] + "/")  # the database is writable
     env["LP_DATABASE"] = env["LP_DATABASE"].replace(service["WorkingDirectory"], str(workdir))
+    if isinstance(database, str):
+        env["LP_DATABASE"] = database
     port = free_port()
     log = tmp_path / "serve.log"
     proc = _start(_with_port(argv[1:], port), {**env, **_nowhere()}, workdir, log)
@@ -125,7 +129,7 @@ def test_the_systemd_service_unit_serves_and_stops_cleanly(
     base = f"http://{argv[argv.index('--host') + 1]}:{port}"
     _wait_ready(base, proc, log)
     assert _status(base + "/healthz") == 200
-    assert Path(env["LP_DATABASE"]).exists()
+    assert created(Path(env["LP_DATABASE"]) if isinstance(database, Path) else database)
     # systemd stops with SIGTERM and waits TimeoutStopSec= (default 90 s): serve drains within its bound
     grace = float(service.get("TimeoutStopSec", "90").removesuffix("s"))
     assert grace > SHUTDOWN_SECONDS
@@ -145,8 +149,12 @@ def _containerfile() -> dict[str, str]:
     return found
 
 
+# The Deployment of each store: one replica on SQLite (its volume), several on PostgreSQL.
+MANIFESTS = {"sqlite": "lowerplane.yaml", "postgresql": "lowerplane-postgresql.yaml"}
+
+
 def test_the_container_image_and_the_kubernetes_deployment_serve_and_stop_cleanly(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, database: Path | str, store_kind: str, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     image = _containerfile()
     cmd = json.loads(image["CMD"])
@@ -157,7 +165,7 @@ def test_the_container_image_and_the_kubernetes_deployment_serve_and_stop_cleanl
     image_env = dict(word.split("=", 1) for word in shlex.split(image["ENV"]))
     workdir = image["WORKDIR"]
 
-    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "lowerplane.yaml").read_text()))
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / MANIFESTS[store_kind]).read_text()))
     secret = next(d for d in docs if d["kind"] == "Secret")
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -169,10 +177,15 @@ def test_the_container_image_and_the_kubernetes_deployment_serve_and_stop_cleanl
     env |= {k: str(v) for k, v in secret["stringData"].items()}
     env |= {e["name"]: e["value"] for e in container.get("env", [])}
     [mount] = container["volumeMounts"]
-    assert env["LP_DATABASE"].startswith(mount["mountPath"] + "/")  # on the persistent volume
     data = tmp_path / "data"
     data.mkdir()
-    env["LP_DATABASE"] = env["LP_DATABASE"].replace(mount["mountPath"], str(data))
+    if isinstance(database, str):  # the replicas share the database and, on their volume, the evidence
+        assert env["LP_DATABASE"].startswith("postgresql://") and deployment["spec"]["replicas"] > 1
+        assert env["LP_DATA_DIR"] == mount["mountPath"]
+        env["LP_DATABASE"], env["LP_DATA_DIR"] = database, str(data)
+    else:
+        assert env["LP_DATABASE"].startswith(mount["mountPath"] + "/")  # on the persistent volume
+        env["LP_DATABASE"] = env["LP_DATABASE"].replace(mount["mountPath"], str(data))
     cwd = data if workdir == mount["mountPath"] else tmp_path
 
     port = free_port()
@@ -216,13 +229,14 @@ def _span(text: str) -> float:
     return float(text[:-1]) * units[text[-1]]
 
 
-def test_start_up_waiting_for_bitbucket_is_not_taken_for_a_dead_process() -> None:
+@pytest.mark.parametrize("manifest", MANIFESTS.values())
+def test_start_up_waiting_for_bitbucket_is_not_taken_for_a_dead_process(manifest: str) -> None:
     """serve answers its probes only once start-up is done, and start-up registers the webhooks
     (the hook events and the hook list, one request each, before anything else can fail): with a
     Bitbucket that hangs that is minutes, and a liveness probe counting from the start would kill
     the pod again and again (three failures 20 s apart) while Bitbucket is slow."""
     start_up = 2 * _worst_bitbucket_request()
-    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "lowerplane.yaml").read_text()))
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / manifest).read_text()))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     probe = container["startupProbe"]
@@ -234,7 +248,7 @@ def test_start_up_waiting_for_bitbucket_is_not_taken_for_a_dead_process() -> Non
 
 
 def test_the_procfile_web_process_serves_on_the_platforms_port(
-    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    tmp_path: Path, database: Path | str, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """Platforms that read a Procfile run its line through a shell with ``PORT`` set, and reach the
     process from outside its loopback."""
@@ -250,7 +264,7 @@ def test_the_procfile_web_process_serves_on_the_platforms_port(
         "PORT": str(port),
         **_env_file(DEPLOY / "lowerplane.env.example"),
         **_nowhere(),
-        "LP_DATABASE": str(tmp_path / "lp.sqlite3"),
+        "LP_DATABASE": str(database),
     }
     log = tmp_path / "web.log"
     with log.open("wb") as out:

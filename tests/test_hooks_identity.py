@@ -3,8 +3,6 @@ URL alone; another installation's hook is left alone; status judges from registr
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +17,7 @@ from app.sandbox.scenario import SHook
 from app.sandbox.serve import RunningSandbox
 from app.services import Services, build_services
 from app.webhook_registration import DESCRIPTION, description, ensure_hooks, installation_id
+from tests import pgcluster
 from tests.helpers import SECRET_KEY, product_settings
 from tests.test_hooks import _oauth_connection
 from tests.test_reconcile_command import run
@@ -152,9 +151,9 @@ async def test_a_copied_database_given_its_own_id_leaves_the_originals_hook_alon
         prod_id = await installation_id(services.service)
     prod_hook = hooks[made["uuid"]]
     (tmp_path / "staging").mkdir()
-    shutil.copy2(tmp_path / "production" / "lp.sqlite3", tmp_path / "staging" / "lp.sqlite3")
-    with sqlite3.connect(tmp_path / "staging" / "lp.sqlite3") as db:  # the README's step for a copy
-        db.execute("DELETE FROM meta WHERE key = 'installation_id'")
+    pgcluster.copy(tmp_path / "production" / "lp.sqlite3", tmp_path / "staging" / "lp.sqlite3")
+    staging_db = pgcluster.database_for(tmp_path / "staging" / "lp.sqlite3")
+    pgcluster.execute(staging_db, "DELETE FROM meta WHERE key = 'installation_id'")  # the README's step for a copy
     async with opener(sandbox, session, tmp_path / "staging")(8002) as services:
         conn = await services.service.store.connections.get("token")
         assert conn is not None and [e["uuid"] for e in conn.hooks] == [prod_hook.uuid]  # copied
@@ -273,7 +272,7 @@ async def test_status_right_after_registering_is_ok(sandbox: RunningSandbox, tmp
     for repo in sandbox.sandbox.state.workspaces["acme"].repos.values():
         repo.updated_on = long_ago
     env = {
-        "LP_DATABASE": str(tmp_path / "lp.sqlite3"),
+        "LP_DATABASE": str(pgcluster.database_for(tmp_path / "lp.sqlite3")),
         "LP_BITBUCKET_API_URL": sandbox.api,
         "LP_BITBUCKET_URL": sandbox.url,
         "LP_BITBUCKET_TOKEN": "sandbox-acme-token",

@@ -26,6 +26,7 @@ from app.sandbox.serve import free_port
 from app.services import build_services
 from app.settings import Settings
 from app.web.webhooks import event_from_delivery
+from tests import pgcluster
 
 ACTIONS = [
     ("repos/acme/api/update", {"mainbranch": "develop"}),
@@ -50,7 +51,7 @@ def _post(url: str, body: dict[str, Any]) -> Any:
         return json.loads(resp.read() or b"null")
 
 
-def _settings(db: Path, api: str) -> Settings:
+def _settings(db: Path | str, api: str) -> Settings:
     return Settings.from_env(
         {
             "LP_DATABASE": str(db),
@@ -62,7 +63,7 @@ def _settings(db: Path, api: str) -> Settings:
     )
 
 
-async def _full_pass(db: Path, api: str) -> None:
+async def _full_pass(db: Path | str, api: str) -> None:
     async with aiohttp.ClientSession() as session:
         services = await build_services(_settings(db, api), session)
         try:
@@ -73,7 +74,7 @@ async def _full_pass(db: Path, api: str) -> None:
             await services.service.store.close()
 
 
-async def _results(db: Path, api: str) -> dict[tuple[str, str], tuple[str, str, str]]:
+async def _results(db: Path | str, api: str) -> dict[tuple[str, str], tuple[str, str, str]]:
     async with aiohttp.ClientSession() as session:
         services = await build_services(_settings(db, api), session)
         try:
@@ -90,7 +91,7 @@ async def _results(db: Path, api: str) -> dict[tuple[str, str], tuple[str, str, 
     }
 
 
-async def _replay(db: Path, api: str, deliveries: list[dict[str, Any]]) -> None:
+async def _replay(db: Path | str, api: str, deliveries: list[dict[str, Any]]) -> None:
     async with aiohttp.ClientSession() as session:
         services = await build_services(_settings(db, api), session)
         services.worker.coalesce_window = 0.0
@@ -105,7 +106,9 @@ async def _replay(db: Path, api: str, deliveries: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[dict[str, Any]]:
+def world(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The sandbox, its deliveries, and on each store the database before them and the results of a
+    fresh full pass after them (PostgreSQL's databases in the test cluster, made and dropped here)."""
     port = free_port()
     proc = subprocess.Popen(  # noqa: S603 - our own module
         [sys.executable, "-m", "app", "sandbox", "--port", str(port)],
@@ -116,6 +119,9 @@ def world() -> Iterator[dict[str, Any]]:
     base = f"http://127.0.0.1:{port}"
     api = base + "/2.0"
     tmp = Path(tempfile.mkdtemp())
+    cluster: pgcluster.Cluster = request.getfixturevalue("pg_cluster")
+    before = {"sqlite": tmp / "before.sqlite3", "postgresql": cluster.new_database()}
+    fresh = {"sqlite": tmp / "fresh.sqlite3", "postgresql": cluster.new_database()}
     try:
         for _ in range(100):
             try:
@@ -123,7 +129,8 @@ def world() -> Iterator[dict[str, Any]]:
                 break
             except OSError:
                 time.sleep(0.1)
-        asyncio.run(_full_pass(tmp / "before.sqlite3", api))
+        for db in before.values():
+            asyncio.run(_full_pass(db, api))
         _post(
             api + "/workspaces/acme/hooks",
             {
@@ -136,10 +143,14 @@ def world() -> Iterator[dict[str, Any]]:
             _post(f"{base}/_sandbox/{path}", body)
         with urllib.request.urlopen(base + "/_sandbox/deliveries?bodies=1", timeout=10) as resp:  # noqa: S310
             deliveries = json.loads(resp.read())["deliveries"]
-        asyncio.run(_full_pass(tmp / "fresh.sqlite3", api))
-        expected = asyncio.run(_results(tmp / "fresh.sqlite3", api))
-        yield {"api": api, "tmp": tmp, "deliveries": deliveries, "expected": expected}
+        expected = {}
+        for kind, db in fresh.items():
+            asyncio.run(_full_pass(db, api))
+            expected[kind] = asyncio.run(_results(db, api))
+        yield {"api": api, "tmp": tmp, "deliveries": deliveries, "before": before, "expected": expected}
     finally:
+        for db in (before["postgresql"], fresh["postgresql"]):
+            cluster.drop_database(str(db))
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -163,15 +174,29 @@ def test_the_actions_produced_events(world: dict[str, Any]) -> None:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(order=st.permutations(list(range(len(ACTIONS)))))
-def test_any_order_equals_a_fresh_reconcile(world: dict[str, Any], order: list[int]) -> None:
+def test_any_order_equals_a_fresh_reconcile(
+    world: dict[str, Any], database: Path | str, store_kind: str, order: list[int]
+) -> None:
+    """Each example replays on its own copy of the database from before the deliveries (``database``
+    only selects the store)."""
     tmp: Path = world["tmp"]
-    run = Path(tempfile.mkdtemp(dir=tmp))
-    db = run / "replay.sqlite3"
-    shutil.copy(tmp / "before.sqlite3", db)
-    for suffix in ("-wal", "-shm"):
-        if (tmp / f"before.sqlite3{suffix}").exists():
-            shutil.copy(tmp / f"before.sqlite3{suffix}", run / f"replay.sqlite3{suffix}")
-    deliveries = [world["deliveries"][i] for i in order]
-    asyncio.run(_replay(db, world["api"], deliveries))
-    got = asyncio.run(_results(db, world["api"]))
-    assert got == world["expected"]
+    before = world["before"][store_kind]
+    if isinstance(before, str):
+        cluster = pgcluster.active()
+        assert cluster is not None
+        db: Path | str = cluster.copy_database(before)
+    else:
+        run = Path(tempfile.mkdtemp(dir=tmp))
+        db = run / "replay.sqlite3"
+        shutil.copy(before, db)
+        for suffix in ("-wal", "-shm"):
+            if before.with_name(before.name + suffix).exists():
+                shutil.copy(before.with_name(before.name + suffix), run / f"replay.sqlite3{suffix}")
+    try:
+        deliveries = [world["deliveries"][i] for i in order]
+        asyncio.run(_replay(db, world["api"], deliveries))
+        got = asyncio.run(_results(db, world["api"]))
+    finally:
+        if isinstance(db, str):
+            cluster.drop_database(db)
+    assert got == world["expected"][store_kind]

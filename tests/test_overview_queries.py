@@ -9,12 +9,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.store import Store
 from app.store.views import Views
+from tests.pgcluster import database_for
 
 
 async def test_the_trend_counts_transitions_into_and_out_of_failing_per_day(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "lp.sqlite")
+    store = await Store.open(database_for(tmp_path / "lp.sqlite"))
     today = datetime.now(UTC).date()
     day1, day2 = (today - timedelta(days=2)).isoformat(), (today - timedelta(days=1)).isoformat()
     old = (today - timedelta(days=40)).isoformat()
@@ -40,6 +43,7 @@ async def test_the_trend_counts_transitions_into_and_out_of_failing_per_day(tmp_
         await store.close()
 
 
+@pytest.mark.sqlite_only("reads SQLite's EXPLAIN QUERY PLAN")
 async def test_the_overview_and_findings_queries_read_an_index(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "lp.sqlite")
     plans: list[str] = []

@@ -1,13 +1,12 @@
 """Personnel files: a row without a valid status is refused, naming the row, and nothing is imported.
 
 Through the console script (exit 2, one line on stderr) and the API's import route (400), both
-against a real SQLite file that already holds an offboarded person: a bad file must not reactivate
-her, nor add anyone.
+against a real database (an SQLite file, or PostgreSQL) that already holds an offboarded person: a
+bad file must not reactivate her, nor add anyone.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ import pytest
 
 from app.sandbox.serve import RunningSandbox, free_port
 from tests.helpers import ADMIN, RunningApp, product_settings, running_app
+from tests.pgcluster import rows
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
 HEADER = "email,name,kind,status,offboarded_on,bitbucket_account_id\n"
@@ -56,7 +56,7 @@ BAD_FILES = [
 IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(BAD_FILES)]
 
 
-def import_file(db: Path, path: Path) -> subprocess.CompletedProcess[str]:
+def import_file(db: Path | str, path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own console script, arguments from the test
         [str(SCRIPT), "personnel", "import", str(path)],
         env={"PATH": "/usr/bin:/bin", "LP_DATABASE": str(db)},
@@ -68,14 +68,19 @@ def import_file(db: Path, path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def people(db: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(db, timeout=30) as conn:
-        return conn.execute("SELECT email, status FROM personnel ORDER BY email").fetchall()
+def people(db: Path | str) -> list[tuple[object, object]]:
+    return [(r["email"], r["status"]) for r in rows(db, "SELECT email, status FROM personnel ORDER BY email")]
 
 
+@pytest.mark.sqlite_only(
+    "the same validation on both stores: the API test runs every bad file on PostgreSQL, and the next "
+    "test runs the command there (import, then a bad file refused)"
+)
 @pytest.mark.parametrize(("name", "content", "reason"), BAD_FILES, ids=IDS)
-def test_cli_refuses_a_row_without_a_valid_status(name: str, content: str, reason: str, tmp_path: Path) -> None:
-    db = tmp_path / "lp.sqlite3"
+def test_cli_refuses_a_row_without_a_valid_status(
+    name: str, content: str, reason: str, tmp_path: Path, database: Path | str
+) -> None:
+    db = database
     seed = tmp_path / "seed.csv"
     seed.write_text(SEED)
     assert import_file(db, seed).returncode == 0
@@ -88,8 +93,8 @@ def test_cli_refuses_a_row_without_a_valid_status(name: str, content: str, reaso
     assert people(db) == [("carol@acme.example", "offboarded")]  # nothing imported, Carol not reactivated
 
 
-def test_cli_imports_rows_with_a_status(tmp_path: Path) -> None:
-    db = tmp_path / "lp.sqlite3"
+def test_cli_imports_rows_with_a_status(tmp_path: Path, database: Path | str) -> None:
+    db = database
     good = tmp_path / "people.json"
     good.write_text(
         '[{"email": "Dave@acme.example", "name": "Dave", "status": "active"},'
@@ -97,6 +102,11 @@ def test_cli_imports_rows_with_a_status(tmp_path: Path) -> None:
     )
     proc = import_file(db, good)
     assert proc.returncode == 0, proc.stderr
+    assert people(db) == [("carol@acme.example", "offboarded"), ("dave@acme.example", "active")]
+    name, content, reason = BAD_FILES[0]  # then a bad file: refused, nothing changed
+    (tmp_path / name).write_text(content)
+    proc = import_file(db, tmp_path / name)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {reason}"), proc.stderr
     assert people(db) == [("carol@acme.example", "offboarded"), ("dave@acme.example", "active")]
 
 

@@ -22,6 +22,7 @@ from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store
 from tests.conftest import ROOT, TOKEN
 from tests.helpers import SECRET_KEY, product_settings, running_app
+from tests.pgcluster import created
 from tests.web.test_connect_api import OAUTH, browser_session, connect
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
@@ -29,7 +30,7 @@ CONSUMER = {"LP_OAUTH_CLIENT_ID": "sandbox-client-id", "LP_OAUTH_CLIENT_SECRET":
 
 
 async def connect_by_oauth(
-    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path, database: Path, secret_key: str
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path, database: Path | str, secret_key: str
 ) -> None:
     """Sign in to the product and connect `acme` through the OAuth flow; the product does not reconcile."""
     port = free_port()
@@ -63,7 +64,7 @@ async def run(argv: list[str], env: dict[str, str], cwd: Path, within: float = 6
     return proc.returncode, out.decode(), err.decode()
 
 
-async def stored(database: Path) -> tuple[int, bytes | None]:
+async def stored(database: Path | str) -> tuple[int, bytes | None]:
     store = await Store.open(database)
     try:
         conn = await store.connections.get("oauth-alice")
@@ -72,7 +73,7 @@ async def stored(database: Path) -> tuple[int, bytes | None]:
         await store.close()
 
 
-def towards(sandbox: RunningSandbox, database: Path) -> dict[str, str]:
+def towards(sandbox: RunningSandbox, database: Path | str) -> dict[str, str]:
     """What differs between the test and production: where Bitbucket is, the consumer, the database."""
     return {
         "LP_BITBUCKET_API_URL": sandbox.api,
@@ -84,9 +85,8 @@ def towards(sandbox: RunningSandbox, database: Path) -> dict[str, str]:
 
 
 async def test_reconcile_uses_the_stored_oauth_connection(
-    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path, database: Path | str
 ) -> None:
-    database = tmp_path / "lp.sqlite3"
     await connect_by_oauth(sandbox, session, tmp_path, database, SECRET_KEY)
     _, tokens_before = await stored(database)
     env = {**towards(sandbox, database), "LP_SECRET_KEY": SECRET_KEY}  # no LP_BITBUCKET_TOKEN
@@ -99,9 +99,8 @@ async def test_reconcile_uses_the_stored_oauth_connection(
 
 
 async def test_reconcile_without_token_or_connection_is_one_line_and_exit_2(
-    sandbox: RunningSandbox, tmp_path: Path
+    sandbox: RunningSandbox, tmp_path: Path, database: Path | str
 ) -> None:
-    database = tmp_path / "lp.sqlite3"
     env = {**towards(sandbox, database), "LP_SECRET_KEY": SECRET_KEY}
     for empty_database in (False, True):
         if empty_database:
@@ -110,7 +109,8 @@ async def test_reconcile_without_token_or_connection_is_one_line_and_exit_2(
         assert status == 2 and out == ""
         [line] = err.strip().splitlines()
         assert line.startswith("error: no Bitbucket connection: set LP_BITBUCKET_TOKEN")
-        assert database.exists() == empty_database  # never created by a refused run
+        if isinstance(database, Path):  # never created by a refused run (a PostgreSQL database exists
+            assert created(database) == empty_database  # before the product runs: any command migrates it)
 
 
 async def test_reconcile_with_a_misspelt_lp_workspaces_is_one_line_and_exit_2(
@@ -153,8 +153,9 @@ def unit_environment(service: configparser.SectionProxy) -> dict[str, str]:
 
 
 async def test_the_systemd_timer_unit_runs(
-    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path, database: Path | str
 ) -> None:
+    """On PostgreSQL the same unit, with /etc/lowerplane/lowerplane.env naming the database's URL."""
     unit = configparser.ConfigParser(interpolation=None, strict=False)
     unit.read(ROOT / "deploy" / "systemd" / "lowerplane-reconcile.service")
     service = unit["Service"]
@@ -167,7 +168,8 @@ async def test_the_systemd_timer_unit_runs(
     workdir = tmp_path / "var-lib-lowerplane"  # WorkingDirectory=/var/lib/lowerplane
     workdir.mkdir()
     assert env["LP_DATABASE"].startswith(service["ReadWritePaths"] + "/")  # writable under ProtectSystem=strict
-    database = Path(env["LP_DATABASE"].replace(service["WorkingDirectory"], str(workdir)))
+    if isinstance(database, Path):
+        database = Path(env["LP_DATABASE"].replace(service["WorkingDirectory"], str(workdir)))
     await connect_by_oauth(sandbox, session, tmp_path, database, env["LP_SECRET_KEY"])
     status, out, err = await run([str(SCRIPT), *argv[1:]], {**env, **towards(sandbox, database)}, workdir)
     assert status == 0, err
@@ -218,6 +220,7 @@ def test_the_cronjob_can_mount_the_volume_and_cannot_hang() -> None:
     assert 0 < job["activeDeadlineSeconds"] < int(hour[2:]) * 3600
 
 
+@pytest.mark.sqlite_only("lowerplane.yaml's CronJob shares serve's SQLite volume; lowerplane-postgresql.yaml has none")
 async def test_the_kubernetes_cronjob_runs(
     sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -2,6 +2,9 @@
 so run from the wrong folder they can never succeed. They used to create an empty database there
 anyway (and then refuse with "run a reconcile first"), leaving a stray data/lowerplane.sqlite3
 beside the operator; now they refuse a missing database as the read-only commands do.
+
+SQLite's by nature (the default database is a file); a PostgreSQL URL naming a database that does
+not exist is refused by tests/test_cli_exits.py.
 """
 
 from __future__ import annotations

@@ -236,6 +236,7 @@ def _old_database(path: Path) -> None:
     db.close()
 
 
+@pytest.mark.sqlite_only("a database of schema 4 is SQLite's: PostgreSQL databases start at this release")
 async def test_migration_keys_exceptions_recorded_by_name(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     _old_database(path)

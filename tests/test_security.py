@@ -27,6 +27,7 @@ from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store
 from tests.conftest import ROOT
 from tests.helpers import ADMIN, SECRET_KEY, product_settings, running_app
+from tests.pgcluster import database_for
 
 FORMULA = '=HYPERLINK("http://x","y")'
 
@@ -104,7 +105,8 @@ def _serve(tmp_path: Path, **extra: str) -> Iterator[Served]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LP_")}
     env |= {
-        "LP_DATABASE": str(tmp_path / "lp.sqlite3"),
+        "LP_DATABASE": str(database_for(tmp_path / "lp.sqlite3")),
+        "LP_DATA_DIR": str(tmp_path),  # beside an SQLite file by default; said for PostgreSQL
         "LP_SECRET_KEY": SECRET_KEY,
         "LP_ADMIN_TOKEN": ADMIN,
         "LP_PUBLIC_URL": f"http://127.0.0.1:{port}",

@@ -119,6 +119,8 @@ def test_capture_logs_sees_events() -> None:
 
 
 def test_backup_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite's command (PostgreSQL is backed up with pg_dump: tests/test_cli_exits.py checks the
+    command says so)."""
     import asyncio
 
     from app.store import Store

@@ -126,14 +126,14 @@ def test_other_programs_variables_are_left_alone(tmp_path: Path) -> None:
     assert s.database == Path("lp.sqlite3")
 
 
-async def _create_database(path: Path) -> None:
-    store = await Store.open(path)
+async def _create_database(database: Path | str) -> None:
+    store = await Store.open(database)
     await store.close()
 
 
-def test_good_settings_start_the_console_script(tmp_path: Path) -> None:
+def test_good_settings_start_the_console_script(tmp_path: Path, database: Path | str) -> None:
     env = {
-        "LP_DATABASE": str(tmp_path / "lp.sqlite3"),
+        "LP_DATABASE": str(database),
         "LP_PUBLIC_URL": "https://lp.example.com/",
         "LP_SMTP_URL": "smtps://mailer:pw@mail.example.com:465",
         "LP_ALERT_EMAIL_FROM": "Lowerplane <lowerplane@example.com>",
@@ -143,7 +143,7 @@ def test_good_settings_start_the_console_script(tmp_path: Path) -> None:
         "LP_SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/xyz",
         "LP_WORKSPACES": "",  # empty means not set
     }
-    asyncio.run(_create_database(tmp_path / "lp.sqlite3"))  # read-only commands refuse a missing database
+    asyncio.run(_create_database(database))  # read-only commands refuse a missing database
     proc = run_cli(env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""

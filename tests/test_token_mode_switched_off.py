@@ -36,7 +36,7 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _database_from_token_mode(database: Path) -> None:
+async def _database_from_token_mode(database: Path | str) -> None:
     store = await Store.open(database)
     try:
         await store.connections.upsert("token", "token", ("acme",))
@@ -44,7 +44,7 @@ async def _database_from_token_mode(database: Path) -> None:
         await store.close()
 
 
-def _env(database: Path) -> dict[str, str]:
+def _env(database: Path | str) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LP_DATABASE": str(database),
@@ -65,8 +65,7 @@ def _healthz(port: int) -> int | None:
         return None
 
 
-def test_serve_starts_with_a_token_connection_whose_token_is_gone(tmp_path: Path) -> None:
-    database = tmp_path / "lp.sqlite3"
+def test_serve_starts_with_a_token_connection_whose_token_is_gone(tmp_path: Path, database: Path | str) -> None:
     asyncio.run(_database_from_token_mode(database))
     port = free_port()
     proc = subprocess.Popen(  # noqa: S603 - the project's own console script
@@ -94,8 +93,7 @@ def test_serve_starts_with_a_token_connection_whose_token_is_gone(tmp_path: Path
     assert "LP_BITBUCKET_TOKEN is not set" not in out, out[-3000:]
 
 
-async def test_scheduler_queues_no_pass_for_a_token_connection_whose_token_is_gone(tmp_path: Path) -> None:
-    database = tmp_path / "lp.sqlite3"
+async def test_scheduler_queues_no_pass_for_a_token_connection_whose_token_is_gone(database: Path | str) -> None:
     await _database_from_token_mode(database)
     settings = Settings.from_env({"LP_DATABASE": str(database), "LP_SECRET_KEY": KEY}, env_file=None)
     async with aiohttp.ClientSession() as session:
@@ -108,8 +106,9 @@ async def test_scheduler_queues_no_pass_for_a_token_connection_whose_token_is_go
     assert passes == []  # a pass for it could only fail, then retry and end dead
 
 
-def test_webhooks_register_leaves_a_token_connection_whose_token_is_gone_alone(tmp_path: Path) -> None:
-    database = tmp_path / "lp.sqlite3"
+def test_webhooks_register_leaves_a_token_connection_whose_token_is_gone_alone(
+    tmp_path: Path, database: Path | str
+) -> None:
     asyncio.run(_database_from_token_mode(database))
     proc = subprocess.run(  # noqa: S603 - the project's own console script
         [str(SCRIPT), "webhooks", "register"],

@@ -32,6 +32,7 @@ import pytest
 from app.cli import main
 from app.sandbox.serve import free_port
 from tests.conftest import ROOT, TOKEN
+from tests.pgcluster import created
 
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 ADMIN = "wheel-test-admin-token-0123456789abcdef"
@@ -185,21 +186,24 @@ def test_wheel_imports_from_its_own_install_and_reports_its_version(installed: I
     assert (script.returncode, script.stdout) == (0, f"lowerplane-bitbucket {VERSION}\n"), script.stderr
 
 
-def test_wheel_serves_dashboard_and_static_files(installed: Installed, processes: list[subprocess.Popen[str]]) -> None:
+def test_wheel_serves_dashboard_and_static_files(
+    installed: Installed, processes: list[subprocess.Popen[str]], database: Path | str
+) -> None:
     port = free_port()
     env = {
-        "LP_DATABASE": str(installed.outside / "serve" / "lp.sqlite3"),
+        "LP_DATABASE": str(installed.outside / "serve" / "lp.sqlite3") if isinstance(database, Path) else database,
         "LP_SECRET_KEY": "wheel-test-secret-key-0123456789",
         "LP_ADMIN_TOKEN": ADMIN,
         "LP_PUBLIC_URL": f"http://127.0.0.1:{port}",
     }
-    (installed.outside / "serve").mkdir()
+    (installed.outside / "serve").mkdir(exist_ok=True)
     proc = _start(installed, processes, "serve", "--host", "127.0.0.1", "--port", str(port), env=env)
     base = f"http://127.0.0.1:{port}"
     _wait_up(base + "/healthz", proc)
 
     status, _, _ = _get(base + "/healthz")
     assert status == 200
+    assert created(database if isinstance(database, str) else installed.outside / "serve" / "lp.sqlite3")
     status, kind, body = _get(base + "/login")  # rendered from app/web/templates
     assert status == 200 and kind.startswith("text/html"), body[:500]
     assert b'id="token"' in body
@@ -207,6 +211,32 @@ def test_wheel_serves_dashboard_and_static_files(installed: Installed, processes
     assert status == 200 and kind.startswith("text/css")
     assert body == (ROOT / "app" / "web" / "static" / "app.css").read_bytes()
     assert proc.poll() is None
+
+
+def test_wheel_runs_commands_on_the_database(installed: Installed, database: Path | str) -> None:
+    """The installed console script writes and reads the store (its driver: aiosqlite or asyncpg)."""
+    env = {**installed.env, "LP_DATABASE": str(database)}
+    added = subprocess.run(  # noqa: S603 - our own console script, fixed arguments
+        [str(installed.script), "classify-rules", "add", "production", "--project", "CORE"],
+        cwd=installed.outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    listed = subprocess.run(  # noqa: S603
+        [str(installed.script), "classify-rules", "list"],
+        cwd=installed.outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("1. project CORE") and "production" in listed.stdout
 
 
 def test_wheel_runs_the_sandbox(installed: Installed, processes: list[subprocess.Popen[str]]) -> None:

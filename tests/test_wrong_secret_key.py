@@ -27,7 +27,7 @@ ADMIN = "an-admin-token-for-tests-0123456"
 NEEDLE = "LP_SECRET_KEY cannot decrypt stored secrets"
 
 
-async def _database_with_secret(database: Path) -> None:
+async def _database_with_secret(database: Path | str) -> None:
     store = await Store.open(database)
     try:
         await store.connections.upsert("token", "token", ("acme",))
@@ -47,8 +47,7 @@ def _dead_port() -> int:
     [["reconcile"], ["webhooks", "register"], ["serve", "--port", "PORT"]],
     ids=["reconcile", "webhooks-register", "serve"],
 )
-def test_a_wrong_secret_key_is_one_line_and_exit_2(argv: list[str], tmp_path: Path) -> None:
-    database = tmp_path / "lp.sqlite3"
+def test_a_wrong_secret_key_is_one_line_and_exit_2(argv: list[str], tmp_path: Path, database: Path | str) -> None:
     asyncio.run(_database_with_secret(database))
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -73,9 +72,8 @@ def test_a_wrong_secret_key_is_one_line_and_exit_2(argv: list[str], tmp_path: Pa
     assert OLD_KEY not in proc.stderr and NEW_KEY not in proc.stderr
 
 
-def test_the_right_key_and_a_rotated_one_are_accepted(tmp_path: Path) -> None:
+def test_the_right_key_and_a_rotated_one_are_accepted(tmp_path: Path, database: Path | str) -> None:
     """The check refuses only a key list that cannot read the stored secrets."""
-    database = tmp_path / "lp.sqlite3"
     asyncio.run(_database_with_secret(database))
     for key in (OLD_KEY, f"{NEW_KEY},{OLD_KEY}"):
         env = {

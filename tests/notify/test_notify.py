@@ -25,6 +25,7 @@ from app.notify.senders import DeliveryError, EmailSender, SlackSender
 from app.sandbox.serve import free_port
 from app.store import Store
 from tests.helpers import Receiver
+from tests.pgcluster import database_for
 
 
 def res(
@@ -266,7 +267,7 @@ class Recorder:
 
 
 async def test_grouping_idempotency_and_restart(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await Store.open(database_for(tmp_path / "db.sqlite3"))
     now = [1000.0]
     rec = Recorder()
     d = Dispatcher(store, [rec], clock=lambda: now[0])
@@ -286,7 +287,7 @@ async def test_grouping_idempotency_and_restart(tmp_path: Path) -> None:
     assert await d.tick() == 0  # group interval (5 min) not over
     await store.close()
     # restart: a new dispatcher on the same database sends nothing twice
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await Store.open(database_for(tmp_path / "db.sqlite3"))
     d2 = Dispatcher(store, [rec], clock=lambda: now[0])
     await d2.on_delta("acme", first)
     now[0] += 300
@@ -297,7 +298,7 @@ async def test_grouping_idempotency_and_restart(tmp_path: Path) -> None:
 
 
 async def test_failures_back_off_die_and_warn_ops(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await Store.open(database_for(tmp_path / "db.sqlite3"))
     now = [1000.0]
     slack = Recorder(fail=100)
 
