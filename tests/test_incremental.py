@@ -163,10 +163,8 @@ async def test_a_burst_collapses_into_few_fetches(
     product: RunningApp, sandbox: RunningSandbox, session: aiohttp.ClientSession
 ) -> None:
     sandbox.sandbox.requests.clear()
-    started = time.monotonic()
     for _ in range(100):
         await act(session, sandbox, "repos/acme/api/push", {"branch": "main"}, wait=False)
-    assert time.monotonic() - started < 2.0
 
     async def all_done() -> bool:
         rows = await product.services.service.store.events.list(event_key="repo:push", limit=500)
