@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import uvicorn
 
-from app.main import SERVER_OPTIONS, SWITCH_INTERVAL, build_services, create_app
+from app.main import SERVER_OPTIONS, SWITCH_INTERVAL, BoundedHead, build_services, create_app
 from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store
 from app.store.events import NewEvent
@@ -253,3 +253,59 @@ async def test_the_gil_switch_interval_is_short_while_serving(
     async with served(sandbox, session, tmp_path):
         assert sys.getswitchinterval() == SWITCH_INTERVAL
     assert sys.getswitchinterval() == before
+
+
+# -- one write per answer -----------------------------------------------------------------------
+class _Writes:
+    """The connection's real transport, recording what each ``write`` call carries."""
+
+    def __init__(self, transport: asyncio.Transport, log: list[bytes]) -> None:
+        self._transport, self._log = transport, log
+
+    def write(self, data: bytes) -> None:
+        self._log.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_an_answer_with_a_body_leaves_in_one_write(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """serve's protocol writes a response's head together with its body (one send(2), not two);
+    a HEAD answer, an interim 100 Continue and an error before the body still leave whole."""
+    writes: list[bytes] = []
+
+    class Recording(BoundedHead):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(_Writes(transport, writes))  # type: ignore[arg-type]
+
+    async with served(sandbox, session, tmp_path, http=Recording) as app:
+        port = int(app.url.rsplit(":", 1)[1])
+        got = await exchange(port, raw_request(delivery(1), request="w-1", close=True))
+        [(status, answer)] = responses(got)
+        assert status == 202 and answer["event_id"]
+        assert writes == [got]  # head and body in one write
+        assert got.startswith(b"HTTP/1.1 202 ") and got.endswith(b'"duplicate":false}')
+
+        writes.clear()
+        body = delivery(2)
+        request = raw_request(body, request="w-2", close=True, Expect="100-continue")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request[: len(request) - len(body)])
+            await writer.drain()
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.write(body)
+            await writer.drain()
+            final = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        assert writes == [interim, final] and responses(final)[0][0] == 202
+
+        writes.clear()
+        async with session.head(app.url + "/healthz") as resp:
+            assert resp.status == 200 and int(resp.headers["content-length"]) > 0
+        assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\n")  # the head alone, not held back
+        assert rows(app) and len(rows(app)) == 2
