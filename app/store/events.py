@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from app.logs import get_logger
 from app.store.db import Database
 
@@ -122,6 +124,15 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
 
+def _payload_text(payload: dict[str, Any]) -> str:
+    """An event's payload as stored: orjson (a tenth of json's time on the receiver's group commit),
+    or json for what orjson refuses (a lone surrogate, which a delivery's branch name can carry)."""
+    try:
+        return orjson.dumps(payload).decode()
+    except TypeError:
+        return json.dumps(payload)
+
+
 _INSERT_MANY = """INSERT OR IGNORE INTO events (connection_id, source, event_key, request_uuid, hook_uuid, attempt,
     body_hash, workspace, payload, state, received_at, changed_at) VALUES """
 
@@ -175,7 +186,7 @@ class Events:
                     e.attempt,
                     e.body_hash,
                     e.workspace,
-                    json.dumps(e.payload),
+                    _payload_text(e.payload),
                     e.state,
                     at,
                     stamp,

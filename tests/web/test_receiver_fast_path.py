@@ -309,3 +309,35 @@ async def test_an_answer_with_a_body_leaves_in_one_write(
             assert resp.status == 200 and int(resp.headers["content-length"]) > 0
         assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\n")  # the head alone, not held back
         assert rows(app) and len(rows(app)) == 2
+
+
+# -- orjson on the hot path, json for what it refuses ---------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "branch"),
+    [
+        (
+            b'{"repository":{"full_name":"acme/a","workspace":{"slug":"acme"}},"push":{"changes":[{"new":'
+            b'{"type":"branch","name":"b-\\ud800"}}]}}',
+            "b-\ud800",
+        ),  # a lone surrogate: orjson refuses it
+        (
+            b'{"n":NaN,"repository":{"full_name":"acme/a"},"push":{"changes":[{"new":{"type":"branch",'
+            b'"name":"main"}}]}}',
+            "main",
+        ),  # NaN: json's extension
+        (
+            '{"repository":{"full_name":"acme/a"},"push":{"changes":[{"new":{"type":"branch","name":"é"}}]}}'.encode(
+                "utf-16"
+            ),
+            "é",
+        ),  # UTF-16 with a BOM: json detects it
+    ],
+)
+async def test_bodies_orjson_refuses_are_decided_by_json_as_before(
+    product: RunningApp, session: aiohttp.ClientSession, body: bytes, branch: str
+) -> None:
+    status, answer = await post(session, product, body, headers(body))
+    assert status == 202 and answer["event_id"], answer
+    [row] = rows(product)
+    payload = json.loads(row["payload"])
+    assert payload["branches"] == [branch] and payload["workspace"] == "acme"
