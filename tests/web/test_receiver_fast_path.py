@@ -341,3 +341,41 @@ async def test_bodies_orjson_refuses_are_decided_by_json_as_before(
     [row] = rows(product)
     payload = json.loads(row["payload"])
     assert payload["branches"] == [branch] and payload["workspace"] == "acme"
+
+
+# -- the time-to-202 histogram ----------------------------------------------------------------------
+def test_the_loop_histogram_exposes_what_prometheus_histogram_does() -> None:
+    """Same buckets (bounds inclusive), count and sum as prometheus_client's Histogram."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from app.metrics import Metrics
+
+    metrics, registry = Metrics(), CollectorRegistry()
+    reference = Histogram(
+        "lp_webhook_time_to_202_seconds",
+        "Time from request to the 202 answer",
+        buckets=metrics.ingest.bounds,
+        registry=registry,
+    )
+    samples = [0.0005, 0.001, 0.0011, 0.002, 0.012, 0.05, 0.3, 1.0, 7.5]
+    for value in samples:
+        metrics.observe_ingest(value)
+        reference.observe(value)
+
+    def lines(text: bytes) -> list[str]:
+        return [x for x in text.decode().splitlines() if x.startswith("lp_webhook_time_to_202_seconds_")]
+
+    assert lines(metrics.render()) == [x for x in lines(generate_latest(registry)) if "_created" not in x]
+    assert f"lp_webhook_time_to_202_seconds_count {float(len(samples))}" in lines(metrics.render())
+
+
+async def test_every_202_is_observed_in_the_time_to_202_histogram(
+    product: RunningApp, session: aiohttp.ClientSession
+) -> None:
+    for n in range(3):
+        body = delivery(n)
+        assert (await post(session, product, body, headers(body, request=f"m-{n}")))[0] == 202
+    async with session.get(product.url + "/metrics") as resp:
+        text = await resp.text()
+    assert "lp_webhook_time_to_202_seconds_count 3.0" in text
+    assert 'lp_webhook_time_to_202_seconds_bucket{le="+Inf"} 3.0' in text
