@@ -379,3 +379,40 @@ async def test_every_202_is_observed_in_the_time_to_202_histogram(
         text = await resp.text()
     assert "lp_webhook_time_to_202_seconds_count 3.0" in text
     assert 'lp_webhook_time_to_202_seconds_bucket{le="+Inf"} 3.0' in text
+
+
+# -- WAL checkpoints off the commit path ----------------------------------------------------------
+async def test_the_wal_is_checkpointed_beside_the_writer_not_by_its_commits(
+    product: RunningApp, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """While the writer runs, its connection leaves checkpoints to the checkpointer's own connection
+    (SQLite's page mark is raised), which copies committed deliveries into the database file
+    within a fraction of a second: the file alone, without its WAL, holds them."""
+    import shutil
+    import sqlite3
+
+    from app.store.events import SAFETY_PAGES
+
+    db = product.services.service.store.db
+    assert (await db.fetchone("PRAGMA wal_autocheckpoint"))[0] == SAFETY_PAGES
+    for n in range(5):
+        body = delivery(n)
+        assert (await post(session, product, body, headers(body, request=f"k-{n}")))[0] == 202
+    main_file = Path(product.settings.database)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        copy = tmp_path / f"copy-{asyncio.get_running_loop().time()}.sqlite3"
+        shutil.copyfile(main_file, copy)  # the database file alone: what was checkpointed
+        conn = sqlite3.connect(copy)
+        try:
+            found = conn.execute("SELECT count(*) FROM events WHERE request_uuid LIKE 'k-%'").fetchone()[0]
+        except sqlite3.OperationalError:  # not even the schema copied back yet
+            found = 0
+        finally:
+            conn.close()
+        if found == 5:
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"{found} of 5 checkpointed"
+        await asyncio.sleep(0.05)
+    assert product.services.writer.checkpointer is not None
+    assert product.services.writer.checkpointer.checkpoints > 0
