@@ -427,7 +427,9 @@ class Checkpointer:
             while not self._stop.wait(self.seconds):
                 try:
                     if conn is None:
-                        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                        # mode=rw: never create a database where the file went away
+                        uri = self.path.resolve().as_uri() + "?mode=rw"
+                        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
                 except sqlite3.Error as exc:
