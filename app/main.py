@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 import aiohttp
@@ -81,14 +81,14 @@ class BoundedHead(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:  # a new request's cycle (not an upgrade): its writes coalesced
-            self.cycle.transport = cast(asyncio.Transport, HeadWithBody(self.transport, self.cycle))
+            self.cycle.transport = HeadWithBody(self.transport, self.cycle)
 
     def on_message_complete(self) -> None:
         self._in_head = True  # the next request's head may follow on this connection
         super().on_message_complete()
 
 
-class HeadWithBody:
+class HeadWithBody(asyncio.Transport):
     """A response's view of its connection's transport: the head of a response that announces its
     length (``content-length`` > 0, not HEAD) is held and written with the first body bytes, in one
     write, so one ``send(2)`` instead of two. On loopback or a LAN a send costs about as much as
@@ -99,12 +99,13 @@ class HeadWithBody:
     __slots__ = ("_cycle", "_held", "_started", "_transport")
 
     def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
+        super().__init__()
         self._transport = transport
         self._cycle = cycle
         self._held: bytes | None = None
         self._started = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._held is not None:
             data, self._held = self._held + data, None
         elif not self._started and self._cycle.response_started:
@@ -112,7 +113,7 @@ class HeadWithBody:
             cycle = self._cycle
             if cycle.chunked_encoding is False and cycle.expected_content_length > 0:
                 if cycle.scope["method"] != "HEAD":
-                    self._held = data
+                    self._held = bytes(data)
                     return
         self._transport.write(data)
 
@@ -123,8 +124,8 @@ class HeadWithBody:
     def is_closing(self) -> bool:
         return self._transport.is_closing()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._transport.get_extra_info(name, default)
 
 
 class ServerOptions(TypedDict):
