@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+
+class LoopHistogram(Collector):
+    """A histogram observed from the event loop's thread only (the webhook receiver's time to 202):
+    one bisect and two additions per observation, where prometheus_client's ``Histogram`` takes a
+    lock for a bucket and another for the sum, several microseconds per delivery on the receiver's
+    hot path (py-spy under bench/ingest_wrk.py). Exposed as a Histogram is (``_bucket``, ``_count``,
+    ``_sum``)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = tuple(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1  # a bucket's bound is inclusive (le)
+        self.sum += amount
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation)
+        cumulative = list(accumulate(self.counts))
+        labels = [repr(b) for b in self.bounds] + ["+Inf"]  # as Histogram writes these bounds
+        family.add_metric([], list(zip(labels, cumulative, strict=True)), self.sum)
+        yield family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.ingest = Histogram(
+        self.ingest = LoopHistogram(
             "lp_webhook_time_to_202_seconds",
             "Time from request to the 202 answer",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),

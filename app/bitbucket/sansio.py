@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
+
 from app import errors
 from app.models import Delivery
 
@@ -285,12 +287,16 @@ def delivery_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     if not attempt_raw.isdigit():
         raise errors.PayloadError("X-Attempt-Number must be a number")
     try:
-        # A UTF-8 object opens with "{" and no NUL: decoding it here spares json.loads its encoding
-        # detection, with the same result (anything else, UTF-16 say, takes json.loads's own path).
-        utf8 = body[:1] == b"{" and body[1:2] != b"\x00"
-        payload = json.loads(body.decode("utf-8", "surrogatepass") if utf8 else body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise errors.PayloadError("body is not JSON") from None
+        payload = orjson.loads(body)  # several times faster than json on the receiver's hot path
+    except orjson.JSONDecodeError:
+        # What orjson refuses and json accepts (a lone surrogate escape, NaN, UTF-16) is decided as
+        # before: by json. A UTF-8 object opens with "{" and no NUL: decoding it here spares
+        # json.loads its encoding detection (anything else, UTF-16 say, takes json's own path).
+        try:
+            utf8 = body[:1] == b"{" and body[1:2] != b"\x00"
+            payload = json.loads(body.decode("utf-8", "surrogatepass") if utf8 else body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise errors.PayloadError("body is not JSON") from None
     if not isinstance(payload, dict):
         raise errors.PayloadError("body is not a JSON object")
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import uvicorn
 
-from app.main import SERVER_OPTIONS, SWITCH_INTERVAL, build_services, create_app
+from app.main import SERVER_OPTIONS, SWITCH_INTERVAL, BoundedHead, build_services, create_app
 from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store
 from app.store.events import NewEvent
@@ -253,3 +253,166 @@ async def test_the_gil_switch_interval_is_short_while_serving(
     async with served(sandbox, session, tmp_path):
         assert sys.getswitchinterval() == SWITCH_INTERVAL
     assert sys.getswitchinterval() == before
+
+
+# -- one write per answer -----------------------------------------------------------------------
+class _Writes:
+    """The connection's real transport, recording what each ``write`` call carries."""
+
+    def __init__(self, transport: asyncio.Transport, log: list[bytes]) -> None:
+        self._transport, self._log = transport, log
+
+    def write(self, data: bytes) -> None:
+        self._log.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_an_answer_with_a_body_leaves_in_one_write(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """serve's protocol writes a response's head together with its body (one send(2), not two);
+    a HEAD answer, an interim 100 Continue and an error before the body still leave whole."""
+    writes: list[bytes] = []
+
+    class Recording(BoundedHead):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(_Writes(transport, writes))  # type: ignore[arg-type]
+
+    async with served(sandbox, session, tmp_path, http=Recording) as app:
+        port = int(app.url.rsplit(":", 1)[1])
+        got = await exchange(port, raw_request(delivery(1), request="w-1", close=True))
+        [(status, answer)] = responses(got)
+        assert status == 202 and answer["event_id"]
+        assert writes == [got]  # head and body in one write
+        assert got.startswith(b"HTTP/1.1 202 ") and got.endswith(b'"duplicate":false}')
+
+        writes.clear()
+        body = delivery(2)
+        request = raw_request(body, request="w-2", close=True, Expect="100-continue")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request[: len(request) - len(body)])
+            await writer.drain()
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.write(body)
+            await writer.drain()
+            final = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        assert writes == [interim, final] and responses(final)[0][0] == 202
+
+        writes.clear()
+        async with session.head(app.url + "/healthz") as resp:
+            assert resp.status == 200 and int(resp.headers["content-length"]) > 0
+        assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\n")  # the head alone, not held back
+        assert rows(app) and len(rows(app)) == 2
+
+
+# -- orjson on the hot path, json for what it refuses ---------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "branch"),
+    [
+        (
+            b'{"repository":{"full_name":"acme/a","workspace":{"slug":"acme"}},"push":{"changes":[{"new":'
+            b'{"type":"branch","name":"b-\\ud800"}}]}}',
+            "b-\ud800",
+        ),  # a lone surrogate: orjson refuses it
+        (
+            b'{"n":NaN,"repository":{"full_name":"acme/a"},"push":{"changes":[{"new":{"type":"branch",'
+            b'"name":"main"}}]}}',
+            "main",
+        ),  # NaN: json's extension
+        (
+            '{"repository":{"full_name":"acme/a"},"push":{"changes":[{"new":{"type":"branch","name":"é"}}]}}'.encode(
+                "utf-16"
+            ),
+            "é",
+        ),  # UTF-16 with a BOM: json detects it
+    ],
+)
+async def test_bodies_orjson_refuses_are_decided_by_json_as_before(
+    product: RunningApp, session: aiohttp.ClientSession, body: bytes, branch: str
+) -> None:
+    status, answer = await post(session, product, body, headers(body))
+    assert status == 202 and answer["event_id"], answer
+    [row] = rows(product)
+    payload = json.loads(row["payload"])
+    assert payload["branches"] == [branch] and payload["workspace"] == "acme"
+
+
+# -- the time-to-202 histogram ----------------------------------------------------------------------
+def test_the_loop_histogram_exposes_what_prometheus_histogram_does() -> None:
+    """Same buckets (bounds inclusive), count and sum as prometheus_client's Histogram."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from app.metrics import Metrics
+
+    metrics, registry = Metrics(), CollectorRegistry()
+    reference = Histogram(
+        "lp_webhook_time_to_202_seconds",
+        "Time from request to the 202 answer",
+        buckets=metrics.ingest.bounds,
+        registry=registry,
+    )
+    samples = [0.0005, 0.001, 0.0011, 0.002, 0.012, 0.05, 0.3, 1.0, 7.5]
+    for value in samples:
+        metrics.observe_ingest(value)
+        reference.observe(value)
+
+    def lines(text: bytes) -> list[str]:
+        return [x for x in text.decode().splitlines() if x.startswith("lp_webhook_time_to_202_seconds_")]
+
+    assert lines(metrics.render()) == [x for x in lines(generate_latest(registry)) if "_created" not in x]
+    assert f"lp_webhook_time_to_202_seconds_count {float(len(samples))}" in lines(metrics.render())
+
+
+async def test_every_202_is_observed_in_the_time_to_202_histogram(
+    product: RunningApp, session: aiohttp.ClientSession
+) -> None:
+    for n in range(3):
+        body = delivery(n)
+        assert (await post(session, product, body, headers(body, request=f"m-{n}")))[0] == 202
+    async with session.get(product.url + "/metrics") as resp:
+        text = await resp.text()
+    assert "lp_webhook_time_to_202_seconds_count 3.0" in text
+    assert 'lp_webhook_time_to_202_seconds_bucket{le="+Inf"} 3.0' in text
+
+
+# -- WAL checkpoints off the commit path ----------------------------------------------------------
+async def test_the_wal_is_checkpointed_beside_the_writer_not_by_its_commits(
+    product: RunningApp, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """While the writer runs, its connection leaves checkpoints to the checkpointer's own connection
+    (SQLite's page mark is raised), which copies committed deliveries into the database file
+    within a fraction of a second: the file alone, without its WAL, holds them."""
+    import shutil
+    import sqlite3
+
+    from app.store.events import SAFETY_PAGES
+
+    db = product.services.service.store.db
+    assert (await db.fetchone("PRAGMA wal_autocheckpoint"))[0] == SAFETY_PAGES
+    for n in range(5):
+        body = delivery(n)
+        assert (await post(session, product, body, headers(body, request=f"k-{n}")))[0] == 202
+    main_file = Path(product.settings.database)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        copy = tmp_path / f"copy-{asyncio.get_running_loop().time()}.sqlite3"
+        shutil.copyfile(main_file, copy)  # the database file alone: what was checkpointed
+        conn = sqlite3.connect(copy)
+        try:
+            found = conn.execute("SELECT count(*) FROM events WHERE request_uuid LIKE 'k-%'").fetchone()[0]
+        except sqlite3.OperationalError:  # not even the schema copied back yet
+            found = 0
+        finally:
+            conn.close()
+        if found == 5:
+            break
+        assert asyncio.get_running_loop().time() < deadline, f"{found} of 5 checkpointed"
+        await asyncio.sleep(0.05)
+    assert product.services.writer.checkpointer is not None
+    assert product.services.writer.checkpointer.checkpoints > 0
