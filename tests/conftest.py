@@ -96,6 +96,7 @@ BOTH_STORES: set[str] = {
     "test_state_machine_regressions.py",
     "web/test_dashboard.py",
     "test_overview_queries.py",
+    "test_chaos.py",
 }
 
 
