@@ -241,7 +241,14 @@ class PgDatabase(Database):
             async with conn.transaction():  # instances starting together: one creates the table
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
                 await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            version = 0
+                version = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+            if version > len(MIGRATIONS):
+                # As on SQLite (app/store/db.py): a later version's schema is not ours to write.
+                raise ConnectionError(
+                    f"cannot use {redact(self.url)}: written by a newer version of lowerplane-bitbucket (schema "
+                    f"{version}; this version knows up to {len(MIGRATIONS)}): upgrade, or restore a backup made "
+                    "by this version"
+                )
             for number, script in enumerate(MIGRATIONS, 1):
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
