@@ -7,17 +7,25 @@ from outside the product, through psql or asyncpg, as the SQLite tests act on th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from app.sandbox.serve import RunningSandbox, free_port
 from app.store import Store, pg
 from app.store.schema import MIGRATIONS
 from app.store.snapshots import k_emails, k_members
+from tests.helpers import RunningApp, product_settings, running_app, wait_for
 from tests.pgcluster import Cluster, fetch
 from tests.test_cli_exits import ADMIN, GOOD_KEY, assert_one_line, run_cli
+from tests.test_crash import env_for, start
 from tests.test_members_table import NOW, member
+from tests.test_supervision import health
 
 
 def test_a_database_from_a_newer_version_is_refused_untouched(pg_cluster: Cluster, tmp_path: Path) -> None:
@@ -102,4 +110,122 @@ async def test_a_database_of_an_older_schema_migrates_to_the_current_one(
         assert [tuple(r) for r in members] == [("acme", "a-1", "Ann", None), ("acme", "a-9", "User 9", "n@example.com")]
     finally:
         await store.close()
+        pg_cluster.drop_database(url)
+
+
+# -- the service running while its database fails ---------------------------------------------------
+@contextlib.asynccontextmanager
+async def settled_app(
+    pg_cluster: Cluster, sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> AsyncIterator[tuple[RunningApp, str]]:
+    """The product in-process on a fresh database of the cluster, its first pass done; and the
+    database's name (for psql)."""
+    url = pg_cluster.new_database()
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port, LP_DATABASE=url)
+    try:
+        async with running_app(settings, port, session) as app:
+            store = app.services.service.store
+            assert store.db.dialect == "postgresql"
+
+            async def settled() -> bool:
+                counts = await store.events.counts()
+                return counts.get("done", 0) > 0 and counts.get("queued", 0) + counts.get("running", 0) == 0
+
+            await wait_for(settled, within=20)
+            yield app, url.rsplit("/", 1)[-1]
+    finally:
+        pg_cluster.drop_database(url)
+
+
+async def test_a_crashed_worker_is_restarted_counted_and_reported(
+    pg_cluster: Cluster, sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """tests/test_supervision.py's test on PostgreSQL: the events table disappears under the
+    service (renamed by another client) and comes back."""
+    async with settled_app(pg_cluster, sandbox, session, tmp_path) as (product, name):
+        supervisor = product.services.supervisor
+        assert supervisor is not None
+        supervisor.backoff_initial = supervisor.backoff_max = 0.3
+        supervisor.max_restarts = 1000
+        assert await health(session, product.url) == (200, {"status": "ok"})
+        await asyncio.to_thread(pg_cluster.psql, "ALTER TABLE events RENAME TO events_away", name)
+        try:
+
+            async def reported() -> bool:
+                status, body = await health(session, product.url)
+                return status == 503 and "worker" in body["tasks"]
+
+            await wait_for(reported, within=10, interval=0.02)
+            _, body = await health(session, product.url)
+            assert body["status"] == "failing" and 'relation "events" does not exist' in body["tasks"]["worker"]
+        finally:
+            await asyncio.to_thread(pg_cluster.psql, "ALTER TABLE events_away RENAME TO events", name)
+
+        async def healthy() -> bool:
+            status, _ = await health(session, product.url)
+            return status == 200 and supervisor.tasks["worker"].running and supervisor.tasks["worker"].restarts >= 1
+
+        await wait_for(healthy, within=10)
+        store = product.services.service.store
+        [eid] = await product.services.service.internal_event("lp:reconcile", {"tier": "members"})
+
+        async def processed() -> bool:
+            row = await store.events.get(eid)
+            return row is not None and row.state == "done"
+
+        await wait_for(processed, within=10)
+
+
+async def test_connections_the_server_drops_are_replaced(
+    pg_cluster: Cluster, sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """What a PostgreSQL restart or failover does to a running service: every connection it holds
+    is closed by the server. The service opens new ones: it is ready again, and a webhook delivered
+    after it is stored and processed."""
+    async with settled_app(pg_cluster, sandbox, session, tmp_path) as (product, name):
+        store = product.services.service.store
+        await store.events.wait_changed(0.01)  # the event stream's listening connection too
+        terminate = f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{name}'"  # noqa: S608
+        dropped = await asyncio.to_thread(pg_cluster.psql, terminate)
+        assert int(dropped) >= 2, dropped  # the pool's and the listener's
+
+        async def ready() -> bool:
+            async with session.get(product.url + "/readyz") as resp:
+                return resp.status == 200
+
+        await wait_for(ready, within=15)
+        async with session.post(f"{sandbox.url}/_sandbox/repos/acme/api/update", json={"mainbranch": "develop"}) as r:
+            assert r.status == 200
+
+        async def processed() -> bool:
+            rows = await store.events.list(event_key="repo:updated")
+            return bool(rows) and rows[0].state == "done"
+
+        await wait_for(processed, within=20)
+        deliveries = (await (await session.get(sandbox.url + "/_sandbox/deliveries")).json())["deliveries"]
+        assert [d["attempts"][-1] for d in deliveries if d["event_key"] == "repo:updated"] == ["202"]
+        assert await health(session, product.url) == (200, {"status": "ok"})
+
+
+@pytest.mark.slow
+async def test_a_task_that_cannot_be_kept_alive_ends_the_process_non_zero(
+    pg_cluster: Cluster, sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """tests/test_supervision.py's test on PostgreSQL: ``serve`` whose events table is gone for good
+    gives up and exits 1 (so systemd or Kubernetes restarts it)."""
+    url = pg_cluster.new_database()
+    port = free_port()
+    env = env_for(sandbox, tmp_path, port) | {"LP_DATABASE": url, "LP_DATA_DIR": str(tmp_path)}
+    proc = await start(env, port, session)
+    try:
+        await asyncio.to_thread(pg_cluster.psql, "ALTER TABLE events RENAME TO events_away", url.rsplit("/", 1)[-1])
+        started = time.monotonic()
+        code = await asyncio.wait_for(proc.wait(), timeout=40)
+        assert code == 1
+        assert time.monotonic() - started < 40
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
         pg_cluster.drop_database(url)
