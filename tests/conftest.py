@@ -97,6 +97,7 @@ BOTH_STORES: set[str] = {
     "web/test_dashboard.py",
     "test_overview_queries.py",
     "test_chaos.py",
+    "test_atomic_alerts.py",
 }
 
 
