@@ -265,8 +265,8 @@ class Recorder:
         self.sent.append(alerts)
 
 
-async def test_grouping_idempotency_and_restart(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+async def test_grouping_idempotency_and_restart(database: Path | str) -> None:
+    store = await Store.open(database)
     now = [1000.0]
     rec = Recorder()
     d = Dispatcher(store, [rec], clock=lambda: now[0])
@@ -286,7 +286,7 @@ async def test_grouping_idempotency_and_restart(tmp_path: Path) -> None:
     assert await d.tick() == 0  # group interval (5 min) not over
     await store.close()
     # restart: a new dispatcher on the same database sends nothing twice
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await Store.open(database)
     d2 = Dispatcher(store, [rec], clock=lambda: now[0])
     await d2.on_delta("acme", first)
     now[0] += 300
@@ -296,8 +296,8 @@ async def test_grouping_idempotency_and_restart(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_failures_back_off_die_and_warn_ops(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "db.sqlite3")
+async def test_failures_back_off_die_and_warn_ops(database: Path | str) -> None:
+    store = await Store.open(database)
     now = [1000.0]
     slack = Recorder(fail=100)
 
