@@ -19,6 +19,7 @@ from app.services import build_services
 from app.settings import Settings
 from app.store import Store
 from tests.conftest import READONLY_TOKEN, TOKEN
+from tests.pgcluster import database_for
 
 PDF = b"%PDF-1.4 2SV report\n"
 PEOPLE = """email,name,kind,status,offboarded_on,bitbucket_account_id
@@ -94,7 +95,8 @@ EXPECTED = {
 
 def settings_for(sb: RunningSandbox, tmp: Path, **extra: str) -> Settings:
     env = {
-        "LP_DATABASE": str(tmp / "lp.sqlite3"),
+        "LP_DATABASE": str(database_for(tmp / "lp.sqlite3")),  # or the PostgreSQL run's database
+        "LP_DATA_DIR": str(tmp),
         "LP_BITBUCKET_API_URL": sb.api,
         "LP_BITBUCKET_TOKEN": TOKEN,
         "LP_WORKSPACES": "acme",

@@ -24,6 +24,7 @@ from app.sandbox.serve import free_port
 from app.services import build_services
 from app.settings import Settings
 from app.store import Store
+from tests.pgcluster import database_for
 
 SCRIPT = Path(sys.executable).with_name("lowerplane-bitbucket")
 KEY = "a-good-secret-key-for-tests-0123"
@@ -36,7 +37,7 @@ def _dead_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _database_from_token_mode(database: Path) -> None:
+async def _database_from_token_mode(database: Path | str) -> None:
     store = await Store.open(database)
     try:
         await store.connections.upsert("token", "token", ("acme",))
@@ -95,7 +96,7 @@ def test_serve_starts_with_a_token_connection_whose_token_is_gone(tmp_path: Path
 
 
 async def test_scheduler_queues_no_pass_for_a_token_connection_whose_token_is_gone(tmp_path: Path) -> None:
-    database = tmp_path / "lp.sqlite3"
+    database = database_for(tmp_path / "lp.sqlite3")  # or the PostgreSQL run's database
     await _database_from_token_mode(database)
     settings = Settings.from_env({"LP_DATABASE": str(database), "LP_SECRET_KEY": KEY}, env_file=None)
     async with aiohttp.ClientSession() as session:
