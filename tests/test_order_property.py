@@ -167,7 +167,7 @@ def test_any_order_equals_a_fresh_reconcile(world: dict[str, Any], order: list[i
     tmp: Path = world["tmp"]
     run = Path(tempfile.mkdtemp(dir=tmp))
     db = run / "replay.sqlite3"
-    shutil.copy(tmp / "before.sqlite3", db)
+    shutil.copy(tmp / "before.sqlite3", db)  # SQLite only: every example starts from a copy of the file
     for suffix in ("-wal", "-shm"):
         if (tmp / f"before.sqlite3{suffix}").exists():
             shutil.copy(tmp / f"before.sqlite3{suffix}", run / f"replay.sqlite3{suffix}")

@@ -29,7 +29,8 @@ from tests.test_crash import db_rows, env_for, start
 
 
 def rename_table(path: Path, old: str, new: str) -> None:
-    """A real database fault: the events table disappears (and comes back) under the service."""
+    """A real database fault: the events table disappears (and comes back) under the service.
+    The SQLite file's; tests/test_postgresql_storage.py does the same to a PostgreSQL database."""
     conn = sqlite3.connect(path, timeout=10)
     try:
         conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
