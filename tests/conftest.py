@@ -98,6 +98,7 @@ BOTH_STORES: set[str] = {
     "test_overview_queries.py",
     "test_chaos.py",
     "test_atomic_alerts.py",
+    "test_members_table.py",
 }
 
 
