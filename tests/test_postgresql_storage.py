@@ -17,13 +17,16 @@ import aiohttp
 import pytest
 
 from app.sandbox.serve import RunningSandbox, free_port
+from app.services import Services, build_services
 from app.store import Store, pg
 from app.store.schema import MIGRATIONS
 from app.store.snapshots import k_emails, k_members
+from app.webhook_registration import description, ensure_hooks, installation_id
 from tests.helpers import RunningApp, product_settings, running_app, wait_for
 from tests.pgcluster import Cluster, fetch
 from tests.test_cli_exits import ADMIN, GOOD_KEY, assert_one_line, run_cli
 from tests.test_crash import env_for, start
+from tests.test_hooks_identity import MEMBER
 from tests.test_members_table import NOW, member
 from tests.test_supervision import health
 
@@ -229,3 +232,45 @@ async def test_a_task_that_cannot_be_kept_alive_ends_the_process_non_zero(
             proc.kill()
             await proc.wait()
         pg_cluster.drop_database(url)
+
+
+async def test_a_copied_database_given_its_own_id_leaves_the_originals_hook_alone(
+    pg_cluster: Cluster, sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """tests/test_hooks_identity.py's copy on PostgreSQL: production's database restored into
+    staging (here a copy made with CREATE DATABASE … TEMPLATE, as pg_dump and pg_restore would),
+    given its own installation id with psql (README), does not take production's hook over."""
+    hooks = sandbox.sandbox.state.workspaces["acme"].hooks
+    production = pg_cluster.new_database()
+    staging = production + "_staging"
+
+    @contextlib.asynccontextmanager
+    async def product(url: str, port: int) -> AsyncIterator[Services]:
+        settings = product_settings(sandbox.api, tmp_path, port, LP_DATABASE=url, **MEMBER)
+        services = await build_services(settings, session)
+        try:
+            yield services
+        finally:
+            await services.service.store.close()
+
+    try:
+        async with product(production, 8001) as services:
+            conn = await services.service.ensure_token_connection()
+            assert conn is not None
+            [made] = await ensure_hooks(services.service, conn)
+            prod_id = await installation_id(services.service)
+        prod_hook = hooks[made["uuid"]]
+        source, copy = production.rsplit("/", 1)[-1], staging.rsplit("/", 1)[-1]
+        await asyncio.to_thread(pg_cluster.psql, f"CREATE DATABASE {copy} TEMPLATE {source}")
+        await asyncio.to_thread(pg_cluster.psql, "DELETE FROM meta WHERE key = 'installation_id'", copy)
+        async with product(staging, 8002) as services:
+            conn = await services.service.store.connections.get("token")
+            assert conn is not None and [e["uuid"] for e in conn.hooks] == [prod_hook.uuid]  # copied
+            [entry] = await ensure_hooks(services.service, conn)
+            staging_id = await installation_id(services.service)
+        assert staging_id != prod_id and entry["action"] == "created" and entry["uuid"] != prod_hook.uuid
+        assert prod_hook.url == "http://127.0.0.1:8001/hooks/bitbucket/token"
+        assert prod_hook.description == description("token", prod_id)
+    finally:
+        pg_cluster.drop_database(staging)
+        pg_cluster.drop_database(production)
