@@ -108,6 +108,9 @@ BOTH_STORES: set[str] = {
     "test_state_machine_regressions.py",
     "web/test_dashboard.py",
     "test_overview_queries.py",
+    "test_chaos.py",
+    "test_atomic_alerts.py",
+    "test_members_table.py",
 }
 
 

@@ -6,15 +6,21 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from app.sandbox.serve import RunningSandbox, free_port
+from tests import pgcluster
 from tests.helpers import Receiver, product_settings, running_app
 
 
-def rename_table(path: Path, old: str, new: str) -> None:
-    conn = sqlite3.connect(path, timeout=10)
+def rename_table(database: Path | str, old: str, new: str) -> None:
+    """Through a connection of its own (another client): an SQLite file or a PostgreSQL URL."""
+    if isinstance(database, str):
+        pgcluster.fetch(database, f"ALTER TABLE {old} RENAME TO {new}")
+        return
+    conn = sqlite3.connect(database, timeout=10)
     try:
         conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
         conn.commit()
@@ -22,17 +28,19 @@ def rename_table(path: Path, old: str, new: str) -> None:
         conn.close()
 
 
-def outbox_for(path: Path, subject: str) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(path, timeout=30)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [
-            r
-            for r in conn.execute("SELECT * FROM outbox WHERE kind = 'opened'")
-            if f'"subject": "{subject}"' in r["payload"] and "branch-protection-enforced" in r["payload"]
-        ]
-    finally:
-        conn.close()
+def outbox_for(database: Path | str, subject: str) -> list[Any]:
+    if isinstance(database, str):
+        rows: list[Any] = pgcluster.fetch(database, "SELECT * FROM outbox WHERE kind = 'opened'")
+    else:
+        conn = sqlite3.connect(database, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            rows = list(conn.execute("SELECT * FROM outbox WHERE kind = 'opened'"))
+        finally:
+            conn.close()
+    return [
+        r for r in rows if f'"subject": "{subject}"' in r["payload"] and "branch-protection-enforced" in r["payload"]
+    ]
 
 
 async def test_a_failed_alert_write_leaves_no_result_change_behind(
@@ -49,7 +57,7 @@ async def test_a_failed_alert_write_leaves_no_result_change_behind(
         )
         async with running_app(settings, port, session, background=False) as app:
             service, worker = app.services.service, app.services.worker
-            store, db = service.store, tmp_path / "lp.sqlite3"
+            store, db = service.store, pgcluster.database_for(tmp_path / "lp.sqlite3")  # the app's
             worker.coalesce_window = 0.0
             worker.retry_base = 0.0
             await service.internal_event("lp:reconcile", {"tier": "full"})

@@ -42,6 +42,7 @@ import pytest
 
 from app.sandbox.scenario import State
 from app.sandbox.serve import RunningSandbox, free_port, running_sandbox
+from tests import pgcluster
 from tests.helpers import ADMIN, SECRET_KEY, Receiver, product_settings, running_app, wait_for
 
 TOKEN = "sandbox-acme-token"
@@ -129,9 +130,19 @@ async def test_a_new_repository_whose_restrictions_cannot_be_read_is_unknown_wit
         await wait_for(protected, within=30)
 
 
-def plant_lock(path: Path, owner: str, expires_at: float) -> None:
+def plant_lock(database: Path | str, owner: str, expires_at: float) -> None:
     """Every pass lock held by ``owner`` until ``expires_at``, the full pass of acme among them."""
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    if isinstance(database, str):  # PostgreSQL: one statement, so one transaction
+        pgcluster.fetch(
+            database,
+            "WITH held AS (UPDATE locks SET owner = $1, expires_at = $2 RETURNING name) "
+            "INSERT INTO locks (name, owner, expires_at) VALUES ($3, $1, $2) ON CONFLICT DO NOTHING",
+            owner,
+            expires_at,
+            "pass:token:acme:full",
+        )
+        return
+    conn = sqlite3.connect(database, timeout=30, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("UPDATE locks SET owner = ?, expires_at = ?", (owner, expires_at))
@@ -172,7 +183,8 @@ async def test_a_pass_lock_left_by_a_killed_process_does_not_skip_passes(
         # Written from a thread: a blocking write on the event loop would keep the app (same loop)
         # from finishing a transaction it has open, and both would wait out the lock timeout.
         owner = f"{socket.gethostname()}:{dead.pid}"
-        await asyncio.to_thread(plant_lock, tmp_path / "lp.sqlite3", owner, time.time() + 3600)
+        database = pgcluster.database_for(tmp_path / "lp.sqlite3")  # the app's (tests/helpers.py)
+        await asyncio.to_thread(plant_lock, database, owner, time.time() + 3600)
         async with session.post(app.url + "/api/reconcile", json={"workspace": "acme"}, headers=admin) as resp:
             assert resp.status == 202
             [queued] = (await resp.json())["queued"]
@@ -291,10 +303,14 @@ def key(row: dict[str, Any]) -> tuple[str, str]:
     return row["check"], row.get("subject_uuid") or row["subject"]
 
 
-def product_env(tmp: Path, name: str, port: int, sandbox: RunningSandbox, **extra: str) -> dict[str, str]:
+def product_env(
+    tmp: Path, name: str, port: int, sandbox: RunningSandbox, database: Path | str | None = None, **extra: str
+) -> dict[str, str]:
+    """A product's environment; its database is ``tmp/name.sqlite3`` unless ``database`` is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LP_")}
     return env | {
-        "LP_DATABASE": str(tmp / f"{name}.sqlite3"),
+        "LP_DATABASE": str(database or tmp / f"{name}.sqlite3"),
+        "LP_DATA_DIR": str(tmp),
         "LP_BITBUCKET_API_URL": sandbox.api,
         "LP_BITBUCKET_URL": sandbox.url,
         "LP_SECRET_KEY": SECRET_KEY,
@@ -547,6 +563,9 @@ async def test_chaos(sandbox: RunningSandbox, session: aiohttp.ClientSession, tm
                 "chaos",
                 chaos_port,
                 sandbox,
+                # The product under test is on the store of the run (SQLite, or the test cluster's
+                # PostgreSQL); its oracles (the twin, the passes from scratch) stay on SQLite.
+                pgcluster.database_for(tmp_path / "chaos.sqlite3"),
                 LP_OAUTH_CLIENT_ID="sandbox-client-id",
                 LP_OAUTH_CLIENT_SECRET="sandbox-client-secret",
                 **common,

@@ -1,5 +1,6 @@
 """Kill the serving process with SIGKILL under load: every delivery answered 202 was stored, and
-after a restart every stored event is processed exactly once."""
+after a restart every stored event is processed exactly once. On SQLite; on PostgreSQL,
+tests/test_scaleout.py SIGKILLs one of three instances under load and asserts the same."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The members table (schema 6): one row per workspace member, written when the member list or
-the email lookup is stored, read by the Members page through an index. Real SQLite files."""
+the email lookup is stored, read by the Members page through an index. On both stores; the tests
+of SQLite's own machinery (its query plans, its connection's functions) on SQLite only."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ async def page(store: Store, **kw: Any) -> tuple[list[tuple[str, str, str | None
     return [(m["display_name"], m["link"], m["linked_by"]) for m in found.items], found.counts
 
 
-async def test_the_member_list_and_email_lookup_write_the_members_table(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "lp.sqlite")
+async def test_the_member_list_and_email_lookup_write_the_members_table(database: Path | str) -> None:
+    store = await Store.open(database)
     try:
         await people(
             store,
@@ -75,8 +76,10 @@ async def test_the_member_list_and_email_lookup_write_the_members_table(tmp_path
 
 
 async def test_upgrading_fills_the_members_table_from_stored_member_lists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_kind: str
 ) -> None:
+    if store_kind != "sqlite":
+        pytest.skip("SQLite's upgrade; PostgreSQL's: tests/test_postgresql_storage.py (schema 3 to now)")
     path = tmp_path / "lp.sqlite"
     monkeypatch.setattr(db, "MIGRATIONS", db.MIGRATIONS[:5])  # a database of schema 5
     old = await Store.open(path)
@@ -111,9 +114,11 @@ async def test_upgrading_fills_the_members_table_from_stored_member_lists(
         await store.close()
 
 
-async def test_a_page_of_members_by_name_or_role_walks_an_index(tmp_path: Path) -> None:
+async def test_a_page_of_members_by_name_or_role_walks_an_index(tmp_path: Path, store_kind: str) -> None:
     """The page reads its 50 rows in index order (no sort of every member, no JSON unpacked per
     request): what keeps /members under 300 ms at 20,000 members (bench/dashboard.py)."""
+    if store_kind != "sqlite":
+        pytest.skip("SQLite's query plans (EXPLAIN QUERY PLAN); PostgreSQL's planner chooses by its statistics")
     store = await Store.open(tmp_path / "lp.sqlite")
     plans: list[str] = []
     real = store.db.fetchall
@@ -135,10 +140,14 @@ async def test_a_page_of_members_by_name_or_role_walks_an_index(tmp_path: Path) 
         await store.close()
 
 
-async def test_a_page_is_served_while_another_statement_is_active_on_the_connection(tmp_path: Path) -> None:
+async def test_a_page_is_served_while_another_statement_is_active_on_the_connection(
+    tmp_path: Path, store_kind: str
+) -> None:
     """The views registered their SQL functions on the shared connection at first use; SQLite refuses
     that while a statement is active there ("Error creating function": the Repositories page failed
     when a concurrent request was reading). The functions are registered when the connection opens."""
+    if store_kind != "sqlite":
+        pytest.skip("SQLite's one shared connection (PostgreSQL's functions are SQL, created by the migration)")
     store = await Store.open(tmp_path / "lp.sqlite3")
     try:
         await store.db.executemany(

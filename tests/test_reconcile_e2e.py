@@ -95,7 +95,8 @@ EXPECTED = {
 
 def settings_for(sb: RunningSandbox, tmp: Path, **extra: str) -> Settings:
     env = {
-        "LP_DATABASE": str(database_for(tmp / "lp.sqlite3")),
+        "LP_DATABASE": str(database_for(tmp / "lp.sqlite3")),  # or the PostgreSQL run's database
+        "LP_DATA_DIR": str(tmp),
         "LP_BITBUCKET_API_URL": sb.api,
         "LP_BITBUCKET_TOKEN": TOKEN,
         "LP_WORKSPACES": "acme",

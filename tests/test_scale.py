@@ -31,7 +31,8 @@ TOKEN = "bench-token"
 def _settings(api: str, db: Path, **extra: str) -> Settings:
     return Settings.from_env(
         {
-            "LP_DATABASE": str(database_for(db)),
+            "LP_DATABASE": str(database_for(db)),  # or the PostgreSQL run's database
+            "LP_DATA_DIR": str(db.parent),
             "LP_BITBUCKET_API_URL": api,
             "LP_BITBUCKET_TOKEN": TOKEN,
             "LP_WORKSPACES": "bench",

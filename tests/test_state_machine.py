@@ -24,6 +24,11 @@ Bounded for ``make test`` (60 examples of at most 20 steps, under a minute); ``S
 ``STATE_MACHINE_EXAMPLES`` and ``STATE_MACHINE_STEPS`` override either figure, so a soak can run
 in shards: ``SOAK=1 STATE_MACHINE_EXAMPLES=50 pytest tests/test_state_machine.py --hypothesis-seed=N``;
 ``STATE_MACHINE_TALLY=FILE`` appends each example's count of steps that acted to FILE.
+
+Stores: ``make test`` replays the fixed examples on SQLite (``TestProductVsReference``) and on
+PostgreSQL (``TestProductVsReferenceOnPostgreSQL``, a database of the session's throwaway cluster
+per example). ``STATE_MACHINE_STORE=postgresql`` (or ``sqlite``, the default) picks the store of
+``TestProductVsReference``; a soak (``SOAK=1``) runs that class only, on that store.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import app.models
 from app.sandbox.serve import RunningSandbox, free_port, running_sandbox
+from tests import pgcluster
 from tests.helpers import ADMIN, RunningApp, product_settings, running_app
 
 pytestmark = [pytest.mark.statemachine, pytest.mark.state_machine]
@@ -59,6 +65,10 @@ EXAMPLES, STEPS = (200, 30) if SOAK else (60, 20)
 # ``--hypothesis-seed`` per shard (the seed applies only when SOAK=1; make test is derandomized).
 EXAMPLES = int(os.environ.get("STATE_MACHINE_EXAMPLES") or EXAMPLES)
 STEPS = int(os.environ.get("STATE_MACHINE_STEPS") or STEPS)
+STORES = ("sqlite", "postgresql")
+STORE = os.environ.get("STATE_MACHINE_STORE") or "sqlite"
+if STORE not in STORES:
+    raise ValueError(f"STATE_MACHINE_STORE={STORE!r}: one of {', '.join(STORES)}")
 
 WS = "acme"
 OTHER = "other"
@@ -401,11 +411,18 @@ repo_faults = st.one_of(st.none(), st.none(), st.tuples(st.sampled_from(REPO_REA
 
 
 class ProductVsReference(RuleBasedStateMachine):
+    store = STORE  # the product's store: an SQLite file in the example's folder, or a PostgreSQL database
+    cluster: pgcluster.Cluster | None = None  # the session's cluster, for PostgreSQL (set by machine_store)
+
     def __init__(self) -> None:
         super().__init__()
         self.runner = asyncio.Runner()
         self.stack = contextlib.AsyncExitStack()
         self.tmp = Path(tempfile.mkdtemp(prefix="lp-sm-"))
+        self.database: str | None = None  # the example's PostgreSQL database, dropped at teardown
+        if self.store == "postgresql":
+            assert self.cluster is not None, "a PostgreSQL run needs the pg_cluster fixture (machine_store)"
+            self.database = self.cluster.new_database()
         self.rec = Records()
         # Noon today, and a second more at every trigger: time moves on (never across midnight by
         # itself), so "before" and "after" are never the same instant.
@@ -430,6 +447,8 @@ class ProductVsReference(RuleBasedStateMachine):
             app.models.clock = app.models._wall_clock
             self.runner.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.database is not None and self.cluster is not None:
+                self.cluster.drop_database(self.database)
             if tally := os.environ.get("STATE_MACHINE_TALLY"):
                 # One line per example: the steps that acted (for a soak's report).
                 with open(tally, "a") as out:
@@ -470,10 +489,12 @@ class ProductVsReference(RuleBasedStateMachine):
             self.session = await self.stack.enter_async_context(aiohttp.ClientSession())
             self.sandbox: RunningSandbox = await self.stack.enter_async_context(running_sandbox(scenario()))
             port = free_port()
+            store = {"LP_DATABASE": self.database} if self.database else {}
             settings_ = product_settings(
                 self.sandbox.api,
                 self.tmp,
                 port,
+                **store,
                 LP_CHECKS_ENABLED="pipelines-enabled",
                 LP_MIN_APPROVALS=str(min_approvals),
                 LP_STRICT_MERGE_CHECKS=str(strict).lower(),
@@ -487,6 +508,7 @@ class ProductVsReference(RuleBasedStateMachine):
                 running_app(settings_, port, self.session, background=False, sleep=no_sleep, max_attempts=2)
             )
             self.product.services.worker.coalesce_window = 0.0
+            assert self.product.services.service.store.db.dialect == self.store
 
         self.run(up())
         self.started = True
@@ -1036,7 +1058,7 @@ class ProductVsReference(RuleBasedStateMachine):
         assert counts.get("running", 0) == 0, counts
 
 
-ProductVsReference.TestCase.settings = settings(
+SETTINGS = settings(
     max_examples=EXAMPLES,
     stateful_step_count=STEPS,
     deadline=None,
@@ -1048,4 +1070,24 @@ ProductVsReference.TestCase.settings = settings(
     # finds becomes a plain test in test_state_machine_regressions.py.
     derandomize=not SOAK,
 )
+ProductVsReference.TestCase.settings = SETTINGS
 TestProductVsReference = ProductVsReference.TestCase
+
+
+class ProductVsReferenceOnPostgreSQL(ProductVsReference):
+    """The same machine and examples with the product on PostgreSQL (``make test``; not in a soak)."""
+
+    store = "postgresql"
+
+
+ProductVsReferenceOnPostgreSQL.TestCase.settings = SETTINGS
+if not SOAK and STORE == "sqlite":
+    TestProductVsReferenceOnPostgreSQL = ProductVsReferenceOnPostgreSQL.TestCase
+
+
+@pytest.fixture(autouse=True)
+def machine_store(request: pytest.FixtureRequest) -> None:
+    """A machine on PostgreSQL gets the session's throwaway cluster (tests/pgcluster.py)."""
+    machine = getattr(getattr(request.cls, "runTest", None), "_hypothesis_state_machine_class", None)
+    if machine is not None and machine.store == "postgresql":
+        machine.cluster = request.getfixturevalue("pg_cluster")

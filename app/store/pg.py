@@ -40,8 +40,8 @@ SERIAL_TABLES = frozenset(
 
 def _without_backfill(script: str) -> str:
     """A migration's schema statements, each expression of an expression index in parentheses (as
-    PostgreSQL requires), and none of its backfill from SQLite's json_each (PostgreSQL databases
-    start at this release, so none holds data from before it)."""
+    PostgreSQL requires), and none of its backfill from SQLite's json_each (:func:`_fill_members`
+    does it on PostgreSQL)."""
     schema = script.split("INSERT OR REPLACE")[0]
     return re.sub(r"^(\s*)(CASE .*? END),$", r"\1(\2),", schema, flags=re.MULTILINE)
 
@@ -49,6 +49,22 @@ def _without_backfill(script: str) -> str:
 # Migrations whose SQLite text PostgreSQL cannot take as translated, derived from it (6: the members
 # table, rebuilt whenever a member list is stored, and the expression index of the Findings' order).
 PG_MIGRATIONS = {6: _without_backfill(MIGRATIONS[5])}
+
+
+async def _fill_members(conn: PgConnection) -> None:
+    """Migration 6's backfill on PostgreSQL: the members table of every workspace with a stored
+    member list or email lookup, written by the code that rebuilds it when either is stored (SQLite's
+    text reads them with json_each). Without it a database of an older schema showed no members
+    until its member list changed."""
+    from app.store.snapshots import MEMBER_KINDS, rebuild_members
+
+    async with conn.execute(
+        "SELECT DISTINCT workspace FROM snapshots WHERE kind IN (?, ?) ORDER BY 1", MEMBER_KINDS
+    ) as cur:
+        workspaces = [str(r[0]) for r in await cur.fetchall()]
+    for workspace in workspaces:
+        await rebuild_members(conn, workspace)
+
 
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\?")
 _JSON_EXTRACT = re.compile(r"json_extract\(([\w.]+),\s*'\$\.([\w.]+)'\)")
@@ -266,6 +282,8 @@ class PgDatabase(Database):
                         continue
                     for statement in _statements(translate_ddl(PG_MIGRATIONS.get(number, script))):
                         await conn.execute(translate(statement))
+                    if number == 6:
+                        await _fill_members(PgConnection(conn))
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
                     version = number
             async with conn.transaction():
