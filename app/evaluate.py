@@ -254,7 +254,7 @@ async def record_all(
     only_checks: frozenset[str] | None = None,
     alerts: Alerts | None = None,
     *,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> AsyncIterator[tuple[Delta, int]]:
     """What ``record(store, settings, ws, now, cause, only_checks=only_checks, alerts=alerts)``
     records over the whole workspace, in bounded steps, so memory stays bounded however many
@@ -271,8 +271,8 @@ async def record_all(
     Alerts are those of one evaluation: when no result of the tests in scope was stored (a first
     assessment), the steps write without alerts and the last one carries the "first assessment"
     summary (on its own when only member tests are in scope); otherwise each step alerts its own
-    changes (:func:`chunk_alerts`)."""
-    size = max(1, chunk)
+    changes (:func:`chunk_alerts`). ``chunk``: :data:`CHUNK` unless given."""
+    size = max(1, chunk or CHUNK)
     scope = frozenset(only_checks) if only_checks else known_checks(settings) | await store.results.checks(ws)
     first = alerts is not None and not await store.results.exist(ws, checks=scope)
     step_alerts = None if first or alerts is None else chunk_alerts(alerts)

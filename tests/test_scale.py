@@ -303,3 +303,148 @@ async def test_member_step_holds_one_chunk_at_a_time(tmp_path: Path, monkeypatch
             assert (await run()).rows_written == 0
         finally:
             await store.close()
+
+
+class _Loads:
+    """Counts the snapshot rows each load of the store reads (by key, or a whole workspace)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from app.store.snapshots import Snapshots
+
+        self.by_key: list[int] = []
+        self.whole: list[str] = []
+        real_keys, real_load = Snapshots.load_keys, Snapshots.load
+        loads = self
+
+        async def load_keys(self: Snapshots, keys: Any) -> Any:
+            out = await real_keys(self, keys)
+            loads.by_key.append(len(out))
+            return out
+
+        async def load(self: Snapshots, workspace: str, kinds: tuple[str, ...] = ()) -> Any:
+            loads.whole.append(workspace)
+            return await real_load(self, workspace, kinds)
+
+        monkeypatch.setattr(Snapshots, "load_keys", load_keys)
+        monkeypatch.setattr(Snapshots, "load", load)
+
+    def clear(self) -> None:
+        self.by_key.clear()
+        self.whole.clear()
+
+
+def _evaluated_subjects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of repository and member subjects of each ``checks.evaluate`` call."""
+    from app import checks
+
+    sizes: list[int] = []
+    real = checks.evaluate
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        sizes.append(len({r.subject_key for r in out if r.subject_type != "workspace"}))
+        return out
+
+    monkeypatch.setattr(checks, "evaluate", evaluate)
+    return sizes
+
+
+async def test_evaluate_all_in_chunks(big: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A classification rule re-evaluates every subject of the workspace (300 repositories, 40
+    members) a chunk at a time: no step loads more than one chunk's snapshots (never the whole
+    workspace), nor evaluates more than a chunk of subjects; the stored results are exactly what
+    evaluating the whole workspace at once gives (a repository no longer listed retired), one
+    alert per change, and evaluating again writes no row."""
+    from app import evaluate
+    from app.evaluate import evaluate_plans, evaluate_workspace
+    from app.models import iso, utcnow
+    from app.notify.rules import alerts_for
+    from app.planner import Plan
+
+    chunk = 7
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3", LP_CHECKS_ENABLED="")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await reconcile_workspace(_client(session, big.api), store, cfg, "bench")
+        now = utcnow()
+        # Production: the repositories of project P1 (repo-classified passes for them now).
+        await store.records.add_rule("production", iso(now), project_key="P1")
+        left = big.sandbox.state.workspaces["bench"].repos["repo-0150"].uuid
+        await store.snapshots.update_repo_list("bench", set(), {left}, iso(now))  # it left the workspace
+        assert await store.results.load("bench", subjects=[left], checks=None)
+        expected, _ = await evaluate_workspace(store, cfg, "bench", now)
+        assert len({r.subject_key for r in expected}) > 300
+
+        monkeypatch.setattr(evaluate, "CHUNK", chunk)
+        loads = _Loads(monkeypatch)
+        sizes = _evaluated_subjects(monkeypatch)
+        sent: list[dict[str, Any]] = []
+
+        def alerts(delta: Any) -> list[Any]:
+            sent.extend(alerts_for(delta))
+            return []
+
+        deltas = await evaluate_plans(store, cfg, "bench", [Plan(workspace_checks=True)], "event:test", alerts=alerts)
+        assert not loads.whole
+        assert max(loads.by_key) <= chunk * 6, loads.by_key  # a chunk's repositories, six snapshots each
+        assert max(sizes) <= chunk, sizes
+        stored = await _results(store)
+        from app.findings import fingerprint
+
+        assert stored == {(r.check, r.subject_key): (r.status, fingerprint(r)) for r in expected}
+        assert not [k for k in stored if k[1] == left]
+        resolved = [c for d in deltas for c in d.resolved]
+        assert len(resolved) >= 50  # the production repositories' repo-classified results
+        assert {s.result.subject_key for d in deltas for s in d.retired} == {left}
+        assert "baseline" not in {a["kind"] for a in sent}
+        assert len([a for a in sent if a["kind"] == "resolved"]) == len(resolved)
+
+        history = await store.results.count_history()
+        again = await evaluate_plans(store, cfg, "bench", [Plan(workspace_checks=True)], "event:test", alerts=alerts)
+        assert all(d.is_empty() for d in again)
+        assert await store.results.count_history() == history
+        assert await _results(store) == stored
+    finally:
+        await store.close()
+
+
+async def test_members_tier_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The members tier over 300 members evaluates, and reads the stored results of, one chunk of
+    members at a time; it records what evaluating the whole list at once gives (departed members
+    retired, a changed permission re-evaluated), and a tier with nothing changed writes no row."""
+    from app.evaluate import evaluate_workspace
+    from app.findings import fingerprint
+    from app.models import utcnow
+    from app.planner import MEMBER_CHECKS
+
+    chunk, total = 40, 300
+    async with running_sandbox(generate(repos=20, members=total)) as sb, aiohttp.ClientSession() as session:
+        cfg = _settings(sb.api, tmp_path / "lp.sqlite3")
+        store = await Store.open(cfg.database)
+        try:
+            client = _client(session, sb.api)
+            await reconcile_workspace(client, store, cfg, "bench")
+            ws = sb.sandbox.state.workspaces["bench"]
+            accounts = list(ws.members)
+            leaving = {accounts[0], accounts[150], accounts[299]}
+            for account in leaving:
+                del ws.members[account]
+
+            sizes = _evaluated_subjects(monkeypatch)
+            loads = _Loads(monkeypatch)
+            report = await reconcile_workspace(client, store, cfg, "bench", tier="members", chunk=chunk)
+            assert max(sizes) <= chunk, sizes
+            assert max(sizes) == chunk
+            assert not loads.whole
+            assert {s.result.subject_key for s in report.delta.retired} == leaving
+
+            expected, _ = await evaluate_workspace(store, cfg, "bench", utcnow(), only_checks=MEMBER_CHECKS)
+            members = {k: v for k, v in (await _results(store)).items() if k[0] in MEMBER_CHECKS}
+            assert members == {(r.check, r.subject_key): (r.status, fingerprint(r)) for r in expected}
+            assert len({k[1] for k in members}) == total - len(leaving)
+
+            again = await reconcile_workspace(client, store, cfg, "bench", tier="members", chunk=chunk)
+            assert again.rows_written == 0
+        finally:
+            await store.close()
