@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from app import checks
+from app.checks import EVIDENCE_CHECKS
 from app.checks.base import Context, Unreadable, WorkspaceFacts
 from app.findings import Change, Delta, Key, diff
 from app.models import Result, StoredResult, iso, utcnow
@@ -96,17 +97,19 @@ async def evaluate_workspace(
         with_members=members and bool(MEMBER_CHECKS & set(enabled)),
         listed=listed,
     )
-    ctx = await _context(store, settings, ws, now)
+    ctx = await _context(store, settings, ws, now, enabled)
     return checks.evaluate(facts, ctx, enabled), members_read
 
 
-async def _context(store: Store, settings: Settings, ws: str, now: datetime) -> Context:
+async def _context(store: Store, settings: Settings, ws: str, now: datetime, enabled: Sequence[str]) -> Context:
+    """What the tests ``enabled`` read besides facts; the workspace's evidence (one upload per
+    member, possibly) only when one of them accepts evidence (a repository's re-check reads none)."""
     return Context(
         workspace=ws,
         now=now,
         min_approvals=settings.min_approvals,
         strict_merge_checks=settings.strict_merge_checks,
-        evidence=tuple(await store.records.evidence(ws)),
+        evidence=tuple(await store.records.evidence(ws)) if set(enabled) & set(EVIDENCE_CHECKS) else (),
         web_url=settings.bitbucket_url,
     )
 
@@ -205,7 +208,7 @@ async def record_members(
     if enabled:
         reader = await member_reader(store, ws, await member_snapshots(store, ws), await store.records.people())
     read = members_read(reader)
-    ctx = await _context(store, settings, ws, now)
+    ctx = await _context(store, settings, ws, now, enabled)
     exceptions = tuple(await store.records.exceptions())
     size = max(1, chunk)
 

@@ -448,3 +448,137 @@ async def test_members_tier_in_chunks(tmp_path: Path, monkeypatch: pytest.Monkey
             assert again.rows_written == 0
         finally:
             await store.close()
+
+
+async def test_webhook_path_reads_by_key_only(
+    big: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository's webhook reads its own snapshots by key and nothing whose size follows the
+    workspace: not the repository list's content (parsed once per content, then told by its
+    hash), not the workspace's explicit classes (by key), not its evidence (no repository test
+    reads any)."""
+    from app.store.records import Records
+    from app.store.snapshots import Snapshots, k_repos
+
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = _client(session, big.api)
+            await reconcile_workspace(client, store, cfg, "bench")
+            repos = big.sandbox.state.workspaces["bench"].repos
+
+            async def clients(_: str) -> BitbucketClient:
+                return client
+
+            worker = Worker(store, cfg, clients, coalesce_window=0)
+
+            async def webhook(slug: str) -> None:
+                repos[slug].mainbranch = None
+                await store.events.append(
+                    NewEvent(
+                        connection_id="env",
+                        source="webhook",
+                        event_key="repo:updated",
+                        payload={"workspace": "bench", "repository_uuid": repos[slug].uuid},
+                        workspace="bench",
+                    )
+                )
+                await worker.drain()
+                stored = await store.results.query(check="branch-protection-enforced", subject=repos[slug].uuid)
+                assert stored[0].result.status == "not_applicable"
+
+            await webhook("repo-0001")  # the first one parses the list
+
+            asked: list[str] = []
+            returned = 0
+            whole: list[str] = []
+            classes: list[Any] = []
+            evidence: list[Any] = []
+            real_get, real_keys, real_load = Snapshots.get, Snapshots.load_keys, Snapshots.load
+            real_classes, real_evidence = Records.classes, Records.evidence
+
+            async def get(self: Snapshots, key: str) -> Any:
+                nonlocal returned
+                asked.append(key)
+                out = await real_get(self, key)
+                returned += out is not None
+                return out
+
+            async def load_keys(self: Snapshots, keys: Any) -> Any:
+                nonlocal returned
+                keys = list(keys)
+                asked.extend(keys)
+                out = await real_keys(self, keys)
+                returned += len(out)
+                return out
+
+            async def load(self: Snapshots, workspace: str, kinds: tuple[str, ...] = ()) -> Any:
+                whole.append(workspace)
+                return await real_load(self, workspace, kinds)
+
+            async def records_classes(self: Records, *args: Any, **kwargs: Any) -> Any:
+                classes.append(kwargs.get("uuids"))
+                return await real_classes(self, *args, **kwargs)
+
+            async def records_evidence(self: Records, workspace: Any = None) -> Any:
+                evidence.append(workspace)
+                return await real_evidence(self, workspace)
+
+            monkeypatch.setattr(Snapshots, "get", get)
+            monkeypatch.setattr(Snapshots, "load_keys", load_keys)
+            monkeypatch.setattr(Snapshots, "load", load)
+            monkeypatch.setattr(Records, "classes", records_classes)
+            monkeypatch.setattr(Records, "evidence", records_evidence)
+            store.snapshots.rows_loaded = 0
+            await webhook("repo-0002")
+            assert k_repos("bench") not in asked
+            assert not whole
+            assert store.snapshots.rows_loaded == returned  # the list's content was not read again
+            assert 0 < returned <= 8
+            assert classes and all(c is not None and len(c) == 1 for c in classes)
+            assert not evidence
+    finally:
+        await store.close()
+
+
+async def test_repository_list_parsed_once_per_content(
+    tmp_path: Path, database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parsed repository list follows its stored content (a change by another store on the
+    same database is seen at once) and is read again only when that changed; a repository
+    already listed changes nothing, without a write transaction."""
+    from app.store.snapshots import k_repo
+
+    store = await Store.open(database)
+    other = await Store.open(database)
+    try:
+        now = "2026-01-01T00:00:00Z"
+        uuids = [f"{{{i:08d}}}" for i in range(5)]
+        await store.snapshots.put_many(
+            [("repos:bench", "bench", "repos", uuids[:4]), *[(k_repo(u), "bench", "repo", {"uuid": u}) for u in uuids]],
+            now,
+        )
+        store.snapshots.rows_loaded = 0
+        first = await store.snapshots.repo_list("bench")
+        assert first is not None and first.uuids == tuple(uuids[:4])
+        assert first.ordered({uuids[3], uuids[1], "{nope}"}) == [uuids[1], uuids[3]]
+        assert await store.snapshots.repo_list("bench") is first
+        assert store.snapshots.rows_loaded == 1
+
+        await other.snapshots.update_repo_list("bench", {uuids[4]}, {uuids[0]}, now)
+        changed = await store.snapshots.repo_list("bench")
+        assert changed is not None and changed.uuids == (*uuids[1:4], uuids[4])
+        assert store.snapshots.rows_loaded == 2
+
+        def no_transaction() -> Any:
+            raise AssertionError("a write transaction for a repository already listed")
+
+        monkeypatch.setattr(store.db, "transaction", no_transaction)
+        await store.snapshots.update_repo_list("bench", {uuids[2]}, set(), now)
+        monkeypatch.undo()
+        assert (await other.snapshots.repo_list("bench")) == changed
+        assert await store.snapshots.repo_list("empty") is None
+    finally:
+        await other.close()
+        await store.close()
