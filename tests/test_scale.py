@@ -582,3 +582,35 @@ async def test_repository_list_parsed_once_per_content(
     finally:
         await other.close()
         await store.close()
+
+
+async def test_restrictions_order_reads_no_restrictions_content(
+    big: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restrictions tier orders the repositories by when their restrictions were last read
+    well, reading that time alone, not every restriction's content (every minute)."""
+    from app import tiers
+    from app.store.snapshots import Snapshots, k_restrictions
+
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await reconcile_workspace(_client(session, big.api), store, cfg, "bench")
+        asked: list[tuple[str, ...]] = []
+        real = Snapshots.load
+
+        async def load(self: Snapshots, workspace: str, kinds: tuple[str, ...] = ()) -> Any:
+            asked.append(kinds)
+            return await real(self, workspace, kinds)
+
+        monkeypatch.setattr(Snapshots, "load", load)
+        found, _ = await tiers.readings(store, "bench")
+        assert asked and all(k and "restrictions" not in k for k in asked)
+        assert len(found) > 290
+        monkeypatch.undo()
+        for reading in found[:: len(found) // 7]:
+            snap = await store.snapshots.get(k_restrictions(reading.uuid))
+            assert snap is not None and reading.read_at == snap.fetched_at is not None
+    finally:
+        await store.close()

@@ -230,6 +230,14 @@ class Snapshots:
         self.rows_loaded += len(rows)
         return {r["key"]: _snapshot(r) for r in rows}
 
+    async def fetched(self, workspace: str, kind: str) -> dict[str, str | None]:
+        """key -> when it was last read well, for a workspace's snapshots of one kind, without their
+        content (the restrictions tier orders 10,000 repositories by it every minute)."""
+        rows = await self.db.fetchall(
+            "SELECT key, fetched_at FROM snapshots WHERE workspace = ? AND kind = ?", (workspace, kind)
+        )
+        return {str(r[0]): r[1] for r in rows}
+
     async def load_keys(self, keys: Iterable[str]) -> dict[str, Snapshot]:
         """The snapshots of these keys (those that exist), by primary key: the cost follows the
         keys asked for, not the size of the workspace."""
