@@ -282,8 +282,9 @@ async def record_all(
     opened = Opened() if first else None
     member_scope = scope & MEMBER_CHECKS
     rest = scope - MEMBER_CHECKS  # every test but the member tests: repository, workspace (and unknown) ones
-    # Only tests that may have a repository subject need the repositories read.
-    on_repos = rest & REPO_CHECKS or rest - frozenset(checks.REGISTRY)
+    # Only tests that may have a repository subject need the repositories read (a repository
+    # test, or one no longer known whose results may be a repository's): only they run per chunk.
+    on_repos = rest & REPO_CHECKS | (rest - frozenset(checks.REGISTRY))
 
     def seen(delta: Delta) -> Delta:
         if opened is not None:
@@ -296,7 +297,7 @@ async def record_all(
         for start in range(0, len(listed), size):
             part = listed[start : start + size]
             delta, written = await record(
-                store, settings, ws, now, cause, set(part), rest, step_alerts, members=False, listed=part
+                store, settings, ws, now, cause, set(part), on_repos, step_alerts, members=False, listed=part
             )
             yield seen(delta), written
         # Results of repositories no longer listed: retired (none of them is evaluated).
@@ -305,7 +306,7 @@ async def record_all(
         for start in range(0, len(gone), size):
             part = gone[start : start + size]
             delta, written = await record(
-                store, settings, ws, now, cause, set(part), rest, step_alerts, members=False, listed=[]
+                store, settings, ws, now, cause, set(part), on_repos, step_alerts, members=False, listed=[]
             )
             yield seen(delta), written
     if member_scope:
