@@ -152,6 +152,10 @@ async def repositories_tier(
     """Re-list repositories (pages only) and re-check those whose main branch, project or
     visibility moved, or that are new."""
     now = utcnow()
+    if not await store.snapshots.exists(k_repos(ws)):
+        # No full pass yet: the first one reads everything. Told before listing (at 10,000
+        # repositories, a listing held beside the first pass's own made serve's peak RSS).
+        return Delta(), 0
     fetcher = Fetcher(client, store, iso(now))
     rows = await client.collect(paths.REPOSITORIES, {"pagelen": MAX_PAGELEN, "fields": REPO_FIELDS}, workspace=ws)
     listed = [Repository.from_api(r) for r in rows]

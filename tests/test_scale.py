@@ -614,3 +614,24 @@ async def test_restrictions_order_reads_no_restrictions_content(
             assert snap is not None and reading.read_at == snap.fetched_at is not None
     finally:
         await store.close()
+
+
+async def test_repositories_tier_before_any_pass_lists_nothing(big: RunningSandbox, tmp_path: Path) -> None:
+    """Before a full pass stored a repository list, the repositories tier leaves the reading to
+    that pass without listing the workspace itself (at start, the two listings held together made
+    serve's peak memory at 10,000 repositories); once the list is stored, it lists."""
+    from app import tiers
+
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = _client(session, big.api)
+            delta, written = await tiers.repositories_tier(client, store, cfg, "bench")
+            assert (delta.is_empty(), written, client.calls()) == (True, 0, 0)
+            await reconcile_workspace(client, store, cfg, "bench")
+            before = client.calls()
+            await tiers.repositories_tier(client, store, cfg, "bench")
+            assert client.calls() - before == 3  # 300 repositories, 100 a page
+    finally:
+        await store.close()

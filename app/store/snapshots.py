@@ -251,6 +251,10 @@ class Snapshots:
             out.update((r["key"], _snapshot(r)) for r in rows)
         return out
 
+    async def exists(self, key: str) -> bool:
+        """Whether a snapshot of this key is stored (by key, without its content)."""
+        return await self.db.fetchone("SELECT 1 FROM snapshots WHERE key = ?", (key,)) is not None
+
     async def get(self, key: str) -> Snapshot | None:
         r = await self.db.fetchone("SELECT * FROM snapshots WHERE key = ?", (key,))
         if r is None:
@@ -288,10 +292,7 @@ class Snapshots:
         without reading and rewriting 10,000 uuids."""
         if not adds and not gone:
             return
-        have_meta = set()
-        for u in adds:
-            if await self.db.fetchone("SELECT 1 FROM snapshots WHERE key = ?", (k_repo(u),)) is not None:
-                have_meta.add(u)
+        have_meta = {u for u in adds if await self.exists(k_repo(u))}
         listed = await self.repo_list(workspace)
         if listed is not None and all(u in listed.position for u in have_meta):
             if not any(u in listed.position for u in gone):
