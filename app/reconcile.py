@@ -13,16 +13,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from app import errors
 from app.bitbucket.client import BitbucketClient
 from app.bitbucket.models import Repository
-from app.evaluate import Alerts, known_checks, record, record_members
+from app.evaluate import CHUNK as CHUNK
+from app.evaluate import Alerts, Opened, chunk_alerts, known_checks, record, record_all, record_members
 from app.fetch import Fetcher, Row, fetch_all
-from app.findings import Change, Delta
+from app.findings import Delta
 from app.logs import get_logger
 from app.models import iso, utcnow
 from app.planner import MEMBER_CHECKS, REPO_CHECKS, Fetch, KnownRepo, full_pass, repo_fetches
@@ -48,38 +49,10 @@ class PassReport:
     counts: Counter[str] = field(default_factory=Counter)
 
 
-CHUNK = 200  # repositories fetched, evaluated and recorded together in a full pass
 # Told how a pass advances: {"step": "repositories" | "members" | ..., "done": n, "total": m}
 # (repositories done of those listed), as each chunk is recorded (the operator's panel).
 Progress = Callable[[dict[str, object]], Awaitable[None]]
 REPORT_CAP = 1000  # changes of each kind a pass keeps to report
-FEW = 100  # a first pass's openings kept whole (each may be an alert); beyond, a summary alert
-
-
-@dataclass
-class _Opened:
-    """What a workspace's first pass opened, compactly: every change while they are few (each
-    may become an alert of its own), else per test a count and one example, all the "first
-    assessment" summary alert needs."""
-
-    few: list[Change] = field(default_factory=list)
-    counts: Counter[str] = field(default_factory=Counter)
-    example: dict[str, Change] = field(default_factory=dict)
-
-    def add(self, delta: Delta) -> None:
-        for c in delta.opened:
-            self.counts[c.result.check] += 1
-            self.example.setdefault(c.result.check, c)
-            if len(self.few) < FEW:
-                self.few.append(c)
-
-    def whole(self, last: Delta) -> Delta:
-        """The delta of the whole pass, as the alerts see it."""
-        self.add(last)
-        if sum(self.counts.values()) <= len(self.few):
-            return replace(last, opened=list(self.few))
-        opened = [self.example[k] for k, n in sorted(self.counts.items()) for _ in range(n)]
-        return replace(last, opened=opened, unchanged=[], stale=[])
 
 
 async def reconcile_workspace(
@@ -119,10 +92,12 @@ async def reconcile_workspace(
             client, store, plan.fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency
         )
         report.snapshots_changed, report.fetch_failures = outcome.changed, outcome.failures
-        delta, report.rows_written = await record(
-            store, settings, ws, now, cause, only_checks=plan.checks or None, alerts=alerts
-        )
-        _merge(report, delta)
+        # The member tests, ``chunk`` members at a time (20,000 members are never evaluated at once).
+        async for delta, written in record_all(
+            store, settings, ws, now, cause, plan.checks or None, alerts, chunk=max(1, chunk)
+        ):
+            _merge(report, delta)
+            report.rows_written += written
     else:
         await told({"step": "listing repositories"})
         try:
@@ -183,8 +158,8 @@ async def _full(
     first = alerts is not None and (bool(await store.meta.get(marker)) or not await store.results.exist(ws))
     if first:
         await store.meta.set(marker, stamp)
-    chunk_alerts = None if first or alerts is None else _chunk_alerts(alerts)
-    opened = _Opened() if first else None
+    step_alerts = None if first or alerts is None else chunk_alerts(alerts)
+    opened = Opened() if first else None
     total = len(repos)
     await told({"step": "repositories", "done": 0, "total": total})
     for start in range(0, len(repos), chunk):
@@ -203,7 +178,7 @@ async def _full(
             now,
             "reconcile",
             subjects={r.uuid for r in part},
-            alerts=chunk_alerts,
+            alerts=step_alerts,
             members=False,
             listed=[r.uuid for r in part],  # all listed (the list was stored above), in its order
         )
@@ -217,7 +192,7 @@ async def _full(
     gone = await store.results.subject_keys(ws, "repository") - listed
     if gone:
         delta, written = await record(
-            store, settings, ws, now, "reconcile", subjects=gone, alerts=chunk_alerts, members=False
+            store, settings, ws, now, "reconcile", subjects=gone, alerts=step_alerts, members=False
         )
         _merge(report, delta)
         report.rows_written += written
@@ -230,12 +205,12 @@ async def _full(
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
     # The member tests, ``chunk`` members at a time (20,000 members are never evaluated at once).
-    async for delta, written in record_members(store, settings, ws, now, "reconcile", chunk_alerts, chunk=chunk):
+    async for delta, written in record_members(store, settings, ws, now, "reconcile", step_alerts, chunk=chunk):
         _merge(report, delta)
         if opened is not None:
             opened.add(delta)
         report.rows_written += written
-    final: Alerts | None = chunk_alerts
+    final: Alerts | None = step_alerts
     if opened is not None and alerts is not None:
         first_pass, send = opened, alerts
 
@@ -269,20 +244,6 @@ def _merge(report: PassReport, delta: Delta) -> None:
         kept += new[: max(0, REPORT_CAP - len(kept))]
 
 
-def _chunk_alerts(alerts: Alerts) -> Alerts:
-    """Alerts for one chunk of a pass that is not the workspace's first: one alert per change.
-    The "first assessment" summary is a decision about a whole first pass, never one chunk's
-    (a chunk of only new repositories is not a first assessment), so a chunk's delta is shown
-    to ``alerts`` as part of a pass that kept earlier results."""
-
-    def rows(delta: Delta) -> list[Entry]:
-        if delta.unchanged or not delta.writes:
-            return alerts(delta)
-        return alerts(replace(delta, unchanged=[delta.writes[0].result]))
-
-    return rows
-
-
 async def _members_only(
     client: BitbucketClient, store: Store, settings: Settings, ws: str, now: datetime, alerts: Alerts | None
 ) -> None:
@@ -298,4 +259,5 @@ async def _members_only(
         enabled = frozenset(settings.enabled_checks)
         plan = full_pass(ws, "members", (), enabled)
         await fetch_all(client, store, plan.fetches, enabled=enabled, now=iso(now), concurrency=settings.concurrency)
-        await record(store, settings, ws, now, "reconcile", only_checks=MEMBER_CHECKS, alerts=alerts)
+        async for _ in record_all(store, settings, ws, now, "reconcile", MEMBER_CHECKS, alerts):
+            pass

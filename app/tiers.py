@@ -152,6 +152,10 @@ async def repositories_tier(
     """Re-list repositories (pages only) and re-check those whose main branch, project or
     visibility moved, or that are new."""
     now = utcnow()
+    if not await store.snapshots.exists(k_repos(ws)):
+        # No full pass yet: the first one reads everything. Told before listing (at 10,000
+        # repositories, a listing held beside the first pass's own made serve's peak RSS).
+        return Delta(), 0
     fetcher = Fetcher(client, store, iso(now))
     rows = await client.collect(paths.REPOSITORIES, {"pagelen": MAX_PAGELEN, "fields": REPO_FIELDS}, workspace=ws)
     listed = [Repository.from_api(r) for r in rows]
@@ -193,7 +197,8 @@ async def repositories_tier(
 async def readings(store: Store, ws: str) -> tuple[list[Reading], dict[str, str]]:
     """Repositories with a main branch, their class and last good restrictions reading; and
     uuid → slug-free reference (the uuid) to read them by."""
-    snaps = await store.snapshots.load(ws, kinds=("repos", "repo", "restrictions"))
+    snaps = await store.snapshots.load(ws, kinds=("repos", "repo"))
+    read_at = await store.snapshots.fetched(ws, "restrictions")  # when, not what: no content parsed
     explicit = await store.records.classes(ws)
     rules = await store.records.rules()
     listed = snaps.get(k_repos(ws))
@@ -207,8 +212,7 @@ async def readings(store: Store, ws: str) -> tuple[list[Reading], dict[str, str]
         if not repo.mainbranch:
             continue  # empty: the branch tests are not applicable, nothing to read
         cls, _ = classify(repo, explicit, rules)
-        r = snaps.get(k_restrictions(uuid))
-        out.append(Reading(uuid, cls == "production", r.fetched_at if r is not None else None))
+        out.append(Reading(uuid, cls == "production", read_at.get(k_restrictions(uuid))))
         names[uuid] = repo.full_name
     return out, names
 

@@ -38,11 +38,14 @@ def post(url: str, body: dict[str, Any]) -> Any:
 
 
 def status(db: Path, uuid: str) -> tuple[str, str] | None:
+    """The result polled for, by its primary key (workspace, test, subject): without the
+    workspace the poll scans every result (86 ms at 10,000 repositories against 6 ms at 1,000,
+    every 5 ms on the same two cores as ``serve``), and the bench measures its own scan."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         row = conn.execute(
-            "SELECT status, last_changed FROM results WHERE check_id = 'branch-protection-enforced' "
-            "AND subject_key = ?",
+            "SELECT status, last_changed FROM results WHERE workspace = 'bench'"
+            " AND check_id = 'branch-protection-enforced' AND subject_key = ?",
             (uuid,),
         ).fetchone()
     finally:
@@ -122,7 +125,8 @@ def measure(repos_n: int, members: int, samples: int, latency_ms: int) -> dict[s
                 try:
                     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
                     rows = conn.execute(
-                        "SELECT subject, subject_key FROM results WHERE check_id = 'branch-protection-enforced'"
+                        "SELECT subject, subject_key FROM results WHERE workspace = 'bench'"
+                        " AND check_id = 'branch-protection-enforced'"
                     ).fetchall()
                     conn.close()
                     uuids = {s.split("/")[1]: k for s, k in rows}

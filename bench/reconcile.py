@@ -5,7 +5,11 @@ For each size the product runs in its own process (this script re-run with ``--c
 sandbox in another, so the figures are the product's own: CPU seconds (user + system, from
 ``getrusage``) and peak RSS of each pass on its own (VmHWM, reset before each), wall time, API
 calls, result rows and snapshots written, and the time to evaluate all tests from stored
-snapshots alone (with its own peak RSS). Then the ratios of the largest size to the smallest.
+snapshots alone (with its own peak RSS). Between them, what re-evaluates every subject without
+a full pass, each with its CPU seconds, peak RSS and rows written: the members tier (member list
+read, member tests recorded a chunk of members at a time) and "evaluate all" (a classification
+rule added: every test of every subject, a chunk at a time, as a rule or a personnel import does
+in ``serve``). Then the ratios of the largest size to the smallest.
 Targets (issue 15): CPU ratio 10k/1k <= 12, a pass's peak RSS < 300 MB at 10,000,
 the second pass writes 0 rows. The database is a real SQLite file.
 
@@ -60,9 +64,10 @@ async def child(url: str, workspace: str) -> None:
     import aiohttp
 
     from app.bitbucket.client import BitbucketClient, Budget, StaticToken
-    from app.evaluate import evaluate_workspace
+    from app.evaluate import evaluate_plans, evaluate_workspace
     from app.logs import configure
-    from app.models import utcnow
+    from app.models import iso, utcnow
+    from app.planner import Plan
     from app.reconcile import reconcile_workspace
     from app.settings import Settings
     from app.store import Store
@@ -111,6 +116,22 @@ async def child(url: str, workspace: str) -> None:
                         "rss": peak_rss_mb(),
                     }
                 )
+            reset_peak()
+            cpu = cpu_seconds()
+            report = await reconcile_workspace(client, store, settings, workspace, tier="members")
+            out["members_tier"] = {"cpu": cpu_seconds() - cpu, "rows": report.rows_written, "rss": peak_rss_mb()}
+        # Evaluate all: a classification rule (project P1's repositories are production) re-runs
+        # every test of every subject, as the worker does for the rule's event.
+        await store.records.add_rule("production", iso(utcnow()), project_key="P1")
+        reset_peak()
+        cpu = cpu_seconds()
+        deltas = await evaluate_plans(store, settings, workspace, [Plan(workspace_checks=True)], "bench")
+        out["evaluate_all"] = {
+            "cpu": cpu_seconds() - cpu,
+            "rows": sum(len(d.writes) + len(d.stale) + len(d.retired) for d in deltas),
+            "rss": peak_rss_mb(),
+        }
+        del deltas
         timings = []
         reset_peak()
         for _ in range(3):
@@ -162,7 +183,14 @@ def main(sizes: list[int], per_repo: int) -> None:
                     f"{p['rss']:.0f} MB" + ("  (target < 300 MB)" if repos >= 10_000 else ""),
                 ),
             ]
+        tier, everything = m["members_tier"], m["evaluate_all"]
         rows += [
+            ("members tier: product CPU", f"{tier['cpu']:.2f} s"),
+            ("members tier: result rows written", f"{tier['rows']}  (nothing changed)"),
+            ("members tier: product peak RSS", f"{tier['rss']:.0f} MB"),
+            ("evaluate all (a classification rule): product CPU", f"{everything['cpu']:.2f} s"),
+            ("evaluate all: result rows written", everything["rows"]),
+            ("evaluate all: product peak RSS", f"{everything['rss']:.0f} MB"),
             ("results per pass", m["results"]),
             ("evaluate all tests from snapshots (best of 3)", f"{m['evaluate']:.3f} s"),
             ("evaluate all tests at once: peak RSS", f"{m['rss']:.0f} MB  (not a pass: the whole workspace in memory)"),
@@ -185,6 +213,17 @@ def main(sizes: list[int], per_repo: int) -> None:
                     f"{_pass_rss(large) / _pass_rss(small):.1f}x ({_pass_rss(large):.0f} MB; target < 300 MB)",
                 ),
                 ("second pass rows written", f"{second_s['rows']} / {second_l['rows']}  (target 0)"),
+                (
+                    "members tier / evaluate all peak RSS",
+                    f"{large['members_tier']['rss']:.0f} MB / {large['evaluate_all']['rss']:.0f} MB"
+                    f" (at {min(sizes)}: {small['members_tier']['rss']:.0f} MB"
+                    f" / {small['evaluate_all']['rss']:.0f} MB)",
+                ),
+                (
+                    "members tier / evaluate all CPU",
+                    f"{large['members_tier']['cpu'] / small['members_tier']['cpu']:.1f}x"
+                    f" / {large['evaluate_all']['cpu'] / small['evaluate_all']['cpu']:.1f}x",
+                ),
             ],
         )
 

@@ -305,3 +305,335 @@ async def test_member_step_holds_one_chunk_at_a_time(tmp_path: Path, monkeypatch
             assert (await run()).rows_written == 0
         finally:
             await store.close()
+
+
+class _Loads:
+    """Counts the snapshot rows each load of the store reads (by key, or a whole workspace)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from app.store.snapshots import Snapshots
+
+        self.by_key: list[int] = []
+        self.whole: list[str] = []
+        real_keys, real_load = Snapshots.load_keys, Snapshots.load
+        loads = self
+
+        async def load_keys(self: Snapshots, keys: Any) -> Any:
+            out = await real_keys(self, keys)
+            loads.by_key.append(len(out))
+            return out
+
+        async def load(self: Snapshots, workspace: str, kinds: tuple[str, ...] = ()) -> Any:
+            loads.whole.append(workspace)
+            return await real_load(self, workspace, kinds)
+
+        monkeypatch.setattr(Snapshots, "load_keys", load_keys)
+        monkeypatch.setattr(Snapshots, "load", load)
+
+    def clear(self) -> None:
+        self.by_key.clear()
+        self.whole.clear()
+
+
+def _evaluated_subjects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of repository and member subjects of each ``checks.evaluate`` call."""
+    from app import checks
+
+    sizes: list[int] = []
+    real = checks.evaluate
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        sizes.append(len({r.subject_key for r in out if r.subject_type != "workspace"}))
+        return out
+
+    monkeypatch.setattr(checks, "evaluate", evaluate)
+    return sizes
+
+
+async def test_evaluate_all_in_chunks(big: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A classification rule re-evaluates every subject of the workspace (300 repositories, 40
+    members) a chunk at a time: no step loads more than one chunk's snapshots (never the whole
+    workspace), nor evaluates more than a chunk of subjects; the stored results are exactly what
+    evaluating the whole workspace at once gives (a repository no longer listed retired), one
+    alert per change, and evaluating again writes no row."""
+    from app import evaluate
+    from app.evaluate import evaluate_plans, evaluate_workspace
+    from app.models import iso, utcnow
+    from app.notify.rules import alerts_for
+    from app.planner import Plan
+
+    chunk = 7
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3", LP_CHECKS_ENABLED="")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await reconcile_workspace(_client(session, big.api), store, cfg, "bench")
+        now = utcnow()
+        # Production: the repositories of project P1 (repo-classified passes for them now).
+        await store.records.add_rule("production", iso(now), project_key="P1")
+        left = big.sandbox.state.workspaces["bench"].repos["repo-0150"].uuid
+        await store.snapshots.update_repo_list("bench", set(), {left}, iso(now))  # it left the workspace
+        assert await store.results.load("bench", subjects=[left], checks=None)
+        expected, _ = await evaluate_workspace(store, cfg, "bench", now)
+        assert len({r.subject_key for r in expected}) > 300
+
+        monkeypatch.setattr(evaluate, "CHUNK", chunk)
+        loads = _Loads(monkeypatch)
+        sizes = _evaluated_subjects(monkeypatch)
+        sent: list[dict[str, Any]] = []
+
+        def alerts(delta: Any) -> list[Any]:
+            sent.extend(alerts_for(delta))
+            return []
+
+        deltas = await evaluate_plans(store, cfg, "bench", [Plan(workspace_checks=True)], "event:test", alerts=alerts)
+        assert not loads.whole
+        assert max(loads.by_key) <= chunk * 6, loads.by_key  # a chunk's repositories, six snapshots each
+        assert max(sizes) <= chunk, sizes
+        stored = await _results(store)
+        from app.findings import fingerprint
+
+        assert stored == {(r.check, r.subject_key): (r.status, fingerprint(r)) for r in expected}
+        assert not [k for k in stored if k[1] == left]
+        resolved = [c for d in deltas for c in d.resolved]
+        assert len(resolved) >= 50  # the production repositories' repo-classified results
+        assert {s.result.subject_key for d in deltas for s in d.retired} == {left}
+        assert "baseline" not in {a["kind"] for a in sent}
+        assert len([a for a in sent if a["kind"] == "resolved"]) == len(resolved)
+
+        history = await store.results.count_history()
+        again = await evaluate_plans(store, cfg, "bench", [Plan(workspace_checks=True)], "event:test", alerts=alerts)
+        assert all(d.is_empty() for d in again)
+        assert await store.results.count_history() == history
+        assert await _results(store) == stored
+    finally:
+        await store.close()
+
+
+async def test_members_tier_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The members tier over 300 members evaluates, and reads the stored results of, one chunk of
+    members at a time; it records what evaluating the whole list at once gives (departed members
+    retired, a changed permission re-evaluated), and a tier with nothing changed writes no row."""
+    from app.evaluate import evaluate_workspace
+    from app.findings import fingerprint
+    from app.models import utcnow
+    from app.planner import MEMBER_CHECKS
+
+    chunk, total = 40, 300
+    async with running_sandbox(generate(repos=20, members=total)) as sb, aiohttp.ClientSession() as session:
+        cfg = _settings(sb.api, tmp_path / "lp.sqlite3")
+        store = await Store.open(cfg.database)
+        try:
+            client = _client(session, sb.api)
+            await reconcile_workspace(client, store, cfg, "bench")
+            ws = sb.sandbox.state.workspaces["bench"]
+            accounts = list(ws.members)
+            leaving = {accounts[0], accounts[150], accounts[299]}
+            for account in leaving:
+                del ws.members[account]
+
+            sizes = _evaluated_subjects(monkeypatch)
+            loads = _Loads(monkeypatch)
+            report = await reconcile_workspace(client, store, cfg, "bench", tier="members", chunk=chunk)
+            assert max(sizes) <= chunk, sizes
+            assert max(sizes) == chunk
+            assert not loads.whole
+            assert {s.result.subject_key for s in report.delta.retired} == leaving
+
+            expected, _ = await evaluate_workspace(store, cfg, "bench", utcnow(), only_checks=MEMBER_CHECKS)
+            members = {k: v for k, v in (await _results(store)).items() if k[0] in MEMBER_CHECKS}
+            assert members == {(r.check, r.subject_key): (r.status, fingerprint(r)) for r in expected}
+            assert len({k[1] for k in members}) == total - len(leaving)
+
+            again = await reconcile_workspace(client, store, cfg, "bench", tier="members", chunk=chunk)
+            assert again.rows_written == 0
+        finally:
+            await store.close()
+
+
+async def test_webhook_path_reads_by_key_only(
+    big: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository's webhook reads its own snapshots by key and nothing whose size follows the
+    workspace: not the repository list's content (parsed once per content, then told by its
+    hash), not the workspace's explicit classes (by key), not its evidence (no repository test
+    reads any)."""
+    from app.store.records import Records
+    from app.store.snapshots import Snapshots, k_repos
+
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = _client(session, big.api)
+            await reconcile_workspace(client, store, cfg, "bench")
+            repos = big.sandbox.state.workspaces["bench"].repos
+
+            async def clients(_: str) -> BitbucketClient:
+                return client
+
+            worker = Worker(store, cfg, clients, coalesce_window=0)
+
+            async def webhook(slug: str) -> None:
+                repos[slug].mainbranch = None
+                await store.events.append(
+                    NewEvent(
+                        connection_id="env",
+                        source="webhook",
+                        event_key="repo:updated",
+                        payload={"workspace": "bench", "repository_uuid": repos[slug].uuid},
+                        workspace="bench",
+                    )
+                )
+                await worker.drain()
+                stored = await store.results.query(check="branch-protection-enforced", subject=repos[slug].uuid)
+                assert stored[0].result.status == "not_applicable"
+
+            await webhook("repo-0001")  # the first one parses the list
+
+            asked: list[str] = []
+            returned = 0
+            whole: list[str] = []
+            classes: list[Any] = []
+            evidence: list[Any] = []
+            real_get, real_keys, real_load = Snapshots.get, Snapshots.load_keys, Snapshots.load
+            real_classes, real_evidence = Records.classes, Records.evidence
+
+            async def get(self: Snapshots, key: str) -> Any:
+                nonlocal returned
+                asked.append(key)
+                out = await real_get(self, key)
+                returned += out is not None
+                return out
+
+            async def load_keys(self: Snapshots, keys: Any) -> Any:
+                nonlocal returned
+                keys = list(keys)
+                asked.extend(keys)
+                out = await real_keys(self, keys)
+                returned += len(out)
+                return out
+
+            async def load(self: Snapshots, workspace: str, kinds: tuple[str, ...] = ()) -> Any:
+                whole.append(workspace)
+                return await real_load(self, workspace, kinds)
+
+            async def records_classes(self: Records, *args: Any, **kwargs: Any) -> Any:
+                classes.append(kwargs.get("uuids"))
+                return await real_classes(self, *args, **kwargs)
+
+            async def records_evidence(self: Records, workspace: Any = None) -> Any:
+                evidence.append(workspace)
+                return await real_evidence(self, workspace)
+
+            monkeypatch.setattr(Snapshots, "get", get)
+            monkeypatch.setattr(Snapshots, "load_keys", load_keys)
+            monkeypatch.setattr(Snapshots, "load", load)
+            monkeypatch.setattr(Records, "classes", records_classes)
+            monkeypatch.setattr(Records, "evidence", records_evidence)
+            store.snapshots.rows_loaded = 0
+            await webhook("repo-0002")
+            assert k_repos("bench") not in asked
+            assert not whole
+            assert store.snapshots.rows_loaded == returned  # the list's content was not read again
+            assert 0 < returned <= 8
+            assert classes and all(c is not None and len(c) == 1 for c in classes)
+            assert not evidence
+    finally:
+        await store.close()
+
+
+async def test_repository_list_parsed_once_per_content(
+    tmp_path: Path, database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parsed repository list follows its stored content (a change by another store on the
+    same database is seen at once) and is read again only when that changed; a repository
+    already listed changes nothing, without a write transaction."""
+    from app.store.snapshots import k_repo
+
+    store = await Store.open(database)
+    other = await Store.open(database)
+    try:
+        now = "2026-01-01T00:00:00Z"
+        uuids = [f"{{{i:08d}}}" for i in range(5)]
+        await store.snapshots.put_many(
+            [("repos:bench", "bench", "repos", uuids[:4]), *[(k_repo(u), "bench", "repo", {"uuid": u}) for u in uuids]],
+            now,
+        )
+        store.snapshots.rows_loaded = 0
+        first = await store.snapshots.repo_list("bench")
+        assert first is not None and first.uuids == tuple(uuids[:4])
+        assert first.ordered({uuids[3], uuids[1], "{nope}"}) == [uuids[1], uuids[3]]
+        assert await store.snapshots.repo_list("bench") is first
+        assert store.snapshots.rows_loaded == 1
+
+        await other.snapshots.update_repo_list("bench", {uuids[4]}, {uuids[0]}, now)
+        changed = await store.snapshots.repo_list("bench")
+        assert changed is not None and changed.uuids == (*uuids[1:4], uuids[4])
+        assert store.snapshots.rows_loaded == 2
+
+        def no_transaction() -> Any:
+            raise AssertionError("a write transaction for a repository already listed")
+
+        monkeypatch.setattr(store.db, "transaction", no_transaction)
+        await store.snapshots.update_repo_list("bench", {uuids[2]}, set(), now)
+        monkeypatch.undo()
+        assert (await other.snapshots.repo_list("bench")) == changed
+        assert await store.snapshots.repo_list("empty") is None
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_restrictions_order_reads_no_restrictions_content(
+    big: RunningSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restrictions tier orders the repositories by when their restrictions were last read
+    well, reading that time alone, not every restriction's content (every minute)."""
+    from app import tiers
+    from app.store.snapshots import Snapshots, k_restrictions
+
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await reconcile_workspace(_client(session, big.api), store, cfg, "bench")
+        asked: list[tuple[str, ...]] = []
+        real = Snapshots.load
+
+        async def load(self: Snapshots, workspace: str, kinds: tuple[str, ...] = ()) -> Any:
+            asked.append(kinds)
+            return await real(self, workspace, kinds)
+
+        monkeypatch.setattr(Snapshots, "load", load)
+        found, _ = await tiers.readings(store, "bench")
+        assert asked and all(k and "restrictions" not in k for k in asked)
+        assert len(found) > 290
+        monkeypatch.undo()
+        for reading in found[:: len(found) // 7]:
+            snap = await store.snapshots.get(k_restrictions(reading.uuid))
+            assert snap is not None and reading.read_at == snap.fetched_at is not None
+    finally:
+        await store.close()
+
+
+async def test_repositories_tier_before_any_pass_lists_nothing(big: RunningSandbox, tmp_path: Path) -> None:
+    """Before a full pass stored a repository list, the repositories tier leaves the reading to
+    that pass without listing the workspace itself (at start, the two listings held together made
+    serve's peak memory at 10,000 repositories); once the list is stored, it lists."""
+    from app import tiers
+
+    cfg = _settings(big.api, tmp_path / "lp.sqlite3")
+    store = await Store.open(cfg.database)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = _client(session, big.api)
+            delta, written = await tiers.repositories_tier(client, store, cfg, "bench")
+            assert (delta.is_empty(), written, client.calls()) == (True, 0, 0)
+            await reconcile_workspace(client, store, cfg, "bench")
+            before = client.calls()
+            await tiers.repositories_tier(client, store, cfg, "bench")
+            assert client.calls() - before == 3  # 300 repositories, 100 a page
+    finally:
+        await store.close()

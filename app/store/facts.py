@@ -90,16 +90,22 @@ async def build_facts(
     them (a pass's chunk, just listed): the stored repository list is then not read (at 10,000
     repositories, reading it for each chunk would make a pass quadratic).
     """
-    snaps = await _snapshots(store, ws, repo_uuids, with_repos, with_members, listed is None)
-    explicit = await store.records.classes(ws) if with_repos else {}
+    snaps = await _snapshots(store, ws, repo_uuids, with_repos, with_members)
+    if not with_repos:
+        listed = []
+    elif listed is None and repo_uuids is None:
+        repo_list = snaps.get(k_repos(ws))  # the whole workspace was read, its list with it
+        listed = repo_list.content if repo_list and isinstance(repo_list.content, list) else []
+    elif listed is None:
+        # The listed ones among ``repo_uuids``, in list order: a lookup per uuid in the list as
+        # parsed once per content (a webhook's cost does not grow with the workspace).
+        stored = await store.snapshots.repo_list(ws)
+        listed = stored.ordered(repo_uuids or ()) if stored is not None else []
+    # Explicit classes by key (those of the repositories evaluated), not the workspace's.
+    explicit = await store.records.classes(ws, uuids=listed if repo_uuids is not None else None) if listed else {}
     rules = await store.records.rules() if with_repos else []
     people = await store.records.people() if with_members else []
     exceptions = await store.records.exceptions()
-    if listed is None or not with_repos:
-        repo_list = snaps.get(k_repos(ws))
-        stored = repo_list.content if repo_list and isinstance(repo_list.content, list) and with_repos else []
-        # The listed order, narrowed to ``repo_uuids`` when given (a set lookup per listed uuid).
-        listed = stored if repo_uuids is None else [u for u in stored if u in repo_uuids]
     repos: list[RepoFacts] = []
     for uuid in listed:
         snap = snaps.get(k_repo(uuid))
@@ -140,14 +146,15 @@ async def build_facts(
 
 
 async def _snapshots(
-    store: Store, ws: str, repo_uuids: set[str] | None, with_repos: bool, with_members: bool, with_list: bool = True
+    store: Store, ws: str, repo_uuids: set[str] | None, with_repos: bool, with_members: bool
 ) -> dict[str, Snapshot]:
     """The snapshots an evaluation reads: by key when it is narrowed to some repositories or
-    skips them (a webhook's re-evaluation reads its subjects' snapshots only); the whole
-    workspace when every repository is evaluated."""
+    skips them (a webhook's re-evaluation reads its subjects' snapshots only; the repository
+    list comes from :meth:`app.store.snapshots.Snapshots.repo_list`); the whole workspace when
+    every repository is evaluated."""
     if with_repos and repo_uuids is None:
         return await store.snapshots.load(ws)
-    keys = [k_repos(ws)] if with_repos and with_list else []
+    keys: list[str] = []
     if with_repos and repo_uuids:
         keys += [k for uuid in repo_uuids for k in repo_keys(uuid)]
     if with_members:
@@ -274,10 +281,8 @@ async def known_repos(store: Store, ws: str, uuids: Iterable[str] | None = None)
         listed = snaps.get(k_repos(ws))
         wanted = list(listed.content) if listed and isinstance(listed.content, list) else []
     else:
-        asked = set(uuids)
-        listed = await store.snapshots.get(k_repos(ws))
-        members = set(listed.content) if listed and isinstance(listed.content, list) else set()
-        wanted = sorted(asked & members)
+        stored = await store.snapshots.repo_list(ws)
+        wanted = sorted(u for u in set(uuids) if stored is not None and u in stored.position)
         snaps = await store.snapshots.load_keys([k for u in wanted for k in (k_repo(u), k_model(u))])
     out: dict[str, KnownRepo] = {}
     for uuid in wanted:

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,7 +62,19 @@ class Records:
                 conn, now, actor, "classify", "repository", repo_uuid, {"full_name": full_name, "class": cls}
             )
 
-    async def classes(self, workspace: str | None = None) -> dict[str, str]:
+    async def classes(self, workspace: str | None = None, uuids: Sequence[str] | None = None) -> dict[str, str]:
+        """Explicit classes: of a workspace, or of the repositories ``uuids`` only (by key)."""
+        if uuids is not None:
+            out: dict[str, str] = {}
+            wanted = sorted(set(uuids))
+            for start in range(0, len(wanted), 400):
+                part = wanted[start : start + 400]
+                sql = "SELECT repo_uuid, class FROM repo_classes WHERE repo_uuid IN (" + ",".join("?" * len(part)) + ")"
+                params: list[str] = part
+                if workspace:
+                    sql, params = sql + " AND workspace = ?", [*part, workspace]
+                out.update((r[0], r[1]) for r in await self.db.fetchall(sql, params))
+            return out
         sql = "SELECT repo_uuid, class FROM repo_classes" + (" WHERE workspace = ?" if workspace else "")
         return {r[0]: r[1] for r in await self.db.fetchall(sql, (workspace,) if workspace else ())}
 

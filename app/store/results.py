@@ -144,9 +144,20 @@ class Results:
                 rows += await self.db.fetchall(f"{sql}{joiner}subject_key IN ({marks})", [*params, *chunk])
         return {(r["check_id"], r["subject_key"]): _result(r) for r in rows}
 
-    async def exist(self, workspace: str) -> bool:
-        """Whether the workspace has any stored result."""
-        return await self.db.fetchone("SELECT 1 FROM results WHERE workspace = ? LIMIT 1", (workspace,)) is not None
+    async def exist(self, workspace: str, checks: Collection[str] | None = None) -> bool:
+        """Whether the workspace has any stored result (of one of ``checks``, when given)."""
+        sql, params = "SELECT 1 FROM results WHERE workspace = ?", [workspace]
+        if checks is not None:
+            if not checks:
+                return False
+            sql += " AND check_id IN (" + ",".join("?" * len(checks)) + ")"
+            params += sorted(checks)
+        return await self.db.fetchone(sql + " LIMIT 1", params) is not None
+
+    async def checks(self, workspace: str) -> frozenset[str]:
+        """The tests a workspace has stored results of (an index range per test, not a scan)."""
+        rows = await self.db.fetchall("SELECT DISTINCT check_id FROM results WHERE workspace = ?", (workspace,))
+        return frozenset(str(r[0]) for r in rows)
 
     async def subject_keys(self, workspace: str, subject_type: str) -> set[str]:
         """The subject keys of a workspace's stored results of one subject type (keys only)."""
