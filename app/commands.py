@@ -285,8 +285,10 @@ async def cmd_events(settings: Settings, follow: bool, limit: int = 20, out: Tex
         for row in rows:
             print(_event_line(row.as_json()), file=out, flush=True)
         since = max((r.changed_at for r in rows), default=0.0)
+        watched = await store.events.watch()
         while follow:
-            await store.events.wait_changed(1.0)
+            await store.events.wait_changed(1.0, watched)
+            watched = await store.events.watch()  # before the read: a change after it wakes us
             for row in await store.events.list(changed_after=since, limit=500):
                 print(_event_line(row.as_json()), file=out, flush=True)
                 since = max(since, row.changed_at)

@@ -123,10 +123,11 @@ class Worker:
                 try:
                     while True:
                         self.alive_at = time.time()
+                        watched = await self.store.events.watch()  # before the claim: none missed
                         if await self.step():
                             continue
                         await self.store.events.requeue_expired_leases()
-                        await self.store.events.wait_changed(1.0)
+                        await self.store.events.wait_changed(1.0, watched)
                 finally:
                     heartbeat.cancel()
                     self._tg = None

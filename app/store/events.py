@@ -162,14 +162,23 @@ class Events:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait_changed(self, seconds: float) -> None:
-        """Until this process writes to the log, or ``seconds`` pass. On PostgreSQL a write of any
-        instance wakes it too (LISTEN/NOTIFY); on SQLite other processes are seen by polling."""
+    async def watch(self) -> asyncio.Event:
+        """The event the log's next change sets, from this call on. Take it before reading the log
+        and wait on it after (``wait_changed(seconds, watched)``): a change made between the read
+        and the wait then wakes the waiter at once instead of after its timeout. On PostgreSQL
+        the first call starts listening (LISTEN/NOTIFY) for other instances' writes; on SQLite
+        other processes are seen by polling."""
         if not self._listening and self.db.dialect == "postgresql":
             self._listening = True
             await self.db.listen("lp_events", self._notify)  # type: ignore[attr-defined]
+        return self._changed
+
+    async def wait_changed(self, seconds: float, watched: asyncio.Event | None = None) -> None:
+        """Until the log changes after ``watched`` was taken (by default: from now on), or
+        ``seconds`` pass."""
+        changed = watched if watched is not None else await self.watch()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            await asyncio.wait_for(changed.wait(), seconds)
 
     async def append_many(self, events: Sequence[NewEvent]) -> list[int | None]:
         """Insert events durably: one multi-row statement per 200 events, each its own atomic

@@ -85,6 +85,7 @@ def stream_response(request: Request) -> StreamingResponse:
         last_beat = time.monotonic()
         yield b": connected\n\n"
         while True:
+            watched = await store.events.watch()  # before the read: a change after it wakes us
             rows = await store.events.list(changed_after=since, limit=200)
             for row in rows:
                 yield _sse(row)
@@ -95,7 +96,7 @@ def stream_response(request: Request) -> StreamingResponse:
                 yield b": keep-alive\n\n"
             if await request.is_disconnected():
                 return
-            await store.events.wait_changed(1.0)
+            await store.events.wait_changed(1.0, watched)
 
     return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
