@@ -19,6 +19,13 @@ needed read failed (the sandbox's request log says which) must stand as it was, 
 Not driven: an OAuth connection whose user is not a repository admin (``permission missing``);
 the product runs in token mode here.
 
+Time: the client's retries do not sleep, and the credential's budget runs on a clock of the test's
+(:class:`BudgetTime`): its waits (a 429's pause, passes paced over the hour once an example has
+spent half their share) pass at once, as a whole soak would otherwise wait hours of real time for
+an hourly budget spent in minutes. A drain that takes longer than ``STATE_MACHINE_DRAIN_TIMEOUT``
+real seconds (120) fails the example with its steps and the product's task stacks: a hang is a
+failure with a message, never a run that does not end.
+
 Bounded for ``make test`` (60 examples of at most 20 steps, under a minute); ``SOAK=1`` (or
 ``STATE_MACHINE_SOAK=1``) runs the soak setting (200 examples of at most 30 steps).
 ``STATE_MACHINE_EXAMPLES`` and ``STATE_MACHINE_STEPS`` override either figure, so a soak can run
@@ -31,10 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import io
 import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -48,6 +57,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import app.models
+from app.bitbucket.client import Budget, StaticToken
 from app.sandbox.serve import RunningSandbox, free_port, running_sandbox
 from tests.helpers import ADMIN, RunningApp, product_settings, running_app
 
@@ -59,6 +69,8 @@ EXAMPLES, STEPS = (200, 30) if SOAK else (60, 20)
 # ``--hypothesis-seed`` per shard (the seed applies only when SOAK=1; make test is derandomized).
 EXAMPLES = int(os.environ.get("STATE_MACHINE_EXAMPLES") or EXAMPLES)
 STEPS = int(os.environ.get("STATE_MACHINE_STEPS") or STEPS)
+# Real seconds one drain may take before the example fails as a hang (a drain takes well under 5 s).
+DRAIN_TIMEOUT = float(os.environ.get("STATE_MACHINE_DRAIN_TIMEOUT") or 120)
 
 WS = "acme"
 OTHER = "other"
@@ -400,6 +412,28 @@ REPO_READS = ["repository", "branch-restrictions", "branching-model", "pipelines
 repo_faults = st.one_of(st.none(), st.none(), st.tuples(st.sampled_from(REPO_READS), STATUSES))
 
 
+class BudgetTime:
+    """The budget's clock and sleep: real time plus every wait, which passes at once."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def clock(self) -> float:
+        return time.monotonic() + self.skipped
+
+    async def sleep(self, seconds: float) -> None:
+        self.skipped += seconds
+        await asyncio.sleep(0)
+
+
+def task_stacks() -> str:
+    """Every task's stack (what a hung drain was waiting for)."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=out)
+    return out.getvalue()
+
+
 class ProductVsReference(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -415,6 +449,7 @@ class ProductVsReference(RuleBasedStateMachine):
         self.members_unsynced = False
         self.all_unsynced = False  # a faulted trigger or the clock moved: only a full pass compares
         self.started = False
+        self.budget_time = BudgetTime()
         self.seen: set[str] = set()  # subject keys the product has had results for
         self.log: list[str] = []
 
@@ -487,6 +522,19 @@ class ProductVsReference(RuleBasedStateMachine):
                 running_app(settings_, port, self.session, background=False, sleep=no_sleep, max_attempts=2)
             )
             self.product.services.worker.coalesce_window = 0.0
+            # The credential's budget on the test's clock (see the module's docstring); the pool
+            # keeps one budget per credential, and its clients are made again to use this one.
+            pool, token = self.product.services.service.pool, settings_.bitbucket_token
+            assert token is not None
+            pool.budgets[StaticToken(token.get_secret_value()).credential_id] = Budget(
+                settings_.budget_per_hour,
+                reserve=settings_.webhook_budget_share,
+                headroom=settings_.budget_headroom,
+                pace=True,
+                clock=self.budget_time.clock,
+                sleep=self.budget_time.sleep,
+            )
+            pool.clients.clear()
 
         self.run(up())
         self.started = True
@@ -494,7 +542,17 @@ class ProductVsReference(RuleBasedStateMachine):
 
     # -- triggers --------------------------------------------------------------------------------
     async def drain(self) -> None:
-        await self.product.services.worker.drain()
+        task = asyncio.create_task(self.product.services.worker.drain())
+        done, _ = await asyncio.wait({task}, timeout=DRAIN_TIMEOUT)
+        if not done:
+            stacks = task_stacks()
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise AssertionError(
+                f"the product's work did not end within {DRAIN_TIMEOUT:.0f} s (a hang)\n" + self.story() + "\n" + stacks
+            )
+        task.result()
 
     def fault(self, fault: tuple[str, int] | None) -> None:
         self.sb.faults.force_status = {FAULT_PATHS[fault[0]]: fault[1]} if fault else {}
