@@ -147,3 +147,24 @@ def test_evidence_for_a_member_who_left_is_accepted_and_covers_them_when_back(ma
     machine.add_evidence(check="member-mfa-enabled", member="acct-3", days=None)
     machine.toggle_member(account="acct-3")  # comes back
     machine.trigger_members(fault=None)
+
+
+def test_exception_names_the_repository_that_has_the_name_now(machine: ProductVsReference) -> None:
+    """Found by the soak (seed 707): ``acme/api`` transferred out, ``web`` renamed to ``api``, then
+    an exception for ``acme/api``: it must cover the repository named so now (checks.md: keyed by
+    uuid, resolved when recorded), not the one that left with the name."""
+    machine.transfer_out(fault=None, pick=0)
+    machine.rename_repo(fault=None, name="api", pick=0)
+    machine.add_exception(check="repo-classified", days=0, pick=0)
+
+
+def test_classify_by_name_takes_the_repository_that_has_the_name_now(machine: ProductVsReference) -> None:
+    """The same for ``classify acme/web`` when the repository that left with the name is listed
+    after the one that took it (the product picked the last one listed)."""
+    from app import actions
+
+    machine.transfer_out(fault=None, pick=1)  # web leaves; the product reads that in the next pass
+    machine.rename_repo(fault=None, name="web", pick=0)  # api takes the name, read at once
+    [now_web] = [r.uuid for r in machine.repos() if r.slug == "web"]
+    done = machine.run(actions.classify(machine.product.services, "acme/web", "production", "cli"))
+    assert done.uuid == now_web
