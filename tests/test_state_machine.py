@@ -427,10 +427,26 @@ class BudgetTime:
 
 
 def task_stacks() -> str:
-    """Every task's stack (what a hung drain was waiting for)."""
+    """Every task's chain of awaits, innermost last (what a hung drain was waiting for)."""
     out = io.StringIO()
     for task in asyncio.all_tasks():
-        task.print_stack(limit=12, file=out)
+        print(f"task {task.get_name()}:", file=out)
+        coro: Any = task.get_coro()
+        for _ in range(60):
+            frame = (
+                getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+            )
+            if frame is not None:
+                print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=out)
+            after = (
+                getattr(coro, "cr_await", None)
+                or getattr(coro, "gi_yieldfrom", None)
+                or getattr(coro, "ag_await", None)
+            )
+            if after is None:
+                print(f"  awaiting {coro!r}", file=out)
+                break
+            coro = after
     return out.getvalue()
 
 
