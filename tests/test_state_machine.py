@@ -1075,7 +1075,15 @@ class ProductVsReference(RuleBasedStateMachine):
             key = subject = WS
         expires = self.now.date() + timedelta(days=days)
         valid = through(expires) > self.now and days <= 365 and key in self.seen
-        self.note(f"exception {check} {subject} through {expires} ({'valid' if valid else 'refused'})")
+        # checks.md: a subject is resolved when recorded, from what the product has read; a
+        # repository renamed while its read failed (a faulted trigger, drift read only by a pass)
+        # may be unknown to it by its new name (found by the soak, seed 707: the rename of web to
+        # core-tools under a 500 on the repository read, then an exception for acme/core-tools).
+        name_unread = check in REPO_CHECKS and (self.all_unsynced or key in self.unsynced_repos)
+        self.note(
+            f"exception {check} {subject} through {expires} "
+            f"({'valid' if valid else 'refused'}{', name maybe unread' if valid and name_unread else ''})"
+        )
         status, body = self.run(
             self.api(
                 "POST",
@@ -1092,7 +1100,12 @@ class ProductVsReference(RuleBasedStateMachine):
         if not valid:
             assert status in (400, 422), f"exception should be refused: {status} {body}\n" + self.story()
             return
+        if name_unread and status == 422:
+            assert "Unknown subject" in str(body), f"{status} {body}\n" + self.story()
+            return
         assert status == 201, f"{status} {body}\n" + self.story()
+        if check in REPO_CHECKS:  # never another repository than the one named so now
+            assert body["subject_key"] == key, f"{body} is not {key}\n" + self.story()
         self.rec.exceptions.append(ExceptionRec(check, key, through(expires)))
         self.product_action()
 

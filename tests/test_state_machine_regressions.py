@@ -168,3 +168,14 @@ def test_classify_by_name_takes_the_repository_that_has_the_name_now(machine: Pr
     [now_web] = [r.uuid for r in machine.repos() if r.slug == "web"]
     done = machine.run(actions.classify(machine.product.services, "acme/web", "production", "cli"))
     assert done.uuid == now_web
+
+
+def test_exception_by_a_new_name_the_product_could_not_read(machine: ProductVsReference) -> None:
+    """Found by the soak (seed 707), a model error: ``web`` renamed to ``core-tools`` while the
+    repository read answers 500, then an exception for ``acme/core-tools``. The product has not
+    read that name and refuses it as unknown (checks.md: resolved when recorded, from what was
+    read); the reference now accepts that refusal, and otherwise the key must be web's."""
+    machine.rename_repo(fault=("repository", 500), name="core-tools", pick=1)
+    machine.add_exception(check="repo-classified", days=0, pick=1)
+    machine.trigger_full(fault=None)
+    machine.add_exception(check="repo-classified", days=3, pick=1)  # read by the pass: accepted
