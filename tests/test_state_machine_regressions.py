@@ -179,3 +179,16 @@ def test_exception_by_a_new_name_the_product_could_not_read(machine: ProductVsRe
     machine.add_exception(check="repo-classified", days=0, pick=1)
     machine.trigger_full(fault=None)
     machine.add_exception(check="repo-classified", days=3, pick=1)  # read by the pass: accepted
+
+
+def test_member_list_refused_after_a_personnel_import_then_failing(machine: ProductVsReference) -> None:
+    """Found by the soak (seed 707): the ``account`` scope taken away, then a personnel import whose
+    new email reads the member list again (403: data, the member tests are ``unknown`` naming the
+    scope), then a full pass whose member read fails. Only the email-link tests followed the 403,
+    so 2SV results stood as ``fail`` from the old list, and the failed read, with no list to name
+    them by, left them neither unknown nor stale (checks.md "A fetch that fails")."""
+    machine.toggle_scope(scope="account")
+    machine.import_personnel(
+        rows=[{"n": 1, "linked": False, "kind": "employee", "status": "active", "days": None, "owner": None}]
+    )
+    machine.trigger_full(fault=("members", 500))
