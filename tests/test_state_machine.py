@@ -673,7 +673,12 @@ class ProductVsReference(RuleBasedStateMachine):
                 prev.result.status,
                 prev.result.details.get("reason"),
             ), f"{where}: a fault changed {self.show(prev)} to {self.show(got)} (expected {exp})\n" + self.story()
-            assert got.stale_since is not None, f"{where}: kept but not marked stale\n" + self.story()
+            # As above: a result whose needed reads were refused only with 429 waits for the
+            # deferred event's retry and may stand unmarked (found by the soak in make test's
+            # examples: the main branch moved while the repository read answered 429).
+            missed = self.needs(key, model=self.comparable(key, kind)) & unread
+            deferred = bool(missed) and not (missed - self.rate_limited(seq))
+            assert got.stale_since is not None or deferred, f"{where}: kept but not marked stale\n" + self.story()
 
     def unread(self, seq: int) -> set[tuple[str, str]]:
         """The resources whose reads failed since ``seq`` (the sandbox's request log): (what, repo uuid)."""

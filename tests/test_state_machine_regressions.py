@@ -192,3 +192,11 @@ def test_member_list_refused_after_a_personnel_import_then_failing(machine: Prod
         rows=[{"n": 1, "linked": False, "kind": "employee", "status": "active", "days": None, "owner": None}]
     )
     machine.trigger_full(fault=("members", 500))
+
+
+def test_main_branch_moved_while_the_repository_read_answers_429(machine: ProductVsReference) -> None:
+    """Found by make test's examples (a model error, on main too): the webhook's read answered 429,
+    so the event is deferred (re-queued for the pause), not failed; the branch results stand
+    unmarked until its retry, as the first comparison already allowed and the second did not."""
+    machine.move_main_branch(fault=("repository", 429), main="develop", pick=0)
+    machine.trigger_full(fault=None)
