@@ -35,7 +35,7 @@ from app.models import iso, utcnow
 from app.settings import CHECK_IDS
 from app.store.connections import Connection
 from app.store.events import EventRow
-from app.store.snapshots import k_repo, listed_repos
+from app.store.snapshots import k_repo, repo_named
 from app.store.views import Views
 from app.webhook_registration import ensure_hooks, health, remove_hooks
 
@@ -198,10 +198,10 @@ async def classify(services: Services, repository: str, cls: str, actor: Actor) 
     if snap is not None and snap.content is not None:
         found = (repository, str(snap.content["workspace"]), str(snap.content["full_name"]))
     elif "/" in repository:
-        ws, _, slug = repository.partition("/")
-        for _, content in listed_repos(await store.snapshots.load(ws), ws):
-            if content["slug"] == slug or content["full_name"] == repository:
-                found = (str(content["uuid"]), ws, str(content["full_name"]))
+        ws = repository.partition("/")[0]
+        named = repo_named(await store.snapshots.load(ws), ws, repository)  # the one holding the name now
+        if named is not None:
+            found = (named[0], ws, str(named[1]["full_name"]))
     if found is None:
         raise errors.NotFound(
             f"unknown repository {repository!r} (run `reconcile` first so the product knows it)",

@@ -27,7 +27,8 @@
     │   ├── BadRequestError      400: we sent something Bitbucket refused
     │   ├── TransientError       worth retrying
     │   │   ├── RateLimitedError 429, ``retry_after`` seconds when Bitbucket sent it
-    │   │   │   └── Deferred     a wait (Retry-After, budget) longer than the caller's DEFER_AFTER
+    │   │   │   ├── Deferred     a wait (Retry-After, budget) longer than the caller's DEFER_AFTER
+    │   │   │   └── GaveUp       only 429s for longer than the budget waits on: not retried
     │   │   ├── ServerError      5xx
     │   │   └── TransportError   timeout, connection refused or reset
     │   └── UnexpectedResponse   a body we cannot read (not JSON, wrong shape)
@@ -282,6 +283,12 @@ class RateLimitedError(TransientError):
 class Deferred(RateLimitedError):
     """Not sent, or not retried: the wait it needs (``retry_after``) is longer than the caller
     accepts (``bitbucket.client.DEFER_AFTER``); the caller re-queues its work for later."""
+
+
+class GaveUp(RateLimitedError):
+    """Not sent, or not retried: Bitbucket has answered this credential nothing but 429 for longer
+    than the client waits (``bitbucket.client.GIVE_UP_AFTER``); the read fails (its results stay as
+    they were, stale) instead of waiting pause after pause for as long as the 429s last."""
 
 
 class ServerError(TransientError):

@@ -14,7 +14,7 @@ from app.checks import REGISTRY
 from app.errors import UnknownSubject as UnknownSubject
 from app.models import iso, utcnow
 from app.store import Store
-from app.store.snapshots import k_members, listed_repos
+from app.store.snapshots import k_members, repo_named
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ async def resolve_subject(store: Store, check: str, subject: str, workspace: str
             continue
         snaps = await store.snapshots.load(ws, ("repos", "repo", "members"))
         if wanted == "repository":
-            for _, content in listed_repos(snaps, ws):
-                if text.lower() == str(content.get("full_name", "")).lower() or text == content.get("uuid"):
-                    return Subject(ws, "repository", str(content["uuid"]), str(content["full_name"]))
+            named = repo_named(snaps, ws, text)
+            if named is not None:
+                return Subject(ws, "repository", named[0], str(named[1]["full_name"]))
         else:
             members = snaps.get(k_members(ws))
             if members is not None and isinstance(members.content, list):

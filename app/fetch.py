@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app import errors
-from app.bitbucket.client import DEFER_AFTER, BitbucketClient
+from app.bitbucket.client import DEFER_AFTER, PATIENCE, BitbucketClient, Patience
 from app.bitbucket.models import BranchRestriction, Member
 from app.checks.base import Person
 from app.logs import get_logger
@@ -286,8 +286,15 @@ async def fetch_all(
         if fetcher.errors:
             out.failed[f.key] = next(iter(fetcher.errors.values()))
 
-    async with asyncio.TaskGroup() as tg:
-        for f in fetches:
-            tg.create_task(one(f))
+    # Reads of one round wait out a run of 429s together, and give up together (a pass sets one
+    # Patience for all its rounds: app/worker.py).
+    patience = PATIENCE.set(Patience()) if PATIENCE.get() is None else None
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for f in fetches:
+                tg.create_task(one(f))
+    finally:
+        if patience is not None:
+            PATIENCE.reset(patience)
     out.changed = await store.snapshots.put_many(out.rows, now)
     return out

@@ -38,7 +38,7 @@ from typing import Any
 from structlog.contextvars import bound_contextvars
 
 from app import errors, tiers
-from app.bitbucket.client import BUDGET_WAIT, PRIORITY, BitbucketClient
+from app.bitbucket.client import BUDGET_WAIT, PATIENCE, PRIORITY, BitbucketClient, Patience
 from app.evaluate import Alerts, evaluate_plans
 from app.fetch import Outcome, fetch_all
 from app.findings import Delta
@@ -249,6 +249,7 @@ class Worker:
                 calls = client.calls()
                 recorder = PassProgress(self.store, row.id)
                 waits = BUDGET_WAIT.set(recorder.waiting)
+                patience = PATIENCE.set(Patience())  # the pass's reads give up together on a run of 429s
                 try:
                     if tier in tiers.TIERS:  # issue 13: the repositories and restrictions tiers (app/tiers.py)
                         delta, written = await tiers.run(tier, client, self.store, self.settings, ws, self.alerts)
@@ -265,6 +266,7 @@ class Worker:
                         )
                         delta, written = report.delta, report.rows_written
                 finally:
+                    PATIENCE.reset(patience)
                     BUDGET_WAIT.reset(waits)
                 hooks = await self._check_hooks(row.connection_id) if tier == "full" else None
                 caused = {"api_calls": client.calls() - calls, "rows_written": written, "changes": _changes(delta)}

@@ -248,3 +248,171 @@ async def test_passes_past_half_their_share_are_paced_evenly() -> None:
     # then 10 a minute (600 / 60), so the second half takes about half an hour, not a burst
     assert 29 * 60 <= now[0] <= 31 * 60
     assert budget.delay(priority=True) == 0  # webhook-driven work is never paced
+
+
+# -- a run of 429s without Retry-After (the state machine's soak hung here, seed 707) -----------------
+class VirtualTime:
+    """The budget's clock and sleep, and the client's retry sleep: waits pass at once, time moves on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def restriction_reads(sandbox: RunningSandbox, copies: int) -> list[Any]:
+    from app.planner import Fetch
+
+    repos = sorted(sandbox.sandbox.state.workspaces["acme"].repos.values(), key=lambda r: r.slug)
+    return [Fetch("restrictions", "acme", r.uuid, ref=r.slug) for r in repos] * copies
+
+
+async def test_a_pass_meeting_only_429s_gives_up_in_bounded_time_then_reads_again(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, database: Path | str
+) -> None:
+    """Every read answered 429 without Retry-After: the reads of one round wait the pauses out
+    together and, after GIVE_UP_AFTER of nothing but 429s, fail (stale, as checks.md says for a
+    failed fetch) however many there are. Before the fix each waiter, once the pause ended, met a
+    429 of its own and extended the pause for all the others: 60 reads took 19 hours (virtual).
+    Once Bitbucket answers again, the next round waits the last pause out and reads everything."""
+    from app.bitbucket.client import PAUSE_MAX, PRIORITY
+    from app.fetch import fetch_all
+    from app.store import Store
+    from app.store.snapshots import k_restrictions
+
+    sb = sandbox.sandbox
+    sb.faults.force_status = {r"/branch-restrictions": 429}
+    time = VirtualTime()
+    budget = Budget(1000, reserve=0.3, headroom=0.1, pace=True, clock=time.clock, sleep=time.sleep)
+    client = BitbucketClient(
+        session, StaticToken(TOKEN), api_url=sandbox.api, budget=budget, max_attempts=5, sleep=time.sleep
+    )
+    reads = restriction_reads(sandbox, 10)
+    store = await Store.open(database)
+    try:
+
+        async def round_of_reads() -> Any:
+            PRIORITY.set(False)  # as a pass does
+            return await fetch_all(client, store, reads, enabled=(), now="2026-01-01T00:00:00+00:00", concurrency=4)
+
+        out = await asyncio.create_task(round_of_reads(), context=contextvars.copy_context())
+        # README: a pass stops waiting after 15 minutes of nothing but 429s (then one last pause)
+        assert time.now <= 15 * 60 + PAUSE_MAX, f"the round waited {time.now:.0f} s for 429s"
+        assert out.failures == len(reads) and not out.rows
+        assert all("429" in e or "RateLimited" in e for e in out.failed.values()), out.failed
+        met = sum(1 for r in sb.requests if r["status"] == 429)
+        assert met <= 40, f"{met} requests met a 429"
+        snap = await store.snapshots.get(k_restrictions(reads[0].repo_uuid))
+        assert snap is not None and snap.stale_since is not None  # marked failed, nothing invented
+
+        sb.faults.force_status = {}  # Bitbucket answers again
+        paused_left = budget.paused_until - time.now
+        before = time.now
+        out = await asyncio.create_task(round_of_reads(), context=contextvars.copy_context())
+        assert out.failures == 0 and not out.failed
+        assert time.now - before <= max(paused_left, 0.0) + 1.0  # the pause ends; nothing waits longer
+        snap = await store.snapshots.get(k_restrictions(reads[0].repo_uuid))
+        assert snap is not None and snap.stale_since is None
+    finally:
+        await store.close()
+
+
+async def test_429s_to_requests_already_sent_belong_to_the_same_pause(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession
+) -> None:
+    """Four reads on their way together all meet a 429: that is one pause of 10 s, not four
+    doublings to 80 s (each 429 of a burst counted as another strike)."""
+    from app.bitbucket.client import PAUSE_INITIAL
+
+    sandbox.sandbox.faults.force_status = {r"/branch-restrictions": 429}
+    time = VirtualTime()
+    budget = Budget(1000, clock=time.clock, sleep=time.sleep)
+    client = BitbucketClient(
+        session, StaticToken(TOKEN), api_url=sandbox.api, budget=budget, max_attempts=1, sleep=time.sleep
+    )
+    slugs = ["api", "web", "billing", "docs"]
+    got = await asyncio.gather(*(client.branch_restrictions("acme", s) for s in slugs), return_exceptions=True)
+    assert all(isinstance(g, errors.RateLimitedError) for g in got), got
+    assert budget.pauses == 4
+    assert budget.paused_until - time.now == PAUSE_INITIAL
+
+
+async def test_webhook_work_is_not_held_behind_a_pass_waiting_for_its_pace() -> None:
+    """A pass past half its share waits for its next paced slot; webhook-driven work, which has
+    its own share, goes at once instead of queueing behind that wait (the budget's lock was held
+    while sleeping)."""
+    now = [0.0]
+    woken = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        await woken.wait()
+        now[0] += seconds
+
+    budget = Budget(1000, reserve=0.3, headroom=0.1, pace=True, clock=lambda: now[0], sleep=sleep)
+    for _ in range(300):  # half the passes' share: the next pass request waits for the pace
+        await budget.acquire(priority=False)
+    paced = asyncio.create_task(budget.acquire(priority=False))
+    await asyncio.sleep(0.05)
+    assert not paced.done() and budget.delay(priority=False) > 0
+    await asyncio.wait_for(budget.acquire(priority=True), 2.0)  # hung behind the pass before the fix
+    woken.set()
+    await asyncio.wait_for(paced, 2.0)
+
+
+async def test_a_full_pass_meeting_only_429s_ends_once_with_stale_results_then_the_next_pass_reads(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The product's pass (the worker, chunk by chunk) under nothing but 429s on one endpoint:
+    it gives up once for the whole pass, not once per chunk (or per read), and ends; the results
+    that need the endpoint stand as they were, marked stale; every other result is written. When
+    Bitbucket answers again, the next pass waits the last pause out and reads everything."""
+    from app.bitbucket.client import PAUSE_MAX
+    from tests.helpers import running_app
+
+    port = free_port()
+    settings = product_settings(sandbox.api, tmp_path, port)
+    time = VirtualTime()
+    async with running_app(settings, port, session, background=False, sleep=time.sleep, max_attempts=5) as product:
+        services = product.services
+        # The credential's budget on the test's clock (the pool keeps one budget per credential;
+        # its clients are made again to use it).
+        pool = services.service.pool
+        pool.budgets[StaticToken(TOKEN).credential_id] = Budget(
+            1000, reserve=0.3, headroom=0.1, pace=True, clock=time.clock, sleep=time.sleep
+        )
+        pool.clients.clear()
+        services.worker.pass_chunk = 2  # six repositories: three chunks
+        store = services.service.store
+
+        async def full_pass() -> Any:
+            [eid] = await services.service.internal_event("lp:reconcile", {"workspace": "acme", "tier": "full"})
+            await asyncio.wait_for(services.worker.drain(), 60)
+            return await store.events.get(eid)
+
+        async def result(check: str, subject: str) -> Any:
+            [row] = await store.results.query(check=check, subject=subject)
+            return row
+
+        assert (await full_pass()).state == "done"
+        before = await result("branch-protection-enforced", "acme/api")
+        assert before.result.status == "pass" and before.stale_since is None
+
+        sandbox.sandbox.faults.force_status = {r"/branch-restrictions": 429}
+        start = time.now
+        event = await full_pass()
+        assert time.now - start <= 15 * 60 + PAUSE_MAX, f"the pass waited {time.now - start:.0f} s for 429s"
+        assert event.state == "done"
+        stale = await result("branch-protection-enforced", "acme/api")
+        assert stale.result.status == "pass" and stale.stale_since is not None
+        classified = await result("repo-classified", "acme/api")  # needs no restriction: read and written
+        assert classified.stale_since is None
+
+        sandbox.sandbox.faults.force_status = {}
+        assert (await full_pass()).state == "done"
+        fresh = await result("branch-protection-enforced", "acme/api")
+        assert fresh.result.status == "pass" and fresh.stale_since is None

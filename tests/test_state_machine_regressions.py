@@ -147,3 +147,56 @@ def test_evidence_for_a_member_who_left_is_accepted_and_covers_them_when_back(ma
     machine.add_evidence(check="member-mfa-enabled", member="acct-3", days=None)
     machine.toggle_member(account="acct-3")  # comes back
     machine.trigger_members(fault=None)
+
+
+def test_exception_names_the_repository_that_has_the_name_now(machine: ProductVsReference) -> None:
+    """Found by the soak (seed 707): ``acme/api`` transferred out, ``web`` renamed to ``api``, then
+    an exception for ``acme/api``: it must cover the repository named so now (checks.md: keyed by
+    uuid, resolved when recorded), not the one that left with the name."""
+    machine.transfer_out(fault=None, pick=0)
+    machine.rename_repo(fault=None, name="api", pick=0)
+    machine.add_exception(check="repo-classified", days=0, pick=0)
+
+
+def test_classify_by_name_takes_the_repository_that_has_the_name_now(machine: ProductVsReference) -> None:
+    """The same for ``classify acme/web`` when the repository that left with the name is listed
+    after the one that took it (the product picked the last one listed)."""
+    from app import actions
+
+    machine.transfer_out(fault=None, pick=1)  # web leaves; the product reads that in the next pass
+    machine.rename_repo(fault=None, name="web", pick=0)  # api takes the name, read at once
+    [now_web] = [r.uuid for r in machine.repos() if r.slug == "web"]
+    done = machine.run(actions.classify(machine.product.services, "acme/web", "production", "cli"))
+    assert done.uuid == now_web
+
+
+def test_exception_by_a_new_name_the_product_could_not_read(machine: ProductVsReference) -> None:
+    """Found by the soak (seed 707), a model error: ``web`` renamed to ``core-tools`` while the
+    repository read answers 500, then an exception for ``acme/core-tools``. The product has not
+    read that name and refuses it as unknown (checks.md: resolved when recorded, from what was
+    read); the reference now accepts that refusal, and otherwise the key must be web's."""
+    machine.rename_repo(fault=("repository", 500), name="core-tools", pick=1)
+    machine.add_exception(check="repo-classified", days=0, pick=1)
+    machine.trigger_full(fault=None)
+    machine.add_exception(check="repo-classified", days=3, pick=1)  # read by the pass: accepted
+
+
+def test_member_list_refused_after_a_personnel_import_then_failing(machine: ProductVsReference) -> None:
+    """Found by the soak (seed 707): the ``account`` scope taken away, then a personnel import whose
+    new email reads the member list again (403: data, the member tests are ``unknown`` naming the
+    scope), then a full pass whose member read fails. Only the email-link tests followed the 403,
+    so 2SV results stood as ``fail`` from the old list, and the failed read, with no list to name
+    them by, left them neither unknown nor stale (checks.md "A fetch that fails")."""
+    machine.toggle_scope(scope="account")
+    machine.import_personnel(
+        rows=[{"n": 1, "linked": False, "kind": "employee", "status": "active", "days": None, "owner": None}]
+    )
+    machine.trigger_full(fault=("members", 500))
+
+
+def test_main_branch_moved_while_the_repository_read_answers_429(machine: ProductVsReference) -> None:
+    """Found by make test's examples (a model error, on main too): the webhook's read answered 429,
+    so the event is deferred (re-queued for the pause), not failed; the branch results stand
+    unmarked until its retry, as the first comparison already allowed and the second did not."""
+    machine.move_main_branch(fault=("repository", 429), main="develop", pick=0)
+    machine.trigger_full(fault=None)

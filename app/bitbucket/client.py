@@ -6,7 +6,9 @@ The only place that retries (docs/architecture.md). Behaviour:
   commits, diffs, another host) raises EndpointNotAllowed before a byte is sent.
 - 5xx, timeouts and connection errors are retried with exponential backoff and jitter (tenacity);
   a 429 pauses the credential's :class:`Budget` (every connection using it) for ``Retry-After``
-  when sent, else for a doubling backoff, and the request is retried after the pause.
+  when sent, else for a doubling backoff, and the request is retried after the pause. No wait for
+  429s is endless: after :data:`GIVE_UP_AFTER` seconds of nothing but 429s (counted per piece of
+  work, :class:`Patience`: a pass), requests fail with errors.GaveUp instead of waiting on.
 - 401 asks the token source for a fresh token once, then retries; a second 401 raises AuthError.
 - Concurrency is bounded by a semaphore; every request first takes a slot from the rolling-hour
   :class:`Budget` of its credential (one per OAuth consumer or access token, shared by every
@@ -129,6 +131,27 @@ BUDGET_WAIT_REPORTED = 1.0
 PACE_SLICES = 60
 PAUSE_INITIAL = 10.0
 PAUSE_MAX = 600.0
+# Once Bitbucket has answered nothing but 429 for this long (no request of the credential succeeded
+# since the first 429), waiting on is given up: a request that would wait for the pause, or retry
+# after its own 429, fails at once (errors.GaveUp), so its fetch is marked failed (its results stay
+# as they were, stale: docs/checks.md "A fetch that fails") and a pass ends instead of waiting
+# pause after pause for as long as the 429s last. The pause itself still holds, and the first
+# request after it ends is sent: one success ends the streak.
+GIVE_UP_AFTER = 900.0
+
+
+class Patience:
+    """The waiting done by one piece of work, shared by all its tasks (a pass sets one for all its
+    reads, see :data:`PATIENCE`; a request outside any sets its own): its give-up time counts from
+    the later of the first 429 in a row and the moment this work first used the budget, so work
+    that starts while an earlier run of 429s still pauses the credential waits that pause out
+    (and goes on when Bitbucket answers again) instead of failing at once."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # the budget's clock when this work first asked for a slot
+
+
+PATIENCE: contextvars.ContextVar[Patience | None] = contextvars.ContextVar("bitbucket_patience", default=None)
 # The pause a task set itself and already waits for through its own retry (see ``Budget.pause``).
 _OWN_PAUSE: contextvars.ContextVar[float] = contextvars.ContextVar("bitbucket_own_pause", default=0.0)
 
@@ -166,6 +189,7 @@ class Budget:
         pace: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        give_up_after: float = GIVE_UP_AFTER,
     ) -> None:
         self.configured = limit
         self.pace = pace
@@ -177,11 +201,13 @@ class Budget:
         self._sleep = sleep
         self._high: deque[float] = deque()  # high-priority calls in the window
         self._low: deque[float] = deque()  # low-priority calls (and others' use, NearLimit)
-        self._lock = asyncio.Lock()
+        self.give_up_after = give_up_after
         self.waited = 0.0
         self.paused_until = 0.0
         self.pauses = 0  # 429s met (every pause)
-        self._strikes = 0  # 429s in a row without Retry-After
+        self._strikes = 0  # pauses in a row after 429s without Retry-After
+        self.epoch = 0  # counts pauses: a 429 to a request sent before the latest pause is the same episode
+        self.limited_since: float | None = None  # the first 429 since the last success
         self.near_limit = False
 
     @property
@@ -271,23 +297,58 @@ class Budget:
         self._record(priority)
         return True
 
-    async def acquire(self, *, priority: bool = True, keep: int = 0) -> None:
-        async with self._lock:
-            while True:
-                wait = self.delay(priority=priority, keep=keep)
-                if wait <= 0:
-                    self._record(priority)
-                    return
-                self.waited += wait
-                log.info("budget.wait", seconds=round(wait, 3), used=self.used, priority=priority)
-                told = BUDGET_WAIT.get() if wait >= BUDGET_WAIT_REPORTED else None
+    async def acquire(self, *, priority: bool = True, keep: int = 0, endpoint: str = "") -> None:
+        """Take a slot, waiting until one is free. Checking and taking a slot involve no await, so
+        no lock is needed; none is held while waiting either: a caller that may go now (webhook-
+        driven work, with its reserved share) never queues behind a pass that waits to be paced.
+
+        Raises errors.GaveUp rather than wait for a 429 pause when the credential has met nothing
+        but 429s for ``give_up_after`` seconds (see :data:`GIVE_UP_AFTER`)."""
+        scope = PATIENCE.get()
+        if scope is not None and scope.since is None:
+            scope.since = self._clock()
+        while True:
+            wait = self.delay(priority=priority, keep=keep)
+            if wait <= 0:
+                self._record(priority)
+                return
+            self.check_give_up(wait, endpoint)
+            self.waited += wait
+            log.info("budget.wait", seconds=round(wait, 3), used=self.used, priority=priority)
+            told = BUDGET_WAIT.get() if wait >= BUDGET_WAIT_REPORTED else None
+            if told is not None:
+                await told(wait, self.why(priority=priority, keep=keep))
+            try:
+                await self._sleep(max(wait, 0.001))
+            finally:
                 if told is not None:
-                    await told(wait, self.why(priority=priority, keep=keep))
-                try:
-                    await self._sleep(max(wait, 0.001))
-                finally:
-                    if told is not None:
-                        await told(0.0, "")
+                    await told(0.0, "")
+
+    def limited_for(self, ahead: float = 0.0) -> float:
+        """Seconds the calling work will have been held by 429s alone, ``ahead`` seconds from now:
+        since the first 429 in a row, or since the work began when that was later (see
+        :class:`Patience`); 0 when a request succeeded since the last 429."""
+        if self.limited_since is None:
+            return 0.0
+        start = self.limited_since
+        scope = PATIENCE.get()
+        if scope is not None and scope.since is not None:
+            start = max(start, scope.since)
+        return max(0.0, self._clock() + ahead - start)
+
+    def check_give_up(self, wait: float = 0.0, endpoint: str = "") -> None:
+        """Raise errors.GaveUp when waiting ``wait`` more seconds, for a 429 pause, would hold the
+        calling work past the give-up time (:data:`GIVE_UP_AFTER`)."""
+        now = self._clock()
+        if self.paused_until <= now or self.limited_since is None:
+            return  # not paused: a budget wait, which ends by itself (at most a window)
+        if self.limited_for(wait) > self.give_up_after:
+            raise errors.GaveUp(
+                f"{endpoint or 'request'}: Bitbucket has answered only 429 (rate limited) for "
+                f"{now - self.limited_since:.0f} s; gave up waiting (after {self.give_up_after:.0f} s)",
+                endpoint=endpoint,
+                retry_after=max(0.0, self.paused_until - now),
+            )
 
     def why(self, *, priority: bool = True, keep: int = 0) -> str:
         """Why a caller of this priority waits now (for the operator: the pass's progress)."""
@@ -324,22 +385,38 @@ class Budget:
 
     def succeeded(self) -> None:
         self._strikes = 0
+        self.limited_since = None
 
-    def pause(self, retry_after: float | None) -> float:
+    def pause(self, retry_after: float | None, epoch: int | None = None) -> float:
         """A 429: pause this credential for ``retry_after`` (else a doubling backoff); returns the
         pause in seconds. The calling task retries on its own schedule (the client's), so the pause
-        holds every other task using this credential, not that one."""
+        holds every other task using this credential, not that one.
+
+        ``epoch`` is :attr:`epoch` when the request was sent: a 429 to a request that was already
+        on its way when another 429 paused the credential belongs to that same pause, so it does
+        not double the backoff again (concurrent requests would otherwise take it to the cap at
+        once, and each of them then extend the pause for all the others)."""
+        now = self._clock()
+        if self.limited_since is None:
+            self.limited_since = now
         if retry_after is None:
-            seconds = min(PAUSE_MAX, PAUSE_INITIAL * float(1 << min(self._strikes, 20)))
-            self._strikes += 1
+            if epoch is not None and epoch != self.epoch and self._strikes:
+                last = min(PAUSE_MAX, PAUSE_INITIAL * float(1 << min(self._strikes - 1, 20)))
+                until = self.paused_until if self.paused_until > now else now + last
+            else:
+                seconds = min(PAUSE_MAX, PAUSE_INITIAL * float(1 << min(self._strikes, 20)))
+                self._strikes += 1
+                self.epoch += 1
+                until = now + seconds
         else:
             seconds = max(0.0, retry_after)
-        until = self._clock() + seconds
+            self.epoch += 1
+            until = now + seconds
         self.paused_until = max(self.paused_until, until)
         self.pauses += 1
         _OWN_PAUSE.set(until)
-        log.warning("budget.paused", seconds=round(seconds, 1))
-        return seconds
+        log.warning("budget.paused", seconds=round(until - now, 1))
+        return until - now
 
 
 class BitbucketClient:
@@ -398,12 +475,14 @@ class BitbucketClient:
 
     async def _send_once(
         self, method: str, url: str, endpoint: paths.Endpoint, body: Any, token: str
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes, int]:
+        """One request: its status, headers, body and the budget's pause epoch when it was sent."""
         defer_after = DEFER_AFTER.get()
         priority, keep = PRIORITY.get(), KEEP.get()
         if defer_after is not None and (wait := self.budget.delay(priority=priority, keep=keep)) > defer_after:
             raise errors.Deferred(f"{endpoint.name}: budget exhausted", endpoint=endpoint.name, retry_after=wait)
-        await self.budget.acquire(priority=priority, keep=keep)
+        await self.budget.acquire(priority=priority, keep=keep, endpoint=endpoint.name)
+        epoch = self.budget.epoch
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         async with self._sem:
             try:
@@ -429,11 +508,11 @@ class BitbucketClient:
             self.budget.learn(limit.limit, limit.near_limit)
         if status != 429:
             self.budget.succeeded()
-        return status, resp_headers, data
+        return status, resp_headers, data, epoch
 
     async def _attempt(self, method: str, url: str, endpoint: paths.Endpoint, body: Any) -> Any:
         token = await self._tokens.token()
-        status, headers, data = await self._send_once(method, url, endpoint, body, token)
+        status, headers, data, epoch = await self._send_once(method, url, endpoint, body, token)
         if status == 401:
             log.info("bitbucket.refresh_on_401", endpoint=endpoint.name)
             try:
@@ -446,17 +525,18 @@ class BitbucketClient:
                     status=401,
                     endpoint=endpoint.name,
                 ) from None
-            status, headers, data = await self._send_once(method, url, endpoint, body, token)
+            status, headers, data, epoch = await self._send_once(method, url, endpoint, body, token)
         try:
             sansio.raise_for_status(status, headers, data, endpoint.name)
         except errors.RateLimitedError as exc:
             # The whole credential pauses (every connection using it); this task waits as long.
-            exc.retry_after = self.budget.pause(exc.retry_after)
+            exc.retry_after = self.budget.pause(exc.retry_after, epoch)
             defer_after = DEFER_AFTER.get()
             if defer_after is not None and exc.retry_after > defer_after:
                 raise errors.Deferred(
                     str(exc), status=429, endpoint=endpoint.name, retry_after=exc.retry_after
                 ) from None
+            self.budget.check_give_up(exc.retry_after, endpoint.name)  # 429s for too long: no retry
             raise
         if status == 204 or not data:
             return None
@@ -466,7 +546,8 @@ class BitbucketClient:
         """Send one allow-listed request with retries; return the decoded JSON body (or None)."""
         endpoint = self._check(method, url)
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(errors.TransientError) & retry_if_not_exception_type(errors.Deferred),
+            retry=retry_if_exception_type(errors.TransientError)
+            & retry_if_not_exception_type((errors.Deferred, errors.GaveUp)),
             stop=stop_after_attempt(self._max_attempts),
             wait=self._wait,
             sleep=self._sleep,
@@ -478,9 +559,14 @@ class BitbucketClient:
                 error=type(s.outcome.exception()).__name__ if s.outcome else None,
             ),
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._attempt(method, url, endpoint, body)
+        own = PATIENCE.set(Patience()) if PATIENCE.get() is None else None  # a request on its own
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._attempt(method, url, endpoint, body)
+        finally:
+            if own is not None:
+                PATIENCE.reset(own)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def url(self, endpoint: paths.Endpoint, params: dict[str, str | int] | None = None, **parts: str) -> str:

@@ -100,6 +100,23 @@ def listed_repos(snaps: Mapping[str, Snapshot], ws: str) -> Iterator[tuple[str, 
             yield uuid, snap.content
 
 
+def repo_named(snaps: Mapping[str, Snapshot], ws: str, name: str) -> tuple[str, dict[str, Any]] | None:
+    """The listed repository a user means by ``name`` (its uuid, or its ``full_name`` in any case).
+
+    Bitbucket gives a full name to one repository at a time, but the product may still hold one
+    that left with the name (a transfer is read again only by the next pass) beside the one that
+    took it (a rename, read at once): the one read last holds the name now (found by the state
+    machine: an exception for ``acme/api`` went to the repository transferred out)."""
+    text = name.strip()
+    best: tuple[str, tuple[str, dict[str, Any]]] | None = None
+    for uuid, content in listed_repos(snaps, ws):
+        if text == uuid or text.lower() == str(content.get("full_name", "")).lower():
+            read = snaps[k_repo(uuid)].fetched_at or ""
+            if best is None or read > best[0]:
+                best = (read, (uuid, content))
+    return best[1] if best is not None else None
+
+
 def content_hash(content: Any) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
