@@ -499,7 +499,7 @@ async def products(*items: Product) -> AsyncIterator[None]:
 
 # -- the oracle for intermediate states -----------------------------------------------------------
 REPLAY_WINDOW = 15.0  # how far back a recorded status may have been real (a deferred read's age)
-MAX_REPLAYS = 16
+MAX_REPLAYS = 48
 
 
 def fingerprint(state: State, subject_key: str) -> str:
