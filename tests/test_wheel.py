@@ -216,25 +216,21 @@ def test_wheel_serves_dashboard_and_static_files(
 def test_wheel_runs_commands_on_the_database(installed: Installed, database: Path | str) -> None:
     """The installed console script writes and reads the store (its driver: aiosqlite or asyncpg)."""
     env = {**installed.env, "LP_DATABASE": str(database)}
-    added = subprocess.run(  # noqa: S603 - our own console script, fixed arguments
-        [str(installed.script), "classify-rules", "add", "production", "--project", "CORE"],
-        cwd=installed.outside,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - our own console script, fixed arguments
+            [str(installed.script), *args],
+            cwd=installed.outside,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    added = script("classify-rules", "add", "production", "--project", "CORE")
     assert added.returncode == 0, added.stderr
-    listed = subprocess.run(  # noqa: S603
-        [str(installed.script), "classify-rules", "list"],
-        cwd=installed.outside,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    listed = script("classify-rules", "list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith("1. project CORE") and "production" in listed.stdout
 
