@@ -172,6 +172,25 @@ async def test_the_event_stream_wakes_on_another_instances_write(pg_cluster: Clu
         await b.close()
 
 
+async def test_a_statement_that_changes_no_event_wakes_no_one(pg_cluster: Cluster) -> None:
+    """An idle worker's empty claim and lease sweep must not wake the waiters: with a NOTIFY per
+    statement each empty claim woke the worker for the next one, and an idle instance spun (CI
+    held a run for minutes). A statement that changes a row still wakes every instance."""
+    a, b = await _two_instances(pg_cluster)
+    try:
+        watched = await b.events.watch()  # b listens from now on
+        for _ in range(3):
+            assert await a.events.claim(10) == []
+            assert await a.events.requeue_expired_leases() == 0
+        await asyncio.sleep(0.5)  # NOTIFY is delivered at commit: it would have arrived by now
+        assert not watched.is_set()
+        await a.events.append(_event(1))
+        await asyncio.wait_for(watched.wait(), 10.0)  # a row changed: b is woken
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_a_held_lock_is_renewed_on_sqlite_too(tmp_path: Path) -> None:
     """The pass lock is short and renewed on SQLite as well (it used to hold an hour after its
     holder died on another host sharing the file)."""

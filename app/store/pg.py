@@ -73,7 +73,10 @@ _RETURNING = re.compile(r"\bRETURNING\b", re.IGNORECASE)
 
 
 # What app/store/views.py registers on an SQLite connection as Python functions, in SQL, and the
-# trigger that tells every instance listening (LISTEN lp_events) that the event log changed.
+# trigger that tells every instance listening (LISTEN lp_events) that the event log changed. It is
+# a row trigger: a statement that changes no row (an idle worker's empty claim) tells no one, or
+# each empty claim would wake the worker for the next. PostgreSQL folds a transaction's identical
+# notifications into one, so a batch is one NOTIFY.
 FUNCTIONS = r"""
 CREATE OR REPLACE FUNCTION lp_regexp(pattern text, value text) RETURNS boolean
     LANGUAGE sql IMMUTABLE AS $$ SELECT value IS NOT NULL AND value ~ pattern $$;
@@ -88,7 +91,7 @@ BEGIN
     RETURN NULL;
 END $$;
 CREATE OR REPLACE TRIGGER lp_events_changed AFTER INSERT OR UPDATE OR DELETE ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION lp_events_changed();
+    FOR EACH ROW EXECUTE FUNCTION lp_events_changed();
 """
 
 
