@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from app.errors import ConfigError
 from app.logs import get_logger
 from app.store.db import Database
 from app.store.schema import MIGRATIONS
@@ -402,17 +403,10 @@ class PgDatabase(Database):
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return await self.pool.fetchrow(translate(sql), *params)
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        async with self.transaction() as conn:
-            cur = await conn.execute(sql, params)
-            return cur.lastrowid or 0
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self.transaction() as conn:
-            await conn.executemany(sql, rows)
-
     async def backup(self, target: Path) -> None:
-        raise NotImplementedError("back up PostgreSQL with pg_dump")
+        # The backup command refuses a PostgreSQL database before it opens one; this is the store's
+        # own answer should any other caller ask.
+        raise ConfigError("backup copies an SQLite database: back up PostgreSQL with pg_dump")
 
 
 def _statements(script: str) -> list[str]:
