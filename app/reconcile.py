@@ -78,8 +78,15 @@ async def reconcile_workspace(
     list is unreadable, the repository results stand and are marked stale, the member tests are
     still read and written, and then the error is raised (the pass is retried)."""
     started = time.perf_counter()
-    now = now or utcnow()
-    stamp = iso(now)
+    fixed = now
+
+    def clock() -> datetime:
+        """The moment of a step: each step of a pass is stamped when it records, after its reads
+        (a pass waiting out a 429 does not date what it then reads to its start), unless the
+        caller fixed the time."""
+        return fixed or utcnow()
+
+    stamp = iso(clock())
     calls_before = client.calls()
     enabled = frozenset(settings.enabled_checks)
     report = PassReport(workspace=ws)
@@ -94,7 +101,7 @@ async def reconcile_workspace(
         report.snapshots_changed, report.fetch_failures = outcome.changed, outcome.failures
         # The member tests, ``chunk`` members at a time (20,000 members are never evaluated at once).
         async for delta, written in record_all(
-            store, settings, ws, now, cause, plan.checks or None, alerts, chunk=max(1, chunk)
+            store, settings, ws, clock(), cause, plan.checks or None, alerts, chunk=max(1, chunk)
         ):
             _merge(report, delta)
             report.rows_written += written
@@ -104,7 +111,7 @@ async def reconcile_workspace(
             repos = await client.repositories(ws)
         except errors.BitbucketError as exc:
             await Fetcher(client, store, stamp).failed(k_repos(ws), ws, "repos", exc)
-            await _members_only(client, store, settings, ws, now, alerts)
+            await _members_only(client, store, settings, ws, clock, alerts)
             raise
         from app.tiers import pass_order  # issue 13 hook: oldest restrictions reading first (tiers imports us)
 
@@ -113,7 +120,7 @@ async def reconcile_workspace(
         )
         by_uuid = {r.uuid: r for r in repos}
         repos = [by_uuid[k.uuid] for k in order]
-        await _full(client, store, settings, ws, now, repos, report, alerts, max(1, chunk), told)
+        await _full(client, store, settings, ws, clock, repos, report, alerts, max(1, chunk), told)
     report.api_calls = client.calls() - calls_before
     report.seconds = time.perf_counter() - started
     log.info(
@@ -135,15 +142,16 @@ async def _full(
     store: Store,
     settings: Settings,
     ws: str,
-    now: datetime,
+    clock: Callable[[], datetime],
     repos: list[Repository],
     report: PassReport,
     alerts: Alerts | None,
     chunk: int,
     told: Progress,
 ) -> None:
-    """The full pass, ``chunk`` repositories at a time, then retirement, then the rest."""
-    stamp = iso(now)
+    """The full pass, ``chunk`` repositories at a time, then retirement, then the rest; each step
+    reads, then records at ``clock()``."""
+    stamp = iso(clock())
     enabled = frozenset(settings.enabled_checks)
     listed = {r.uuid for r in repos}
     report.snapshots_changed = await store.snapshots.put_many(
@@ -168,14 +176,16 @@ async def _full(
         report.snapshots_changed += await store.snapshots.put_many(rows, stamp)
         known = [KnownRepo(uuid=r.uuid, mainbranch=r.mainbranch, slug=r.slug) for r in part]
         fetches = [f for r in known for f in repo_fetches(ws, r, enabled)]
-        outcome = await fetch_all(client, store, fetches, enabled=enabled, now=stamp, concurrency=settings.concurrency)
+        outcome = await fetch_all(
+            client, store, fetches, enabled=enabled, now=iso(clock()), concurrency=settings.concurrency
+        )
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
         delta, written = await record(
             store,
             settings,
             ws,
-            now,
+            clock(),
             "reconcile",
             subjects={r.uuid for r in part},
             alerts=step_alerts,
@@ -192,7 +202,7 @@ async def _full(
     gone = await store.results.subject_keys(ws, "repository") - listed
     if gone:
         delta, written = await record(
-            store, settings, ws, now, "reconcile", subjects=gone, alerts=step_alerts, members=False
+            store, settings, ws, clock(), "reconcile", subjects=gone, alerts=step_alerts, members=False
         )
         _merge(report, delta)
         report.rows_written += written
@@ -200,12 +210,12 @@ async def _full(
     # The member list (a member test on): read whole, written in one place (app.fetch.fetch_members).
     if MEMBER_CHECKS & enabled:
         outcome = await fetch_all(
-            client, store, [Fetch("members", ws)], enabled=enabled, now=stamp, concurrency=settings.concurrency
+            client, store, [Fetch("members", ws)], enabled=enabled, now=iso(clock()), concurrency=settings.concurrency
         )
         report.snapshots_changed += outcome.changed
         report.fetch_failures += outcome.failures
     # The member tests, ``chunk`` members at a time (20,000 members are never evaluated at once).
-    async for delta, written in record_members(store, settings, ws, now, "reconcile", step_alerts, chunk=chunk):
+    async for delta, written in record_members(store, settings, ws, clock(), "reconcile", step_alerts, chunk=chunk):
         _merge(report, delta)
         if opened is not None:
             opened.add(delta)
@@ -221,7 +231,7 @@ async def _full(
     # test no longer known left behind, retired), with the first pass's summary alert.
     rest = (known_checks(settings) | {c for c, _, _ in await store.results.counts()}) - MEMBER_CHECKS
     delta, written = await record(
-        store, settings, ws, now, "reconcile", only_checks=rest, alerts=final, repositories=False, members=False
+        store, settings, ws, clock(), "reconcile", only_checks=rest, alerts=final, repositories=False, members=False
     )
     _merge(report, delta)
     report.rows_written += written
@@ -245,7 +255,12 @@ def _merge(report: PassReport, delta: Delta) -> None:
 
 
 async def _members_only(
-    client: BitbucketClient, store: Store, settings: Settings, ws: str, now: datetime, alerts: Alerts | None
+    client: BitbucketClient,
+    store: Store,
+    settings: Settings,
+    ws: str,
+    clock: Callable[[], datetime],
+    alerts: Alerts | None,
 ) -> None:
     """The pass without the repository list: repository results stale, member tests as usual."""
     stale = [
@@ -254,10 +269,12 @@ async def _members_only(
         if check in REPO_CHECKS and r.stale_since is None
     ]
     if stale:
-        await store.results.apply(Delta(stale=stale), iso(now), "reconcile")
+        await store.results.apply(Delta(stale=stale), iso(clock()), "reconcile")
     if MEMBER_CHECKS & set(settings.enabled_checks):
         enabled = frozenset(settings.enabled_checks)
         plan = full_pass(ws, "members", (), enabled)
-        await fetch_all(client, store, plan.fetches, enabled=enabled, now=iso(now), concurrency=settings.concurrency)
-        async for _ in record_all(store, settings, ws, now, "reconcile", MEMBER_CHECKS, alerts):
+        await fetch_all(
+            client, store, plan.fetches, enabled=enabled, now=iso(clock()), concurrency=settings.concurrency
+        )
+        async for _ in record_all(store, settings, ws, clock(), "reconcile", MEMBER_CHECKS, alerts):
             pass

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -315,5 +317,37 @@ async def test_an_unreadable_repository_list_keeps_repository_results_and_writes
         assert members is not None and members.stale_since is None
         assert "557058:frank" not in str(members.content)  # the member list was read in the same pass
         assert not [r for r in member_rows if r.result.subject_key == "557058:frank"]  # and evaluated
+    finally:
+        await store.close()
+
+
+async def test_a_pass_dates_what_it_records_to_when_it_read_it_not_to_its_start(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A pass that waits (a 429's pause, a slow workspace) before it reads the member list dates the
+    member results to that read, not to the pass's start: a history row never says a member left
+    before they did (chaos seed 2264293176: a pass paused 7 s by a 429, read a member list without
+    dave, and recorded him retired at a second when he was still a member)."""
+    settings = product_settings(sandbox.api, tmp_path, free_port())
+    store = await Store.open(settings.database)
+    try:
+        client = BitbucketClient(session, StaticToken(TOKEN), api_url=settings.bitbucket_api_url, **CLIENT)  # type: ignore[arg-type]
+        await reconcile_workspace(client, store, settings, "acme")
+        left_at: list[float] = []
+
+        async def progress(step: dict[str, object]) -> None:
+            if step.get("step") == "members and workspace":  # the pass waits, and meanwhile frank leaves
+                await asyncio.sleep(1.2)
+                await act(session, sandbox, "workspaces/acme/remove-member", {"account_id": "557058:frank"})
+                left_at.append(time.time())
+
+        started = time.time()
+        await reconcile_workspace(client, store, settings, "acme", progress=progress)
+        assert left_at and left_at[0] - started >= 1.2
+        history = [h for h in await store.results.history(subject="557058:frank") if h["new_status"] == "retired"]
+        assert history, "frank's results were not retired"
+        for h in history:
+            at = datetime.fromisoformat(h["at"].replace("Z", "+00:00")).timestamp()  # to the second
+            assert at >= int(left_at[0]), f"{h['check_id']} retired at {h['at']}, before frank left ({left_at[0]:.2f})"
     finally:
         await store.close()
