@@ -236,7 +236,15 @@ class Worker:
         self._claimed.pop(row.id, None)  # not when cancelled: ``run`` gives that lease back
 
     async def _run_pass(self, row: EventRow) -> None:
-        PRIORITY.set(False)  # this task's requests leave the reserved share of the budget to events
+        # The pass's requests leave the reserved share of the budget to events; given back after
+        # (``drain`` runs passes in its own task, then webhook work).
+        low = PRIORITY.set(False)
+        try:
+            await self._run_pass_at_low_priority(row)
+        finally:
+            PRIORITY.reset(low)
+
+    async def _run_pass_at_low_priority(self, row: EventRow) -> None:
         ws = str(row.payload.get("workspace"))
         tier = str(row.payload.get("tier", "full"))
         lock = f"pass:{row.connection_id}:{ws}:{tier}"

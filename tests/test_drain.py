@@ -92,3 +92,21 @@ async def test_a_delivery_stored_between_the_workers_claim_and_its_wait_is_proce
             return [e.state for e in await events.list(event_key="repo:updated")] == ["done"]
 
         await wait_for(processed, within=15)
+
+
+async def test_a_pass_drained_inline_gives_back_the_callers_budget_priority(
+    sandbox: RunningSandbox, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """``drain`` (the CLI, the tests) runs passes in its own task. A pass sets low budget priority
+    for its requests; once it ends, the webhook work drained after it must be high priority again
+    (it was left low: events after an inline pass waited behind the pass's share)."""
+    from app.bitbucket.client import PRIORITY
+
+    port = free_port()
+    async with running_app(product_settings(sandbox.api, tmp_path, port), port, session, background=False) as app:
+        service, worker = app.services.service, app.services.worker
+        await service.internal_event("lp:reconcile", {"workspace": "acme", "tier": "full"})
+        assert PRIORITY.get() is True
+        await worker.drain()
+        assert len(await service.store.results.query(check="repo-classified")) == 6  # the pass ran here
+        assert PRIORITY.get() is True
