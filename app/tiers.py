@@ -189,8 +189,8 @@ async def repositories_tier(
         return Delta(), 0
     fetcher.rows.append((k_repos(ws), ws, "repos", uuids))
     await store.snapshots.put_many(fetcher.rows, fetcher.now)
-    return await record(
-        store, settings, ws, now, "tier:repos", subjects=changed, only_checks=REPO_CHECKS, alerts=alerts
+    return await record(  # at the moment it knows: after its reads (which may have waited)
+        store, settings, ws, utcnow(), "tier:repos", subjects=changed, only_checks=REPO_CHECKS, alerts=alerts
     )
 
 
@@ -255,7 +255,7 @@ async def restrictions_tier(
         store,
         settings,
         ws,
-        now,
+        utcnow(),  # after its reads, as the repositories tier
         "tier:restrictions",
         subjects=done,
         only_checks=BRANCH_CHECKS & frozenset(settings.enabled_checks),

@@ -157,6 +157,42 @@ async def test_restrictions_tier_waits_when_no_budget_is_spare(app: RunningApp, 
     assert budget.delay(priority=True) == 0  # the webhook share is untouched
 
 
+async def test_a_tier_dates_what_it_records_to_when_it_read_it_not_to_its_start(
+    app: RunningApp, sandbox: RunningSandbox, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both tiers record after their reads, at that moment: a tier whose reads are slow (or wait out
+    a 429) never dates a change to before it read it (a full pass did: CI's chaos seed 2264293176)."""
+    await full_pass(app)
+    store = app.services.service.store
+    client = await app.services.service.client("token")
+    _, names = await tiers.readings(store, "acme")
+    docs = next(u for u, n in names.items() if n == "acme/docs")
+    await store.records.set_class(docs, "acme", "acme/docs", "production", "test", "2026-01-01T00:00:00Z")
+    monkeypatch.setattr(tiers, "RESTRICTIONS_MAX_PER_RUN", 2)  # docs (production) first, then one more
+    await act(session, sandbox, "repos/acme/docs/remove-restriction", {"kind": "delete"})
+    async with session.post(f"{sandbox.url}/_sandbox/settings", json={"repo_updated_for_moves": False}) as resp:
+        assert resp.status == 200
+    await act(session, sandbox, "repos/acme/api/update", {"mainbranch": "develop"})
+    async with session.post(f"{sandbox.url}/_sandbox/faults", json={"latency_ms": 1000}) as resp:
+        assert resp.status == 200  # every read takes a second: each tier below reads at least twice
+
+    def at(check: str, subject: str) -> float:
+        [row] = [h for h in history if h["check_id"] == check and h["subject"] == subject][-1:]
+        return datetime.fromisoformat(row["at"].replace("Z", "+00:00")).timestamp()  # to the second
+
+    for run, check, subject in (
+        (tiers.restrictions_tier, "branch-protection-enforced", "acme/docs"),
+        (tiers.repositories_tier, "branch-protection-enforced", "acme/api"),
+    ):
+        started = time.time()
+        delta, _ = await run(client, store, app.settings, "acme")
+        returned = time.time()
+        assert returned - started >= 2.0 and (delta.opened or delta.changed), (run.__name__, delta)
+        history = await store.results.history(check=check, subject=subject)
+        assert history[-1]["new_status"] == "fail", history[-1]
+        assert at(check, subject) >= int(returned - 0.5), f"{run.__name__} recorded at its start"
+
+
 async def test_freshness_in_the_api_and_metrics(app: RunningApp, session: aiohttp.ClientSession) -> None:
     await full_pass(app)
     async with session.get(f"{app.url}/api/repositories", headers=API_AUTH) as resp:
