@@ -200,3 +200,17 @@ def test_main_branch_moved_while_the_repository_read_answers_429(machine: Produc
     unmarked until its retry, as the first comparison already allowed and the second did not."""
     machine.move_main_branch(fault=("repository", 429), main="develop", pick=0)
     machine.trigger_full(fault=None)
+
+
+def test_first_push_while_the_restrictions_answer_429_defers_the_whole_repository(
+    machine: ProductVsReference,
+) -> None:
+    """Found by the soak (seed 629983919, a model error): the push's reads stop at the restrictions'
+    429 and the repository is deferred whole, so its Pipelines configuration is never read before
+    the retry and pipelines-enabled stands not_applicable, unmarked, while its event is queued;
+    the full pass then gives the reference's answer."""
+    machine.switch_pipelines(enabled=True, pick=0)
+    machine.empty_repo(pick=0)
+    machine.trigger_full(fault=None)
+    machine.first_push(fault=("branch-restrictions", 429), pick=0)
+    machine.trigger_full(fault=None)
