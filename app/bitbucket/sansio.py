@@ -253,8 +253,7 @@ def verify_signature(secrets: Iterable[str | bytes], body: bytes, header: str | 
         raise errors.SignatureError("X-Hub-Signature does not match the body")
 
 
-def _obj(value: Any) -> JsonObject:
-    return value if isinstance(value, dict) else {}
+_EMPTY: JsonObject = {}  # read only
 
 
 def _str(value: Any) -> str | None:
@@ -300,14 +299,18 @@ def delivery_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise errors.PayloadError("body is not a JSON object")
 
-    repo = _obj(payload.get("repository"))
+    # Every lookup below runs once per delivery (the receiver's hot path): a sub-object that is
+    # not a dict reads as empty, a value that is not a non-empty string as None.
+    repo = payload.get("repository")
+    if not isinstance(repo, dict):
+        repo = _EMPTY
     full_name = _str(repo.get("full_name"))
-    workspace = None
-    if isinstance(repo.get("workspace"), dict):
-        workspace = _str(repo["workspace"].get("slug"))
+    slug_of = repo.get("workspace")
+    workspace = _str(slug_of.get("slug")) if isinstance(slug_of, dict) else None
     if workspace is None and full_name and "/" in full_name:
         workspace = full_name.split("/", 1)[0]
-    actor = _obj(payload.get("actor"))
+    actor = payload.get("actor")
+    actor_id = (_str(actor.get("account_id")) or _str(actor.get("uuid"))) if isinstance(actor, dict) else None
 
     branches: list[str] = []
     created: list[str] = []
@@ -329,15 +332,20 @@ def delivery_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
                 created.append(name)
             if change.get("closed") or new is None:
                 deleted.append(name)
-    pr = _obj(payload.get("pullrequest"))
-    pr_id = pr.get("id") if isinstance(pr.get("id"), int) else None
+    pr = payload.get("pullrequest")
+    if isinstance(pr, dict):
+        pr_id = pr.get("id") if isinstance(pr.get("id"), int) else None
+        pr_state = _str(pr.get("state"))
+    else:
+        pr_id = pr_state = None
     status = payload.get("commit_status")
     if isinstance(status, dict) and isinstance(status.get("refname"), str):
         branches.append(status["refname"])
-    changes = _obj(payload.get("changes"))
-    project = _obj(payload.get("project"))
-    if not project:
-        project = _obj(repo.get("project"))
+    changes = payload.get("changes")
+    project = payload.get("project")
+    if not (isinstance(project, dict) and project):
+        project = repo.get("project")
+    fork = payload.get("fork")
 
     return {
         "event_key": event_key,
@@ -347,13 +355,13 @@ def delivery_fields(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         "repository_uuid": _str(repo.get("uuid")),
         "repository_full_name": full_name,
         "workspace": workspace,
-        "actor_account_id": _str(actor.get("account_id")) or _str(actor.get("uuid")),
-        "branches": tuple(dict.fromkeys(branches)),
-        "branches_created": tuple(dict.fromkeys(created)),
-        "branches_deleted": tuple(dict.fromkeys(deleted)),
+        "actor_account_id": actor_id,
+        "branches": tuple(dict.fromkeys(branches)) if branches else (),
+        "branches_created": tuple(dict.fromkeys(created)) if created else (),
+        "branches_deleted": tuple(dict.fromkeys(deleted)) if deleted else (),
         "pullrequest_id": pr_id,
-        "pullrequest_state": _str(pr.get("state")),
-        "changed_fields": tuple(sorted(str(k) for k in changes)),
-        "project_key": _str(project.get("key")),
-        "fork_uuid": _str(_obj(payload.get("fork")).get("uuid")),
+        "pullrequest_state": pr_state,
+        "changed_fields": tuple(sorted(str(k) for k in changes)) if isinstance(changes, dict) and changes else (),
+        "project_key": _str(project.get("key")) if isinstance(project, dict) else None,
+        "fork_uuid": _str(fork.get("uuid")) if isinstance(fork, dict) else None,
     }

@@ -197,3 +197,35 @@ def test_a_delivery_in_another_json_encoding_still_parses(encoding: str) -> None
 def test_invalid_utf8_behind_an_opening_brace_is_not_json() -> None:
     with pytest.raises(errors.PayloadError, match="not JSON"):
         sansio.delivery_fields(_headers("repo:push"), b'{"a": "\xff"}')
+
+
+@pytest.mark.parametrize("odd", [None, 1, "x", "", [], {}, [{"uuid": "{u}"}], True])
+def test_sub_objects_of_another_type_read_as_empty(odd: object) -> None:
+    """A delivery whose sub-objects (repository, actor, pull request, changes, project, fork,
+    push) are not objects still parses: each reads as empty, never as an error."""
+    body = json.dumps(
+        {k: odd for k in ("repository", "actor", "pullrequest", "changes", "project", "fork", "push", "commit_status")}
+    ).encode()
+    fields = sansio.delivery_fields(_headers("repo:push"), body)
+    assert {k: v for k, v in fields.items() if k not in ("event_key", "request_uuid", "hook_uuid", "attempt")} == {
+        "repository_uuid": None,
+        "repository_full_name": None,
+        "workspace": None,
+        "actor_account_id": None,
+        "branches": (),
+        "branches_created": (),
+        "branches_deleted": (),
+        "pullrequest_id": None,
+        "pullrequest_state": None,
+        "changed_fields": (),
+        "project_key": None,
+        "fork_uuid": None,
+    }
+
+
+def test_the_repository_project_stands_in_for_a_missing_or_empty_project() -> None:
+    repo = {"full_name": "acme/api", "project": {"key": "RP"}}
+    for project in (None, {}, "P", {"key": "TOP"}):
+        body = json.dumps({"repository": repo, "project": project}).encode()
+        expected = "TOP" if project == {"key": "TOP"} else "RP"
+        assert sansio.delivery_fields(_headers("repo:push"), body)["project_key"] == expected

@@ -311,6 +311,28 @@ async def test_an_answer_with_a_body_leaves_in_one_write(
         assert rows(app) and len(rows(app)) == 2
 
 
+async def test_an_answered_request_leaves_no_reference_cycle_behind(
+    product: RunningApp, session: aiohttp.ClientSession
+) -> None:
+    """Refcounting frees each answered request (its uvicorn cycle, scope, headers): none waits for
+    the garbage collector, which would otherwise run every few dozen deliveries under load."""
+    import gc
+
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(20):
+            body = delivery(n)
+            assert (await post(session, product, body, headers(body, request=f"g-{n}")))[0] == 202
+        alive = [o for o in gc.get_objects() if isinstance(o, RequestResponseCycle)]
+    finally:
+        gc.enable()
+    # at most the last request's cycle of each open keep-alive connection (its protocol holds it)
+    assert len(alive) <= 2, f"{len(alive)} request cycles left for the garbage collector"
+
+
 # -- orjson on the hot path, json for what it refuses ---------------------------------------------
 @pytest.mark.parametrize(
     ("body", "branch"),
