@@ -4,13 +4,17 @@ with the same load generator, a bare Starlette handler answering 202; rounds alt
 and bare so both see the same machine. Targets (issue 10, item 8): product/bare >= 0.5 and
 p99 < 50 ms, every 202 a stored row.
 
-Every request is a distinct delivery: N bodies (each naming its own branch and repository, a
-unique ``X-Request-UUID`` and ``X-Hook-UUID``) are signed here in Python and written one per line
+Every request is a distinct delivery: N bodies (each naming its own branch and repository, with
+its own ``X-Request-UUID``) are signed here in Python and written one per line
 to a file that the Lua script loads into a table (``init``); wrk's threads take interleaved lines.
 A product round is valid only if no thread ran out of lines (a reused line would be a duplicate
 delivery: 202 but no new row). After each product round the server stops and the events table is
 counted: every 202 must be a row (rows may exceed the 202s by requests still in flight when wrk
 stopped, at most one per connection).
+
+The dedup keys are Bitbucket's shape by default (``--keys bitbucket``: a random X-Request-UUID per
+delivery, one X-Hook-UUID); ``--keys sequential`` (ids in arrival order, a hook per delivery) is
+what earlier runs used and costs the insert about half as much (bench/ingest_indexes.py).
 
 The server is ``bench/ingest_server.py`` (uvicorn + uvloop + httptools, one process, writer only),
 so the figures include the HTTP stack ``serve`` uses. For each server the CPU seconds it used
@@ -37,6 +41,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,9 +123,15 @@ def ensure_wrk() -> str:
     return found
 
 
-def write_deliveries(path: Path, count: int, prefix: str) -> None:
-    """``count`` distinct signed deliveries, one per line (tab-separated, body last)."""
+def write_deliveries(path: Path, count: int, prefix: str, keys: str = "bitbucket") -> None:
+    """``count`` distinct signed deliveries, one per line (tab-separated, body last).
+
+    ``keys`` shapes the dedup keys: ``bitbucket`` as Bitbucket sends them (a random X-Request-UUID
+    per delivery, one X-Hook-UUID: the workspace's hook), so each stored row lands on a random
+    page of both dedup indexes; ``sequential`` (request ids ``run-0``, ``run-1``…, a hook per
+    delivery) sorts nearly in arrival order and flatters the insert (bench/ingest_indexes.py)."""
     key = SECRET.encode()
+    hook = f"{{{uuid.uuid4()}}}"
     with path.open("w") as out:
         for i in range(count):
             branch = f"feature/{prefix}-{i}"
@@ -148,7 +159,10 @@ def write_deliveries(path: Path, count: int, prefix: str) -> None:
                 separators=(",", ":"),
             ).encode()
             sig = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-            out.write(f"{prefix}-{i}\t{{hook-{prefix}-{i}}}\t{sig}\t{body.decode()}\n")
+            if keys == "bitbucket":
+                out.write(f"{prefix}-{uuid.uuid4()}\t{hook}\t{sig}\t{body.decode()}\n")
+            else:
+                out.write(f"{prefix}-{i}\t{{hook-{prefix}-{i}}}\t{sig}\t{body.decode()}\n")
 
 
 def start(mode: str, port: int, db: Path) -> subprocess.Popen[bytes]:
@@ -262,6 +276,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--deliveries", type=int, default=120_000, help="distinct signed deliveries per round")
+    parser.add_argument(
+        "--keys",
+        choices=("bitbucket", "sequential"),
+        default="bitbucket",
+        help="dedup keys as Bitbucket sends them (random request ids, one hook) or in arrival order",
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
     results: dict[str, list[Round]] = {"product": [], "bare": []}
@@ -270,8 +290,8 @@ def main() -> None:
         script = tmp / "deliveries.lua"
         script.write_text(LUA)
         data, warm = tmp / "run.tsv", tmp / "warm.tsv"
-        write_deliveries(data, args.deliveries, "run")
-        write_deliveries(warm, 30_000, "warm")
+        write_deliveries(data, args.deliveries, "run", args.keys)
+        write_deliveries(warm, 30_000, "warm", args.keys)
         for r in range(args.rounds):
             for mode in ("product", "bare"):
                 got = measure(mode, wrk, script, data, warm, args, tmp / f"{mode}-{r}.sqlite3")
@@ -291,7 +311,7 @@ def main() -> None:
     wrapped = sum(p.wrapped for p in product)
     table(
         f"webhook ingest under wrk: {args.rounds} rounds of {args.seconds:g} s, {CONNECTIONS} connections, "
-        f"{args.threads} wrk threads, {args.deliveries} distinct signed deliveries (medians)",
+        f"{args.threads} wrk threads, {args.deliveries} distinct signed deliveries, {args.keys} keys (medians)",
         [
             ("product: requests/s", f"{med(product, 'rps'):.0f}"),
             ("product: p50 / p99", f"{med(product, 'p50_ms'):.1f} ms / {med(product, 'p99_ms'):.1f} ms  (target < 50)"),
