@@ -6,13 +6,14 @@ autocommit, ``synchronous=FULL``, WAL) run directly on a fresh database with the
 row (binding, B-tree inserts, WAL writes, fsync's system time) and the WAL bytes a batch writes.
 
 Two key shapes:
-- ``bench``: the keys of bench/ingest_wrk.py (X-Request-UUID ``run-N``, a distinct X-Hook-UUID per
+- ``bench``: the keys of ``bench/ingest_wrk.py --keys sequential`` (X-Request-UUID ``run-N``, a hook per
   delivery), which sort nearly in arrival order, so a batch touches few index pages;
 - ``real``: what Bitbucket sends (a random X-Request-UUID per delivery, one hook per workspace),
-  so each row of a batch lands on a random leaf page of ``events_request`` and ``events_body``.
+  so each row of a batch lands on a random leaf page of each dedup index.
 
-Variants: the schema as it is; without the unique index on (connection, X-Request-UUID); without
-both unique indexes (the floor: table, state and change indexes only).
+Variants: with the unique index on (connection, hook, body) that schema 7 dropped (deduplication
+is by X-Request-UUID alone since); the schema as it is; without the unique index on (connection,
+X-Request-UUID) too (the floor: table, state and change indexes only).
 
 Run: ``.venv/bin/python bench/ingest_indexes.py [--batches N] [--batch B]``
 """
@@ -36,9 +37,11 @@ from app.store.natkey import natural_key
 from app.store.schema import MIGRATIONS
 
 VARIANTS = {
+    "before schema 7 (+ body index)": [
+        "CREATE UNIQUE INDEX events_body ON events(connection_id, hook_uuid, body_hash) WHERE body_hash IS NOT NULL"
+    ],
     "as is": [],
-    "no request index": ["DROP INDEX events_request"],
-    "no unique index": ["DROP INDEX events_request", "DROP INDEX events_body"],
+    "no unique index": ["DROP INDEX events_request"],
 }
 
 

@@ -216,18 +216,13 @@ def test_first_push_while_the_restrictions_answer_429_defers_the_whole_repositor
     machine.trigger_full(fault=None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug in the ingest path (app/web/webhooks.py, app/store/schema.py, left to its owner): "
-    "a delivery whose hook and body equal an earlier one's is dropped as a duplicate however long after",
-)
 def test_repository_transferred_in_a_second_time_is_read_again(machine: ProductVsReference) -> None:
     """Found by the soak (seed 448249513, on both stores): ``repo:transfer`` carries no time, so the
     second transfer of a repository into the workspace has the first's byte-identical body; the
-    receiver's (hook, body) deduplication, meant for Bitbucket's retries of one delivery, drops it
-    as a duplicate, and the repository has no result until the next full pass. (In the soak's
-    example the first transfer's read had failed, so its retry was still to come.)"""
+    receiver's (hook, body) deduplication, meant for Bitbucket's retries of one delivery, dropped it
+    as a duplicate, and the repository had no result until the next full pass. (In the soak's
+    example the first transfer's read had failed, so its retry was still to come.) Deliveries are
+    now deduplicated by X-Request-UUID alone (schema 7)."""
     machine.transfer_in(fault=None, pick=0)  # "legacy"
     machine.transfer_out(fault=None, pick=1)  # "legacy" (api, legacy, web)
     machine.trigger_full(fault=None)

@@ -312,3 +312,15 @@ MIGRATIONS.append(
     WHERE m.account_id IS NOT NULL
     """
 )
+
+# A delivery is a duplicate only when it repeats an ``X-Request-UUID`` (bitbucket-facts.md: dedupe
+# on it, and stay idempotent anyway). The unique index on (connection, hook, body) made two real
+# events with byte-identical bodies one: a repository transferred in a second time, a main branch
+# moved back and forth (the soak's seed 448249513), lost until the next full pass. A retry whose
+# uuid changed is now stored too and processed idempotently (no new result, no alert).
+MIGRATIONS.append(
+    # 7: no deduplication by body
+    """
+    DROP INDEX IF EXISTS events_body;
+    """
+)

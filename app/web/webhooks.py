@@ -5,7 +5,8 @@ buffering more), verify ``X-Hub-Signature`` in constant time before parsing (401
 header values we keep (printable ASCII, short; ``X-Attempt-Number`` a small integer) and the body
 (JSON object nested at most 512 deep) (400), then store the event durably before answering 202
 (503 only when storing failed or did not finish within STORE_TIMEOUT, so Bitbucket retries). A
-repeated ``X-Request-UUID``, or the same hook and body, answers 202 and adds nothing. An event
+repeated ``X-Request-UUID`` answers 202 and adds nothing (a body equal to an earlier one's is a
+new event: two real events can carry byte-identical bodies; processing is idempotent). An event
 key the planner does not use, or a repository in a workspace the connection does not monitor,
 answers 202 and is recorded ``ignored``: the worker never claims it, so it costs no API call.
 The work happens later, in the worker.
@@ -88,8 +89,9 @@ def event_from_fields(
     key: str = fields["event_key"]
     ws: str | None = fields["workspace"]
     foreign = workspaces is not None and ws is not None and ws.lower() not in workspaces
-    # The event key is part of what makes a delivery unique: repo:created and repo:deleted of one
-    # repository by one actor carry byte-identical bodies (the key is only in X-Event-Key).
+    # The delivery's content hash (event key and body: repo:created and repo:deleted of one
+    # repository by one actor carry byte-identical bodies), kept with the row; it matches a batch's
+    # rows to their deliveries, and deduplicates nothing (migration 7).
     digest = hashlib.sha256(key.encode())
     digest.update(b"\n")
     digest.update(raw)
