@@ -120,8 +120,8 @@ def main() -> None:
     rows: list[tuple[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for keys in ("bench", "real"):
-            for name, drops in VARIANTS.items():
-                path = Path(tmp) / f"{keys}-{len(drops)}.sqlite3"
+            for n, (name, drops) in enumerate(VARIANTS.items()):
+                path = Path(tmp) / f"{keys}-{n}.sqlite3"
                 cpu, wal = run(path, keys, drops, args.batches, args.batch)
                 rows.append((f"{keys} keys, {name}", f"{cpu:.1f} µs CPU per row, WAL {wal:.0f} KiB per batch"))
     table(
