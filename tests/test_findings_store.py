@@ -105,9 +105,8 @@ async def test_store_writes_history_only_on_transitions(database: Path | str) ->
         await store.close()
 
 
-async def test_migrations_are_versioned_and_idempotent(tmp_path: Path, store_kind: str) -> None:
-    if store_kind != "sqlite":
-        pytest.skip("SQLite's pragmas (PostgreSQL: test_postgresql_migrations_are_versioned_and_idempotent)")
+@pytest.mark.sqlite_only("SQLite's pragmas (PostgreSQL: test_postgresql_migrations_are_versioned_and_idempotent)")
+async def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     store = await Store.open(path)
     version = await store.db.migrate()
@@ -120,9 +119,8 @@ async def test_migrations_are_versioned_and_idempotent(tmp_path: Path, store_kin
     await store.close()
 
 
-async def test_backup_is_a_consistent_copy(tmp_path: Path, store_kind: str) -> None:
-    if store_kind != "sqlite":
-        pytest.skip("the backup command is SQLite's (PostgreSQL is backed up with pg_dump)")
+@pytest.mark.sqlite_only("the backup command is SQLite's (PostgreSQL is backed up with pg_dump; its refusal is tested)")
+async def test_backup_is_a_consistent_copy(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "db.sqlite3")
     await store.results.apply(diff({}, [res("fail")]), "t1")
     await store.db.backup(tmp_path / "backup.sqlite3")

@@ -75,11 +75,10 @@ async def test_the_member_list_and_email_lookup_write_the_members_table(database
         await store.close()
 
 
+@pytest.mark.sqlite_only("SQLite's upgrade; PostgreSQL's: tests/test_postgresql_storage.py (schema 3 to now)")
 async def test_upgrading_fills_the_members_table_from_stored_member_lists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_kind: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if store_kind != "sqlite":
-        pytest.skip("SQLite's upgrade; PostgreSQL's: tests/test_postgresql_storage.py (schema 3 to now)")
     path = tmp_path / "lp.sqlite"
     monkeypatch.setattr(db, "MIGRATIONS", db.MIGRATIONS[:5])  # a database of schema 5
     old = await Store.open(path)
@@ -114,11 +113,10 @@ async def test_upgrading_fills_the_members_table_from_stored_member_lists(
         await store.close()
 
 
-async def test_a_page_of_members_by_name_or_role_walks_an_index(tmp_path: Path, store_kind: str) -> None:
+@pytest.mark.sqlite_only("SQLite's query plans (EXPLAIN QUERY PLAN); PostgreSQL's planner chooses by its statistics")
+async def test_a_page_of_members_by_name_or_role_walks_an_index(tmp_path: Path) -> None:
     """The page reads its 50 rows in index order (no sort of every member, no JSON unpacked per
     request): what keeps /members under 300 ms at 20,000 members (bench/dashboard.py)."""
-    if store_kind != "sqlite":
-        pytest.skip("SQLite's query plans (EXPLAIN QUERY PLAN); PostgreSQL's planner chooses by its statistics")
     store = await Store.open(tmp_path / "lp.sqlite")
     plans: list[str] = []
     real = store.db.fetchall
@@ -140,14 +138,13 @@ async def test_a_page_of_members_by_name_or_role_walks_an_index(tmp_path: Path, 
         await store.close()
 
 
+@pytest.mark.sqlite_only("SQLite's one shared connection (PostgreSQL's functions are SQL, created by the migration)")
 async def test_a_page_is_served_while_another_statement_is_active_on_the_connection(
-    tmp_path: Path, store_kind: str
+    tmp_path: Path,
 ) -> None:
     """The views registered their SQL functions on the shared connection at first use; SQLite refuses
     that while a statement is active there ("Error creating function": the Repositories page failed
     when a concurrent request was reading). The functions are registered when the connection opens."""
-    if store_kind != "sqlite":
-        pytest.skip("SQLite's one shared connection (PostgreSQL's functions are SQL, created by the migration)")
     store = await Store.open(tmp_path / "lp.sqlite3")
     try:
         await store.db.executemany(
