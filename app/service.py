@@ -155,21 +155,13 @@ class Service:
         register_secret(plain)
         return plain
 
-    def fresh_webhook_target(self, conn_id: str) -> HookTarget | None:
-        """:meth:`webhook_target` when it is in memory and fresh, without awaiting (the receiver's
-        hot path); None when it must be read."""
-        target = self._targets.get(conn_id)
-        if target is not None and time.monotonic() - target.loaded_at < HOOK_TARGET_TTL:
-            return target
-        return None
-
     async def webhook_target(self, conn_id: str) -> HookTarget | None:
         """Current and previous secret of a connection (rotation) and its workspaces, or None for an
         unknown one; kept in memory for HOOK_TARGET_TTL so changes made by another process show."""
-        target = self.fresh_webhook_target(conn_id)
-        if target is not None:
-            return target
         now = time.monotonic()
+        target = self._targets.get(conn_id)
+        if target is not None and now - target.loaded_at < HOOK_TARGET_TTL:
+            return target
         conn = await self.store.connections.get(conn_id)
         if conn is None or conn.webhook_secret is None or conn.status == "disconnected":
             self._targets.pop(conn_id, None)

@@ -275,7 +275,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per round (other deliveries)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--deliveries", type=int, default=120_000, help="distinct signed deliveries per round")
+    parser.add_argument("--deliveries", type=int, default=200_000, help="distinct signed deliveries per round")
     parser.add_argument(
         "--keys",
         choices=("bitbucket", "sequential"),

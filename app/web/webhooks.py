@@ -14,11 +14,8 @@ The work happens later, in the worker.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import re
 import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -138,9 +135,9 @@ class Receiver:
 
     async def _answer(self, services: Any, cid: str, scope: Scope, receive: Receive) -> int | Response | None:
         """The stored event's id (None for a duplicate) or the problem to answer."""
-        headers, problem = _kept_headers(scope["headers"])
+        headers = _kept_headers(scope["headers"])
         try:
-            target = services.service.fresh_webhook_target(cid) or await services.service.webhook_target(cid)
+            target = await services.service.webhook_target(cid)
         except Exception as exc:  # noqa: BLE001 - the database cannot answer: nothing can be stored either
             log.error("webhook.lookup_failed", connection=cid, error=type(exc).__name__)
             return _UNAVAILABLE
@@ -153,6 +150,7 @@ class Receiver:
             sansio.verify_signature(target.secrets, raw, headers.get("X-Hub-Signature"))
         except errors.SignatureError as exc:
             return problem_response(401, "Bad signature", str(exc))
+        problem = header_problem(headers)
         if problem is None and too_deep(raw):
             problem = "body is JSON nested too deeply"
         if problem is None:
@@ -167,57 +165,11 @@ class Receiver:
             return problem_response(400, "Malformed delivery", problem)
         try:
             event = event_from_fields(cid, fields, raw, target.workspaces)
-            return await _deadlines.watch(services.writer.enqueue(event), STORE_TIMEOUT)
+            stored: int | None = await services.writer.enqueue(event, STORE_TIMEOUT)
+            return stored
         except Exception as exc:  # noqa: BLE001 - any storage failure must become 503 so Bitbucket retries
             log.error("webhook.store_failed", connection=cid, error=type(exc).__name__)
             return _UNAVAILABLE
-
-
-class _Deadlines:
-    """Futures failed with TimeoutError once their deadline passes, under one timer for them all:
-    a timer per delivery (``call_later`` and its ``cancel``) cost about 2 µs of the receiver's
-    loop time (bench/ingest_wrk.py). Kept in arrival order; finished ones leave from the front as
-    new ones come, so the queue holds about the deliveries in flight."""
-
-    def __init__(self) -> None:
-        self._pending: deque[tuple[float, asyncio.Future[int | None]]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = 0.0  # when the timer fires
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def watch(self, future: asyncio.Future[int | None], seconds: float) -> asyncio.Future[int | None]:
-        loop = future.get_loop()
-        if loop is not self._loop:  # a new event loop (a new server in this process): start afresh
-            self._pending.clear()
-            self._timer, self._loop = None, loop
-        pending = self._pending
-        while pending and pending[0][1].done():
-            pending.popleft()
-        deadline = loop.time() + seconds
-        pending.append((deadline, future))
-        if self._timer is None or deadline < self._at:  # the first, or sooner than the timer
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer, self._at = loop.call_at(deadline, self._expire), deadline
-        return future
-
-    def _expire(self) -> None:
-        assert self._loop is not None
-        now, kept = self._loop.time(), deque[tuple[float, asyncio.Future[int | None]]]()
-        for deadline, future in self._pending:
-            if future.done():
-                continue
-            if deadline <= now:
-                future.set_exception(TimeoutError("the event writer did not answer in time"))
-            else:
-                kept.append((deadline, future))
-        self._pending, self._timer = kept, None
-        if kept:
-            self._at = min(deadline for deadline, _ in kept)
-            self._timer = self._loop.call_at(self._at, self._expire)
-
-
-_deadlines = _Deadlines()
 
 
 receive = Receiver()
@@ -231,26 +183,14 @@ _WANTED = {name.lower().encode(): name for name in (*KEPT_HEADERS, "X-Hub-Signat
 }
 
 
-def _kept_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], str | None]:
-    """The headers the receiver reads, under their canonical names (ASGI gives them lower-cased),
-    and :func:`header_problem`'s answer for them, in one pass over the head: the problem is worked
-    out in full only when a quick look at the raw values finds one (the receiver's hot path)."""
+def _kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers the receiver reads, under their canonical names (ASGI gives them lower-cased)."""
     found: dict[str, str] = {}
-    suspect = False
     for key, value in raw:
         name = _WANTED.get(key.lower())
         if name is not None and name not in found:  # the first of repeated headers, as Starlette reads
             found[name] = value.decode("latin-1")
-            longest = KEPT_HEADERS.get(name)
-            if longest is not None and (len(value) > longest or _UNPRINTABLE.search(value) is not None):
-                suspect = True
-    attempt = found.get("X-Attempt-Number")
-    if attempt is not None and not attempt.strip().isdigit():
-        suspect = True  # an empty value is fine: header_problem decides
-    return found, header_problem(found) if suspect else None
-
-
-_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")  # what str.isascii() and str.isprintable() refuse
+    return found
 
 
 class _Gone(Exception):
