@@ -273,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per round")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per round (other deliveries)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--deliveries", type=int, default=200_000, help="distinct signed deliveries per round")
     parser.add_argument(
