@@ -458,7 +458,6 @@ class Deadlines:
     def __init__(self) -> None:
         self._pending: deque[tuple[float, asyncio.Future[int | None]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
-        self._at = 0.0  # when the timer fires
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, future: asyncio.Future[int | None], seconds: float) -> asyncio.Future[int | None]:
@@ -471,10 +470,10 @@ class Deadlines:
             pending.popleft()
         deadline = loop.time() + seconds
         pending.append((deadline, future))
-        if self._timer is None or deadline < self._at:  # the first, or sooner than the timer
+        if self._timer is None or deadline < self._timer.when():  # the first, or sooner than the timer
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer, self._at = loop.call_at(deadline, self._expire), deadline
+            self._timer = loop.call_at(deadline, self._expire)
         return future
 
     def _expire(self) -> None:
@@ -489,8 +488,7 @@ class Deadlines:
                 kept.append((deadline, future))
         self._pending, self._timer = kept, None
         if kept:
-            self._at = min(deadline for deadline, _ in kept)
-            self._timer = self._loop.call_at(self._at, self._expire)
+            self._timer = self._loop.call_at(min(deadline for deadline, _ in kept), self._expire)
 
 
 class EventWriter:
